@@ -1,0 +1,5 @@
+"""bitttt's layers."""
+
+from bitttt.nn.bitlinear import BitLinear
+
+__all__ = ["BitLinear"]

@@ -1,0 +1,74 @@
+"""BitLinear: a drop-in nn.Linear with BitNet b1.58 ternary weights and int8 activations."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bitttt import ops, reference
+
+
+def fake_quant_activations(x: torch.Tensor) -> torch.Tensor:
+    """Per-token int8 absmax quantize-dequantize, with a straight-through gradient."""
+    x_q, s_x = reference.quantize_activations(x)
+    x_dq = (x_q.float() / s_x.unsqueeze(-1)).to(x.dtype)
+    return x + (x_dq - x).detach()
+
+
+def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
+    """Absmean ternary quantize-dequantize of a weight, with a straight-through gradient."""
+    q, s_w = reference.quantize_weight_ternary(w)
+    w_dq = (q.float() * s_w.unsqueeze(1)).to(w.dtype)
+    return w + (w_dq - w).detach()
+
+
+class BitLinear(nn.Module):
+    """y = x W^T (+ b) with W ternary {-1, 0, +1}·s_w and x int8 per token (design §2).
+
+    Training runs "fake quant" in floating point with straight-through estimators. After
+    `pack()` the float weight is replaced by BT2-packed weights and the layer calls the
+    `ternary_linear` kernel; both paths give the same output up to float rounding.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight: nn.Parameter | None = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Linear's initialisation, so BitLinear is a drop-in replacement.
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    @property
+    def is_packed(self) -> bool:
+        return self.weight is None
+
+    @torch.no_grad()
+    def pack(self) -> BitLinear:
+        """Switches to inference: BT2-packed weights (buffers `packed`, `w_scale`) and the kernel."""
+        if self.is_packed:
+            return self
+        packed, w_scale = ops.quantize_weight(self.weight)
+        self.weight = None
+        self.register_buffer("packed", packed)
+        self.register_buffer("w_scale", w_scale)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.is_packed:
+            return ops.ternary_linear(x, self.packed, self.w_scale, self.bias)
+        return F.linear(fake_quant_activations(x), fake_quant_weight(self.weight), self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, packed={self.is_packed}")

@@ -1,0 +1,68 @@
+#include "ternary/dispatch.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <stdexcept>
+
+#include "cpu_features.h"
+
+namespace bitttt::ternary {
+namespace {
+
+std::atomic<const Bt2Kernels*> g_active{nullptr};
+
+const Bt2Kernels* kernels_by_name(const std::string& name) {
+  if (name == "scalar") return &bt2_kernels_scalar();
+#if defined(BITTTT_X86)
+  const CpuFeatures& f = cpu_features();
+  if (name == "avx2" && f.avx2 && f.fma) return &bt2_kernels_avx2();
+  if (name == "avx512" && f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni)
+    return &bt2_kernels_avx512vnni();
+#endif
+  return nullptr;
+}
+
+std::string join(const std::vector<std::string>& names) {
+  std::string s;
+  for (const auto& n : names) s += (s.empty() ? "" : ", ") + n;
+  return s;
+}
+
+const Bt2Kernels& choose(const std::string& name) {
+  if (name.empty() || name == "auto") return *kernels_by_name(available_isas().back());
+  const Bt2Kernels* k = kernels_by_name(name);
+  if (!k)
+    throw std::runtime_error("bitttt: ISA '" + name + "' is not available on this CPU/build (available: " +
+                             join(available_isas()) + "); unset BITTTT_ISA or pick one of those");
+  return *k;
+}
+
+}  // namespace
+
+std::vector<std::string> compiled_isas() {
+#if defined(BITTTT_X86)
+  return {"scalar", "avx2", "avx512"};
+#else
+  return {"scalar"};
+#endif
+}
+
+std::vector<std::string> available_isas() {
+  std::vector<std::string> names;
+  for (const auto& n : compiled_isas())
+    if (kernels_by_name(n)) names.push_back(n);
+  return names;
+}
+
+const Bt2Kernels& active_kernels() {
+  const Bt2Kernels* k = g_active.load(std::memory_order_acquire);
+  if (k) return *k;
+  const char* env = std::getenv("BITTTT_ISA");
+  const Bt2Kernels& chosen = choose(env ? env : "auto");
+  g_active.store(&chosen, std::memory_order_release);
+  return chosen;
+}
+
+void set_isa(const std::string& name) { g_active.store(&choose(name), std::memory_order_release); }
+
+}  // namespace bitttt::ternary

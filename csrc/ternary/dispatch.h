@@ -1,0 +1,21 @@
+// Which BT2 kernel set runs: the best this CPU supports, or the one BITTTT_ISA / set_isa() asks for.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "ternary/bt2.h"
+
+namespace bitttt::ternary {
+
+// The kernels in use. Chosen on first call from BITTTT_ISA (scalar|avx2|avx512) or the CPU;
+// throws std::runtime_error naming the choices if BITTTT_ISA asks for one this CPU lacks.
+const Bt2Kernels& active_kernels();
+// Forces a kernel set by name ("scalar", "avx2", "avx512", or "auto" for the best).
+void set_isa(const std::string& name);
+// Kernel sets this build has and this CPU can run, best last.
+std::vector<std::string> available_isas();
+// Kernel sets compiled into this build.
+std::vector<std::string> compiled_isas();
+
+}  // namespace bitttt::ternary

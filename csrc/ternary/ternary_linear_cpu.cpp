@@ -1,0 +1,151 @@
+// CPU entry points of the ternary ops: argument checks, activation quantization, threading
+// over torch's intra-op pool, and the registration with the dispatcher. Kernels are per ISA
+// (ternary_linear_<isa>.cpp) and see raw pointers only.
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+
+#include <algorithm>
+#include <optional>
+#include <vector>
+
+#include "ternary/bt2.h"
+#include "ternary/dispatch.h"
+
+namespace bitttt::ternary {
+namespace {
+
+using torch::headeronly::ScalarType;
+using torch::stable::Tensor;
+
+// Below this many multiply-adds a call stays on one thread: waking the pool costs more.
+constexpr int64_t kMinMacsPerThread = 1 << 21;
+// Output rows handed to one task; a multiple of every ISA's row block.
+constexpr int64_t kRowsPerTask = 64;
+// Tokens handed to one task in the many-token (GEMM) regime.
+constexpr int64_t kTokensPerTask = 64;
+
+std::vector<int64_t> output_sizes(const Tensor& x, int64_t N) {
+  std::vector<int64_t> sizes(x.sizes().begin(), x.sizes().end());
+  sizes.back() = N;
+  return sizes;
+}
+
+void check_packed(const char* op, const Tensor& packed, int64_t K) {
+  STD_TORCH_CHECK(packed.scalar_type() == ScalarType::Byte, op, ": packed must be uint8 (BT2), got ",
+                  torch::headeronly::toString(packed.scalar_type()));
+  STD_TORCH_CHECK(packed.dim() == 2, op, ": packed must be 2-D [N, Kp/4], got ", packed.dim(), " dims");
+  STD_TORCH_CHECK(packed.is_contiguous(), op, ": packed must be contiguous; call .contiguous() on it");
+  const int64_t Kp = bt2_padded_k(K);
+  STD_TORCH_CHECK(packed.size(1) * kBT2WeightsPerByte == Kp, op, ": x.shape[-1]=", K,
+                  " does not fit packed with ", packed.size(1), " bytes per row (K=", K,
+                  " needs ", Kp / kBT2WeightsPerByte, "); repack the weight with pack_ternary");
+}
+
+// Runs matmul over [0, M) x [0, N), split into tasks across torch's thread pool.
+void run_matmul(const Bt2Kernels& kernels, const int8_t* xq, int64_t M, int64_t Kp,
+                const uint8_t* packed, int64_t N, const Epilogue& ep) {
+  if (M == 0 || N == 0) return;
+  const int64_t m_tasks = (M + kTokensPerTask - 1) / kTokensPerTask;
+  const int64_t n_tasks = (N + kRowsPerTask - 1) / kRowsPerTask;
+  const int64_t tasks = m_tasks * n_tasks;
+  const int64_t macs_per_task = std::min(M, kTokensPerTask) * std::min(N, kRowsPerTask) * std::max<int64_t>(Kp, 1);
+  const int64_t grain = std::max<int64_t>(1, kMinMacsPerThread / macs_per_task);
+  torch::stable::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
+    // Consecutive tasks walk N first, so a thread's tokens stay in cache across row blocks.
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t mi = t / n_tasks, ni = t % n_tasks;
+      const int64_t m0 = mi * kTokensPerTask, n0 = ni * kRowsPerTask;
+      kernels.matmul(xq, Kp, packed, m0, std::min(M, m0 + kTokensPerTask), n0,
+                     std::min(N, n0 + kRowsPerTask), ep);
+    }
+  });
+}
+
+Tensor ternary_linear_cpu(Tensor x, Tensor packed, Tensor w_scale, std::optional<Tensor> bias) {
+  const ScalarType dtype = x.scalar_type();
+  STD_TORCH_CHECK(dtype == ScalarType::Float || dtype == ScalarType::BFloat16,
+                  "ternary_linear: x must be float32 or bfloat16, got ", torch::headeronly::toString(dtype));
+  STD_TORCH_CHECK(x.dim() >= 1, "ternary_linear: x must have at least 1 dim [..., K]");
+  const int64_t K = x.size(x.dim() - 1);
+  check_packed("ternary_linear", packed, K);
+  const int64_t N = packed.size(0), Kp = bt2_padded_k(K);
+  STD_TORCH_CHECK(w_scale.scalar_type() == ScalarType::Float && w_scale.dim() == 1 && w_scale.size(0) == N,
+                  "ternary_linear: w_scale must be float32 [N=", N, "], got ",
+                  torch::headeronly::toString(w_scale.scalar_type()), " with ", w_scale.dim(), " dims and ",
+                  w_scale.numel(), " elements");
+  w_scale = torch::stable::contiguous(w_scale);
+  std::optional<Tensor> bias_f32;
+  if (bias.has_value()) {
+    STD_TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N, "ternary_linear: bias must be [N=", N, "], got ",
+                    bias->dim(), " dims and ", bias->numel(), " elements");
+    STD_TORCH_CHECK(bias->device() == x.device(), "ternary_linear: bias must be on the same device as x");
+    bias_f32 = torch::stable::contiguous(torch::stable::to(*bias, ScalarType::Float));
+  }
+  x = torch::stable::contiguous(x);
+  const int64_t M = K == 0 ? x.numel() : x.numel() / K;  // K == 0: every row is empty
+
+  // Quantize every token once into the active kernel's layout.
+  const Bt2Kernels& kernels = active_kernels();
+  Tensor xq = torch::stable::new_empty(x, {std::max<int64_t>(M, 1), std::max<int64_t>(Kp, 1)}, ScalarType::Char);
+  Tensor x_scale = torch::stable::new_empty(x, {std::max<int64_t>(M, 1)}, ScalarType::Float);
+  Tensor x_sum = torch::stable::new_empty(x, {std::max<int64_t>(M, 1)}, ScalarType::Int);
+  int8_t* xq_p = xq.mutable_data_ptr<int8_t>();
+  float* x_scale_p = x_scale.mutable_data_ptr<float>();
+  int32_t* x_sum_p = x_sum.mutable_data_ptr<int32_t>();
+  const void* x_p = x.const_data_ptr();
+  const int64_t quant_grain = std::max<int64_t>(1, kMinMacsPerThread / std::max<int64_t>(K, 1));
+  torch::stable::parallel_for(0, M, quant_grain, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      if (dtype == ScalarType::Float)
+        kernels.quantize_f32(static_cast<const float*>(x_p) + m * K, K, Kp, xq_p + m * Kp, x_scale_p + m, x_sum_p + m);
+      else
+        kernels.quantize_bf16(static_cast<const uint16_t*>(x_p) + m * K, K, Kp, xq_p + m * Kp, x_scale_p + m,
+                              x_sum_p + m);
+    }
+  });
+
+  Tensor out = torch::stable::new_empty(x, output_sizes(x, N), dtype);
+  const Epilogue ep{dtype == ScalarType::Float ? OutKind::Float32 : OutKind::BFloat16,
+                    w_scale.const_data_ptr<float>(),
+                    bias_f32 ? bias_f32->const_data_ptr<float>() : nullptr,
+                    x_scale_p,
+                    x_sum_p,
+                    out.mutable_data_ptr(),
+                    N};
+  run_matmul(kernels, xq_p, M, Kp, packed.const_data_ptr<uint8_t>(), N, ep);
+  return out;
+}
+
+// Exact integer product of int8 activations [M, K] with BT2 weights: int32 [M, N].
+Tensor ternary_matmul_int8_cpu(Tensor xq_in, Tensor packed) {
+  STD_TORCH_CHECK(xq_in.scalar_type() == ScalarType::Char, "ternary_matmul_int8: x must be int8, got ",
+                  torch::headeronly::toString(xq_in.scalar_type()));
+  STD_TORCH_CHECK(xq_in.dim() == 2, "ternary_matmul_int8: x must be 2-D [M, K], got ", xq_in.dim(), " dims");
+  const int64_t M = xq_in.size(0), K = xq_in.size(1);
+  check_packed("ternary_matmul_int8", packed, K);
+  const int64_t N = packed.size(0), Kp = bt2_padded_k(K);
+  xq_in = torch::stable::contiguous(xq_in);
+
+  const Bt2Kernels& kernels = active_kernels();
+  Tensor xq = torch::stable::new_empty(xq_in, {std::max<int64_t>(M, 1), std::max<int64_t>(Kp, 1)});
+  Tensor x_sum = torch::stable::new_empty(xq_in, {std::max<int64_t>(M, 1)}, ScalarType::Int);
+  const int8_t* in_p = xq_in.const_data_ptr<int8_t>();
+  int8_t* xq_p = xq.mutable_data_ptr<int8_t>();
+  int32_t* x_sum_p = x_sum.mutable_data_ptr<int32_t>();
+  for (int64_t m = 0; m < M; ++m) kernels.layout_int8(in_p + m * K, K, Kp, xq_p + m * Kp, x_sum_p + m);
+
+  Tensor out = torch::stable::new_empty(xq_in, {M, N}, ScalarType::Int);
+  const Epilogue ep{OutKind::Int32, nullptr, nullptr, nullptr, x_sum_p, out.mutable_data_ptr(), N};
+  run_matmul(kernels, xq_p, M, Kp, packed.const_data_ptr<uint8_t>(), N, ep);
+  return out;
+}
+
+}  // namespace
+
+STABLE_TORCH_LIBRARY_IMPL(bitttt, CPU, m) {
+  m.impl("ternary_linear", TORCH_BOX(&ternary_linear_cpu));
+  m.impl("ternary_matmul_int8", TORCH_BOX(&ternary_matmul_int8_cpu));
+}
+
+}  // namespace bitttt::ternary
