@@ -22,15 +22,6 @@ constexpr int64_t kBT2WeightsPerByte = 4;
 static_assert(kBT2RunK == kBT2RunBytes * kBT2WeightsPerByte, "a run is 32 bytes of 4 codes");
 static_assert(kBT2PadK % kBT2RunK == 0, "padding covers whole runs");
 
-inline int64_t bt2_padded_k(int64_t K) { return (K + kBT2PadK - 1) / kBT2PadK * kBT2PadK; }
-
-// Code of weight k in one packed row (the definition every kernel must agree with).
-inline int bt2_code(const uint8_t* row, int64_t k) {
-  const int64_t run = k / kBT2RunK, r = k % kBT2RunK;
-  const uint8_t byte = row[run * kBT2RunBytes + r % kBT2RunBytes];
-  return (byte >> (2 * (r / kBT2RunBytes))) & 3;
-}
-
 // What to do with the int32 dot products of a tile: the fused epilogue.
 //   Float: y[m, n] = float(dot - x_sum[m]) * w_scale[n] * x_scale[m] (+ bias[n])
 //   Int32: y[m, n] = dot - x_sum[m] (exact; used by tests and the integer op)
@@ -45,6 +36,20 @@ struct Epilogue {
   void* out;              // [M, ldo] of float, bf16 (uint16) or int32
   int64_t ldo;
 };
+
+// The helpers below are compiled into every ISA's translation unit with that unit's flags.
+// They must not be shared across units (an inline function's one surviving copy could be
+// the AVX-512 build of it, run on an AVX2 CPU), hence the anonymous namespace.
+namespace {
+
+inline int64_t bt2_padded_k(int64_t K) { return (K + kBT2PadK - 1) / kBT2PadK * kBT2PadK; }
+
+// Code of weight k in one packed row (the definition every kernel must agree with).
+inline int bt2_code(const uint8_t* row, int64_t k) {
+  const int64_t run = k / kBT2RunK, r = k % kBT2RunK;
+  const uint8_t byte = row[run * kBT2RunBytes + r % kBT2RunBytes];
+  return (byte >> (2 * (r / kBT2RunBytes))) & 3;
+}
 
 inline uint16_t float_to_bf16(float f) {
   uint32_t u;
@@ -77,6 +82,13 @@ inline void store_output(const Epilogue& ep, int64_t m, int64_t n, int32_t dot) 
     static_cast<uint16_t*>(ep.out)[m * ep.ldo + n] = float_to_bf16(y);
 }
 
+// Shared quantization rule (design §2), so that every ISA and the Python reference agree:
+// s_x = 127 / max(absmax, 1e-5); x_q = clamp(round_half_even(x * s_x), -128, 127).
+constexpr float kAbsmaxFloor = 1e-5f;
+inline float activation_scale(float absmax) { return 127.0f / std::fmax(absmax, kAbsmaxFloor); }
+
+}  // namespace
+
 // One ISA's kernels. Activations are quantized into the layout that ISA's matmul reads
 // (`xq`: M rows of Kp bytes, zero padded); `matmul` fills rows [m0, m1) x columns [n0, n1).
 struct Bt2Kernels {
@@ -90,15 +102,13 @@ struct Bt2Kernels {
                  int64_t m0, int64_t m1, int64_t n0, int64_t n1, const Epilogue& ep);
 };
 
-// Shared quantization rule (design §2), so that every ISA and the Python reference agree:
-// s_x = 127 / max(absmax, 1e-5); x_q = clamp(round_half_even(x * s_x), -128, 127).
-constexpr float kAbsmaxFloor = 1e-5f;
-inline float activation_scale(float absmax) { return 127.0f / std::fmax(absmax, kAbsmaxFloor); }
-
 const Bt2Kernels& bt2_kernels_scalar();
 #if defined(BITTTT_X86)
 const Bt2Kernels& bt2_kernels_avx2();
 const Bt2Kernels& bt2_kernels_avx512vnni();
+#endif
+#if defined(BITTTT_AVX512_EMULATION)
+const Bt2Kernels& bt2_kernels_avx512vnni_emulated();  // test-only, see its file
 #endif
 
 }  // namespace bitttt::ternary

@@ -19,7 +19,17 @@ const Bt2Kernels* kernels_by_name(const std::string& name) {
   if (name == "avx512" && f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni)
     return &bt2_kernels_avx512vnni();
 #endif
+#if defined(BITTTT_AVX512_EMULATION)
+  if (name == "avx512_emulated" && cpu_features().avx2) return &bt2_kernels_avx512vnni_emulated();
+#endif
   return nullptr;
+}
+
+// The fastest real (not emulated) kernel set this CPU runs.
+std::string best_isa() {
+  for (const char* name : {"avx512", "avx2"})
+    if (kernels_by_name(name)) return name;
+  return "scalar";
 }
 
 std::string join(const std::vector<std::string>& names) {
@@ -29,7 +39,7 @@ std::string join(const std::vector<std::string>& names) {
 }
 
 const Bt2Kernels& choose(const std::string& name) {
-  if (name.empty() || name == "auto") return *kernels_by_name(available_isas().back());
+  if (name.empty() || name == "auto") return *kernels_by_name(best_isa());
   const Bt2Kernels* k = kernels_by_name(name);
   if (!k)
     throw std::runtime_error("bitttt: ISA '" + name + "' is not available on this CPU/build (available: " +
@@ -40,11 +50,14 @@ const Bt2Kernels& choose(const std::string& name) {
 }  // namespace
 
 std::vector<std::string> compiled_isas() {
+  std::vector<std::string> names{"scalar"};
 #if defined(BITTTT_X86)
-  return {"scalar", "avx2", "avx512"};
-#else
-  return {"scalar"};
+  names.insert(names.end(), {"avx2", "avx512"});
 #endif
+#if defined(BITTTT_AVX512_EMULATION)
+  names.push_back("avx512_emulated");
+#endif
+  return names;
 }
 
 std::vector<std::string> available_isas() {

@@ -11,9 +11,9 @@ namespace bitttt::ternary {
 // The kernels in use. Chosen on first call from BITTTT_ISA (scalar|avx2|avx512) or the CPU;
 // throws std::runtime_error naming the choices if BITTTT_ISA asks for one this CPU lacks.
 const Bt2Kernels& active_kernels();
-// Forces a kernel set by name ("scalar", "avx2", "avx512", or "auto" for the best).
+// Forces a kernel set by name ("scalar", "avx2", "avx512", "avx512_emulated", or "auto").
 void set_isa(const std::string& name);
-// Kernel sets this build has and this CPU can run, best last.
+// Kernel sets this build has and this CPU can run (test-only "avx512_emulated" included).
 std::vector<std::string> available_isas();
 // Kernel sets compiled into this build.
 std::vector<std::string> compiled_isas();

@@ -25,6 +25,24 @@ constexpr int64_t kRowsPerTask = 64;
 // Tokens handed to one task in the many-token (GEMM) regime.
 constexpr int64_t kTokensPerTask = 64;
 
+// contiguous() goes through the dispatcher even when it has nothing to do; skip that call.
+Tensor as_contiguous(const Tensor& t) { return t.is_contiguous() ? t : torch::stable::contiguous(t); }
+
+// Per-token quantized activations, in one allocation: xq [M, Kp] int8, then x_scale [M]
+// float and x_sum [M] int32 (Kp is a multiple of 256, so both stay 4-byte aligned).
+struct QuantizedTokens {
+  Tensor storage;
+  int8_t* xq;
+  float* x_scale;
+  int32_t* x_sum;
+};
+
+QuantizedTokens allocate_tokens(const Tensor& like, int64_t M, int64_t Kp) {
+  Tensor storage = torch::stable::new_empty(like, {std::max<int64_t>(M * (Kp + 8), 1)}, ScalarType::Char);
+  int8_t* base = storage.mutable_data_ptr<int8_t>();
+  return {storage, base, reinterpret_cast<float*>(base + M * Kp), reinterpret_cast<int32_t*>(base + M * Kp + 4 * M)};
+}
+
 std::vector<int64_t> output_sizes(const Tensor& x, int64_t N) {
   std::vector<int64_t> sizes(x.sizes().begin(), x.sizes().end());
   sizes.back() = N;
@@ -74,25 +92,23 @@ Tensor ternary_linear_cpu(Tensor x, Tensor packed, Tensor w_scale, std::optional
                   "ternary_linear: w_scale must be float32 [N=", N, "], got ",
                   torch::headeronly::toString(w_scale.scalar_type()), " with ", w_scale.dim(), " dims and ",
                   w_scale.numel(), " elements");
-  w_scale = torch::stable::contiguous(w_scale);
+  w_scale = as_contiguous(w_scale);
   std::optional<Tensor> bias_f32;
   if (bias.has_value()) {
     STD_TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N, "ternary_linear: bias must be [N=", N, "], got ",
                     bias->dim(), " dims and ", bias->numel(), " elements");
     STD_TORCH_CHECK(bias->device() == x.device(), "ternary_linear: bias must be on the same device as x");
-    bias_f32 = torch::stable::contiguous(torch::stable::to(*bias, ScalarType::Float));
+    bias_f32 = as_contiguous(bias->scalar_type() == ScalarType::Float ? *bias : torch::stable::to(*bias, ScalarType::Float));
   }
-  x = torch::stable::contiguous(x);
+  x = as_contiguous(x);
   const int64_t M = K == 0 ? x.numel() : x.numel() / K;  // K == 0: every row is empty
 
   // Quantize every token once into the active kernel's layout.
   const Bt2Kernels& kernels = active_kernels();
-  Tensor xq = torch::stable::new_empty(x, {std::max<int64_t>(M, 1), std::max<int64_t>(Kp, 1)}, ScalarType::Char);
-  Tensor x_scale = torch::stable::new_empty(x, {std::max<int64_t>(M, 1)}, ScalarType::Float);
-  Tensor x_sum = torch::stable::new_empty(x, {std::max<int64_t>(M, 1)}, ScalarType::Int);
-  int8_t* xq_p = xq.mutable_data_ptr<int8_t>();
-  float* x_scale_p = x_scale.mutable_data_ptr<float>();
-  int32_t* x_sum_p = x_sum.mutable_data_ptr<int32_t>();
+  const QuantizedTokens tokens = allocate_tokens(x, M, Kp);
+  int8_t* xq_p = tokens.xq;
+  float* x_scale_p = tokens.x_scale;
+  int32_t* x_sum_p = tokens.x_sum;
   const void* x_p = x.const_data_ptr();
   const int64_t quant_grain = std::max<int64_t>(1, kMinMacsPerThread / std::max<int64_t>(K, 1));
   torch::stable::parallel_for(0, M, quant_grain, [&](int64_t begin, int64_t end) {
@@ -125,14 +141,13 @@ Tensor ternary_matmul_int8_cpu(Tensor xq_in, Tensor packed) {
   const int64_t M = xq_in.size(0), K = xq_in.size(1);
   check_packed("ternary_matmul_int8", packed, K);
   const int64_t N = packed.size(0), Kp = bt2_padded_k(K);
-  xq_in = torch::stable::contiguous(xq_in);
+  xq_in = as_contiguous(xq_in);
 
   const Bt2Kernels& kernels = active_kernels();
-  Tensor xq = torch::stable::new_empty(xq_in, {std::max<int64_t>(M, 1), std::max<int64_t>(Kp, 1)});
-  Tensor x_sum = torch::stable::new_empty(xq_in, {std::max<int64_t>(M, 1)}, ScalarType::Int);
+  const QuantizedTokens tokens = allocate_tokens(xq_in, M, Kp);
   const int8_t* in_p = xq_in.const_data_ptr<int8_t>();
-  int8_t* xq_p = xq.mutable_data_ptr<int8_t>();
-  int32_t* x_sum_p = x_sum.mutable_data_ptr<int32_t>();
+  int8_t* xq_p = tokens.xq;
+  int32_t* x_sum_p = tokens.x_sum;
   for (int64_t m = 0; m < M; ++m) kernels.layout_int8(in_p + m * K, K, Kp, xq_p + m * Kp, x_sum_p + m);
 
   Tensor out = torch::stable::new_empty(xq_in, {M, N}, ScalarType::Int);
