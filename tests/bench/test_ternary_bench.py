@@ -1,0 +1,76 @@
+"""bitttt.bench.ternary in process: the cold regime's copies, validation, interleaving."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from bitttt import _C, ops
+from bitttt.bench import ternary
+from bitttt.bench.ternary import TernaryBenchConfig
+from bitttt.errors import ConfigError
+
+MB = ternary.MB
+
+
+def tiny_config(**overrides) -> TernaryBenchConfig:
+    base = dict(shapes=[(64, 300)], tokens=[3], threads=[1], regimes=["hot", "cold"], reps=2, warmup=1,
+                cold_bytes=MB)
+    return TernaryBenchConfig(**{**base, **overrides})
+
+
+def test_copies_needed():
+    assert ternary.copies_needed(100, 1000) == 10
+    assert ternary.copies_needed(300, 1000) == 4  # 1200 bytes: at least cold_bytes
+    assert ternary.copies_needed(5000, 1000) == 1  # one copy larger than the target is cold alone
+
+
+def test_run_hot_and_cold_rows():
+    out = io.StringIO()
+    report = ternary.run(tiny_config(), out=out)
+    hot, cold = report.rows
+    assert (hot.regime, cold.regime) == ("hot", "cold")
+    assert all(t.copies == 1 for t in hot.timings.values())
+    # Each contender cycles through >= cold_bytes of its own weights: the packed ones are 16x
+    # smaller than float32, so there are 16x as many copies (up to rounding).
+    packed_bytes = 64 * 512 // 4  # K=300 pads to 512
+    assert cold.timings["bitttt"].copies == -(-MB // packed_bytes)
+    assert cold.timings["fp32"].copies == -(-MB // (4 * 64 * 300))
+    assert cold.timings["bf16"].copies == -(-MB // (2 * 64 * 300))
+    assert all(t.reps == 2 for r in report.rows for t in r.timings.values())
+    assert "64x300" in out.getvalue()
+
+
+def test_run_restores_threads_and_isa():
+    threads, isa = torch.get_num_threads(), _C.isa()
+    ternary.run(tiny_config(threads=[1], isas=["scalar"], regimes=["hot"]), out=io.StringIO())
+    assert (torch.get_num_threads(), _C.isa()) == (threads, isa)
+
+
+def test_isas_side_by_side():
+    report = ternary.run(tiny_config(isas=list(_C.available_isas()), regimes=["hot"], baselines=["fp32"]),
+                         out=io.StringIO())
+    names = {f"bitttt-{i}" for i in _C.available_isas()} if len(_C.available_isas()) > 1 else {"bitttt"}
+    assert set(report.rows[0].timings) == names | {"fp32"}
+    assert set(report.rows[0].speedups) == {f"{n} vs fp32" for n in names}
+
+
+def test_wrong_kernel_fails_validation(monkeypatch):
+    real = ops.ternary_linear
+
+    def off_by_one_row(x, packed, w_scale, bias=None):
+        return real(x, packed, w_scale, bias).roll(1, dims=-1)
+
+    monkeypatch.setattr(ternary.ops, "ternary_linear", off_by_one_row)
+    with pytest.raises(ternary.BenchValidationError, match="ternary_linear .* is wrong for 64x300"):
+        ternary.run(tiny_config(), out=io.StringIO())
+
+
+@pytest.mark.parametrize("overrides", [dict(tokens=[0]), dict(shapes=[]), dict(regimes=["warm"]),
+                                       dict(isas=["no-such-isa"]), dict(cold_bytes=2**40)],
+                         ids=["M=0", "no-shapes", "regime", "isa", "cold-too-big"])
+def test_bad_config_raises_config_error(overrides):
+    with pytest.raises(ConfigError):
+        ternary.run(tiny_config(**overrides), out=io.StringIO())

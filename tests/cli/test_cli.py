@@ -1,0 +1,127 @@
+"""The `bitttt` command line: info, bench ternary, --version, exit codes (design §6, §6b)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import bitttt
+from bitttt import cli
+from bitttt.errors import ConfigError, DataError
+
+BENCH_TINY = ["bench", "ternary", "--quick", "--shapes", "256x512", "--tokens", "1,4", "--threads", "1",
+              "--regimes", "hot", "--reps", "3"]
+
+
+def run_bitttt(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bitttt", *args], capture_output=True, text=True, timeout=timeout)
+
+
+# ---------------------------------------------------------------------------------------
+# In process: cli.main(argv)
+# ---------------------------------------------------------------------------------------
+
+
+def test_version(capsys):
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"bitttt {bitttt.__version__}"
+
+
+def test_info_text(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    for label in ("bitttt:", "torch:", "available ISAs:", "ternary kernels:", "torch threads:", "CUDA device:"):
+        assert label in out
+    assert "BITTTT_ISA" in out
+
+
+def test_info_json(capsys):
+    assert cli.main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    tern = info["ternary"]
+    assert tern["isa"] in tern["available_isas"]
+    assert set(tern["available_isas"]) <= set(tern["compiled_isas"])
+    assert "scalar" in tern["available_isas"]  # the portable fallback is always there
+    assert info["bitttt"]["version"] == bitttt.__version__
+    assert info["torch"]["num_threads"] >= 1
+    assert isinstance(info["cuda"]["device_available"], bool)
+
+
+@pytest.mark.parametrize("argv", [
+    [],
+    ["no-such-command"],
+    ["bench"],
+    ["bench", "ternary", "--shapes", "12x"],
+    ["bench", "ternary", "--tokens", "one"],
+    ["bench", "ternary", "--isa", "sse9"],
+    ["bench", "ternary", "--regimes", "lukewarm"],
+], ids=lambda a: " ".join(a) or "no-args")
+def test_bad_args_exit_2(argv, capsys):
+    assert cli.main(argv) == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_bad_bench_config_exit_2_one_line(capsys):
+    assert cli.main(["bench", "ternary", "--tokens", "0", "--quick"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bitttt: error: bench ternary:") and "\n" not in err
+
+
+@pytest.mark.parametrize("exc, code", [(ConfigError("bad config", hint="fix it"), 2), (DataError("bad data"), 3),
+                                       (MemoryError("no room"), 4), (RuntimeError("boom"), 1)],
+                         ids=["config", "data", "oom", "unexpected"])
+def test_exceptions_map_to_exit_codes(exc, code, monkeypatch, capsys):
+    def fail(args):
+        raise exc
+
+    monkeypatch.setattr(cli, "_run_info", fail)  # main builds its parser on each call
+    assert cli.main(["info"]) == code
+    err = capsys.readouterr().err
+    assert str(exc) in err
+    if isinstance(exc, ConfigError):
+        assert err.strip() == "bitttt: error: bad config (hint: fix it)"
+
+
+# ---------------------------------------------------------------------------------------
+# Spawned: python -m bitttt
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_python_m_bitttt_info_json():
+    r = run_bitttt("info", "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["ternary"]["isa"] in info["ternary"]["available_isas"]
+
+
+@pytest.mark.integration
+def test_python_m_bitttt_bad_args():
+    r = run_bitttt("bench", "ternary", "--shapes", "nope")
+    assert r.returncode == 2
+    assert "--shapes" in r.stderr
+
+
+@pytest.mark.integration
+def test_bench_ternary_json(tmp_path):
+    out = tmp_path / "out.json"
+    r = run_bitttt(*BENCH_TINY, "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "bitttt vs fp32" in r.stdout  # the table's speedup column
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "ternary_linear"
+    assert report["info"]["ternary"]["isa"] in report["config"]["isas"]
+    rows = report["rows"]
+    assert [(r["N"], r["K"], r["M"], r["threads"], r["regime"]) for r in rows] == [
+        (256, 512, 1, 1, "hot"), (256, 512, 4, 1, "hot")]
+    for row in rows:
+        assert set(row["timings"]) == {"bitttt", "fp32", "bf16"}
+        for t in row["timings"].values():
+            assert t["reps"] == 3 and t["median_us"] > 0 and t["gbps"] > 0 and t["gops"] > 0
+        assert row["timings"]["bitttt"]["weight_bytes"] == 256 * 512 // 4  # K=512 is already a multiple of 256
+        assert row["timings"]["fp32"]["weight_bytes"] == 4 * 256 * 512
+        assert set(row["speedups"]) == {"bitttt vs fp32", "bitttt vs bf16"}
+        assert row["validation"]["bitttt"] < 1
