@@ -15,11 +15,13 @@ namespace {
 
 using x86::hsum_epi32;
 
-// One vpmaddubsw lane is c0*x0 + c1*x1 with c in [0, 2], x in [-128, 127]: in [-512, 508].
-// The 4 products of one run are summed in int16 (|sum| <= 2048, far from overflow for any
-// input) and widened to int32 right away, which keeps every accumulator in a register.
-constexpr int kShiftsPerRun = 4;
-static_assert(kShiftsPerRun * 512 <= 32767, "int16 partial sums could overflow");
+// One vpmaddubsw lane is c0*x0 + c1*x1 with c in [0, 2], x in [-128, 127]: in [-512, 508],
+// so one run (4 of them) adds at most 2048 to an int16 lane. Lanes are widened to int32
+// every kRunsPerWiden runs: 8 runs for a single token (fewer instructions per weight, and
+// the accumulators still fit in registers), every run when several tokens share the tile.
+template <int C>
+constexpr int64_t kRunsPerWiden = C == 1 ? 8 : 1;
+static_assert(kRunsPerWiden<1> * 4 * 512 <= 32767, "int16 partial sums could overflow");
 // Software prefetch distance for the weight stream, in bytes: the hardware prefetcher
 // alone leaves a cold (DRAM-bound) decode GEMV well short of the memory bandwidth.
 constexpr int64_t kPrefetchBytes = 1024;
@@ -28,31 +30,37 @@ constexpr int64_t kPrefetchBytes = 1024;
 template <int R, int C>
 inline void dot_tile(const int8_t* x, int64_t Kp, const uint8_t* w, int64_t row_bytes, int32_t dots[R][C]) {
   const __m256i mask = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
-  __m256i acc[R][C];
+  __m256i acc[R][C], acc16[R][C];
   for (int i = 0; i < R; ++i)
     for (int j = 0; j < C; ++j) acc[i][j] = _mm256_setzero_si256();
   const int64_t runs = Kp / kBT2RunK;
-  for (int64_t run = 0; run < runs; ++run) {
-    const uint8_t* wr = w + run * kBT2RunBytes;
-    const int8_t* xr = x + run * kBT2RunK;
-    for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(wr + i * row_bytes + kPrefetchBytes), _MM_HINT_T0);
-    for (int i = 0; i < R; ++i) {
-      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + i * row_bytes));
-      const __m256i c0 = _mm256_and_si256(wv, mask);
-      const __m256i c1 = _mm256_and_si256(_mm256_srli_epi16(wv, 2), mask);
-      const __m256i c2 = _mm256_and_si256(_mm256_srli_epi16(wv, 4), mask);
-      const __m256i c3 = _mm256_and_si256(_mm256_srli_epi16(wv, 6), mask);
-      for (int j = 0; j < C; ++j) {
-        const int8_t* xj = xr + j * Kp;
-        const __m256i p01 = _mm256_add_epi16(
-            _mm256_maddubs_epi16(c0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xj))),
-            _mm256_maddubs_epi16(c1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xj + 32))));
-        const __m256i p23 = _mm256_add_epi16(
-            _mm256_maddubs_epi16(c2, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xj + 64))),
-            _mm256_maddubs_epi16(c3, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xj + 96))));
-        acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(_mm256_add_epi16(p01, p23), ones));
+  for (int64_t group = 0; group < runs; group += kRunsPerWiden<C>) {
+    for (int i = 0; i < R; ++i)
+      for (int j = 0; j < C; ++j) acc16[i][j] = _mm256_setzero_si256();
+    for (int64_t run = group; run < std::min(runs, group + kRunsPerWiden<C>); ++run) {
+      const uint8_t* wr = w + run * kBT2RunBytes;
+      const int8_t* xr = x + run * kBT2RunK;
+      for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(wr + i * row_bytes + kPrefetchBytes), _MM_HINT_T0);
+      for (int i = 0; i < R; ++i) {
+        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + i * row_bytes));
+        const __m256i c0 = _mm256_and_si256(wv, mask);
+        const __m256i c1 = _mm256_and_si256(_mm256_srli_epi16(wv, 2), mask);
+        const __m256i c2 = _mm256_and_si256(_mm256_srli_epi16(wv, 4), mask);
+        const __m256i c3 = _mm256_and_si256(_mm256_srli_epi16(wv, 6), mask);
+        for (int j = 0; j < C; ++j) {
+          const int8_t* xj = xr + j * Kp;
+          const __m256i p01 = _mm256_add_epi16(
+              _mm256_maddubs_epi16(c0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xj))),
+              _mm256_maddubs_epi16(c1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xj + 32))));
+          const __m256i p23 = _mm256_add_epi16(
+              _mm256_maddubs_epi16(c2, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xj + 64))),
+              _mm256_maddubs_epi16(c3, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xj + 96))));
+          acc16[i][j] = _mm256_add_epi16(acc16[i][j], _mm256_add_epi16(p01, p23));
+        }
       }
     }
+    for (int i = 0; i < R; ++i)
+      for (int j = 0; j < C; ++j) acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(acc16[i][j], ones));
   }
   for (int i = 0; i < R; ++i)
     for (int j = 0; j < C; ++j) dots[i][j] = hsum_epi32(acc[i][j]);
