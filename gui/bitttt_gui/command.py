@@ -162,8 +162,8 @@ def parse_settings(values: dict, base: TrainSettings | None = None) -> TrainSett
             out[key] = _parse_value(field, raw)
         except ValueError as e:
             errors[key] = str(e)
-    if not errors:
-        errors.update(check_settings(TrainSettings(**out)))
+    for key, msg in check_settings(TrainSettings(**out)).items():   # bad fields still hold base values
+        errors.setdefault(key, msg)
     if errors:
         raise SettingsError(errors)
     return TrainSettings(**out)
@@ -176,8 +176,6 @@ def check_settings(s: TrainSettings) -> dict[str, str]:
         errors["n_head"] = f"hidden size {s.n_embd} is not a multiple of {s.n_head} heads"
     if s.tokenizer == "byte" and s.vocab_size != 256:
         errors["vocab_size"] = "the byte tokenizer has exactly 256 symbols"
-    if s.warmup > s.steps:
-        errors["warmup"] = f"more warmup steps ({s.warmup}) than steps ({s.steps})"
     if s.data and not Path(s.data).expanduser().exists():
         errors["data"] = f"{s.data} does not exist"
     if s.resume and not Path(s.resume).expanduser().exists():

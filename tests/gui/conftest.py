@@ -62,7 +62,13 @@ def display(xvfb_display, monkeypatch):
     return xvfb_display
 
 
-def screenshot(display: str, name: str) -> Path | None:
+@pytest.fixture
+def screenshot(display):
+    """``screenshot(name)`` saves the screen as tests/artifacts/<name>.png; returns the path or None."""
+    return lambda name: grab_screen(display, name)
+
+
+def grab_screen(display: str, name: str) -> Path | None:
     """Save the whole virtual screen as tests/artifacts/<name>.png (Pillow's X grab); None if unavailable."""
     try:
         from PIL import ImageGrab

@@ -92,9 +92,9 @@ def test_parse_form_strings_and_report_every_bad_field():
 
 def test_cross_field_checks(tmp_path):
     with pytest.raises(SettingsError) as e:
-        parse_settings({"n_embd": "130", "n_head": "4", "vocab_size": "300", "warmup": "900",
+        parse_settings({"n_embd": "130", "n_head": "4", "vocab_size": "300",
                         "data": str(tmp_path / "missing.txt")})
-    assert set(e.value.errors) == {"n_head", "vocab_size", "warmup", "data"}
+    assert set(e.value.errors) == {"n_head", "vocab_size", "data"}
 
 
 def test_json_round_trip_keeps_every_field(tmp_path):

@@ -18,3 +18,8 @@ def _loaded_after(imports):
 def test_headless_modules_import_no_torch_no_tkinter():
     assert _loaded_after(HEADLESS) == []
 
+
+
+def test_app_and_tabs_import_no_torch():
+    loaded = _loaded_after(["bitttt_gui.app"])
+    assert "torch" not in loaded and "bitttt" not in loaded and "tkinter" in loaded

@@ -3,6 +3,7 @@
 import queue
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -11,7 +12,7 @@ from bitttt_gui.command import TrainSettings, build_train_argv
 from bitttt_gui.events import parse_line
 from bitttt_gui.process import ChildProcess
 
-from .conftest import FAKE_BITTTT
+FAKE_BITTTT = Path(__file__).parent / "fakes" / "fake_bitttt.py"
 
 
 def collect(q, child, timeout=20.0):
