@@ -67,6 +67,22 @@ def start(app, **values):
     assert app.training_running()
 
 
+def test_first_start(make_app, screenshot):
+    """What a new user sees: the Train tab with the tiny preset, an estimate against this machine, a hint."""
+    app = make_app()
+    train = app.tabs["train"]
+    assert app.notebook.select() == str(train)
+    assert app.status.cget("text").startswith("Workspace ") and "press Start training" in app.status.cget("text")
+    assert train.vars["preset"].get() == "tiny" and train.vars["data"].get() == ""
+    pump(app.root, lambda: "unknown" not in train.verdict_label.cget("text"), what="the estimate against free memory")
+    assert train.verdict_label.cget("text").startswith("On this computer's RAM: about") or "GPU" in train.verdict_label.cget("text")
+    assert "train --preset tiny --run-dir" in train.preview.get("1.0", "end")
+    for tab in app.tabs:
+        app.show_tab(tab)
+        settle(app.root, 0.3)
+        screenshot(f"first-start-{tab}")
+
+
 def test_train_watch_stop_then_chat(make_app, screenshot, monkeypatch):
     app = make_app()
     root, train, logs, plot, mon = app.root, app.tabs["train"], app.tabs["logs"], app.tabs["plot"], app.tabs["monitor"]
