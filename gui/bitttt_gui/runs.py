@@ -88,14 +88,38 @@ def read_run(run_dir: str | os.PathLike, running: bool = False) -> RunInfo:
     return info
 
 
-def scan_runs(workspace: str | os.PathLike, running: set[str] | frozenset = frozenset()) -> list[RunInfo]:
-    """Every folder in ``<workspace>/runs`` (newest first); ``running`` holds run paths that are live."""
+def scan_runs(workspace: str | os.PathLike, running: set[str] | frozenset = frozenset(),
+              cache: dict | None = None) -> list[RunInfo]:
+    """Every folder in ``<workspace>/runs`` (newest first); ``running`` holds run paths that are live.
+
+    ``cache`` (a dict the caller keeps) skips re-reading runs whose events.jsonl and
+    checkpoints are unchanged, so refreshing beside a long run stays cheap.
+    """
     root = Path(workspace) / "runs"
     try:
         dirs = [p for p in root.iterdir() if p.is_dir()]
     except OSError:
         return []
     live = {str(Path(r).resolve()) for r in running}
-    infos = [read_run(d, running=str(d.resolve()) in live) for d in dirs]
+    infos = []
+    for d in dirs:
+        is_live = str(d.resolve()) in live
+        key = (_stamp(d / "events.jsonl"), _stamp(d / "checkpoints"), _stamp(d / "final"), is_live)
+        hit = cache.get(str(d)) if cache is not None else None
+        if hit is not None and hit[0] == key:
+            infos.append(hit[1])
+            continue
+        info = read_run(d, running=is_live)
+        if cache is not None:
+            cache[str(d)] = (key, info)
+        infos.append(info)
     infos.sort(key=lambda r: (r.mtime, r.name), reverse=True)
     return infos
+
+
+def _stamp(path: Path):
+    try:
+        st = path.stat()
+        return st.st_mtime_ns, st.st_size
+    except OSError:
+        return None

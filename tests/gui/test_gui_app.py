@@ -306,3 +306,23 @@ def test_reopen_a_past_curve(make_app, tmp_path):
     plot.log_scale.set(True)
     plot.mark_dirty()
     pump(app.root, lambda: plot.ax.get_yscale() == "log", what="log scale")
+
+
+def test_chat_while_training(make_app, monkeypatch):
+    monkeypatch.setenv("FAKE_CHAT_TOKEN_S", "0.002")
+    app = make_app()
+    start(app, run_name="busy", steps="100000", save_every="5")
+    run_dir = app.workspace / "runs" / "busy"
+    pump(app.root, lambda: (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()),
+         what="a first checkpoint")
+    chat = app.tabs["chat"]
+    assert chat.model.get() == str(run_dir)          # default: the run being trained
+    assert chat.start_server() is None
+    pump(app.root, lambda: chat.status.cget("text").startswith("Ready"), what="the chat server")
+    steps_before = len(app.tabs["plot"].curve.train_steps)
+    chat.prompt.set("still training?")
+    chat.send()
+    pump(app.root, lambda: not chat.generating, what="the answer")
+    assert "You said: still training?" in chat.transcript_text()
+    assert app.training_running() and len(app.tabs["plot"].curve.train_steps) > steps_before
+    assert app.tabs["runs"].infos[str(run_dir)].status == "running"

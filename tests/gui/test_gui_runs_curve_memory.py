@@ -110,3 +110,20 @@ def test_sampler_posts_snapshots():
     finally:
         s.stop()
     assert snaps[-1].rss and snaps[-1].rss > 10 << 20 and snaps[-1].host_total
+
+
+def test_scan_cache_rereads_only_changed_runs(tmp_path, monkeypatch):
+    d = write_run(tmp_path, "a", [START, *STEPS])
+    write_run(tmp_path, "b", [START])
+    cache = {}
+    assert {r.name: r.status for r in scan_runs(tmp_path, cache=cache)} == {"a": "interrupted", "b": "interrupted"}
+    import bitttt_gui.runs as runs_mod
+    reads = []
+    real = runs_mod.read_run
+    monkeypatch.setattr(runs_mod, "read_run", lambda p, running=False: reads.append(p.name) or real(p, running))
+    scan_runs(tmp_path, cache=cache)
+    assert reads == []
+    with open(d / "events.jsonl", "a") as f:
+        f.write(json.dumps({"event": "done", "reason": "completed"}) + "\n")
+    assert {r.name: r.status for r in scan_runs(tmp_path, cache=cache)}["a"] == "completed"
+    assert reads == ["a"]

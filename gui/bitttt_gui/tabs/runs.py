@@ -21,9 +21,11 @@ class RunsTab(ttk.Frame):
         super().__init__(parent, padding=PAD)
         self.ctx = ctx
         self.infos: dict[str, RunInfo] = {}
+        self._cache: dict = {}
         self._build()
         for topic in ("train.started", "train.exited"):
             ctx.bus.subscribe(topic, lambda *_: self.refresh())
+        ctx.bus.subscribe("train.record", self._on_record)
         self.refresh()
 
     def _build(self):
@@ -51,9 +53,13 @@ class RunsTab(ttk.Frame):
         self.empty = ttk.Label(self, text="", style="Hint.TLabel")
         self.empty.pack(fill="x", pady=(PAD, 0))
 
+    def _on_record(self, rec, stream):
+        if rec.get("event") in ("start", "checkpoint"):   # the run folder exists / has a new checkpoint
+            self.refresh()
+
     def refresh(self):
         running = self.ctx.current_run_dir() if self.ctx.training_running() else None
-        infos = scan_runs(self.ctx.workspace, running={str(running)} if running else set())
+        infos = scan_runs(self.ctx.workspace, running={str(running)} if running else set(), cache=self._cache)
         selected = self.selected_path()
         self.tree.delete(*self.tree.get_children())
         self.infos = {}
