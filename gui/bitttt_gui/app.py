@@ -1,0 +1,262 @@
+"""The launcher window (``bitttt-gui``): builds the tabs, owns the training child, polls its queue.
+
+Thin on purpose: widgets live in ``tabs/``, logic in the tkinter-free modules.
+Tk is touched from this thread only: reader threads fill queues, and ``_poll``
+drains at most ``MAX_BATCH`` records per tick with ``after`` (thonny's pattern).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import queue
+import sys
+import tkinter as tk
+from pathlib import Path
+from tkinter import font as tkfont
+from tkinter import messagebox, ttk
+
+from . import command
+from .bus import Bus
+from .events import RAW, explain_exit, format_event, parse_line
+from .memory import MemorySampler
+from .process import STOP_GRACE_S, TERM_GRACE_S, ChildProcess
+from .tabs.chat import ChatTab
+from .tabs.common import PAD, Context
+from .tabs.logs import LogsTab
+from .tabs.memory import MonitorTab
+from .tabs.plot import PlotTab
+from .tabs.runs import RunsTab
+from .tabs.train import TrainTab
+
+POLL_MS = 50
+MAX_BATCH = 400          # records per tick: a spewing child cannot starve the event loop
+TAIL_LINES = 30          # raw lines kept to explain a crash
+TABS = (("train", "Train", TrainTab), ("logs", "Logs", LogsTab), ("plot", "Loss curve", PlotTab),
+        ("monitor", "Progress & memory", MonitorTab), ("chat", "Chat", ChatTab), ("runs", "Runs", RunsTab))
+
+
+def default_workspace() -> Path:
+    return Path.home() / "bitttt"
+
+
+def setup_style(root: tk.Tk) -> ttk.Style:
+    style = ttk.Style(root)
+    if sys.platform == "win32":
+        style.theme_use("vista")
+    elif sys.platform != "darwin" and "clam" in style.theme_names():
+        style.theme_use("clam")
+    base = tkfont.nametofont("TkDefaultFont")
+    size = base.cget("size")
+    style.configure("Hint.TLabel", foreground="#5f6368")
+    style.configure("Value.TLabel", font=(base.cget("family"), size, "bold"))
+    style.configure("Error.TLabel", foreground="#b00020")
+    style.configure("Warn.TLabel", foreground="#9a6700")
+    style.configure("Good.TLabel", foreground="#1a7f37")
+    style.configure("Bad.TEntry", fieldbackground="#ffe3e3", foreground="#b00020")
+    style.configure("Bad.TCombobox", fieldbackground="#ffe3e3")
+    style.configure("Accent.TButton", font=(base.cget("family"), size, "bold"))
+    style.configure("TNotebook.Tab", padding=(12, 4))
+    style.configure("Status.TLabel", padding=(PAD, 2))
+    return style
+
+
+class App:
+    """The launcher. ``bitttt_cmd`` replaces ``python -m bitttt`` (tests: a fake trainer);
+    ``confirm(title, message) -> bool`` asks before closing with a run in progress."""
+
+    def __init__(self, root: tk.Tk, workspace: str | os.PathLike | None = None, bitttt_cmd: list[str] | None = None,
+                 confirm=None, memory_interval_s: float = 1.5, stop_grace_s: float = STOP_GRACE_S,
+                 term_grace_s: float = TERM_GRACE_S):
+        self.root = root
+        self.workspace = Path(workspace or default_workspace()).expanduser().resolve()
+        self.workspace.mkdir(parents=True, exist_ok=True)
+        self.bitttt_cmd = bitttt_cmd
+        self.confirm = confirm or (lambda title, msg: messagebox.askyesno(title, msg, parent=root))
+        self.stop_grace_s, self.term_grace_s = stop_grace_s, term_grace_s
+        self.bus = Bus()
+        self.train_q: queue.Queue = queue.Queue()
+        self.mem_q: queue.Queue = queue.Queue()
+        self.child: ChildProcess | None = None
+        self.run_dir: Path | None = None
+        self._last_error = self._last_done = None
+        self._tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self._closing = False
+        self._live = False
+        self._after_id = None
+
+        root.title(f"bitttt studio — {self.workspace}")
+        root.geometry("1180x820")
+        root.minsize(900, 640)
+        setup_style(root)
+        self.ctx = Context(root=root, bus=self.bus, workspace=self.workspace, bitttt_cmd=bitttt_cmd,
+                           start_training=self.start_training, stop_training=self.stop_training,
+                           training_running=self.training_running, current_run_dir=lambda: self.run_dir,
+                           show_tab=self.show_tab)
+        # The status bar is packed first (bottom) so the notebook cannot squeeze it out.
+        status = ttk.Frame(root)
+        status.pack(fill="x", side="bottom", padx=PAD, pady=(2, PAD))
+        self.progress = ttk.Progressbar(status, mode="determinate", maximum=1.0, length=180)
+        self.progress.pack(side="right")
+        self.status = ttk.Label(status, text="", style="Status.TLabel", anchor="w")
+        self.status.pack(side="left", fill="x", expand=True)
+        self.bus.subscribe("status", self.set_status)
+        self.bus.subscribe("memory", lambda snap: self.ctx.latest.__setitem__("memory", snap))  # before the tabs'
+        self.notebook = ttk.Notebook(root)
+        self.notebook.pack(fill="both", expand=True, padx=PAD, pady=(PAD, 0))
+        self.tabs = {}
+        for key, title, cls in TABS:
+            tab = cls(self.notebook, self.ctx)
+            self.notebook.add(tab, text=title)
+            self.tabs[key] = tab
+        if not self.status.cget("text"):
+            self.set_status("info", f"Workspace {self.workspace}. Choose a preset and press Start training.")
+        self.bus.subscribe("train.record", self._progress_from)
+        self.sampler = MemorySampler(self.mem_q, memory_interval_s).start()
+        root.protocol("WM_DELETE_WINDOW", self.on_close)
+        self._poll()
+
+    # -- services for the tabs -----------------------------------------------------------
+    def show_tab(self, key: str):
+        self.notebook.select(self.tabs[key])
+
+    def set_status(self, severity: str, text: str):
+        style = {"error": "Error.TLabel", "warn": "Warn.TLabel", "ok": "Good.TLabel"}.get(severity, "Status.TLabel")
+        self.status.configure(text=text.splitlines()[0] if text else "", style=style)
+        if style != "Status.TLabel":
+            self.status.configure(padding=(PAD, 2))
+
+    def training_running(self) -> bool:
+        """True from launch until the child's exit record was handled (not merely until it died)."""
+        return self._live
+
+    def start_training(self, settings: command.TrainSettings) -> str | None:
+        """Launch ``bitttt train``; returns an error sentence instead of raising."""
+        if self.training_running():
+            return "a training run is already in progress"
+        run_dir = command.run_dir_for(settings, self.workspace)
+        if (run_dir / "events.jsonl").exists() and not settings.resume:
+            msg = f"{run_dir} already holds a run: choose another run name, or resume it from the Runs tab."
+            self.set_status("error", msg)
+            return msg
+        argv = command.build_train_argv(settings, run_dir, base=self.bitttt_cmd)
+        self.train_q = queue.Queue()
+        self._last_error = self._last_done = None
+        self._tail.clear()
+        try:
+            self.child = ChildProcess(argv, self.train_q, name="train", cwd=self.workspace, run_dir=run_dir).start()
+        except OSError as e:
+            msg = f"Could not start the trainer: {e} (command: {command.format_command(argv)})"
+            self.set_status("error", msg)
+            return msg
+        self.run_dir = run_dir
+        self._live = True
+        self.sampler.pid = self.child.pid
+        self.progress.configure(value=0)
+        self.set_status("info", f"Training {run_dir.name}…")
+        self.bus.publish("train.started", run_dir, argv)
+        return None
+
+    def stop_training(self):
+        if self.child is not None and self.child.running():
+            self.child.stop(grace_s=self.stop_grace_s, term_s=self.term_grace_s)
+
+    # -- the poll loop -------------------------------------------------------------------
+    def _poll(self):
+        self._after_id = None
+        n = 0
+        while n < MAX_BATCH:
+            try:
+                item = self.train_q.get_nowait()
+            except queue.Empty:
+                break
+            n += 1
+            self._handle(item)
+        latest = None
+        while True:
+            try:
+                latest = self.mem_q.get_nowait()
+            except queue.Empty:
+                break
+        if latest is not None:
+            self.bus.publish("memory", latest)
+        if not self._closing or self.training_running():
+            self._after_id = self.root.after(1 if n >= MAX_BATCH else POLL_MS, self._poll)
+
+    def _handle(self, item):
+        if item.kind == "line":
+            rec = parse_line(item.text)
+            kind = rec["event"]
+            if kind == RAW:
+                if item.text.strip():
+                    self._tail.append(item.text)
+            elif kind == "error":
+                self._last_error = rec
+                self.set_status("error", format_event(rec))
+            elif kind == "done":
+                self._last_done = rec
+            self.bus.publish("train.record", rec, item.stream)
+        elif item.kind == "stage":
+            self.set_status("warn", item.text)
+            self.bus.publish("train.stage", item.text)
+        elif item.kind == "exit":
+            severity, message = explain_exit(item.code, self._last_error, self._last_done, list(self._tail))
+            self.sampler.pid = None
+            self._live = False
+            self.set_status(severity, message)
+            self.bus.publish("train.exited", item.code, severity, message, self.run_dir)
+            if self._closing:
+                self._destroy()
+
+    def _progress_from(self, rec, stream):
+        if rec.get("event") == "step":
+            step, total = rec.get("step"), rec.get("total_steps")
+            if isinstance(step, (int, float)) and isinstance(total, (int, float)) and total > 0:
+                self.progress.configure(value=min(step / total, 1.0))
+
+    # -- closing -------------------------------------------------------------------------
+    def on_close(self):
+        if self.training_running():
+            if not self.confirm("Training in progress",
+                                "A training run is in progress. Stop it (it saves a checkpoint) and quit?"):
+                return
+            self._closing = True
+            self.set_status("warn", "Stopping the run before closing…")
+            self.stop_training()
+            return
+        self._destroy()
+
+    def _destroy(self):
+        self.sampler.stop()
+        chat = self.tabs.get("chat")
+        if chat is not None:
+            chat.stop_server()
+        cancel_pending_afters(self.root)
+        self.root.destroy()
+
+
+def cancel_pending_afters(root: tk.Misc) -> None:
+    """Cancel every scheduled ``after`` (the tabs' poll and redraw loops) before destroying the window."""
+    for after_id in root.tk.splitlist(root.tk.call("after", "info")):
+        # Plain Tcl cancel: Misc.after_cancel would also delete the callback's command, which the
+        # widget that scheduled it deletes again when destroyed ("can't delete Tcl command").
+        root.tk.call("after", "cancel", after_id)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bitttt-gui", description="The bitttt desktop launcher: train, watch, stop, chat.")
+    p.add_argument("--workspace", metavar="DIR", help=f"folder holding runs/ (default {default_workspace()})")
+    args = p.parse_args(argv)
+    try:
+        root = tk.Tk(className="bitttt")
+    except tk.TclError as e:
+        print(f"bitttt-gui: cannot open a window ({e}); is a display available?", file=sys.stderr)
+        return 1
+    App(root, args.workspace)
+    root.mainloop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

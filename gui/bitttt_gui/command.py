@@ -1,0 +1,282 @@
+"""The training form as data: settings dataclass → ``bitttt train`` argv, validation, JSON files.
+
+tkinter-free. ``FIELDS`` describes every option once (flag, type, label, tooltip);
+the form in ``tabs/train.py`` is generated from it. ``build_train_argv`` follows
+DESIGN §6b; a flag is sent only where the value differs from the chosen preset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .presets import DEFAULT_PRESET, PRESETS
+
+CMD_ENV = "BITTTT_GUI_CMD"  # replaces "python -m bitttt" (tests point it at a fake trainer)
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    flag: str | None          # None: not a CLI flag (handled specially)
+    kind: str                 # "int", "float", "bool", "choice", "path", "text"
+    label: str
+    section: str
+    tip: str
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("preset", "--preset", "choice", "Preset", "Run", "Model size and training defaults; the other fields start from it.",
+          tuple(PRESETS)),
+    Field("run_name", None, "text", "Run name", "Run", "Folder name under <workspace>/runs/; empty = a timestamp."),
+    Field("data", "--data", "path", "Data", "Run", "A text file or a folder of them; empty = the corpus that ships with bitttt."),
+    Field("resume", "--resume", "path", "Resume from", "Run", "A run folder or checkpoint to continue from; empty = start fresh."),
+    Field("mixer", "--mixer", "choice", "Mixer", "Model", "Sequence mixer: TTT-Linear, TTT-MLP, or softmax attention (the baseline).",
+          ("ttt_linear", "ttt_mlp", "attention")),
+    Field("ternary", "--ternary", "bool", "Ternary weights", "Model", "BitNet b1.58 ternary linears; off = the full-precision twin."),
+    Field("n_layer", "--n-layer", "int", "Layers", "Model", "Number of blocks.", minimum=1),
+    Field("n_embd", "--n-embd", "int", "Hidden size", "Model", "Width of the residual stream; a multiple of the head count.", minimum=8),
+    Field("n_head", "--n-head", "int", "Heads", "Model", "Attention/TTT heads; head size = hidden size / heads.", minimum=1),
+    Field("mini_batch", "--mini-batch", "int", "TTT mini-batch", "Model", "Tokens per TTT inner update (b in the paper, 16).", minimum=1),
+    Field("tokenizer", "--tokenizer", "choice", "Tokenizer", "Model", "byte: 256 symbols, nothing to train; bpe: trained on the data.",
+          ("byte", "bpe")),
+    Field("vocab_size", "--vocab-size", "int", "Vocabulary", "Model", "Vocabulary size (256 for byte; BPE trains this many).", minimum=256),
+    Field("steps", "--steps", "int", "Steps", "Optimisation", "Optimizer steps in total.", minimum=1),
+    Field("batch_size", "--batch-size", "int", "Batch size", "Optimisation", "Sequences per micro-batch.", minimum=1),
+    Field("seq_len", "--seq-len", "int", "Sequence length", "Optimisation", "Tokens per sequence.", minimum=2),
+    Field("lr", "--lr", "float", "Learning rate", "Optimisation", "Peak AdamW learning rate (after warmup, then cosine decay).", minimum=0),
+    Field("warmup", "--warmup", "int", "Warmup steps", "Optimisation", "Linear warmup steps.", minimum=0),
+    Field("grad_accum", "--grad-accum", "int", "Grad. accumulation", "Optimisation", "Micro-batches per optimizer step.", minimum=1),
+    Field("device", "--device", "choice", "Device", "Schedule", "auto = CUDA when available, else CPU.", ("auto", "cpu", "cuda")),
+    Field("seed", "--seed", "int", "Seed", "Schedule", "Random seed (data order, initialisation).", minimum=0),
+    Field("eval_every", "--eval-every", "int", "Eval every", "Schedule", "Steps between validation losses (0 = never).", minimum=0),
+    Field("save_every", "--save-every", "int", "Checkpoint every", "Schedule", "Steps between checkpoints (0 = only at the end).", minimum=0),
+    Field("sample_every", "--sample-every", "int", "Sample every", "Schedule", "Steps between generated samples (0 = never).", minimum=0),
+)
+FIELD_BY_NAME = {f.name: f for f in FIELDS}
+
+
+@dataclass
+class TrainSettings:
+    """Everything the form holds. Defaults are the ``tiny`` preset's."""
+    preset: str = DEFAULT_PRESET
+    run_name: str = ""
+    data: str = ""
+    resume: str = ""
+    mixer: str = PRESETS[DEFAULT_PRESET]["mixer"]
+    ternary: bool = PRESETS[DEFAULT_PRESET]["ternary"]
+    n_layer: int = PRESETS[DEFAULT_PRESET]["n_layer"]
+    n_embd: int = PRESETS[DEFAULT_PRESET]["n_embd"]
+    n_head: int = PRESETS[DEFAULT_PRESET]["n_head"]
+    mini_batch: int = PRESETS[DEFAULT_PRESET]["mini_batch"]
+    tokenizer: str = PRESETS[DEFAULT_PRESET]["tokenizer"]
+    vocab_size: int = PRESETS[DEFAULT_PRESET]["vocab_size"]
+    steps: int = PRESETS[DEFAULT_PRESET]["steps"]
+    batch_size: int = PRESETS[DEFAULT_PRESET]["batch_size"]
+    seq_len: int = PRESETS[DEFAULT_PRESET]["seq_len"]
+    lr: float = PRESETS[DEFAULT_PRESET]["lr"]
+    warmup: int = PRESETS[DEFAULT_PRESET]["warmup"]
+    grad_accum: int = PRESETS[DEFAULT_PRESET]["grad_accum"]
+    device: str = PRESETS[DEFAULT_PRESET]["device"]
+    seed: int = PRESETS[DEFAULT_PRESET]["seed"]
+    eval_every: int = PRESETS[DEFAULT_PRESET]["eval_every"]
+    save_every: int = PRESETS[DEFAULT_PRESET]["save_every"]
+    sample_every: int = PRESETS[DEFAULT_PRESET]["sample_every"]
+
+    @classmethod
+    def for_preset(cls, preset: str, **overrides) -> "TrainSettings":
+        """Settings with every preset-controlled field taken from ``preset``."""
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[preset], "preset": preset, **overrides})
+
+
+class SettingsError(ValueError):
+    """A form or config file with bad values; ``errors`` maps field name → message."""
+
+    def __init__(self, errors: dict[str, str]):
+        self.errors = errors
+        super().__init__("; ".join(f"{FIELD_BY_NAME[k].label if k in FIELD_BY_NAME else k}: {v}"
+                                   for k, v in errors.items()))
+
+
+def _parse_value(field: Field, raw) -> object:
+    """One field's value from a form string (or JSON value); raises ValueError with a short reason."""
+    if field.kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        s = str(raw).strip().lower()
+        if s in ("1", "true", "yes", "on"):
+            return True
+        if s in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("expected true or false")
+    if field.kind in ("int", "float"):
+        if isinstance(raw, bool):
+            raise ValueError("expected a number")
+        s = str(raw).strip()
+        if not s:
+            raise ValueError("required")
+        try:
+            v = int(s) if field.kind == "int" else float(s)
+        except ValueError:
+            raise ValueError("expected a whole number" if field.kind == "int" else "expected a number") from None
+        if field.kind == "float" and not (v == v and abs(v) != float("inf")):
+            raise ValueError("expected a finite number")
+        if field.minimum is not None and v < field.minimum:
+            raise ValueError(f"must be at least {field.minimum:g}")
+        if field.name == "lr" and v <= 0:
+            raise ValueError("must be greater than 0")
+        return v
+    s = "" if raw is None else str(raw).strip()
+    if field.kind == "choice" and s not in field.choices:
+        raise ValueError(f"choose one of {', '.join(field.choices)}")
+    if field.name == "run_name" and s and (s in (".", "..") or any(c in s for c in '/\\:*?"<>|')):
+        raise ValueError("a plain folder name: no / \\ : * ? \" < > |")
+    return s
+
+
+def parse_settings(values: dict, base: TrainSettings | None = None) -> TrainSettings:
+    """Settings from form strings (or JSON values); every bad field is reported at once.
+
+    Raises ``SettingsError`` whose ``errors`` maps each bad field to its reason.
+    Unknown keys are errors too (a config file with a typo must not silently lose it).
+    """
+    errors: dict[str, str] = {}
+    out = dataclasses.asdict(base or TrainSettings())
+    for key, raw in values.items():
+        field = FIELD_BY_NAME.get(key)
+        if field is None:
+            errors[key] = f"unknown setting; valid ones: {', '.join(FIELD_BY_NAME)}"
+            continue
+        try:
+            out[key] = _parse_value(field, raw)
+        except ValueError as e:
+            errors[key] = str(e)
+    for key, msg in check_settings(TrainSettings(**out)).items():   # bad fields still hold base values
+        errors.setdefault(key, msg)
+    if errors:
+        raise SettingsError(errors)
+    return TrainSettings(**out)
+
+
+def check_settings(s: TrainSettings) -> dict[str, str]:
+    """Cross-field checks; field name → message (empty when fine)."""
+    errors = {}
+    if s.n_head and s.n_embd % s.n_head:
+        errors["n_head"] = f"hidden size {s.n_embd} is not a multiple of {s.n_head} heads"
+    if s.tokenizer == "byte" and s.vocab_size != 256:
+        errors["vocab_size"] = "the byte tokenizer has exactly 256 symbols"
+    if s.data and not Path(s.data).expanduser().exists():
+        errors["data"] = f"{s.data} does not exist"
+    if s.resume and not Path(s.resume).expanduser().exists():
+        errors["resume"] = f"{s.resume} does not exist"
+    return errors
+
+
+def python_executable() -> str:
+    """The interpreter for children: ours, but python.exe instead of a windowless pythonw.exe."""
+    exe = sys.executable
+    p = Path(exe)
+    if p.name.lower() == "pythonw.exe":
+        console = p.with_name("python.exe")
+        if console.exists():
+            return str(console)
+    return exe
+
+
+def bitttt_command() -> list[str]:
+    """What stands for ``bitttt``: ``$BITTTT_GUI_CMD`` (split like a shell) or ``python -m bitttt``."""
+    override = os.environ.get(CMD_ENV, "").strip()
+    if override:
+        return shlex.split(override, posix=os.name != "nt")
+    return [python_executable(), "-m", "bitttt"]
+
+
+def default_run_name() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def run_dir_for(s: TrainSettings, workspace: str | os.PathLike) -> Path:
+    """The run folder this launch writes: <workspace>/runs/<name or timestamp>."""
+    return Path(workspace) / "runs" / (s.run_name or default_run_name())
+
+
+def train_args(s: TrainSettings, run_dir: str | os.PathLike) -> list[str]:
+    """The arguments after ``bitttt``: ``train ... --log-format jsonl``.
+
+    Only fields differing from the preset are sent, so the command reads like
+    a diff against it; ``--run-dir`` is always explicit (the launcher writes STOP there).
+    """
+    preset = PRESETS.get(s.preset, {})
+    args = ["train", "--preset", s.preset]
+    if s.data:
+        args += ["--data", str(Path(s.data).expanduser())]
+    args += ["--run-dir", str(run_dir)]
+    if s.resume:
+        args += ["--resume", str(Path(s.resume).expanduser())]
+    for f in FIELDS:
+        if f.flag is None or f.name in ("preset", "data", "resume"):
+            continue
+        value = getattr(s, f.name)
+        if f.name in preset and value == preset[f.name]:
+            continue
+        if f.kind == "bool":
+            args.append(f.flag if value else "--no-" + f.flag[2:])
+        elif f.kind == "float":
+            args += [f.flag, repr(float(value))]
+        else:
+            args += [f.flag, str(value)]
+    args += ["--log-format", "jsonl"]
+    return args
+
+
+def build_train_argv(s: TrainSettings, run_dir, base: list[str] | None = None) -> list[str]:
+    return list(base if base is not None else bitttt_command()) + train_args(s, run_dir)
+
+
+def build_chat_argv(model: str | os.PathLike, base: list[str] | None = None) -> list[str]:
+    return list(base if base is not None else bitttt_command()) + ["chat", "--model", str(model), "--protocol", "jsonl"]
+
+
+def format_command(argv: list[str]) -> str:
+    """A copyable command line for this platform's shell."""
+    return subprocess.list2cmdline(argv) if os.name == "nt" else shlex.join(argv)
+
+
+def settings_to_json(s: TrainSettings) -> str:
+    return json.dumps({"bitttt_gui_config": 1, **dataclasses.asdict(s)}, indent=2) + "\n"
+
+
+def save_settings(s: TrainSettings, path: str | os.PathLike) -> None:
+    """Write the form as JSON atomically (a temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(settings_to_json(s), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def load_settings(path: str | os.PathLike) -> TrainSettings:
+    """Read a JSON config written by ``save_settings``; raises SettingsError naming what is wrong."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise SettingsError({"file": f"cannot read {path}: {e.strerror or e}"}) from None
+    except ValueError as e:
+        raise SettingsError({"file": f"{path} is not valid JSON: {e}"}) from None
+    if not isinstance(data, dict):
+        raise SettingsError({"file": f"{path} does not hold a JSON object"})
+    data.pop("bitttt_gui_config", None)
+    preset = data.get("preset", DEFAULT_PRESET)
+    base = TrainSettings.for_preset(preset) if preset in PRESETS else TrainSettings()
+    return parse_settings(data, base)

@@ -1,0 +1,125 @@
+"""The workspace's runs: status, final loss, latest checkpoint, read from ``events.jsonl``; tkinter-free."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .events import num, read_events
+
+STATUSES = ("running", "completed", "stopped", "failed", "interrupted", "empty")
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class RunInfo:
+    path: Path
+    name: str
+    status: str                 # one of STATUSES
+    step: int | None = None
+    total_steps: int | None = None
+    final_loss: float | None = None
+    val_loss: float | None = None
+    message: str = ""           # the error message of a failed run
+    checkpoint: Path | None = None
+    mtime: float = 0.0
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """``final/`` if the run finished, else the highest ``checkpoints/step-N``, else None."""
+    run_dir = Path(run_dir)
+    final = run_dir / "final"
+    if final.is_dir():
+        return final
+    best, best_step = None, -1
+    try:
+        for p in (run_dir / "checkpoints").iterdir():
+            m = _STEP_DIR.match(p.name)
+            if m and p.is_dir() and int(m.group(1)) > best_step:
+                best, best_step = p, int(m.group(1))
+    except OSError:
+        pass
+    return best
+
+
+def read_run(run_dir: str | os.PathLike, running: bool = False) -> RunInfo:
+    """Summarise one run folder. ``running``: the launcher knows its trainer is alive."""
+    run_dir = Path(run_dir)
+    events_path = run_dir / "events.jsonl"
+    info = RunInfo(path=run_dir, name=run_dir.name, status="empty")
+    try:
+        info.mtime = events_path.stat().st_mtime
+    except OSError:
+        info.mtime = 0.0
+    done = error = None
+    seen = False
+    for ev in read_events(events_path):
+        seen = True
+        kind = ev["event"]
+        if kind == "start":
+            done = error = None   # a resumed run appends a new start: the latest session decides
+            info.total_steps = ev.get("total_steps") if isinstance(ev.get("total_steps"), int) else info.total_steps
+        elif kind == "step":
+            if isinstance(ev.get("step"), int):
+                info.step = ev["step"]
+            if isinstance(ev.get("total_steps"), int):
+                info.total_steps = ev["total_steps"]
+            info.final_loss = num(ev.get("loss"), info.final_loss)
+        elif kind == "eval":
+            info.val_loss = num(ev.get("val_loss"), info.val_loss)
+        elif kind == "error":
+            error = ev
+        elif kind == "done":
+            done = ev
+    info.checkpoint = latest_checkpoint(run_dir)
+    if running:
+        info.status = "running"
+    elif done is not None:
+        reason = done.get("reason")
+        info.status = {"completed": "completed", "stopped": "stopped"}.get(reason, "failed")
+    elif error is not None:
+        info.status = "failed"
+    elif seen:
+        info.status = "interrupted"   # no done event and no live trainer: killed or crashed hard
+    if error is not None and info.status == "failed":
+        info.message = str(error.get("message", ""))
+    return info
+
+
+def scan_runs(workspace: str | os.PathLike, running: set[str] | frozenset = frozenset(),
+              cache: dict | None = None) -> list[RunInfo]:
+    """Every folder in ``<workspace>/runs`` (newest first); ``running`` holds run paths that are live.
+
+    ``cache`` (a dict the caller keeps) skips re-reading runs whose events.jsonl and
+    checkpoints are unchanged, so refreshing beside a long run stays cheap.
+    """
+    root = Path(workspace) / "runs"
+    try:
+        dirs = [p for p in root.iterdir() if p.is_dir()]
+    except OSError:
+        return []
+    live = {str(Path(r).resolve()) for r in running}
+    infos = []
+    for d in dirs:
+        is_live = str(d.resolve()) in live
+        key = (_stamp(d / "events.jsonl"), _stamp(d / "checkpoints"), _stamp(d / "final"), is_live)
+        hit = cache.get(str(d)) if cache is not None else None
+        if hit is not None and hit[0] == key:
+            infos.append(hit[1])
+            continue
+        info = read_run(d, running=is_live)
+        if cache is not None:
+            cache[str(d)] = (key, info)
+        infos.append(info)
+    infos.sort(key=lambda r: (r.mtime, r.name), reverse=True)
+    return infos
+
+
+def _stamp(path: Path):
+    try:
+        st = path.stat()
+        return st.st_mtime_ns, st.st_size
+    except OSError:
+        return None

@@ -1,0 +1,1 @@
+"""The launcher's tabs, one module each; they talk only through ``Context.bus``."""

@@ -1,0 +1,285 @@
+"""Chat tab: an inference playground over a ``bitttt chat --protocol jsonl`` child (DESIGN §6)."""
+
+from __future__ import annotations
+
+import queue
+import tkinter as tk
+from pathlib import Path
+from tkinter import filedialog, ttk
+
+from .. import chat as proto
+from ..command import SettingsError, build_chat_argv, format_command
+from ..events import RAW, explain_exit, num, parse_line
+from ..process import ChildProcess
+from ..runs import scan_runs
+from .common import PAD, Context, Tooltip, make_readonly, scrolled_text
+
+POLL_MS = 30
+MAX_BATCH = 200
+PARAM_TIPS = {
+    "temperature": "Randomness: 0 = always the most likely token.",
+    "top_k": "Sample among the k most likely tokens (0 = all).",
+    "top_p": "Sample among the most likely tokens whose probabilities add up to p.",
+    "repetition_penalty": "Above 1 discourages repeating tokens already in the text.",
+    "max_new_tokens": "Longest answer, in tokens.",
+}
+
+
+class ChatTab(ttk.Frame):
+    def __init__(self, parent, ctx: Context):
+        super().__init__(parent, padding=PAD)
+        self.ctx = ctx
+        self.q: queue.Queue = queue.Queue()
+        self.child: ChildProcess | None = None
+        self.model = tk.StringVar()
+        self.prompt = tk.StringVar()
+        self.params = {k: tk.StringVar(value=str(getattr(proto.Sampling, k))) for k in proto.Sampling.LIMITS}
+        self.generating = False
+        self._user_picked = False
+        self._last_error = None
+        self._tail: list[str] = []
+        self._build()
+        ctx.bus.subscribe("train.started", self._on_train_started)
+        ctx.bus.subscribe("chat_with", self.open_model)
+        self.refresh_models()
+        self._poll()
+
+    def _build(self):
+        top = ttk.Frame(self)
+        top.pack(fill="x", pady=(0, PAD))
+        ttk.Label(top, text="Model:").pack(side="left")
+        self.model_box = ttk.Combobox(top, textvariable=self.model, width=60)
+        self.model_box.pack(side="left", padx=4, fill="x", expand=True)
+        self.model_box.bind("<<ComboboxSelected>>", lambda e: setattr(self, "_user_picked", True))
+        self.model_box.bind("<Button-1>", lambda e: self.refresh_models(), add="+")
+        Tooltip(self.model_box, "A run folder (its final or latest checkpoint), a checkpoint folder or an export.")
+        ttk.Button(top, text="Browse…", command=self._browse).pack(side="left")
+        self.load_btn = ttk.Button(top, text="Load model", style="Accent.TButton", command=self.start_server)
+        self.load_btn.pack(side="left", padx=(PAD, 0))
+        self.status = ttk.Label(self, text="No model loaded. Pick a run and press Load model.", style="Hint.TLabel")
+        self.status.pack(fill="x", pady=(0, PAD))
+
+        body = ttk.Frame(self)
+        body.pack(fill="both", expand=True)
+        body.columnconfigure(0, weight=1)
+        body.rowconfigure(0, weight=1)
+        frame, self.transcript = scrolled_text(body, wrap="word", height=18)
+        frame.grid(row=0, column=0, sticky="nsew")
+        make_readonly(self.transcript)
+        t = self.transcript
+        t.tag_configure("user", foreground="#0b5cad", font=("TkDefaultFont", 0, "bold"), spacing1=8)
+        t.tag_configure("bot", foreground="#1f1f1f", spacing3=4)
+        t.tag_configure("info", foreground="#6b6b6b", font=("TkDefaultFont", 0, "italic"))
+        t.tag_configure("error", foreground="#b00020")
+
+        side = ttk.LabelFrame(body, text="Sampling", padding=PAD)
+        side.grid(row=0, column=1, sticky="ns", padx=(PAD, 0))
+        self.param_entries = {}
+        for r, (name, var) in enumerate(self.params.items()):
+            lab = ttk.Label(side, text=name.replace("_", " ").capitalize())
+            lab.grid(row=r, column=0, sticky="w", pady=2)
+            e = ttk.Entry(side, textvariable=var, width=8)
+            e.grid(row=r, column=1, sticky="e", pady=2, padx=(PAD, 0))
+            Tooltip(lab, PARAM_TIPS[name])
+            Tooltip(e, PARAM_TIPS[name])
+            self.param_entries[name] = e
+        r = len(self.params)
+        ttk.Separator(side).grid(row=r, column=0, columnspan=2, sticky="ew", pady=PAD)
+        mem_tip = "The TTT layers keep learning from the conversation; their fast weights are the model's memory."
+        b = ttk.Button(side, text="Reset memory", command=self.reset_memory)
+        b.grid(row=r + 1, column=0, columnspan=2, sticky="ew", pady=2)
+        Tooltip(b, mem_tip + " Reset starts from the trained weights again.")
+        ttk.Button(side, text="Save memory…", command=self._save_dialog).grid(row=r + 2, column=0, columnspan=2, sticky="ew", pady=2)
+        ttk.Button(side, text="Load memory…", command=self._load_dialog).grid(row=r + 3, column=0, columnspan=2, sticky="ew", pady=2)
+        self.speed = ttk.Label(side, text="", style="Hint.TLabel")
+        self.speed.grid(row=r + 4, column=0, columnspan=2, sticky="w", pady=(PAD, 0))
+
+        bottom = ttk.Frame(self)
+        bottom.pack(fill="x", pady=(PAD, 0))
+        self.entry = ttk.Entry(bottom, textvariable=self.prompt)
+        self.entry.pack(side="left", fill="x", expand=True)
+        self.entry.bind("<Return>", lambda e: self.send())
+        self.send_btn = ttk.Button(bottom, text="Send", command=self.send)
+        self.send_btn.pack(side="left", padx=(PAD, 0))
+        self.stop_btn = ttk.Button(bottom, text="Stop generation", command=self.stop_generation, state="disabled")
+        self.stop_btn.pack(side="left", padx=(PAD, 0))
+
+    # -- models --------------------------------------------------------------------------
+    def refresh_models(self):
+        runs = [str(r.path) for r in scan_runs(self.ctx.workspace) if r.checkpoint is not None]
+        self.model_box.configure(values=runs)
+        if not self.model.get() and runs:
+            self.model.set(runs[0])
+
+    def _on_train_started(self, run_dir, argv):
+        if not self._user_picked:
+            self.model.set(str(run_dir))   # default: the run just trained (the server picks its latest checkpoint)
+
+    def _browse(self):
+        path = filedialog.askdirectory(parent=self, initialdir=self.ctx.workspace / "runs")
+        if path:
+            self.model.set(path)
+            self._user_picked = True
+
+    def open_model(self, path):
+        self.model.set(str(path))
+        self._user_picked = True
+        self.ctx.show_tab("chat")
+        self.start_server()
+
+    # -- server --------------------------------------------------------------------------
+    def start_server(self) -> str | None:
+        model = self.model.get().strip()
+        if not model:
+            return self._say("Pick a model first.", "error")
+        if not Path(model).exists():
+            return self._say(f"{model} does not exist.", "error")
+        self.stop_server()
+        argv = build_chat_argv(model, base=self.ctx.bitttt_cmd)
+        self.q = queue.Queue()
+        self._last_error, self._tail = None, []
+        try:
+            self.child = ChildProcess(argv, self.q, name="chat", cwd=self.ctx.workspace, stdin=True).start()
+        except OSError as e:
+            self.child = None
+            return self._say(f"Could not start the chat server ({format_command(argv)}): {e}", "error")
+        self.generating = False
+        self.status.configure(text=f"Loading {model}…", style="Hint.TLabel")
+        self._append(f"— model {model}\n", "info")
+        self._update_buttons()
+        return None
+
+    def stop_server(self):
+        if self.child and self.child.running():
+            try:
+                self.child.proc.stdin.close()       # EOF: the server ends by itself
+            except OSError:
+                pass
+            self.child.stop(grace_s=2, term_s=2, write_stop_file=False)
+
+    def _say(self, text, tag):
+        self.status.configure(text=text, style="Error.TLabel" if tag == "error" else "Hint.TLabel")
+        return text if tag == "error" else None
+
+    # -- conversation --------------------------------------------------------------------
+    def sampling(self) -> proto.Sampling | None:
+        values = {k: v.get() for k, v in self.params.items()}
+        try:
+            s = proto.Sampling.parse(values)
+            bad = {}
+        except SettingsError as e:
+            s, bad = None, e.errors
+        for name, e in self.param_entries.items():
+            e.configure(style="Bad.TEntry" if name in bad else "TEntry")
+        if bad:
+            self._say("Fix the marked sampling values: " + "; ".join(f"{k}: {v}" for k, v in bad.items()), "error")
+        return s
+
+    def send(self) -> str | None:
+        text = self.prompt.get().strip()
+        if not text or self.generating:
+            return None
+        if not self.child or not self.child.running():
+            return self._say("No chat server: press Load model first.", "error")
+        s = self.sampling()
+        if s is None:
+            return "bad sampling values"
+        if not self.child.send(proto.generate_request(text, s)):
+            return self._say("The chat server is gone.", "error")
+        self.prompt.set("")
+        self._append(f"You: {text}\n", "user")
+        self._append("", "bot")
+        self.generating = True
+        self._update_buttons()
+        return None
+
+    def stop_generation(self):
+        if self.child:
+            self.child.send(proto.stop_request())
+
+    def reset_memory(self):
+        if self.child and self.child.send(proto.reset_request()):
+            self._append("— memory reset: the TTT state starts from the trained weights again\n", "info")
+
+    def save_memory(self, path):
+        if self.child and self.child.send(proto.save_state_request(path)):
+            self._append(f"— saving memory to {path}\n", "info")
+
+    def load_memory(self, path):
+        if self.child and self.child.send(proto.load_state_request(path)):
+            self._append(f"— loading memory from {path}\n", "info")
+
+    def _save_dialog(self):
+        path = filedialog.asksaveasfilename(parent=self, defaultextension=".pt", initialdir=self.ctx.workspace)
+        if path:
+            self.save_memory(path)
+
+    def _load_dialog(self):
+        path = filedialog.askopenfilename(parent=self, initialdir=self.ctx.workspace)
+        if path:
+            self.load_memory(path)
+
+    def _append(self, text, tag):
+        self.transcript.insert("end", text, tag)
+        self.transcript.see("end")
+
+    def transcript_text(self) -> str:
+        return self.transcript.get("1.0", "end-1c")
+
+    def _update_buttons(self):
+        alive = bool(self.child and self.child.running())
+        self.send_btn.configure(state="normal" if alive and not self.generating else "disabled")
+        self.stop_btn.configure(state="normal" if self.generating else "disabled")
+
+    # -- the child's output --------------------------------------------------------------
+    def _poll(self):
+        for _ in range(MAX_BATCH):
+            try:
+                item = self.q.get_nowait()
+            except queue.Empty:
+                break
+            if item.kind == "line":
+                self._on_line(item.text, item.stream)
+            elif item.kind == "exit":
+                self._on_exit(item.code)
+        self.after(POLL_MS, self._poll)
+
+    def _on_line(self, line, stream):
+        ev = parse_line(line)
+        kind = ev["event"]
+        if kind == "token":
+            self.transcript.insert("end", str(ev.get("text", "")), "bot")
+            self.transcript.see("end")
+        elif kind == "done":
+            self.transcript.insert("end", "\n", "bot")
+            self.generating = False
+            tps = num(ev.get("tokens_per_s"))
+            self.speed.configure(text=f"{tps:,.1f} tokens/s" if tps is not None else "")
+            self._update_buttons()
+        elif kind == "ready":
+            self.status.configure(text=f"Ready: {self.model.get()}", style="Good.TLabel")
+            self._update_buttons()
+        elif kind == "error":
+            self._last_error = ev
+            self._append(f"error: {ev.get('message', '')}" + (f" — {ev['hint']}" if ev.get("hint") else "") + "\n", "error")
+            self.generating = False
+            self._update_buttons()
+        elif kind == RAW:
+            self._tail = (self._tail + [ev["text"]])[-20:]
+            if stream == "stderr" and ev["text"].strip():
+                self._append(ev["text"] + "\n", "info")
+        elif kind != "reset":        # "reset" acknowledges what the transcript already says
+            self._append(f"— {kind}" + (f": {ev['path']}" if ev.get("path") else "") + "\n", "info")
+        if kind != RAW and self.status.cget("text").startswith("Loading"):
+            self.status.configure(text=f"Ready: {self.model.get()}", style="Good.TLabel")
+            self._update_buttons()
+
+    def _on_exit(self, code):
+        self.generating = False
+        if code in (0, None) or code < 0:
+            self.status.configure(text="Chat server closed.", style="Hint.TLabel")
+        else:
+            _sev, msg = explain_exit(code, self._last_error, None, self._tail)
+            self.status.configure(text="Chat server failed: " + msg.replace("Training", "Chat").splitlines()[0],
+                                  style="Error.TLabel")
+        self._update_buttons()

@@ -1,0 +1,95 @@
+"""What every tab gets: the ``Context`` (services of the app) and small shared widgets."""
+
+from __future__ import annotations
+
+import tkinter as tk
+from dataclasses import dataclass, field
+from pathlib import Path
+from tkinter import ttk
+from typing import Callable
+
+from ..bus import Bus
+
+PAD = 6
+
+
+@dataclass
+class Context:
+    root: tk.Misc
+    bus: Bus
+    workspace: Path
+    bitttt_cmd: list[str] | None                      # None: command.bitttt_command()
+    start_training: Callable                          # (TrainSettings) -> str | None (error)
+    stop_training: Callable[[], None]
+    training_running: Callable[[], bool]
+    current_run_dir: Callable[[], Path | None]
+    show_tab: Callable[[str], None]
+    latest: dict = field(default_factory=dict)        # e.g. latest["memory"]: the last MemorySnapshot
+
+
+class Tooltip:
+    """A hover tip for any widget (shown after a short delay, hidden on leave or click)."""
+
+    DELAY_MS = 500
+
+    def __init__(self, widget: tk.Misc, text: str):
+        self.widget, self.text = widget, text
+        self._after = None
+        self._tip = None
+        widget.bind("<Enter>", self._schedule, add="+")
+        widget.bind("<Leave>", self._hide, add="+")
+        widget.bind("<ButtonPress>", self._hide, add="+")
+
+    def _schedule(self, _e=None):
+        self._cancel()
+        self._after = self.widget.after(self.DELAY_MS, self._show)
+
+    def _cancel(self):
+        if self._after:
+            self.widget.after_cancel(self._after)
+            self._after = None
+
+    def _show(self):
+        self._after = None
+        if self._tip or not self.text:
+            return
+        x = self.widget.winfo_rootx() + 12
+        y = self.widget.winfo_rooty() + self.widget.winfo_height() + 4
+        self._tip = tk.Toplevel(self.widget)
+        self._tip.wm_overrideredirect(True)
+        self._tip.wm_geometry(f"+{x}+{y}")
+        tk.Label(self._tip, text=self.text, justify="left", background="#ffffe0", relief="solid",
+                 borderwidth=1, wraplength=360, padx=6, pady=3).pack()
+
+    def _hide(self, _e=None):
+        self._cancel()
+        if self._tip:
+            self._tip.destroy()
+            self._tip = None
+
+
+def scrolled_text(parent, **kw) -> tuple[ttk.Frame, tk.Text]:
+    """A Text with a vertical scrollbar in a frame."""
+    frame = ttk.Frame(parent)
+    text = tk.Text(frame, wrap=kw.pop("wrap", "none"), undo=False, borderwidth=1, relief="solid",
+                   highlightthickness=0, padx=6, pady=4, **kw)
+    sb = ttk.Scrollbar(frame, orient="vertical", command=text.yview)
+    text.configure(yscrollcommand=sb.set)
+    text.grid(row=0, column=0, sticky="nsew")
+    sb.grid(row=0, column=1, sticky="ns")
+    frame.rowconfigure(0, weight=1)
+    frame.columnconfigure(0, weight=1)
+    return frame, text
+
+
+def make_readonly(text: tk.Text) -> None:
+    """Keep a Text selectable and copyable but not editable by the user."""
+    def guard(e):
+        if e.state & 0x4 and e.keysym.lower() in ("c", "a"):   # Ctrl+C, Ctrl+A
+            return None
+        if e.keysym in ("Up", "Down", "Left", "Right", "Prior", "Next", "Home", "End"):
+            return None
+        return "break"
+    text.bind("<Key>", guard)
+    text.bind("<<Paste>>", lambda e: "break")
+    text.bind("<<Cut>>", lambda e: "break")

@@ -1,0 +1,221 @@
+"""A stand-in for ``python -m bitttt`` (train and chat) that speaks DESIGN §6 and §6b.
+
+The launcher tests point ``BITTTT_GUI_CMD`` at this script. It accepts exactly the
+launcher's flags (argparse exits 2 on anything else, like the real CLI), writes a
+run folder with ``events.jsonl`` and atomic checkpoints, obeys ``STOP`` and SIGTERM,
+and misbehaves on request through ``FAKE_BITTTT_MODE``:
+
+ok · exit1 (error event + traceback, exit 1) · config (exit 2) · data (exit 3) ·
+oom (exit 4) · crash (uncaught exception, no event) · hang (ignores STOP and SIGTERM) ·
+hang_term (ignores STOP, obeys SIGTERM) · garbage (non-JSON and broken JSON lines).
+``FAKE_BITTTT_STEP_S`` sets the time per step (default 0.02 s).
+"""
+
+import argparse
+import json
+import math
+import os
+import resource
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+MODE = os.environ.get("FAKE_BITTTT_MODE", "ok")
+STEP_S = float(os.environ.get("FAKE_BITTTT_STEP_S", "0.02"))
+_lock = threading.Lock()
+_events_file = None
+
+
+def emit(event, **fields):
+    ev = {"event": event, "time": time.time(), **fields}
+    line = json.dumps(ev)
+    with _lock:
+        print(line, flush=True)
+        if _events_file is not None:
+            _events_file.write(line + "\n")
+            _events_file.flush()
+
+
+def save(run_dir: Path, rel: str, step: int) -> Path:
+    final = run_dir / rel
+    tmp = run_dir / (rel.replace("/", "_") + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "model.safetensors").write_text("fake weights\n")
+    (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        import shutil
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def train(argv):
+    global _events_file
+    p = argparse.ArgumentParser(prog="bitttt train")
+    for flag in ("--preset", "--config", "--run-dir", "--resume", "--device", "--tokenizer", "--log-format",
+                 "--mixer"):
+        p.add_argument(flag)
+    p.add_argument("--data", nargs="+")
+    for flag in ("--steps", "--batch-size", "--seq-len", "--warmup", "--grad-accum", "--eval-every",
+                 "--save-every", "--sample-every", "--seed", "--vocab-size", "--n-layer", "--n-embd",
+                 "--n-head", "--mini-batch"):
+        p.add_argument(flag, type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--ternary", action=argparse.BooleanOptionalAction, default=True)
+    a = p.parse_args(argv)
+    if a.log_format != "jsonl":
+        p.error("the fake only speaks --log-format jsonl")
+    run_dir = Path(a.run_dir or "runs/fake")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "STOP").unlink(missing_ok=True)
+    (run_dir / "config.json").write_text(json.dumps({"model_type": "bitttt", "argv": argv}))
+    _events_file = open(run_dir / "events.jsonl", "a", encoding="utf-8")
+    total = a.steps or 500
+    eval_every, save_every, sample_every = a.eval_every or 100, a.save_every or 250, a.sample_every or 250
+
+    if MODE == "config":
+        emit("error", kind="config", message=f"n_embd=130 is not a multiple of n_head=4 (in {run_dir/'config.json'})",
+             hint="choose a hidden size divisible by the head count")
+        sys.exit(2)
+    if MODE == "data":
+        path = (a.data or ["/nonexistent/corpus.txt"])[0]
+        emit("error", kind="data", message=f"cannot read {path}: no such file", hint="pick an existing text file or folder")
+        sys.exit(3)
+
+    stop = threading.Event()
+    if MODE == "hang":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    else:
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    start_step = 0
+    if a.resume:
+        try:
+            start_step = json.loads((Path(a.resume) / "trainer_state.json").read_text())["step"]
+        except (OSError, ValueError, KeyError):
+            start_step = 0
+    emit("start", run_dir=str(run_dir), config={"preset": a.preset, "n_layer": a.n_layer}, n_params=1005264,
+         device="cpu", total_steps=total, argv=argv)
+    t0 = time.time()
+    last_ckpt = None
+    for step in range(start_step + 1, total + 1):
+        time.sleep(STEP_S)
+        if MODE in ("hang", "hang_term") and step > 2:
+            while True:               # stuck in a kernel / dataloader deadlock
+                time.sleep(0.05)
+                if MODE == "hang_term" and stop.is_set():
+                    break
+        if stop.is_set() or (MODE not in ("hang", "hang_term") and (run_dir / "STOP").exists()):
+            last_ckpt = save(run_dir, f"checkpoints/step-{step - 1:06d}", step - 1)
+            emit("checkpoint", step=step - 1, path=str(last_ckpt))
+            emit("done", step=step - 1, reason="stopped", path=str(last_ckpt))
+            (run_dir / "STOP").unlink(missing_ok=True)
+            sys.exit(0)
+        if MODE == "garbage" and step % 3 == 0:
+            print("UserWarning: this is not JSON at all", flush=True)
+            print('{"event": "step", "step": ', flush=True)          # cut in half
+            print("[1, 2, 3]", flush=True)                            # JSON, not an object
+            print('{"no_event_key": true}', flush=True)
+            print("\x00\x01 binary-ish ŝţŕîñĝ", flush=True)
+        if MODE == "oom" and step == 3:
+            emit("error", kind="oom", message="CUDA out of memory. Tried to allocate 2.00 GiB",
+                 hint="lower --batch-size or --seq-len, or raise --grad-accum")
+            emit("done", step=step - 1, reason="error", path=None)
+            sys.exit(4)
+        if MODE == "exit1" and step == 3:
+            print("Traceback (most recent call last):", file=sys.stderr)
+            print('  File "bitttt/train.py", line 42, in train_step', file=sys.stderr)
+            print("ZeroDivisionError: division by zero", file=sys.stderr, flush=True)
+            emit("error", kind="exception", message="ZeroDivisionError: division by zero", hint=None)
+            emit("done", step=step - 1, reason="error", path=None)
+            sys.exit(1)
+        if MODE == "crash" and step == 3:
+            raise RuntimeError("fake trainer crashed in the middle of a step")
+        elapsed = time.time() - t0
+        loss = 5.5 * math.exp(-step / (total / 3)) + 1.0
+        emit("step", step=step, total_steps=total, loss=loss, lr=(a.lr or 3e-3) * min(1.0, step / 10),
+             grad_norm=1.0 / step, tokens_per_s=16 * 128 / STEP_S, elapsed_s=elapsed,
+             eta_s=elapsed / (step - start_step) * (total - step),
+             mem_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        if eval_every and step % eval_every == 0:
+            emit("eval", step=step, val_loss=loss + 0.1, val_bpb=(loss + 0.1) / math.log(2))
+        if sample_every and step % sample_every == 0:
+            emit("sample", step=step, prompt="Once upon", text=" a time there was a fake model")
+        if save_every and step % save_every == 0:
+            last_ckpt = save(run_dir, f"checkpoints/step-{step:06d}", step)
+            emit("checkpoint", step=step, path=str(last_ckpt))
+    final = save(run_dir, "final", total)
+    emit("done", step=total, reason="completed", path=str(final))
+
+
+def chat(argv):
+    p = argparse.ArgumentParser(prog="bitttt chat")
+    p.add_argument("--model", required=True)
+    p.add_argument("--protocol", choices=["text", "jsonl"], default="text")
+    a = p.parse_args(argv)
+    if not Path(a.model).exists():
+        emit("error", kind="config", message=f"no model at {a.model}", hint="pick a run folder or an export")
+        sys.exit(2)
+    token_s = float(os.environ.get("FAKE_CHAT_TOKEN_S", "0.01"))
+    emit("ready", model=a.model)
+    state = {"turns": 0}
+    stop = threading.Event()
+    worker = None
+
+    def generate(req):
+        state["turns"] += 1
+        words = f"(turn {state['turns']}) You said: {req.get('prompt', '')}. The fake model keeps talking".split()
+        words += ["and", "talking"] * 200
+        n, t0 = 0, time.time()
+        for w in words[: int(req.get("max_new_tokens", 50))]:
+            if stop.is_set():
+                break
+            emit("token", text=w + " ")
+            n += 1
+            time.sleep(token_s)
+        emit("done", tokens=n, tokens_per_s=n / max(time.time() - t0, 1e-6), stopped=stop.is_set())
+
+    for line in sys.stdin:
+        try:
+            req = json.loads(line)
+        except ValueError:
+            emit("error", kind="config", message=f"not JSON: {line.strip()[:80]}", hint=None)
+            continue
+        op = req.get("op")
+        if op == "generate":
+            if worker and worker.is_alive():
+                emit("error", kind="config", message="already generating", hint="send stop first")
+                continue
+            stop.clear()
+            worker = threading.Thread(target=generate, args=(req,))
+            worker.start()
+        elif op == "stop":
+            stop.set()
+        elif op == "reset":
+            state["turns"] = 0
+            emit("reset")
+        elif op == "save_state":
+            Path(req["path"]).write_text(json.dumps(state))
+            emit("state_saved", path=req["path"])
+        elif op == "load_state":
+            state.update(json.loads(Path(req["path"]).read_text()))
+            emit("state_loaded", path=req["path"])
+        else:
+            emit("error", kind="config", message=f"unknown op {op!r}", hint=None)
+    if worker:
+        worker.join()
+
+
+if __name__ == "__main__":
+    cmd, rest = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
+    if cmd == "train":
+        train(rest)
+    elif cmd == "chat":
+        chat(rest)
+    else:
+        print(f"fake bitttt: unknown command {cmd!r}", file=sys.stderr)
+        sys.exit(2)
