@@ -22,7 +22,9 @@ def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     finite = torch.isfinite(xf).all(dim=-1)
     xf = torch.where(finite.unsqueeze(-1), xf, torch.zeros_like(xf))
     absmax = xf.abs().amax(dim=-1) if xf.shape[-1] else xf.new_zeros(xf.shape[:-1])
-    s_x = 127.0 / absmax.clamp(min=ABSMAX_FLOOR)
+    # A true float32 division, as the kernels do: `127.0 / t` would compute 127 * (1 / t),
+    # one rounding off, and flip x_q at exact .5 ties.
+    s_x = torch.full_like(absmax, 127.0) / absmax.clamp(min=ABSMAX_FLOOR)
     x_q = torch.round(xf * s_x.unsqueeze(-1)).clamp(-128, 127).to(torch.int8)
     s_x = torch.where(finite, s_x, torch.full_like(s_x, float("nan")))
     return x_q, s_x

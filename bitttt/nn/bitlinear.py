@@ -64,6 +64,13 @@ class BitLinear(nn.Module):
         self.register_buffer("w_scale", w_scale)
         return self
 
+    def _apply(self, fn, recurse: bool = True):
+        # `.to(bfloat16)` and friends convert every float buffer; the kernel's w_scale stays float32.
+        super()._apply(fn, recurse)
+        if self.is_packed and self.w_scale.dtype != torch.float32:
+            self.w_scale = self.w_scale.float()
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_packed:
             return ops.ternary_linear(x, self.packed, self.w_scale, self.bias)
