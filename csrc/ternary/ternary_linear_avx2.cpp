@@ -22,9 +22,9 @@ using x86::hsum_epi32;
 template <int C>
 constexpr int64_t kRunsPerWiden = C == 1 ? 8 : 1;
 static_assert(kRunsPerWiden<1> * 4 * 512 <= 32767, "int16 partial sums could overflow");
-// Software prefetch distance for the weight stream, in bytes: the hardware prefetcher
-// alone leaves a cold (DRAM-bound) decode GEMV well short of the memory bandwidth.
-constexpr int64_t kPrefetchBytes = 1024;
+// While a tile reads its rows, it prefetches the same bytes of the next tile's rows (one
+// tile ahead: R rows of K/4 bytes): the hardware prefetcher alone leaves a cold,
+// DRAM-bound decode GEMV well short of the memory bandwidth.
 
 // dots[i][j] = sum_k code(row i, k) * xq(token j, k) over the padded K, for R rows x C tokens.
 template <int R, int C>
@@ -40,7 +40,7 @@ inline void dot_tile(const int8_t* x, int64_t Kp, const uint8_t* w, int64_t row_
     for (int64_t run = group; run < std::min(runs, group + kRunsPerWiden<C>); ++run) {
       const uint8_t* wr = w + run * kBT2RunBytes;
       const int8_t* xr = x + run * kBT2RunK;
-      for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(wr + i * row_bytes + kPrefetchBytes), _MM_HINT_T0);
+      for (int i = R; i < 2 * R; ++i) _mm_prefetch(reinterpret_cast<const char*>(wr + i * row_bytes), _MM_HINT_T0);
       for (int i = 0; i < R; ++i) {
         const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + i * row_bytes));
         const __m256i c0 = _mm256_and_si256(wv, mask);

@@ -25,7 +25,6 @@ namespace {
 constexpr int64_t kPairBytes = 2 * kBT2RunBytes;  // one zmm of packed codes
 constexpr int64_t kPairK = 2 * kBT2RunK;
 static_assert(kBT2PadK % kPairK == 0, "Kp must hold whole run pairs");
-constexpr int64_t kPrefetchBytes = 1024;  // weight stream prefetch distance (see avx2)
 
 // Natural 32-k chunk c -> its place in a 256-k block: [run0 s0, run1 s0, run0 s1, ...].
 int64_t chunk_offset(int64_t c) {
@@ -47,7 +46,8 @@ inline void dot_tile(const int8_t* x, int64_t Kp, const uint8_t* w, int64_t row_
   for (int64_t p = 0; p < pairs; ++p) {
     const uint8_t* wp = w + p * kPairBytes;
     const int8_t* xp = x + p * kPairK;
-    for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(wp + i * row_bytes + kPrefetchBytes), _MM_HINT_T0);
+    // Prefetch the next tile's rows, one tile ahead (see the AVX2 kernel).
+    for (int i = R; i < 2 * R; ++i) _mm_prefetch(reinterpret_cast<const char*>(wp + i * row_bytes), _MM_HINT_T0);
     for (int i = 0; i < R; ++i) {
       const __m512i wv = _mm512_loadu_si512(reinterpret_cast<const void*>(wp + i * row_bytes));
       const __m512i c0 = _mm512_and_si512(wv, mask);
