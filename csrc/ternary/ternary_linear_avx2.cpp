@@ -66,54 +66,14 @@ inline void dot_tile(const int8_t* x, int64_t Kp, const uint8_t* w, int64_t row_
     for (int j = 0; j < C; ++j) dots[i][j] = hsum_epi32(acc[i][j]);
 }
 
-// Computes an R x C tile at (n, m) and writes it through the epilogue.
-template <int R, int C>
-void tile(const int8_t* xq, int64_t Kp, const uint8_t* packed, int64_t m, int64_t n, const Epilogue& ep) {
-  const int64_t row_bytes = Kp / kBT2WeightsPerByte;
-  int32_t dots[R][C];
-  dot_tile<R, C>(xq + m * Kp, Kp, packed + n * row_bytes, row_bytes, dots);
-  for (int i = 0; i < R; ++i)
-    for (int j = 0; j < C; ++j) store_output(ep, m + j, n + i, dots[i][j]);
-}
+// 32-k chunks stay in natural order: a run's shift s reads k = 32s..32s+31.
+int64_t chunk_offset(int64_t c) { return c * 32; }
 
-// Tiles of up to 4 rows x 4 tokens; the block sizes below pick the shape.
-using TileFn = void (*)(const int8_t*, int64_t, const uint8_t*, int64_t, int64_t, const Epilogue&);
-constexpr TileFn kTiles[4][4] = {
-    {tile<1, 1>, tile<1, 2>, tile<1, 3>, tile<1, 4>},
-    {tile<2, 1>, tile<2, 2>, tile<2, 3>, tile<2, 4>},
-    {tile<3, 1>, tile<3, 2>, tile<3, 3>, tile<3, 4>},
-    {tile<4, 1>, tile<4, 2>, tile<4, 3>, tile<4, 4>},
-};
+// Prefill tiles are 2 rows x 4 tokens: 8 int32 accumulators plus the decoded codes fit
+// the 16 ymm registers.
+constexpr int64_t kGemmRows = 2;
 
-// Few tokens (decode): 4 rows per pass share each activation load and stream 4 weight rows.
-// Many tokens (prefill): 2 rows x 4 tokens, so each decoded code vector feeds 4 multiplies.
-void matmul(const int8_t* xq, int64_t Kp, const uint8_t* packed,
-            int64_t m0, int64_t m1, int64_t n0, int64_t n1, const Epilogue& ep) {
-  const int64_t rows = (m1 - m0) >= 4 ? 2 : 4;
-  for (int64_t m = m0; m < m1; m += 4) {
-    const int64_t tokens = std::min<int64_t>(4, m1 - m);
-    for (int64_t n = n0; n < n1; n += rows) {
-      const int64_t r = std::min(rows, n1 - n);
-      if (tokens < 4) {  // decode: one token at a time keeps 4 rows in flight
-        for (int64_t j = 0; j < tokens; ++j) kTiles[r - 1][0](xq, Kp, packed, m + j, n, ep);
-      } else {
-        kTiles[r - 1][tokens - 1](xq, Kp, packed, m, n, ep);
-      }
-    }
-  }
-}
-
-int64_t natural_chunk(int64_t c) { return c * 32; }
-
-void quantize_f32(const float* x, int64_t K, int64_t Kp, int8_t* xq, float* x_scale, int32_t* x_sum) {
-  x86::quantize_token(x, K, Kp, xq, x_scale, x_sum, natural_chunk);
-}
-void quantize_bf16(const uint16_t* x, int64_t K, int64_t Kp, int8_t* xq, float* x_scale, int32_t* x_sum) {
-  x86::quantize_token(x, K, Kp, xq, x_scale, x_sum, natural_chunk);
-}
-void layout_int8(const int8_t* x, int64_t K, int64_t Kp, int8_t* xq, int32_t* x_sum) {
-  x86::layout_token(x, K, Kp, xq, x_sum, natural_chunk);
-}
+#include "ternary/tiles_x86.inc"
 
 }  // namespace
 
