@@ -7,6 +7,8 @@ typed wrappers. The BT2 packing helpers are plain torch: they run once per weigh
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 try:
@@ -27,6 +29,9 @@ __all__ = [
     "quantize_weight",
     "ternary_linear",
     "ternary_matmul_int8",
+    "TTTState",
+    "ttt_linear",
+    "ttt_linear_decode_",
 ]
 
 # ---------------------------------------------------------------------------------------
@@ -154,3 +159,23 @@ def _ternary_linear_backward(ctx, grad_out):
 torch.library.register_autograd(
     "bitttt::ternary_linear", _ternary_linear_backward, setup_context=_ternary_linear_setup_context
 )
+
+
+# ---------------------------------------------------------------------------------------
+# TTT-Linear (docs/design.md §3)
+# ---------------------------------------------------------------------------------------
+
+
+class TTTState(NamedTuple):
+    """The carried TTT-Linear state (design §3).
+
+    W, c: fast weights at the start of the current mini-batch, float32/64 [B,H,D,D], [B,H,D];
+    gW, gc: lr-weighted inner gradients summed inside it (zero on a boundary), same shapes;
+    pos: absolute position of the next token (mini-batches are aligned to pos // b).
+    """
+
+    W: torch.Tensor
+    c: torch.Tensor
+    gW: torch.Tensor
+    gc: torch.Tensor
+    pos: int
