@@ -23,7 +23,7 @@ using torch::headeronly::ScalarType;
 using torch::stable::Tensor;
 
 // Below this many multiply-adds a call stays on one thread: waking the pool costs more.
-constexpr int64_t kMinMacsPerThread = 1 << 18;
+constexpr int64_t kMinMacsPerThread = 1 << 21;
 
 // AVX2+FMA when the CPU has both, unless BITTTT_ISA=scalar asks for the portable copy.
 const Kernels& active_kernels() {
@@ -53,19 +53,30 @@ void check_shape(const char* op, const char* name, const Tensor& t, std::vector<
   STD_TORCH_CHECK(ok, op, ": ", name, " must be ", dims, " = ", w, "], got ", shape_str(t));
 }
 
-// Shared checks of the forward, backward and decode. Returns dims; q is [B,H,T,D].
+// Shared checks of the forward, backward and decode. q is [B,H,T,D], or [B,H,D] for one
+// token (decode, one_token: lr is then [B,H]). Returns the dims.
 Dims check_inputs(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& lr,
                   const Tensor& ts, const Tensor& W, const Tensor& c, const Tensor& gW, const Tensor& gc,
-                  int64_t pos, const Tensor& ln_w, const Tensor& ln_b) {
-  STD_TORCH_CHECK(q.dim() == 4, op, ": q must be 4-D [B, H, T, D], got ", shape_str(q));
-  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
+                  int64_t pos, const Tensor& ln_w, const Tensor& ln_b, bool one_token = false) {
+  if (one_token) {
+    STD_TORCH_CHECK(q.dim() == 3, op, ": q must be 3-D [B, H, D] (one token), got ", shape_str(q));
+  } else {
+    STD_TORCH_CHECK(q.dim() == 4, op, ": q must be 4-D [B, H, T, D], got ", shape_str(q));
+  }
+  const int64_t B = q.size(0), H = q.size(1), T = one_token ? 1 : q.size(2), D = q.size(q.dim() - 1);
   STD_TORCH_CHECK(D > 0, op, ": head size D must be positive");
   STD_TORCH_CHECK(ts.dim() == 1 && ts.size(0) > 0, op, ": token_scale must be 1-D [b] with b >= 1, got ",
                   shape_str(ts));
   STD_TORCH_CHECK(pos >= 0, op, ": pos must be >= 0, got ", pos);
-  check_shape(op, "k", k, {B, H, T, D}, "[B, H, T, D]");
-  check_shape(op, "v", v, {B, H, T, D}, "[B, H, T, D]");
-  check_shape(op, "lr", lr, {B, H, T}, "[B, H, T]");
+  if (one_token) {
+    check_shape(op, "k", k, {B, H, D}, "[B, H, D]");
+    check_shape(op, "v", v, {B, H, D}, "[B, H, D]");
+    check_shape(op, "lr", lr, {B, H}, "[B, H]");
+  } else {
+    check_shape(op, "k", k, {B, H, T, D}, "[B, H, T, D]");
+    check_shape(op, "v", v, {B, H, T, D}, "[B, H, T, D]");
+    check_shape(op, "lr", lr, {B, H, T}, "[B, H, T]");
+  }
   check_shape(op, "W", W, {B, H, D, D}, "[B, H, D, D]");
   check_shape(op, "c", c, {B, H, D}, "[B, H, D]");
   check_shape(op, "gW", gW, {B, H, D, D}, "[B, H, D, D]");
@@ -155,10 +166,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ttt_linear_cp
 // lr [B,H]. Equal to ttt_linear over that token.
 Tensor ttt_linear_decode_cpu(Tensor q, Tensor k, Tensor v, Tensor lr, Tensor ts, Tensor W, Tensor c, Tensor gW,
                              Tensor gc, int64_t pos, Tensor ln_w, Tensor ln_b) {
-  STD_TORCH_CHECK(q.dim() == 3, "ttt_linear_decode_: q must be 3-D [B, H, D] (one token), got ", shape_str(q));
-  auto tok = [](const Tensor& t) { return torch::stable::unsqueeze(t, 2); };  // [B,H,1,(D)]
-  Dims dm = check_inputs("ttt_linear_decode_", tok(q), tok(k), tok(v), tok(lr), ts, W, c, gW, gc, pos, ln_w,
-                         ln_b);
+  Dims dm = check_inputs("ttt_linear_decode_", q, k, v, lr, ts, W, c, gW, gc, pos, ln_w, ln_b, true);
   const Tensor* state[] = {&W, &c, &gW, &gc};
   for (const Tensor* t : state)
     STD_TORCH_CHECK(t->is_contiguous(), "ttt_linear_decode_: the state tensors W, c, gW, gc are updated in place "
