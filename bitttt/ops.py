@@ -222,6 +222,8 @@ def ttt_linear(q, k, v, lr, token_scale, W0, b0, ln_w, ln_b, state: TTTState | N
         W = W0.unsqueeze(0).expand(B, H, D, D)
         c = b0.unsqueeze(0).expand(B, H, D)
         state = TTTState(W, c, W.new_zeros(B, H, D, D), c.new_zeros(B, H, D), 0)
+    # Contiguous here rather than in the kernel, so compiled graphs see the layouts the op uses.
+    q, k, v, lr = q.contiguous(), k.contiguous(), v.contiguous(), lr.contiguous()
     tensors = (q, k, v, lr, token_scale, state.W, state.c, state.gW, state.gc, ln_w, ln_b)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     out, W, c, gW, gc, _, _ = torch.ops.bitttt.ttt_linear(
@@ -266,9 +268,10 @@ def _ttt_linear_fake(q, k, v, lr, token_scale, W, c, gW, gc, pos, ln_w, ln_b, ck
 def _ttt_linear_backward_fake(grad_out, grad_W, grad_c, grad_gW, grad_gc, q, k, v, lr, token_scale, W, c, gW, gc,
                               pos, ln_w, ln_b, ckpt_W, ckpt_c, ckpt_every):
     B, H, T, D = q.shape
-    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(lr),
-            torch.empty_like(token_scale), q.new_empty(B, H, D, D), q.new_empty(B, H, D), q.new_empty(B, H, D, D),
-            q.new_empty(B, H, D), torch.empty_like(ln_w), torch.empty_like(ln_b))
+    # The kernel returns contiguous tensors whatever the inputs' strides: so must this.
+    return (q.new_empty(B, H, T, D), q.new_empty(B, H, T, D), q.new_empty(B, H, T, D), q.new_empty(B, H, T),
+            q.new_empty(token_scale.shape), q.new_empty(B, H, D, D), q.new_empty(B, H, D), q.new_empty(B, H, D, D),
+            q.new_empty(B, H, D), q.new_empty(ln_w.shape), q.new_empty(ln_b.shape))
 
 
 @torch.library.register_fake("bitttt::ttt_linear_decode_")
@@ -288,7 +291,7 @@ def _ttt_linear_setup_context(ctx, inputs, output):
 def _ttt_linear_backward(ctx, g_out, g_W, g_c, g_gW, g_gc, _g_ckpt_W, _g_ckpt_c):
     q, k, v, lr, token_scale, W, c, gW, gc, ln_w, ln_b, ckpt_W, ckpt_c = ctx.saved_tensors
     B, H, T, D = q.shape
-    zeros = lambda g, *shape: q.new_zeros(shape) if g is None else g  # noqa: E731
+    zeros = lambda g, *shape: q.new_zeros(shape) if g is None else g.contiguous()  # noqa: E731
     grads = torch.ops.bitttt.ttt_linear_backward(
         zeros(g_out, B, H, T, D), zeros(g_W, B, H, D, D), zeros(g_c, B, H, D), zeros(g_gW, B, H, D, D),
         zeros(g_gc, B, H, D), q, k, v, lr, token_scale, W, c, gW, gc, ctx.pos, ln_w, ln_b, ckpt_W, ckpt_c,

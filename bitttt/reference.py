@@ -180,3 +180,66 @@ def ttt_linear(q, k, v, lr, token_scale, W0, b0, ln_w, ln_b, state=None, dual_fo
             t += 1
     out = torch.cat(outs, dim=2) if outs else q.new_empty(q.shape)
     return out, state
+
+
+# ---------------------------------------------------------------------------------------
+# TTT-MLP (docs/design.md §3, second inner model): f(x) = gelu(x W1 + b1) W2 + b2, F = 4·D
+#
+# Same mini-batch rule and carried state as TTT-Linear, with the state
+# (W1, b1, W2, b2, gW1, gb1, gW2, gb2, pos): W1 [B,H,D,F], b1 [B,H,F], W2 [B,H,F,D], b2 [B,H,D].
+# Every segment (tokens inside one mini-batch) runs in the dual form with the carried
+# accumulators, which for one token is exactly the primal step.
+# ---------------------------------------------------------------------------------------
+
+
+def gelu_tanh_grad(x: torch.Tensor) -> torch.Tensor:
+    """d/dx gelu(x, approximate='tanh'), as ttt-lm-pytorch's gelu_bwd."""
+    tanh_out = torch.tanh(0.79788456 * x * (1 + 0.044715 * x * x))
+    return 0.5 * x * ((1 - tanh_out * tanh_out) * (0.79788456 + 0.1070322243 * x * x)) + 0.5 * (1 + tanh_out)
+
+
+def ttt_mlp(q, k, v, lr, token_scale, W1, b1, W2, b2, ln_w, ln_b, state=None):
+    """TTT-MLP over a sequence from any position. q, k, v [B,H,T,D]; lr [B,H,T]; token_scale [b];
+    W1 [H,D,F], b1 [H,F], W2 [H,F,D], b2 [H,D] (used when state is None); ln_w, ln_b [H,D].
+    Returns (out [B,H,T,D], state tuple as above)."""
+    B, H, T, D = q.shape
+    b = token_scale.shape[0]
+    if state is None:
+        W1s, b1s = W1.expand(B, *W1.shape), b1.expand(B, *b1.shape)
+        W2s, b2s = W2.expand(B, *W2.shape), b2.expand(B, *b2.shape)
+        state = (W1s, b1s, W2s, b2s, torch.zeros_like(W1s), torch.zeros_like(b1s), torch.zeros_like(W2s),
+                 torch.zeros_like(b2s), 0)
+    W1s, b1s, W2s, b2s, gW1, gb1, gW2, gb2, pos = state
+    gelu = lambda x: torch.nn.functional.gelu(x, approximate="tanh")  # noqa: E731
+    outs, t = [], 0
+    while t < T:
+        i0 = pos % b
+        n = min(b - i0, T - t)
+        Q, K, V, L = q[:, :, t:t + n], k[:, :, t:t + n], v[:, :, t:t + n], lr[:, :, t:t + n]
+        ts = token_scale[i0:i0 + n, None]                        # [n,1]
+        lr_s = L.unsqueeze(-2)                                   # [B,H,1,n]: lr of token s
+        # Inner gradients at the mini-batch start state.
+        Z1 = K @ W1s + b1s.unsqueeze(-2)                         # [B,H,n,F]
+        X2 = gelu(Z1)
+        Z2 = X2 @ W2s + b2s.unsqueeze(-2)                        # [B,H,n,D]
+        G2 = ttt_inner_grad(Z2, V - K, ln_w, ln_b)               # [B,H,n,D]
+        G1 = (G2 @ W2s.transpose(-1, -2)) * gelu_tanh_grad(Z1)   # [B,H,n,F]
+        # Z̄_t = x_t W + b − ts_t (x_t gW + gb + Σ_{s≤t} lr_s (x_t·x_s + 1) G_s), layer by layer.
+        A1 = torch.tril(lr_s * (Q @ K.transpose(-1, -2) + 1))   # [B,H,n,n]
+        Z1b = Q @ W1s + b1s.unsqueeze(-2) - ts * (Q @ gW1 + gb1.unsqueeze(-2) + A1 @ G1)
+        X2b = gelu(Z1b)
+        A2 = torch.tril(lr_s * (X2b @ X2.transpose(-1, -2) + 1))
+        Z2b = X2b @ W2s + b2s.unsqueeze(-2) - ts * (X2b @ gW2 + gb2.unsqueeze(-2) + A2 @ G2)
+        outs.append(Q + ttt_layer_norm(Z2b, ln_w, ln_b))
+        Lc = L.unsqueeze(-1)                                     # [B,H,n,1]
+        gW1 = gW1 + (K * Lc).transpose(-1, -2) @ G1
+        gb1 = gb1 + (Lc * G1).sum(-2)
+        gW2 = gW2 + (X2 * Lc).transpose(-1, -2) @ G2
+        gb2 = gb2 + (Lc * G2).sum(-2)
+        pos, t = pos + n, t + n
+        if pos % b == 0:                                         # mini-batch done: commit
+            ts_last = token_scale[-1]
+            W1s, b1s, W2s, b2s = W1s - ts_last * gW1, b1s - ts_last * gb1, W2s - ts_last * gW2, b2s - ts_last * gb2
+            gW1, gb1, gW2, gb2 = (torch.zeros_like(x) for x in (gW1, gb1, gW2, gb2))
+    out = torch.cat(outs, dim=2) if outs else q.new_empty(q.shape)
+    return out, (W1s, b1s, W2s, b2s, gW1, gb1, gW2, gb2, pos)

@@ -137,3 +137,75 @@ def test_chunked_calls_from_unaligned_offsets():
         outs.append(o)
     torch.testing.assert_close(torch.cat(outs, 2), out_all, **TOL)
     assert_state_close(st, st_all, **TOL)
+
+
+# --- TTT-MLP: an independent transcription of ttt-lm-pytorch's TTTMLP dual form ---
+
+def gelu_bwd(x):
+    tanh_out = torch.tanh(0.79788456 * x * (1 + 0.044715 * x * x))
+    return 0.5 * x * ((1 - tanh_out * tanh_out) * (0.79788456 + 0.1070322243 * x * x)) + 0.5 * (1 + tanh_out)
+
+
+def ttt_lm_pytorch_mlp(XQ, XK, XV, lr, token_scale, W1, b1, W2, b2, ln_w, ln_b):
+    B, nh, T, f = XQ.shape
+    K = token_scale.shape[0]
+    gelu = lambda x: torch.nn.functional.gelu(x, approximate="tanh")  # noqa: E731
+    gamma, beta = ln_w.reshape(nh, 1, f), ln_b.reshape(nh, 1, f)
+    W1, b1 = W1.expand(B, *W1.shape), b1.unsqueeze(-2).expand(B, nh, 1, -1)
+    W2, b2 = W2.expand(B, *W2.shape), b2.unsqueeze(-2).expand(B, nh, 1, -1)
+    outs = []
+    for n in range(T // K):
+        sl = slice(n * K, (n + 1) * K)
+        XQ_mb, X1, XV_mb = XQ[:, :, sl], XK[:, :, sl], XV[:, :, sl]
+        eta = token_scale.reshape(K, 1) * lr[:, :, sl].unsqueeze(-2)  # [B,nh,K,K]
+        Z1 = X1 @ W1 + b1
+        X2 = gelu(Z1)
+        Z2 = X2 @ W2 + b2
+        grad_l_wrt_Z2 = ln_fused_l2_bwd(Z2, XV_mb - X1, gamma, beta)
+        grad_l_wrt_Z1 = grad_l_wrt_Z2 @ W2.transpose(-2, -1) * gelu_bwd(Z1)
+        Attn1 = torch.tril(XQ_mb @ X1.transpose(-2, -1))
+        b1_bar = b1 - torch.tril(eta) @ grad_l_wrt_Z1
+        Z1_bar = XQ_mb @ W1 - (eta * Attn1) @ grad_l_wrt_Z1 + b1_bar
+        X2_bar = gelu(Z1_bar)
+        Attn2 = torch.tril(X2_bar @ X2.transpose(-2, -1))
+        b2_bar = b2 - torch.tril(eta) @ grad_l_wrt_Z2
+        Z2_bar = X2_bar @ W2 - (eta * Attn2) @ grad_l_wrt_Z2 + b2_bar
+        last_eta = eta[:, :, -1, :, None]
+        W1 = W1 - (last_eta * X1).transpose(-1, -2) @ grad_l_wrt_Z1
+        b1 = b1 - torch.sum(last_eta * grad_l_wrt_Z1, dim=-2, keepdim=True)
+        W2 = W2 - (last_eta * X2).transpose(-1, -2) @ grad_l_wrt_Z2
+        b2 = b2 - torch.sum(last_eta * grad_l_wrt_Z2, dim=-2, keepdim=True)
+        outs.append(XQ_mb + ln_fwd(Z2_bar, gamma, beta))
+    return torch.cat(outs, 2), W1, W2
+
+
+def mlp_inputs(D=4, b=4, T=16, B=2, H=2):
+    q, k, v, lr, ts, W0, b0, ln_w, ln_b = sample_inputs(B=B, H=H, T=T, D=D, b=b)
+    g = torch.Generator().manual_seed(3)
+    W1 = 0.3 * torch.randn(H, D, 4 * D, generator=g, dtype=torch.float64)
+    b1 = 0.1 * torch.randn(H, 4 * D, generator=g, dtype=torch.float64)
+    W2 = 0.3 * torch.randn(H, 4 * D, D, generator=g, dtype=torch.float64)
+    return q, k, v, lr, ts, W1, b1, W2, b0, ln_w, ln_b
+
+
+def test_mlp_reference_matches_ttt_lm_pytorch():
+    args = mlp_inputs(T=16)
+    out, st = ref.ttt_mlp(*args)
+    out_t, W1, W2 = ttt_lm_pytorch_mlp(*args)
+    torch.testing.assert_close(out, out_t, **TOL)
+    torch.testing.assert_close(st[0], W1, **TOL)
+    torch.testing.assert_close(st[2], W2, **TOL)
+
+
+def test_mlp_token_by_token_equals_one_call():
+    args = mlp_inputs(T=11)
+    q, k, v, lr = args[:4]
+    out_all, st_all = ref.ttt_mlp(*args)
+    st, outs = None, []
+    for t in range(q.shape[2]):
+        o, st = ref.ttt_mlp(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], lr[:, :, t:t + 1], *args[4:],
+                            state=st)
+        outs.append(o)
+    torch.testing.assert_close(torch.cat(outs, 2), out_all, **TOL)
+    for a, b_ in zip(st[:8], st_all[:8]):
+        torch.testing.assert_close(a, b_, **TOL)
