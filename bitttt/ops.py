@@ -241,9 +241,11 @@ def ttt_linear_decode_(q, k, v, lr, token_scale, state: TTTState, ln_w, ln_b):
     out_dtype = q.dtype
     if q.dtype in _LOW_PRECISION:
         q, k, v, lr = q.float(), k.float(), v.float(), lr.float()
-    out = torch.ops.bitttt.ttt_linear_decode_(q, k, v, lr, token_scale, state.W, state.c, state.gW, state.gc,
-                                              int(state.pos), ln_w, ln_b)
-    return out.to(out_dtype), state._replace(pos=int(state.pos) + 1)
+    out = torch.ops.bitttt.ttt_linear_decode_.default(q, k, v, lr, token_scale, state.W, state.c, state.gW,
+                                                      state.gc, int(state.pos), ln_w, ln_b)
+    if out.dtype != out_dtype:
+        out = out.to(out_dtype)
+    return out, TTTState(state.W, state.c, state.gW, state.gc, int(state.pos) + 1)
 
 
 def _check_same_device(op, q, **tensors):

@@ -113,7 +113,10 @@ void for_each_head(int64_t BH, int64_t macs_per_head, const F& fn) {
   });
 }
 
-Tensor copy_contiguous(const Tensor& t) { return torch::stable::clone(torch::stable::contiguous(t)); }
+// contiguous() is a dispatcher call even for a contiguous tensor (µs each): ask first.
+Tensor contig(const Tensor& t) { return t.is_contiguous() ? t : torch::stable::contiguous(t); }
+
+Tensor copy_contiguous(const Tensor& t) { return torch::stable::clone(contig(t)); }
 
 template <typename T>
 void forward_typed(const Dims& dm, int64_t BH, int64_t H, const Tensor& q, const Tensor& k, const Tensor& v,
@@ -144,9 +147,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ttt_linear_cp
   STD_TORCH_CHECK(ckpt_every >= 0, "ttt_linear: ckpt_every must be >= 0, got ", ckpt_every);
   dm.ckpt_every = ckpt_every;
   const int64_t B = q.size(0), H = q.size(1), D = dm.D;
-  q = torch::stable::contiguous(q), k = torch::stable::contiguous(k), v = torch::stable::contiguous(v);
-  lr = torch::stable::contiguous(lr), ts = torch::stable::contiguous(ts);
-  ln_w = torch::stable::contiguous(ln_w), ln_b = torch::stable::contiguous(ln_b);
+  q = contig(q), k = contig(k), v = contig(v);
+  lr = contig(lr), ts = contig(ts);
+  ln_w = contig(ln_w), ln_b = contig(ln_b);
   Tensor W_out = copy_contiguous(W), c_out = copy_contiguous(c);
   Tensor gW_out = copy_contiguous(gW), gc_out = copy_contiguous(gc);
   Tensor out = torch::stable::new_empty(q, {B, H, dm.T, D});
@@ -172,9 +175,9 @@ Tensor ttt_linear_decode_cpu(Tensor q, Tensor k, Tensor v, Tensor lr, Tensor ts,
     STD_TORCH_CHECK(t->is_contiguous(), "ttt_linear_decode_: the state tensors W, c, gW, gc are updated in place "
                     "and must be contiguous; pass .contiguous() copies");
   const int64_t B = q.size(0), H = q.size(1), D = dm.D;
-  q = torch::stable::contiguous(q), k = torch::stable::contiguous(k), v = torch::stable::contiguous(v);
-  lr = torch::stable::contiguous(lr), ts = torch::stable::contiguous(ts);
-  ln_w = torch::stable::contiguous(ln_w), ln_b = torch::stable::contiguous(ln_b);
+  q = contig(q), k = contig(k), v = contig(v);
+  lr = contig(lr), ts = contig(ts);
+  ln_w = contig(ln_w), ln_b = contig(ln_b);
   Tensor out = torch::stable::new_empty(q, {B, H, D});
   if (q.scalar_type() == ScalarType::Float)
     forward_typed<float>(dm, B * H, H, q, k, v, lr, ts, ln_w, ln_b, W, c, gW, gc, out, nullptr, nullptr);
@@ -246,7 +249,7 @@ Grads ttt_linear_backward_cpu(Tensor grad_out, Tensor grad_W, Tensor grad_c, Ten
   for (const Tensor* t : more)
     STD_TORCH_CHECK(t->scalar_type() == q.scalar_type() && t->is_cpu(), op,
                     ": gradients and checkpoints must be CPU tensors of q's dtype");
-  auto C = [](const Tensor& t) { return torch::stable::contiguous(t); };
+  auto C = [](const Tensor& t) { return contig(t); };
   q = C(q), k = C(k), v = C(v), lr = C(lr), ts = C(ts), ln_w = C(ln_w), ln_b = C(ln_b);
   gW = C(gW), gc = C(gc), ckpt_W = C(ckpt_W), ckpt_c = C(ckpt_c), grad_out = C(grad_out);
   Tensor dW = copy_contiguous(grad_W), dc = copy_contiguous(grad_c);

@@ -1,0 +1,1 @@
+"""Benchmarks runnable from an installed wheel (`bitttt bench ...`)."""
