@@ -55,6 +55,7 @@ def assert_state_close(s1, s2, **tol):
 
 CASES = [  # (B, D, b, T, pre): pre tokens of the reference give the incoming state
     (2, 4, 4, 33, 0), (1, 8, 16, 19, 5), (2, 32, 16, 40, 7), (1, 64, 16, 33, 17), (1, 16, 16, 5, 3),
+    (1, 32, 16, 17, 0), (1, 32, 16, 1, 15),  # one-token segments on the fused single-token path
 ]
 
 
@@ -101,9 +102,10 @@ def test_gradcheck(B, D, b, T, pre):
     assert torch.autograd.gradcheck(fn, leaves, fast_mode=T > 5, atol=1e-7, rtol=1e-6)
 
 
+@pytest.mark.parametrize("D", [8, 32], ids=["D8-generic", "D32-fused"])
 @pytest.mark.parametrize("p", [0, 1, 15, 16, 17, 31])
-def test_prefill_then_decode_equals_one_call(p):
-    args = sample_inputs(B=2, T=40, D=8, b=16)
+def test_prefill_then_decode_equals_one_call(p, D):
+    args = sample_inputs(B=2, T=40, D=D, b=16)
     q, k, v, lr, ts, W0, b0, ln_w, ln_b = args
     out_all, st_all = ops.ttt_linear(*args)
     out_p, st = ops.ttt_linear(q[:, :, :p], k[:, :, :p], v[:, :, :p], lr[:, :, :p], *args[4:])
