@@ -101,10 +101,12 @@ def _run_info(args: argparse.Namespace) -> int:
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p = _subparser(sub, "bench", "benchmark bitttt's kernels", """\
   bitttt bench ternary --quick
+  bitttt bench ttt --quick
   bitttt bench ternary --help
 """)
     benches = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
     add_bench_ternary_parser(benches)
+    add_bench_ttt_parser(benches)
 
 
 def add_bench_ternary_parser(sub: argparse._SubParsersAction) -> None:
@@ -156,6 +158,39 @@ def _run_bench_ternary(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------
+
+
+def add_bench_ttt_parser(sub: argparse._SubParsersAction) -> None:
+    p = _subparser(sub, "ttt", "ttt_linear C++ op vs the pure-torch reference: prefill, decode, forward+backward", """\
+  bitttt bench ttt --quick                  # B=1, T=512 and 2048
+  bitttt bench ttt --batch 1 --tokens 2048 --json ttt.json
+""")
+    add_bench_ttt_arguments(p)
+    p.set_defaults(func=_run_bench_ttt)
+
+
+def add_bench_ttt_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The TTT benchmark's flags (also used by benchmarks/ttt.py); kept here so --help needs no torch."""
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 4], help="batch sizes B (default 1 4)")
+    p.add_argument("--tokens", type=int, nargs="+", default=[512, 2048, 8192], help="sequence lengths T")
+    p.add_argument("--heads", type=int, default=12, help="heads H (default 12)")
+    p.add_argument("--head-dim", type=int, default=64, help="head size D (default 64)")
+    p.add_argument("--mini-batch", type=int, default=16, help="TTT mini-batch b (default 16)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--repeat", type=int, default=3, help="timed calls of the op per measurement (default 3)")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd reference")
+    p.add_argument("--ref-grad-max-tokens", type=int, default=8192,
+                   help="run the reference's forward+backward only up to B*T tokens (it is slow; default 8192)")
+    p.add_argument("--quick", action="store_true", help="B=1, T=512 and 2048 only")
+    p.add_argument("--json", help="also write the results to this file")
+    return p
+
+
+def _run_bench_ttt(args: argparse.Namespace) -> int:
+    from bitttt.bench import ttt
+
+    ttt.run(args)
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,219 @@
+"""TTT-Linear benchmark: the C++ op against the pure-torch reference (design §3).
+
+Per (B, T) with H heads of size D and mini-batch b, in one run and on the same inputs:
+- prefill tokens/s: `ops.ttt_linear` vs `reference.ttt_linear` (eager) and the reference
+  with its per-mini-batch dual form `torch.compile`d (the Python loop over mini-batches
+  stays eager: compiling the whole loop unrolls T/b iterations);
+- decode µs/step: `ops.ttt_linear_decode_` (in place) vs the reference on one token;
+- forward+backward ms (loss = out.sum() + W.sum(), gradients of every input);
+- bytes saved for backward: unique storages that autograd keeps (saved_tensors_hooks);
+- peak memory of forward+backward: process RSS growth, sampled every millisecond.
+
+Each configuration is validated before timing (op vs reference on the first tokens).
+Run with `python -m bitttt.bench.ttt [--quick]`, `python benchmarks/ttt.py` or, once wired
+into the CLI, `bitttt bench ttt`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+import psutil
+import torch
+
+from bitttt import _C, ops, reference
+
+VALIDATE_TOKENS = 64  # tokens compared before timing
+VALIDATE_TOL = 1e-3   # float32, LayerNorm outputs O(1)
+
+
+def make_inputs(B: int, H: int, T: int, D: int, b: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, H, T, D, generator=g) for _ in range(3))
+    lr = torch.sigmoid(torch.randn(B, H, T, generator=g)) / D
+    ts = 1.0 / torch.arange(1, b + 1, dtype=torch.float32)
+    W0 = 0.02 * torch.randn(H, D, D, generator=g)
+    b0 = torch.zeros(H, D)
+    ln_w, ln_b = torch.ones(H, D), torch.zeros(H, D)
+    return [q, k, v, lr, ts, W0, b0, ln_w, ln_b]
+
+
+def timeit(fn: Callable[[], object], repeat: int, min_time: float = 0.0) -> float:
+    """Median seconds per call over `repeat` calls (after one warm-up call)."""
+    fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < repeat or time.perf_counter() - start < min_time:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def saved_bytes(fn: Callable[[], object]) -> int:
+    """Bytes of the distinct storages autograd saves for backward while fn runs."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def peak_rss_growth(fn: Callable[[], object]) -> int:
+    """RSS growth (bytes) at its peak while fn runs, sampled every millisecond."""
+    proc = psutil.Process()
+    gc.collect()
+    base = proc.memory_info().rss
+    peak = [base]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.001)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        th.join()
+    return max(peak[0], proc.memory_info().rss) - base
+
+
+def compiled_reference(b: int):
+    """reference.ttt_linear with the per-mini-batch dual form compiled (None if compile fails)."""
+    dual = torch.compile(reference.ttt_linear_dual_minibatch, dynamic=False)
+
+    def run(q, k, v, lr, ts, W0, b0, ln_w, ln_b):
+        B, H, T, D = q.shape
+        W, c = W0.expand(B, H, D, D), b0.expand(B, H, D)
+        outs = []
+        for t in range(0, T - T % b, b):
+            out, W, c = dual(q[:, :, t:t + b], k[:, :, t:t + b], v[:, :, t:t + b], lr[:, :, t:t + b], ts, W, c,
+                             ln_w, ln_b)
+            outs.append(out)
+        return torch.cat(outs, 2), W
+
+    return run
+
+
+def validate(args, b: int) -> None:
+    n = min(VALIDATE_TOKENS, args[0].shape[2])
+    part = [x[:, :, :n] for x in args[:4]] + args[4:]
+    out, st = ops.ttt_linear(*part)
+    out_r, st_r = reference.ttt_linear(*part)
+    err = max((out - out_r).abs().max().item(), (st.W - st_r[0]).abs().max().item())
+    if err > VALIDATE_TOL:
+        raise RuntimeError(f"bench ttt: the op differs from the reference by {err:.3g} > {VALIDATE_TOL}")
+
+
+def bench_config(B: int, T: int, H: int, D: int, b: int, repeat: int, with_compile: bool, ref_grad_max_tokens: int):
+    args = make_inputs(B, H, T, D, b)
+    validate(args, b)
+    row: dict = {"B": B, "T": T, "H": H, "D": D, "b": b}
+    with torch.no_grad():
+        row["prefill_op_s"] = timeit(lambda: ops.ttt_linear(*args), repeat)
+        row["prefill_ref_s"] = timeit(lambda: reference.ttt_linear(*args), max(1, repeat // 3))
+        if with_compile:
+            try:
+                cref = compiled_reference(b)
+                row["prefill_ref_compiled_s"] = timeit(lambda: cref(*args), max(1, repeat // 3))
+            except Exception as e:  # noqa: BLE001 - report and go on
+                row["prefill_ref_compiled_error"] = f"{type(e).__name__}: {e}"[:200]
+        # Decode at an unaligned position: state after 17 tokens.
+        p = 17
+        _, st = ops.ttt_linear(*[x[:, :, :p] for x in args[:4]], *args[4:])
+        tok = [x[:, :, p] for x in args[:4]]
+        row["decode_op_s"] = timeit(lambda: ops.ttt_linear_decode_(*tok, args[4], st, args[7], args[8]), 50, 0.2)
+        st_r = tuple(st)
+        tok1 = [x[:, :, p:p + 1] for x in args[:4]]
+        row["decode_ref_s"] = timeit(lambda: reference.ttt_linear(*tok1, *args[4:], state=st_r), 20, 0.2)
+    leaves = [x.clone().requires_grad_(x.is_floating_point()) for x in args]
+
+    def fwd_bwd(fn):
+        def run():
+            out, st = fn(*leaves)
+            torch.autograd.backward([out.sum() + st[0].sum()])
+            for x in leaves:
+                x.grad = None
+        return run
+
+    def fwd_only(fn):
+        return lambda: fn(*leaves)
+
+    row["fwd_bwd_op_s"] = timeit(fwd_bwd(ops.ttt_linear), max(1, repeat // 2))
+    row["saved_op_bytes"] = saved_bytes(fwd_only(ops.ttt_linear))
+    row["peak_op_bytes"] = peak_rss_growth(fwd_bwd(ops.ttt_linear))
+    if B * T <= ref_grad_max_tokens:
+        row["fwd_bwd_ref_s"] = timeit(fwd_bwd(reference.ttt_linear), 1)
+        row["saved_ref_bytes"] = saved_bytes(fwd_only(reference.ttt_linear))
+        row["peak_ref_bytes"] = peak_rss_growth(fwd_bwd(reference.ttt_linear))
+    return row
+
+
+def format_row(r: dict) -> str:
+    def ratio(a, b_):
+        return f"{r[a] / r[b_]:6.1f}x" if a in r and b_ in r else "     -"
+
+    tok = r["B"] * r["T"]
+    comp = f"{tok / r['prefill_ref_compiled_s']:9.0f}" if "prefill_ref_compiled_s" in r else "        -"
+    fb_ref = f"{1e3 * r['fwd_bwd_ref_s']:8.1f}" if "fwd_bwd_ref_s" in r else "       -"
+    sv_ref = f"{r['saved_ref_bytes'] / 2**20:8.1f}" if "saved_ref_bytes" in r else "       -"
+    pk_ref = f"{r['peak_ref_bytes'] / 2**20:8.1f}" if "peak_ref_bytes" in r else "       -"
+    return (f"B={r['B']} T={r['T']:5d} | prefill tok/s op {tok / r['prefill_op_s']:9.0f} ref {tok / r['prefill_ref_s']:8.0f}"
+            f" ref.compiled {comp} ({ratio('prefill_ref_s', 'prefill_op_s')}) | decode us op "
+            f"{1e6 * r['decode_op_s']:7.1f} ref {1e6 * r['decode_ref_s']:7.1f} ({ratio('decode_ref_s', 'decode_op_s')})"
+            f" | fwd+bwd ms op {1e3 * r['fwd_bwd_op_s']:8.1f} ref {fb_ref} ({ratio('fwd_bwd_ref_s', 'fwd_bwd_op_s')})"
+            f" | saved MiB op {r['saved_op_bytes'] / 2**20:7.1f} ref {sv_ref}"
+            f" | peak MiB op {r['peak_op_bytes'] / 2**20:7.1f} ref {pk_ref}")
+
+
+def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    from bitttt.cli import add_bench_ttt_arguments
+
+    return add_bench_ttt_arguments(p or argparse.ArgumentParser(prog="bitttt bench ttt",
+                                                                 description=__doc__.splitlines()[0]))
+
+
+def run(args: argparse.Namespace, out=sys.stdout) -> dict:
+    torch.set_num_threads(args.threads)
+    batches, tokens = ([1], [512, 2048]) if args.quick else (args.batch, args.tokens)
+    info = _C.build_info()
+    print(f"bitttt bench ttt: torch {torch.__version__}, {args.threads} threads, kernels {info['ttt_isa']}, "
+          f"H={args.heads} D={args.head_dim} b={args.mini_batch}", file=out)
+    rows = []
+    for B in batches:
+        for T in tokens:
+            r = bench_config(B, T, args.heads, args.head_dim, args.mini_batch, args.repeat, not args.no_compile,
+                             args.ref_grad_max_tokens)
+            rows.append(r)
+            print(format_row(r), file=out, flush=True)
+    report = {"benchmark": "ttt_linear", "time": time.time(), "torch": torch.__version__, "threads": args.threads,
+              "isa": info["ttt_isa"], "rows": rows}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    run(build_parser().parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
