@@ -98,3 +98,18 @@ def test_chat_jsonl_protocol(micro_run, tmp_path):
     assert names.count("done") == 2 and names.count("ok") == 3 and names.count("error") == 2
     done = [e for e in events if e["event"] == "done"]
     assert done[0]["n_tokens"] <= 5 and done[0]["tokens_per_s"] >= 0
+
+
+def test_chat_text_commands(micro_run, tmp_path):
+    from bitttt.generate import chat_text
+
+    model, tok, _ = load_model(str(micro_run))
+    session = ChatSession(model, tok, chat_format=False, defaults=SamplingParams(max_new_tokens=5, temperature=0))
+    lines = ["/help", "/temp 0.5", "hello there", f"/save {tmp_path / 's.pt'}", "/reset", f"/load {tmp_path / 's.pt'}",
+             "/load /nonexistent/x.pt", "/temp hot", "/quit"]
+    out = io.StringIO()
+    assert chat_text(session, io.StringIO("\n".join(lines) + "\n"), out) == 0
+    text = out.getvalue()
+    assert "/reset" in text and "(temperature 0.5)" in text and "model> " in text
+    assert "(state reset)" in text and text.count("(error:") == 2
+    assert session.history and session.history[0]["content"] == "hello there"
