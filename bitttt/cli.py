@@ -393,6 +393,10 @@ def _oom_types() -> tuple[type[BaseException], ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs `bitttt ARGS`; returns the exit code (the console script passes it to sys.exit)."""
+    if "torch" not in sys.modules:
+        # OpenMP threads that spin while waiting cost 3-10x on a busy machine (a shared CPU, a
+        # launcher's GUI); sleeping costs little when it is idle. Read when torch loads.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, --version (0), or a usage error (2)
