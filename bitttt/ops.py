@@ -7,6 +7,8 @@ typed wrappers. The BT2 packing helpers are plain torch: they run once per weigh
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 try:
@@ -27,6 +29,9 @@ __all__ = [
     "quantize_weight",
     "ternary_linear",
     "ternary_matmul_int8",
+    "TTTState",
+    "ttt_linear",
+    "ttt_linear_decode_",
 ]
 
 # ---------------------------------------------------------------------------------------
@@ -154,3 +159,145 @@ def _ternary_linear_backward(ctx, grad_out):
 torch.library.register_autograd(
     "bitttt::ternary_linear", _ternary_linear_backward, setup_context=_ternary_linear_setup_context
 )
+
+
+# ---------------------------------------------------------------------------------------
+# TTT-Linear (docs/design.md §3)
+# ---------------------------------------------------------------------------------------
+
+
+class TTTState(NamedTuple):
+    """The carried TTT-Linear state (design §3).
+
+    W, c: fast weights at the start of the current mini-batch, float32/64 [B,H,D,D], [B,H,D];
+    gW, gc: lr-weighted inner gradients summed inside it (zero on a boundary), same shapes;
+    pos: absolute position of the next token (mini-batches are aligned to pos // b).
+    """
+
+    W: torch.Tensor
+    c: torch.Tensor
+    gW: torch.Tensor
+    gc: torch.Tensor
+    pos: int
+
+
+# Mini-batch segments per checkpoint the forward saves for its backward: 1 keeps (W, c) at
+# every mini-batch start; larger values save memory and recompute the states in between.
+TTT_CKPT_EVERY = 4
+
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def _ttt_num_checkpoints(T: int, b: int, pos: int, ckpt_every: int) -> int:
+    """How many (W, c) checkpoints ttt_linear saves: one per ckpt_every segments (see csrc/ttt/ttt.h)."""
+    if ckpt_every <= 0 or T == 0:
+        return 0
+    first = min(T, b - pos % b)
+    n_seg = 1 + (T - first + b - 1) // b
+    return (n_seg + ckpt_every - 1) // ckpt_every
+
+
+def ttt_linear(q, k, v, lr, token_scale, W0, b0, ln_w, ln_b, state: TTTState | None = None,
+               ckpt_every: int = TTT_CKPT_EVERY):
+    """TTT-Linear over T tokens from state.pos (design §3), with the C++ op.
+
+    Args:
+        q, k, v: [B,H,T,D] float32/float64 (bfloat16/float16 run in float32 and come back cast).
+        lr: [B,H,T] per-token inner learning rate. token_scale: [b], b the mini-batch size.
+        W0: [H,D,D], b0: [H,D] initial fast weights (used when state is None).
+        ln_w, ln_b: [H,D] inner LayerNorm. state: a TTTState, or None to start from W0, b0 at 0.
+        ckpt_every: mini-batches per checkpoint kept for the backward (memory vs recompute).
+    Returns:
+        (out [B,H,T,D], TTTState after the tokens). Differentiable in every tensor input.
+    Raises:
+        RuntimeError naming the bad argument (shape, dtype, device).
+    """
+    out_dtype = q.dtype
+    if q.dtype in _LOW_PRECISION:
+        q, k, v, lr = q.float(), k.float(), v.float(), lr.float()
+    if q.dim() != 4:
+        raise RuntimeError(f"ttt_linear: q must be 4-D [B, H, T, D], got shape {tuple(q.shape)}")
+    B, H, T, D = q.shape
+    if state is None:
+        W = W0.unsqueeze(0).expand(B, H, D, D)
+        c = b0.unsqueeze(0).expand(B, H, D)
+        state = TTTState(W, c, W.new_zeros(B, H, D, D), c.new_zeros(B, H, D), 0)
+    # Contiguous here rather than in the kernel, so compiled graphs see the layouts the op uses.
+    q, k, v, lr = q.contiguous(), k.contiguous(), v.contiguous(), lr.contiguous()
+    tensors = (q, k, v, lr, token_scale, state.W, state.c, state.gW, state.gc, ln_w, ln_b)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    out, W, c, gW, gc, _, _ = torch.ops.bitttt.ttt_linear(
+        q, k, v, lr, token_scale, state.W, state.c, state.gW, state.gc, int(state.pos), ln_w, ln_b,
+        ckpt_every if needs_grad else 0)
+    return out.to(out_dtype), TTTState(W, c, gW, gc, int(state.pos) + T)
+
+
+def ttt_linear_decode_(q, k, v, lr, token_scale, state: TTTState, ln_w, ln_b):
+    """One token for all heads, updating state.W/c/gW/gc in place (no autograd): generation.
+
+    q, k, v: [B,H,D]; lr: [B,H]. Returns (out [B,H,D], the state with pos + 1); equal to
+    ttt_linear over that one token.
+    """
+    out_dtype = q.dtype
+    if q.dtype in _LOW_PRECISION:
+        q, k, v, lr = q.float(), k.float(), v.float(), lr.float()
+    out = torch.ops.bitttt.ttt_linear_decode_(q, k, v, lr, token_scale, state.W, state.c, state.gW, state.gc,
+                                              int(state.pos), ln_w, ln_b)
+    return out.to(out_dtype), state._replace(pos=int(state.pos) + 1)
+
+
+def _check_same_device(op, q, **tensors):
+    for name, t in tensors.items():
+        torch._check(t.device == q.device, lambda: f"{op}: {name} must be on q's device {q.device}, got {t.device}")
+
+
+@torch.library.register_fake("bitttt::ttt_linear")
+def _ttt_linear_fake(q, k, v, lr, token_scale, W, c, gW, gc, pos, ln_w, ln_b, ckpt_every=0):
+    torch._check(q.dim() == 4, lambda: f"ttt_linear: q must be 4-D [B, H, T, D], got {q.dim()} dims")
+    torch._check(q.dtype in (torch.float32, torch.float64), lambda: f"ttt_linear: q must be float32/64, got {q.dtype}")
+    B, H, T, D = q.shape
+    torch._check(W.shape == (B, H, D, D), lambda: "ttt_linear: W must be [B, H, D, D]")
+    _check_same_device("ttt_linear", q, k=k, v=v, lr=lr, token_scale=token_scale, W=W, c=c, gW=gW, gc=gc,
+                       ln_w=ln_w, ln_b=ln_b)
+    n_ck = _ttt_num_checkpoints(T, token_scale.shape[0], pos, ckpt_every)
+    return (q.new_empty(B, H, T, D), q.new_empty(B, H, D, D), q.new_empty(B, H, D), q.new_empty(B, H, D, D),
+            q.new_empty(B, H, D), q.new_empty(B, H, n_ck, D, D), q.new_empty(B, H, n_ck, D))
+
+
+@torch.library.register_fake("bitttt::ttt_linear_backward")
+def _ttt_linear_backward_fake(grad_out, grad_W, grad_c, grad_gW, grad_gc, q, k, v, lr, token_scale, W, c, gW, gc,
+                              pos, ln_w, ln_b, ckpt_W, ckpt_c, ckpt_every):
+    B, H, T, D = q.shape
+    # The kernel returns contiguous tensors whatever the inputs' strides: so must this.
+    return (q.new_empty(B, H, T, D), q.new_empty(B, H, T, D), q.new_empty(B, H, T, D), q.new_empty(B, H, T),
+            q.new_empty(token_scale.shape), q.new_empty(B, H, D, D), q.new_empty(B, H, D), q.new_empty(B, H, D, D),
+            q.new_empty(B, H, D), q.new_empty(ln_w.shape), q.new_empty(ln_b.shape))
+
+
+@torch.library.register_fake("bitttt::ttt_linear_decode_")
+def _ttt_linear_decode_fake(q, k, v, lr, token_scale, W, c, gW, gc, pos, ln_w, ln_b):
+    torch._check(q.dim() == 3, lambda: f"ttt_linear_decode_: q must be 3-D [B, H, D], got {q.dim()} dims")
+    return q.new_empty(q.shape)
+
+
+# The backward recomputes each checkpoint span from the (W, c) the forward saved (memory
+# O(T/b·D²) per head instead of the O(T·D²) autograd would keep through the reference).
+def _ttt_linear_setup_context(ctx, inputs, output):
+    q, k, v, lr, token_scale, W, c, gW, gc, pos, ln_w, ln_b, ckpt_every = inputs
+    ctx.save_for_backward(q, k, v, lr, token_scale, W, c, gW, gc, ln_w, ln_b, output[5], output[6])
+    ctx.pos, ctx.ckpt_every = pos, ckpt_every
+
+
+def _ttt_linear_backward(ctx, g_out, g_W, g_c, g_gW, g_gc, _g_ckpt_W, _g_ckpt_c):
+    q, k, v, lr, token_scale, W, c, gW, gc, ln_w, ln_b, ckpt_W, ckpt_c = ctx.saved_tensors
+    B, H, T, D = q.shape
+    zeros = lambda g, *shape: q.new_zeros(shape) if g is None else g.contiguous()  # noqa: E731
+    grads = torch.ops.bitttt.ttt_linear_backward(
+        zeros(g_out, B, H, T, D), zeros(g_W, B, H, D, D), zeros(g_c, B, H, D), zeros(g_gW, B, H, D, D),
+        zeros(g_gc, B, H, D), q, k, v, lr, token_scale, W, c, gW, gc, ctx.pos, ln_w, ln_b, ckpt_W, ckpt_c,
+        ctx.ckpt_every)
+    dq, dk, dv, dlr, dts, dW, dc, dgW, dgc, dln_w, dln_b = grads
+    return dq, dk, dv, dlr, dts, dW, dc, dgW, dgc, None, dln_w, dln_b, None
+
+
+torch.library.register_autograd("bitttt::ttt_linear", _ttt_linear_backward, setup_context=_ttt_linear_setup_context)

@@ -7,6 +7,7 @@
 
 #include "cpu_features.h"
 #include "ternary/dispatch.h"
+#include "ttt/ttt.h"
 
 namespace py = pybind11;
 
@@ -22,6 +23,22 @@ STABLE_TORCH_LIBRARY(bitttt, m) {
   m.def("ternary_linear(Tensor x, Tensor packed, Tensor w_scale, Tensor? bias=None) -> Tensor");
   // Exact int32 [M, N] = x_q @ q.T for int8 x_q [M, K]: the integer core of ternary_linear.
   m.def("ternary_matmul_int8(Tensor x, Tensor packed) -> Tensor");
+
+  // docs/design.md §3. q, k, v [B,H,T,D]; lr [B,H,T]; token_scale [b]; state W, gW [B,H,D,D],
+  // c, gc [B,H,D] at absolute position pos; ln_w, ln_b [H,D]; float32 or float64, all alike.
+  // Returns out, the state after the tokens (W, c, gW, gc) and, when ckpt_every > 0, the
+  // checkpoints its backward recomputes from: (W, c) at every ckpt_every-th segment start.
+  m.def("ttt_linear(Tensor q, Tensor k, Tensor v, Tensor lr, Tensor token_scale, Tensor W, Tensor c, "
+        "Tensor gW, Tensor gc, int pos, Tensor ln_w, Tensor ln_b, int ckpt_every=0) "
+        "-> (Tensor out, Tensor W_out, Tensor c_out, Tensor gW_out, Tensor gc_out, Tensor ckpt_W, Tensor ckpt_c)");
+  // Gradients of ttt_linear for (q, k, v, lr, token_scale, W, c, gW, gc, ln_w, ln_b).
+  m.def("ttt_linear_backward(Tensor grad_out, Tensor grad_W, Tensor grad_c, Tensor grad_gW, Tensor grad_gc, "
+        "Tensor q, Tensor k, Tensor v, Tensor lr, Tensor token_scale, Tensor W, Tensor c, Tensor gW, Tensor gc, "
+        "int pos, Tensor ln_w, Tensor ln_b, Tensor ckpt_W, Tensor ckpt_c, int ckpt_every) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // One token (q, k, v [B,H,D], lr [B,H]) at position pos for all heads; updates the state in place.
+  m.def("ttt_linear_decode_(Tensor q, Tensor k, Tensor v, Tensor lr, Tensor token_scale, Tensor(a!) W, "
+        "Tensor(b!) c, Tensor(c!) gW, Tensor(d!) gc, int pos, Tensor ln_w, Tensor ln_b) -> Tensor");
 }
 
 namespace {
@@ -32,6 +49,7 @@ py::dict build_info() {
   info["torch"] = BITTTT_TORCH_VERSION;
   info["stable_abi_target"] = "2.10";
   info["compiled_isas"] = bitttt::ternary::compiled_isas();
+  info["ttt_isa"] = bitttt::ttt::active_isa();
 #if defined(BITTTT_WITH_CUDA)
   info["cuda"] = true;
 #else

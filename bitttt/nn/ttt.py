@@ -1,0 +1,193 @@
+"""TTT layers (design §3): TTTLinear (the C++ op) and TTTMLP (pure torch), with a decode cache.
+
+Legend: B batch, T tokens, C = hidden size, H heads, D = C / H head size, b mini-batch size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bitttt import ops, reference
+from bitttt.nn.bitlinear import BitLinear
+
+
+@dataclass
+class TTTCache:
+    """Decode cache of one TTT layer, updated in place by forward(x, cache) and step().
+
+    state: the inner model's carried state (ops.TTTState for TTTLinear, a tuple for TTTMLP),
+    None before the first token; conv: the last conv_kernel − 1 projected inputs [B, K−1, C]
+    when the layer has its causal conv; pos: absolute position of the next token.
+    """
+
+    state: Any = None
+    conv: torch.Tensor | None = None
+    pos: int = 0
+
+
+def rope_cos_sin(pos: torch.Tensor, D: int, theta: float, dtype: torch.dtype):
+    """cos, sin [T, D] of rotary embeddings for integer positions pos [T] (rotate-half layout)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, D, 2, device=pos.device, dtype=torch.float32) / D))
+    freqs = pos.float()[:, None] * inv_freq[None, :]           # [T, D/2]
+    emb = torch.cat((freqs, freqs), dim=-1)                   # [T, D]
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B,H,T,D] rotated by cos, sin [T,D]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class CausalDepthwiseConv(nn.Module):
+    """Causal depthwise conv over time, x [B,T,C] -> [B,T,C]; `prev` holds the K−1 inputs before x."""
+
+    def __init__(self, channels: int, kernel: int = 4) -> None:
+        super().__init__()
+        self.kernel = kernel
+        self.conv = nn.Conv1d(channels, channels, kernel, groups=channels, bias=True)
+
+    def forward(self, x: torch.Tensor, prev: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T, C = x.shape
+        if prev is None:
+            prev = x.new_zeros(B, self.kernel - 1, C)
+        xp = torch.cat((prev.to(x.dtype), x), dim=1)             # [B, K−1+T, C]
+        y = self.conv(xp.transpose(1, 2)).transpose(1, 2)         # [B, T, C]
+        return y, xp[:, xp.shape[1] - (self.kernel - 1):]
+
+
+class _TTTBase(nn.Module):
+    """Projections around an inner model: q/k/v/output (and gate) ternary, lr full precision,
+    RoPE on q/k at position mod b, optional causal conv on q/k and gate (the paper's Mamba
+    backbone variant), post LayerNorm."""
+
+    def __init__(self, hidden_size: int, num_heads: int, mini_batch_size: int = 16, base_lr: float = 1.0,
+                 rope_theta: float = 10000.0, use_gate: bool = False, use_conv: bool = False,
+                 conv_kernel: int = 4, ternary: bool = True) -> None:
+        super().__init__()
+        if hidden_size % num_heads or (hidden_size // num_heads) % 2:
+            raise ValueError(f"{type(self).__name__}: hidden_size={hidden_size} must split into num_heads={num_heads} "
+                             "heads of an even size (RoPE)")
+        C, H = hidden_size, num_heads
+        self.hidden_size, self.num_heads, self.head_dim = C, H, C // H
+        self.mini_batch_size, self.base_lr, self.rope_theta = mini_batch_size, base_lr, rope_theta
+        self.use_gate, self.use_conv = use_gate, use_conv
+        linear = (lambda i, o: BitLinear(i, o)) if ternary else (lambda i, o: nn.Linear(i, o, bias=False))
+        if use_conv:  # shared q/k projection, separate causal convs (ttt-lm-pytorch share_qk)
+            self.qk_proj = linear(C, C)
+            self.conv_q = CausalDepthwiseConv(C, conv_kernel)
+            self.conv_k = CausalDepthwiseConv(C, conv_kernel)
+        else:
+            self.q_proj, self.k_proj = linear(C, C), linear(C, C)
+        self.v_proj, self.o_proj = linear(C, C), linear(C, C)
+        if use_gate:
+            self.g_proj = linear(C, C)
+        self.lr_proj = nn.Linear(C, H)  # full precision: lr_j = base_lr·sigmoid(x_j·w_h + c_h)/D
+        self.token_scale_offset = nn.Parameter(torch.zeros(mini_batch_size))  # a_i in 1/(i+1) + a_i
+        self.ln_w = nn.Parameter(torch.ones(H, self.head_dim))  # inner LayerNorm
+        self.ln_b = nn.Parameter(torch.zeros(H, self.head_dim))
+        self.post_norm = nn.LayerNorm(C, eps=1e-6)
+        self.register_buffer("token_idx", 1.0 / torch.arange(1, mini_batch_size + 1, dtype=torch.float32),
+                             persistent=False)
+
+    def init_cache(self) -> TTTCache:
+        return TTTCache()
+
+    def token_scale(self) -> torch.Tensor:
+        return torch.clamp(self.token_idx + self.token_scale_offset, min=0.0)  # [b]
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # [B,H,T,D]
+
+    def _project(self, x: torch.Tensor, cache: TTTCache | None):
+        """q, k, v [B,H,T,D] and lr [B,H,T] for x [B,T,C]; advances the conv cache."""
+        B, T, C = x.shape
+        if self.use_conv:
+            qk = self.qk_proj(x)
+            prev = cache.conv if cache is not None else None
+            q, new_prev = self.conv_q(qk, prev)
+            k, _ = self.conv_k(qk, prev)
+            if cache is not None:
+                cache.conv = new_prev.detach()
+        else:
+            q, k = self.q_proj(x), self.k_proj(x)
+        q, k, v = self._heads(q), self._heads(k), self._heads(self.v_proj(x))
+        pos0 = cache.pos if cache is not None else 0
+        pos = (torch.arange(T, device=x.device) + pos0) % self.mini_batch_size
+        cos, sin = rope_cos_sin(pos, self.head_dim, self.rope_theta, q.dtype)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        lr = self.base_lr * torch.sigmoid(self.lr_proj(x)).transpose(1, 2) / self.head_dim  # [B,H,T]
+        return q, k, v, lr
+
+    def _output(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        y = self.post_norm(out.transpose(1, 2).reshape(B, T, C).to(x.dtype))
+        if self.use_gate:
+            y = F.gelu(self.g_proj(x), approximate="tanh") * y
+        return self.o_proj(y)
+
+    def forward(self, x: torch.Tensor, cache: TTTCache | None = None) -> torch.Tensor:
+        """x [B,T,C] -> [B,T,C]. With a cache, continues from it and updates it in place."""
+        q, k, v, lr = self._project(x, cache)
+        out, state = self._inner(q, k, v, lr, cache.state if cache is not None else None)
+        if cache is not None:
+            cache.state, cache.pos = state, cache.pos + x.shape[1]
+        return self._output(x, out)
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, cache: TTTCache) -> torch.Tensor:
+        """One token x [B,C] -> [B,C] for generation; updates the cache in place."""
+        x = x.unsqueeze(1)
+        q, k, v, lr = self._project(x, cache)
+        out, cache.state = self._inner_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], lr[:, :, 0], cache.state)
+        cache.pos += 1
+        return self._output(x, out.unsqueeze(2))[:, 0]
+
+
+class TTTLinear(_TTTBase):
+    """TTT layer with a linear inner model (design §3) on the C++ op `bitttt.ops.ttt_linear`."""
+
+    def __init__(self, hidden_size: int, num_heads: int, **kw) -> None:
+        super().__init__(hidden_size, num_heads, **kw)
+        H, D = num_heads, self.head_dim
+        self.W0 = nn.Parameter(torch.randn(H, D, D) * 0.02)  # fast weights stay float32 (design §3)
+        self.b0 = nn.Parameter(torch.zeros(H, D))
+
+    def _inner(self, q, k, v, lr, state):
+        return ops.ttt_linear(q, k, v, lr, self.token_scale(), self.W0, self.b0, self.ln_w, self.ln_b, state=state)
+
+    def _inner_step(self, q, k, v, lr, state):
+        if state is None:
+            B, H, D = q.shape
+            W = self.W0.detach().expand(B, H, D, D).contiguous()
+            c = self.b0.detach().expand(B, H, D).contiguous()
+            state = ops.TTTState(W, c, torch.zeros_like(W), torch.zeros_like(c), 0)
+        return ops.ttt_linear_decode_(q, k, v, lr, self.token_scale(), state, self.ln_w, self.ln_b)
+
+
+class TTTMLP(_TTTBase):
+    """TTT layer with a 2-layer MLP inner model, hidden 4·D (pure-torch path: reference.ttt_mlp)."""
+
+    def __init__(self, hidden_size: int, num_heads: int, **kw) -> None:
+        super().__init__(hidden_size, num_heads, **kw)
+        H, D = num_heads, self.head_dim
+        self.W1 = nn.Parameter(torch.randn(H, D, 4 * D) * 0.02)
+        self.b1 = nn.Parameter(torch.zeros(H, 4 * D))
+        self.W2 = nn.Parameter(torch.randn(H, 4 * D, D) * 0.02)
+        self.b2 = nn.Parameter(torch.zeros(H, D))
+
+    def _inner(self, q, k, v, lr, state):
+        dt = self.W1.dtype
+        out, state = reference.ttt_mlp(q.to(dt), k.to(dt), v.to(dt), lr.to(dt), self.token_scale(), self.W1, self.b1,
+                                       self.W2, self.b2, self.ln_w, self.ln_b, state=state)
+        return out.to(q.dtype), state
+
+    def _inner_step(self, q, k, v, lr, state):
+        out, state = self._inner(q.unsqueeze(2), k.unsqueeze(2), v.unsqueeze(2), lr.unsqueeze(2), state)
+        return out[:, :, 0], state

@@ -1,0 +1,242 @@
+"""torch.ops.bitttt.ttt_linear / ttt_linear_decode_ (design §3) against the pure-torch
+reference: forward, state, gradients, decode, chunking, threads, opcheck, bad inputs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bitttt import ops
+from bitttt import reference as ref
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_ttt_reference import sample_inputs  # noqa: E402
+
+F64_TOL = dict(rtol=1e-10, atol=1e-10)  # same math, different summation order
+F32_TOL = dict(rtol=1e-4, atol=1e-4)    # float32 rounding through LayerNorms on O(1) values
+NAMES = ("q", "k", "v", "lr", "token_scale", "W", "c", "gW", "gc", "ln_w", "ln_b")
+
+
+def split_state(args, pre, state_dtype=None):
+    """Runs the reference over the first `pre` tokens: returns the remaining inputs and that state."""
+    q, k, v, lr = args[:4]
+    _, st = ref.ttt_linear(q[:, :, :pre], k[:, :, :pre], v[:, :, :pre], lr[:, :, :pre], *args[4:])
+    rest = [x[:, :, pre:].clone() for x in (q, k, v, lr)]
+    W, c, gW, gc, pos = st
+    return rest, ops.TTTState(*(x.clone().contiguous() for x in (W, c, gW, gc)), pos)
+
+
+def both(args, pre, dtype=torch.float64, ckpt_every=ops.TTT_CKPT_EVERY, requires_grad=False):
+    """Inputs for the op and the reference: tokens after `pre`, starting from the state there."""
+    args = [a.to(dtype) for a in args]
+    (q, k, v, lr), st = split_state(args, pre)
+    leaves = [q, k, v, lr, args[4].clone(), st.W, st.c, st.gW, st.gc, args[7].clone(), args[8].clone()]
+    for x in leaves:
+        x.requires_grad_(requires_grad)
+    return leaves, st.pos
+
+
+def call(fn, leaves, pos, **kw):
+    q, k, v, lr, ts, W, c, gW, gc, ln_w, ln_b = leaves
+    if fn is ref.ttt_linear:
+        return ref.ttt_linear(q, k, v, lr, ts, None, None, ln_w, ln_b, state=(W, c, gW, gc, pos))
+    return ops.ttt_linear(q, k, v, lr, ts, None, None, ln_w, ln_b, state=ops.TTTState(W, c, gW, gc, pos), **kw)
+
+
+def assert_state_close(s1, s2, **tol):
+    for name, a, b_ in zip(("W", "c", "gW", "gc"), s1[:4], s2[:4]):
+        torch.testing.assert_close(a, b_, msg=lambda m, name=name: f"state {name}: {m}", **tol)
+    assert s1[4] == s2[4]
+
+
+CASES = [  # (B, D, b, T, pre): pre tokens of the reference give the incoming state
+    (2, 4, 4, 33, 0), (1, 8, 16, 19, 5), (2, 32, 16, 40, 7), (1, 64, 16, 33, 17), (1, 16, 16, 5, 3),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("B,D,b,T,pre", CASES, ids=lambda x: str(x))
+def test_forward_matches_reference(dtype, B, D, b, T, pre):
+    leaves, pos = both(sample_inputs(B=B, T=pre + T, D=D, b=b), pre, dtype)
+    out_r, st_r = call(ref.ttt_linear, leaves, pos)
+    out_o, st_o = call(ops.ttt_linear, leaves, pos)
+    tol = F64_TOL if dtype == torch.float64 else F32_TOL
+    torch.testing.assert_close(out_o, out_r, **tol)
+    assert_state_close(st_o, st_r, **tol)
+
+
+@pytest.mark.parametrize("ckpt_every", [1, 2, 4])
+@pytest.mark.parametrize("B,D,b,T,pre", CASES, ids=lambda x: str(x))
+def test_gradients_match_reference(ckpt_every, B, D, b, T, pre):
+    leaves, pos = both(sample_inputs(B=B, T=pre + T, D=D, b=b), pre, requires_grad=True)
+
+    def grads(fn):
+        out, st = call(fn, leaves, pos, **({} if fn is ref.ttt_linear else {"ckpt_every": ckpt_every}))
+        g = torch.Generator().manual_seed(1)
+        loss = sum((x * torch.randn(x.shape, generator=g, dtype=x.dtype)).sum() for x in (out, *st[:4]))
+        return torch.autograd.grad(loss, leaves)
+
+    for name, a, b_ in zip(NAMES, grads(ops.ttt_linear), grads(ref.ttt_linear)):
+        torch.testing.assert_close(a, b_, rtol=1e-9, atol=1e-9, msg=lambda m, name=name: f"d{name}: {m}")
+
+
+GRADCHECK_CASES = [  # (B, D, b, T, pre); pre > 0 gives a non-zero incoming state off a boundary
+    (1, 4, 4, 5, 2), (2, 4, 4, 16, 0), (1, 8, 4, 19, 3), (1, 4, 16, 33, 5), (2, 8, 16, 19, 1), (1, 4, 4, 33, 6),
+]
+
+
+@pytest.mark.parametrize("B,D,b,T,pre", GRADCHECK_CASES, ids=lambda x: str(x))
+def test_gradcheck(B, D, b, T, pre):
+    leaves, pos = both(sample_inputs(B=B, T=pre + T, D=D, b=b), pre, requires_grad=True)
+
+    def fn(*xs):
+        out, st = call(ops.ttt_linear, list(xs), pos, ckpt_every=2)
+        return out, *st[:4]
+
+    # Full Jacobians for the smallest case; random projections (fast_mode) for the rest.
+    assert torch.autograd.gradcheck(fn, leaves, fast_mode=T > 5, atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("p", [0, 1, 15, 16, 17, 31])
+def test_prefill_then_decode_equals_one_call(p):
+    args = sample_inputs(B=2, T=40, D=8, b=16)
+    q, k, v, lr, ts, W0, b0, ln_w, ln_b = args
+    out_all, st_all = ops.ttt_linear(*args)
+    out_p, st = ops.ttt_linear(q[:, :, :p], k[:, :, :p], v[:, :, :p], lr[:, :, :p], *args[4:])
+    outs = [out_p]
+    for t in range(p, q.shape[2]):
+        o, st = ops.ttt_linear_decode_(q[:, :, t], k[:, :, t], v[:, :, t], lr[:, :, t], ts, st, ln_w, ln_b)
+        outs.append(o.unsqueeze(2))
+    torch.testing.assert_close(torch.cat(outs, 2), out_all, **F64_TOL)
+    assert_state_close(st, st_all, **F64_TOL)
+
+
+def test_decode_equals_functional_op_in_float32():
+    args = [a.float() for a in sample_inputs(B=2, T=21, D=64, b=16)]
+    q, k, v, lr, ts, W0, b0, ln_w, ln_b = args
+    _, st = ops.ttt_linear(q[:, :, :20], k[:, :, :20], v[:, :, :20], lr[:, :, :20], *args[4:])
+    out_f, st_f = ops.ttt_linear(q[:, :, 20:], k[:, :, 20:], v[:, :, 20:], lr[:, :, 20:], *args[4:], state=st)
+    st_d = ops.TTTState(*(x.clone() for x in st[:4]), st.pos)
+    out_d, st_d = ops.ttt_linear_decode_(q[:, :, 20], k[:, :, 20], v[:, :, 20], lr[:, :, 20], ts, st_d, ln_w, ln_b)
+    torch.testing.assert_close(out_d, out_f[:, :, 0], rtol=0, atol=0)
+    assert_state_close(st_d, st_f, rtol=0, atol=0)
+
+
+def test_chunked_calls_from_unaligned_offsets():
+    args = sample_inputs(B=2, T=50, D=8, b=16)
+    q, k, v, lr = args[:4]
+    out_all, st_all = ops.ttt_linear(*args)
+    st, outs, cuts = None, [], [0, 3, 21, 22, 37, 50]
+    for a, e in zip(cuts[:-1], cuts[1:]):
+        o, st = ops.ttt_linear(q[:, :, a:e], k[:, :, a:e], v[:, :, a:e], lr[:, :, a:e], *args[4:], state=st)
+        outs.append(o)
+    torch.testing.assert_close(torch.cat(outs, 2), out_all, **F64_TOL)
+    assert_state_close(st, st_all, **F64_TOL)
+
+
+def test_zero_tokens_keep_the_state():
+    args = sample_inputs(B=1, T=0, D=4, b=4)
+    out, st = ops.ttt_linear(*args)
+    assert out.shape == (1, 2, 0, 4) and st.pos == 0
+    torch.testing.assert_close(st.W, args[5].expand(1, 2, 4, 4))
+
+
+def test_same_results_with_one_and_two_threads():
+    args = [a.float() for a in sample_inputs(B=2, H=3, T=37, D=64, b=16)]
+    leaves, pos = both(args, 5, torch.float32, requires_grad=True)
+    n = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out, st = call(ops.ttt_linear, leaves, pos)
+            grads = torch.autograd.grad(out.sum() + st.W.sum(), leaves)
+            results.append((out, *st[:4], *grads))
+    finally:
+        torch.set_num_threads(n)
+    for a, b_ in zip(*results):
+        assert torch.equal(a, b_)
+
+
+def test_bfloat16_inputs_run_in_float32():
+    args = [a.float() for a in sample_inputs(B=1, T=20, D=32, b=16)]
+    q, k, v, lr = (x.bfloat16() for x in args[:4])
+    out, st = ops.ttt_linear(q, k, v, lr, *args[4:])
+    out_r, _ = ops.ttt_linear(q.float(), k.float(), v.float(), lr.float(), *args[4:])
+    assert out.dtype == torch.bfloat16 and st.W.dtype == torch.float32
+    torch.testing.assert_close(out, out_r.bfloat16())
+
+
+def test_scalar_kernels_match(tmp_path):
+    """BITTTT_ISA=scalar selects the portable kernel copy; it agrees with the default one."""
+    code = (
+        "import sys, torch; sys.path.insert(0, %r)\n"
+        "from test_ttt_reference import sample_inputs\n"
+        "from bitttt import ops, _C\n"
+        "args = [a.float() for a in sample_inputs(B=1, T=37, D=64, b=16)]\n"
+        "out, st = ops.ttt_linear(*args)\n"
+        "torch.save((_C.build_info()['ttt_isa'], out, st.W), %r)\n"
+    ) % (os.path.dirname(__file__), str(tmp_path / "r.pt"))
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "BITTTT_ISA": "scalar"})
+    isa, out_s, W_s = torch.load(tmp_path / "r.pt")
+    assert isa == "generic"
+    args = [a.float() for a in sample_inputs(B=1, T=37, D=64, b=16)]
+    out, st = ops.ttt_linear(*args)
+    torch.testing.assert_close(out, out_s, **F32_TOL)
+    torch.testing.assert_close(st.W, W_s, **F32_TOL)
+
+
+def opcheck_args(dtype=torch.float64, T=19, pos=3):
+    args = [a.to(dtype) for a in sample_inputs(B=1, T=T, D=4, b=4)]
+    q, k, v, lr, ts, W0, b0, ln_w, ln_b = args
+    W = W0.expand(1, 2, 4, 4).contiguous()
+    c = b0.expand(1, 2, 4).contiguous()
+    gW, gc = 0.01 * torch.randn_like(W), 0.01 * torch.randn_like(c)
+    return q, k, v, lr, ts, W, c, gW, gc, pos, ln_w, ln_b
+
+
+def test_opcheck_ttt_linear():
+    q, k, v, lr, ts, W, c, gW, gc, pos, ln_w, ln_b = opcheck_args()
+    for x in (q, k, v, lr, ts, W, c, gW, gc, ln_w, ln_b):
+        x.requires_grad_(True)
+    torch.library.opcheck(torch.ops.bitttt.ttt_linear.default, (q, k, v, lr, ts, W, c, gW, gc, pos, ln_w, ln_b, 2))
+
+
+def test_opcheck_ttt_linear_decode_():
+    q, k, v, lr, ts, W, c, gW, gc, pos, ln_w, ln_b = opcheck_args(T=1)
+    torch.library.opcheck(torch.ops.bitttt.ttt_linear_decode_.default,
+                          (q[:, :, 0], k[:, :, 0], v[:, :, 0], lr[:, :, 0], ts, W, c, gW, gc, pos, ln_w, ln_b))
+
+
+BAD = [
+    ("q 3-D", lambda a: a.__setitem__(0, a[0][:, :, 0]), "q must be 4-D"),
+    ("k shape", lambda a: a.__setitem__(1, a[1][:, :, :-1]), "k must be [B, H, T, D]"),
+    ("lr shape", lambda a: a.__setitem__(3, a[3][:, :1]), "lr must be [B, H, T]"),
+    ("W shape", lambda a: a.__setitem__(5, a[5][..., :-1]), "W must be [B, H, D, D]"),
+    ("ln_w shape", lambda a: a.__setitem__(10, a[10][:1]), "ln_w must be [H, D]"),
+    ("dtype mix", lambda a: a.__setitem__(5, a[5].float()), "W must have q's dtype"),
+    ("int q", lambda a: a.__setitem__(0, a[0].long()), "q must be float32 or float64"),
+    ("negative pos", lambda a: a.__setitem__(9, -1), "pos must be >= 0"),
+    ("empty token_scale", lambda a: a.__setitem__(4, a[4][:0]), "token_scale must be 1-D [b] with b >= 1"),
+    ("device", lambda a: a.__setitem__(6, a[6].to("meta")), "c must be on"),
+]
+
+
+@pytest.mark.parametrize("name,mutate,msg", BAD, ids=[b[0] for b in BAD])
+def test_bad_inputs_raise_clear_errors(name, mutate, msg):
+    args = list(opcheck_args())
+    mutate(args)
+    with pytest.raises((RuntimeError, NotImplementedError), match=msg.replace("[", r"\[").replace("]", r"\]")):
+        torch.ops.bitttt.ttt_linear(*args)
+
+
+def test_decode_rejects_non_contiguous_state():
+    q, k, v, lr, ts, W, c, gW, gc, pos, ln_w, ln_b = opcheck_args(T=1)
+    W = W.transpose(-1, -2)
+    with pytest.raises(RuntimeError, match="must be contiguous"):
+        torch.ops.bitttt.ttt_linear_decode_(q[:, :, 0], k[:, :, 0], v[:, :, 0], lr[:, :, 0], ts, W, c, gW, gc, pos,
+                                            ln_w, ln_b)
