@@ -142,6 +142,7 @@ class ChatSession:
         self.model, self.tokenizer, self.chat_format, self.defaults = model, tokenizer, chat_format, defaults
         self.reset()
 
+    @torch.no_grad()
     def reset(self) -> None:
         """Back to the initial state: only <|bos|> fed."""
         self.cache = self.model(torch.tensor([[self.tokenizer.bos_id]], device=self._device()), use_cache=True).cache
@@ -175,7 +176,8 @@ class ChatSession:
             tail.append(eos)
         elif not self.chat_format:
             tail = [t for t in tail if t != eos] + self.tokenizer.encode("\n")
-        self.cache = self.model(torch.tensor([tail], device=self._device()), cache=result["cache"]).cache
+        with torch.no_grad():
+            self.cache = self.model(torch.tensor([tail], device=self._device()), cache=result["cache"]).cache
         self.history += messages + [{"role": "assistant", "content": "".join(pieces)}]
         self.last_n_tokens = result["n_tokens"]
 

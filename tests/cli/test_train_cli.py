@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-MICRO = ["--mixer", "attention", "--n-layer", "2", "--n-embd", "64", "--n-head", "2", "--seq-len", "64",
+MICRO = ["--mixer", "ttt_linear", "--n-layer", "2", "--n-embd", "64", "--n-head", "2", "--seq-len", "64",
          "--batch-size", "8", "--eval-tokens", "1024", "--sample-tokens", "16", "--log-every", "1", "--warmup", "10",
          "--log-format", "jsonl"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # a shared 2-core machine: spinning threads cost 10x

@@ -10,7 +10,7 @@ from bitttt.errors import ConfigError
 from bitttt.model import BitTTTConfig, BitTTTForCausalLM, ModelCache, preset_config
 from bitttt.nn.bitlinear import BitLinear
 
-MIXERS = ["attention"]
+MIXERS = ["attention", "ttt_linear", "ttt_mlp"]
 LOGITS_ATOL = 1e-4  # float32, the same ops in another grouping (cached K/V vs one call)
 PACKED_ATOL = 2e-3  # packed kernel vs fake quant: same integers, float epilogue rounding through 2 layers
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 
@@ -69,12 +70,12 @@ def _tensors(x) -> list[torch.Tensor]:
 def test_chat_state_reset_save_load(micro_run, tmp_path):
     model, tok, _ = load_model(str(micro_run))
     session = ChatSession(model, tok, chat_format=True, defaults=SamplingParams(max_new_tokens=10, temperature=0))
-    initial = session.cache
+    initial = copy.deepcopy(session.cache)  # decode steps update the TTT state in place
     reply = "".join(session.reply([{"role": "user", "content": "My name is Ada."}]))
     assert isinstance(reply, str)
     assert not _states_equal(session.cache, initial)  # the fact changed the model's state
     session.save(str(tmp_path / "s.pt"))
-    saved = session.cache
+    saved = copy.deepcopy(session.cache)
     session.reset()
     assert _states_equal(session.cache, initial)  # exactly the initial state
     session.load(str(tmp_path / "s.pt"))

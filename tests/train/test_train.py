@@ -26,7 +26,7 @@ def test_run_events_and_files(micro_run):
     assert {"step", "eval", "checkpoint", "sample"} <= set(names)
     assert all("time" in e for e in events)
     start = events[0]
-    assert start["total_steps"] == 60 and start["n_params"] > 0 and start["config"]["mixer"] == "attention"
+    assert start["total_steps"] == 60 and start["n_params"] > 0 and start["config"]["mixer"] == "ttt_linear"
     steps = [e for e in events if e["event"] == "step"]
     assert [e["step"] for e in steps] == list(range(1, 61))
     assert all(STEP_FIELDS <= set(e) for e in steps)
@@ -48,8 +48,9 @@ def step_losses(run_dir) -> dict[int, float]:
     return {e["step"]: e["loss"] for e in read_events(run_dir) if e["event"] == "step"}
 
 
-def test_resume_is_exact(tmp_path):
-    common = ["--steps", "24", "--eval-every", "8", "--save-every", "100", "--sample-every", "100"]
+@pytest.mark.parametrize("mixer", ["ttt_linear", "attention"])
+def test_resume_is_exact(tmp_path, mixer):
+    common = ["--steps", "24", "--eval-every", "8", "--save-every", "100", "--sample-every", "100", "--mixer", mixer]
     assert train(tmp_path / "straight", *common) == 0
     assert train(tmp_path / "split", *common, "--stop-after", "12") == 0
     events = read_events(tmp_path / "split")

@@ -8,7 +8,7 @@ import os
 from bitttt import cli
 
 # 2 layers x 64 wide, 64-token windows: a step takes milliseconds on one core.
-MICRO = ["--mixer", "attention", "--n-layer", "2", "--n-embd", "64", "--n-head", "2", "--seq-len", "64",
+MICRO = ["--mixer", "ttt_linear", "--n-layer", "2", "--n-embd", "64", "--n-head", "2", "--seq-len", "64",
          "--batch-size", "8", "--eval-tokens", "1024", "--sample-tokens", "16", "--log-every", "1",
          "--threads", "1", "--warmup", "10", "--log-format", "jsonl"]
 
