@@ -167,3 +167,18 @@ def test_bad_data_line(tmp_path):
     assert train(run_dir, "--data", str(bad), "--steps", "5") == cli.EXIT_DATA
     err = [e for e in read_events(run_dir) if e["event"] == "error"][0]
     assert err["kind"] == "data" and f"{bad}:2" in err["message"]
+
+
+def test_bpe_run_restores_its_tokenizer(tmp_path):
+    from bitttt.checkpoint import load_model
+
+    text = tmp_path / "t.md"
+    text.write_text("Test-time training keeps learning while it reads. " * 400)
+    run_dir = tmp_path / "run"
+    assert train(run_dir, "--data", str(text), "--tokenizer", "bpe", "--vocab-size", "300", "--steps", "4",
+                 "--seq-len", "32", "--eval-every", "4", "--sample-every", "4", "--save-every", "100") == 0
+    model, tok, _ = load_model(str(run_dir))
+    assert tok.kind == "bpe" and model.config.vocab_size == tok.vocab_size == 320
+    assert tok.decode(tok.encode("keeps learning")) == "keeps learning"
+    sample = [e for e in read_events(run_dir) if e["event"] == "sample"][0]
+    assert sample["prompt"] == "The " and isinstance(sample["text"], str)
