@@ -57,8 +57,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="model config override, e.g. conv_kernel=0 (JSON values)")
     p.add_argument("--json", metavar="PATH")
     args = p.parse_args()
+    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     torch.set_num_threads(args.threads)
     from bitttt import _C  # noqa: F401
 
@@ -67,12 +70,12 @@ def main() -> None:
     rows = []
     for preset in args.presets.split(","):
         torch.manual_seed(0)
-        fake = BitTTTForCausalLM(preset_config(preset, mixer=args.mixer)).eval()
+        fake = BitTTTForCausalLM(preset_config(preset, mixer=args.mixer, **overrides)).eval()
         torch.manual_seed(0)
-        fp = BitTTTForCausalLM(preset_config(preset, mixer=args.mixer, ternary=False)).eval()
+        fp = BitTTTForCausalLM(preset_config(preset, mixer=args.mixer, ternary=False, **overrides)).eval()
         fp16_bytes = size_on_disk(fp.half())
         fp.float()
-        packed = BitTTTForCausalLM(preset_config(preset, mixer=args.mixer)).eval()
+        packed = BitTTTForCausalLM(preset_config(preset, mixer=args.mixer, **overrides)).eval()
         packed.load_state_dict(fake.state_dict())
         packed.pack()
         ids = torch.randint(0, 256, (1, 16))
@@ -91,7 +94,7 @@ def main() -> None:
         rows.append({"preset": preset, "speedup_vs_fp": speedup, "export_bytes": export_bytes, "fp16_bytes": fp16_bytes})
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"torch": torch.__version__, "threads": args.threads, "rows": rows}, f, indent=2)
+            json.dump({"torch": torch.__version__, "threads": args.threads, "mixer": args.mixer, "overrides": overrides, "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

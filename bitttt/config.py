@@ -34,7 +34,8 @@ class BitTTTConfig:
     mini_batch: int = 16  # TTT mini-batch b (design §3); the paper's
     ttt_base_lr: float = 1.0  # TTT-Linear's inner base learning rate (the paper's 1.0)
     use_gate: bool = True  # TTT output gate, as in the paper's "Mamba backbone" variant
-    conv_kernel: int = 4  # TTT causal depthwise conv before q/k; 0: none
+    conv_kernel: int = 4  # TTT causal conv on q/k (the paper's Mamba backbone); 0: none. For bytes it
+    # matters: tiny at step 100, 2.3 bits/byte with it, 2.9 without
 
     def __post_init__(self) -> None:
         if self.mixer not in MIXERS:

@@ -10,12 +10,14 @@ from bitttt.errors import ConfigError
 from bitttt.model import BitTTTConfig, BitTTTForCausalLM, ModelCache, preset_config
 from bitttt.nn.bitlinear import BitLinear
 
-MIXERS = ["attention", "ttt_linear", "ttt_mlp"]
+MIXERS = ["attention", "ttt_linear", "ttt_mlp", "ttt_linear+conv"]  # +conv: the causal conv of the Mamba backbone
 LOGITS_ATOL = 1e-4  # float32, the same ops in another grouping (cached K/V vs one call)
 PACKED_ATOL = 2e-3  # packed kernel vs fake quant: same integers, float epilogue rounding through 2 layers
 
 
 def micro(mixer: str, **kw) -> BitTTTForCausalLM:
+    if mixer.endswith("+conv"):
+        mixer, kw["conv_kernel"] = mixer.removesuffix("+conv"), 4
     torch.manual_seed(0)
     return BitTTTForCausalLM(BitTTTConfig(vocab_size=320, n_layer=2, n_embd=64, n_head=2, mixer=mixer,
                                           mini_batch=4, **kw)).eval()
