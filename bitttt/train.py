@@ -28,6 +28,7 @@ from bitttt.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 OOM_HINT = "use a smaller --batch-size or --seq-len (with --grad-accum to keep the batch), or a smaller model"
 MODEL_KEYS = [k for k in BitTTTConfig.field_names() if k != "vocab_size"]
 LN2 = math.log(2)
+PER_INVOCATION = ("stop_after", "log_format", "run_dir")  # not inherited by --resume
 
 
 # ---------------------------------------------------------------------------------------
@@ -341,17 +342,26 @@ def _resume_settings(ckpt: str) -> dict[str, Any]:
 
     model, sections = load_config(os.path.join(ckpt, ckpt_io.CONFIG_FILE))
     d = {k: getattr(model, k) for k in MODEL_KEYS}
-    training = sections.get("training") or {}
+    training = dict(sections.get("training") or {})
     check_keys(training, os.path.join(ckpt, ckpt_io.CONFIG_FILE))
+    for key in PER_INVOCATION:  # how that run was started, not what it is
+        training.pop(key, None)
     return {**d, **training}
 
 
 def run(flags: dict[str, Any], argv: list[str]) -> int:
     """`bitttt train`: flags as parsed (None = not given). Returns the exit code."""
     resume_ckpt = resume_run = None
-    if flags.get("resume"):
-        resume_ckpt, resume_run = find_resume(flags["resume"])
-    model_keys, t = resolve(flags, _resume_settings(resume_ckpt) if resume_ckpt else None)
+    try:
+        if flags.get("resume"):
+            resume_ckpt, resume_run = find_resume(flags["resume"])
+        model_keys, t = resolve(flags, _resume_settings(resume_ckpt) if resume_ckpt else None)
+    except BitttError as e:  # no run directory yet: the event goes to stdout only
+        if flags.get("log_format") == "jsonl":
+            early = Emitter("jsonl")
+            early.emit("error", kind="config", message=str(e), hint=e.hint)
+            early.emit("done", step=0, reason="error", path=None)
+        raise
     if flags.get("print_config"):
         print(json.dumps({**model_keys, **t.to_dict()}, indent=2))
         return 0

@@ -56,6 +56,8 @@ def test_resume_is_exact(tmp_path, mixer):
     events = read_events(tmp_path / "split")
     assert events[-1]["event"] == "done" and events[-1]["reason"] == "stopped" and events[-1]["step"] == 12
     assert cli.main(["train", "--resume", str(tmp_path / "split"), "--log-format", "jsonl"]) == 0
+    start = [e for e in read_events(tmp_path / "split") if e["event"] == "start"][-1]
+    assert start["start_step"] == 12 and start["config"]["stop_after"] == 0  # --stop-after is not inherited
     straight, split = step_losses(tmp_path / "straight"), step_losses(tmp_path / "split")
     assert sorted(split) == list(range(1, 25))
     assert split == straight  # bit for bit
@@ -142,6 +144,9 @@ def test_unknown_config_key(tmp_path, capsys):
     cfg.write_text(json.dumps({"n_layer": 2, "n_layers": 3}))
     assert cli.main(["train", "--config", str(cfg), "--print-config"]) == cli.EXIT_CONFIG
     err = capsys.readouterr().err
+    assert cli.main(["train", "--config", str(cfg), "--log-format", "jsonl"]) == cli.EXIT_CONFIG
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["event"] for e in events] == ["error", "done"] and events[0]["kind"] == "config"
     assert "n_layers" in err and "valid keys" in err and "n_layer" in err
 
 
