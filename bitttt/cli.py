@@ -162,7 +162,10 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     from bitttt import config
 
     d = config.defaults("tiny")
-    p = _subparser(sub, "train", "train a model; events on stdout and in RUN_DIR/events.jsonl (design §6)", """\
+    p = _subparser(sub, "train", "train a model; events on stdout and in RUN_DIR/events.jsonl (design §6). "
+                   "The defaults shown are the tiny preset's; --preset small|base changes model and schedule; "
+                   "every model key (e.g. conv_kernel, use_gate, intermediate_size) can be set with --config",
+                   """\
   bitttt train                                   # tiny model on CPython's docs, ~15 min on 2 cores
   bitttt train --data notes/ --steps 5000 --run-dir runs/notes
   bitttt train --preset small --mixer attention --no-ternary --device cuda
