@@ -156,6 +156,219 @@ def _run_bench_ternary(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------
+# bitttt train
+# ---------------------------------------------------------------------------------------
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    from bitttt import config
+
+    d = config.defaults("tiny")
+    p = _subparser(sub, "train", "train a model; events on stdout and in RUN_DIR/events.jsonl (design §6). "
+                   "The defaults shown are the tiny preset's; --preset small|base changes model and schedule; "
+                   "every model key (e.g. conv_kernel, use_gate, intermediate_size) can be set with --config",
+                   """\
+  bitttt train                                   # tiny model on CPython's docs, ~15 min on 2 cores
+  bitttt train --data notes/ --steps 5000 --run-dir runs/notes
+  bitttt train --preset small --mixer attention --no-ternary --device cuda
+  bitttt train --resume runs/notes --steps 10000  # continue (a longer schedule)
+  bitttt train --config my.json --print-config   # the resolved settings, then exit
+  touch runs/notes/STOP                          # stop cleanly: checkpoint, exit 0
+""")
+    def opt(flag: str, help: str, default_key: str | None = None, **kw) -> None:
+        key = default_key or flag.lstrip("-").replace("-", "_")
+        shown = d.get(key)
+        if "(default" not in help:
+            help = f"{help} (default: {shown})"
+        g.add_argument(flag, default=None, help=help, **kw)
+
+    g = p.add_argument_group("run")
+    opt("--preset", "model and schedule preset", choices=list(config.PRESETS))
+    g.add_argument("--config", metavar="FILE", help="JSON settings (any key below, or a run's config.json); "
+                                                    "flags given override it")
+    opt("--data", "training text: files, folders or globs of .txt/.md/.jsonl[.gz] (default: CPython's pydoc "
+        "topics)", nargs="+", metavar="PATH")
+    opt("--run-dir", "output folder (default: runs/<timestamp>)", metavar="DIR")
+    g.add_argument("--resume", metavar="PATH", help="continue a run directory or checkpoint exactly")
+    opt("--device", "where to train", choices=["auto", "cpu", "cuda"])
+    opt("--seed", "seed for weights and batches", type=int)
+    opt("--threads", "CPU threads; 0: one per core", type=int)
+    opt("--compile", "torch.compile the model", action=argparse.BooleanOptionalAction)
+    opt("--log-format", "stdout format; events.jsonl is always written", choices=["text", "jsonl"])
+    g.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
+    g = p.add_argument_group("model")
+    opt("--mixer", "sequence mixer", choices=list(config.MIXERS))
+    opt("--ternary", "BitLinear (ternary) projections; --no-ternary: the full-precision twin",
+        action=argparse.BooleanOptionalAction)
+    opt("--n-layer", "blocks", type=int)
+    opt("--n-embd", "model width", type=int)
+    opt("--n-head", "heads", type=int)
+    opt("--mini-batch", "TTT mini-batch size b", type=int)
+    opt("--tie-embeddings", "share embedding and LM head", action=argparse.BooleanOptionalAction)
+    opt("--tokenizer", "byte, or a BPE trained on --data", choices=["byte", "bpe"])
+    opt("--vocab-size", "BPE vocabulary", default_key="bpe_vocab_size", dest="bpe_vocab_size", type=int)
+    g = p.add_argument_group("schedule")
+    opt("--steps", "optimizer steps", type=int)
+    opt("--batch-size", "sequences per micro-batch", type=int)
+    opt("--seq-len", "tokens per sequence", type=int)
+    opt("--grad-accum", "micro-batches per step", type=int)
+    opt("--lr", "peak learning rate", type=float)
+    opt("--min-lr", "final learning rate of the cosine decay", type=float)
+    opt("--warmup", "linear warmup steps", type=int)
+    opt("--weight-decay", "AdamW weight decay", type=float)
+    opt("--grad-clip", "gradient norm clip", type=float)
+    opt("--eval-every", "steps between validation losses (0: only at the end)", type=int)
+    opt("--eval-tokens", "validation tokens per evaluation", type=int)
+    opt("--save-every", "steps between checkpoints (0: only the final one)", type=int)
+    opt("--keep-last", "step checkpoints kept besides the best", type=int)
+    opt("--sample-every", "steps between generated samples (0: none)", type=int)
+    opt("--sample-tokens", "tokens per sample", type=int)
+    opt("--sample-prompt", "prompt of the samples")
+    opt("--log-every", "steps between step events", type=int)
+    opt("--val-fraction", "share of the text held out for validation", type=float)
+    opt("--stop-after", "stop (checkpoint, exit 0) after this many steps of this invocation; 0: never", type=int)
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from bitttt import train
+
+    flags = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+    return train.run(flags, list(sys.argv))
+
+
+# ---------------------------------------------------------------------------------------
+# bitttt generate / chat / eval / export
+# ---------------------------------------------------------------------------------------
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="PATH", help="a run directory (its final or latest checkpoint), "
+                   "a checkpoint folder or an export")
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="(default: cpu)")
+    p.add_argument("--no-pack", action="store_true", help="run the fake-quant float path instead of the packed "
+                   "ternary kernel (checkpoints only; for comparisons)")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=200, help="(default: 200)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: 0.8)")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off (default: 0)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling; 1 = off (default: 1.0)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off (default: 1.0)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
+    p.add_argument("--stop", action="append", metavar="TEXT", help="stop at this text (repeatable)")
+
+
+def _sampling(args: argparse.Namespace):
+    from bitttt.generate import SamplingParams
+
+    return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                          stop=args.stop)
+
+
+def _load(args: argparse.Namespace):
+    from bitttt import checkpoint
+    from bitttt.train import pick_device
+
+    return checkpoint.load_model(args.model, pick_device(args.device), pack=False if args.no_pack else True)
+
+
+def add_generate_parser(sub: argparse._SubParsersAction) -> None:
+    p = _subparser(sub, "generate", "continue a prompt, streaming the tokens", """\
+  bitttt generate --model runs/my-run --prompt "The "
+  bitttt generate --model export/ --prompt "def f(" --temperature 0 --max-new-tokens 50
+""")
+    _add_model_args(p)
+    p.add_argument("--prompt", required=True, help="text to continue")
+    _add_sampling_args(p)
+    p.set_defaults(func=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from bitttt import generate
+
+    params = _sampling(args)
+    model, tokenizer, _ = _load(args)
+    stats = generate.run_generate(model, tokenizer, args.prompt, params)
+    print(f"[{stats['n_tokens']} tokens, {stats['n_tokens'] / max(stats['seconds'], 1e-9):.1f} tokens/s]",
+          file=sys.stderr)
+    return EXIT_OK
+
+
+def add_chat_parser(sub: argparse._SubParsersAction) -> None:
+    p = _subparser(sub, "chat", "chat with a model; its TTT state carries over between turns", """\
+  bitttt chat --model runs/my-run
+  bitttt chat --model runs/my-run --protocol jsonl   # the launcher's interface (design §6)
+""")
+    _add_model_args(p)
+    p.add_argument("--protocol", default="text", choices=["text", "jsonl"], help="(default: text)")
+    p.add_argument("--format", default="auto", choices=["auto", "chat", "plain"],
+                   help="chat: <|user|>/<|assistant|> tokens; plain: 'User:'/'Assistant:' text for models "
+                        "trained on plain text; auto: chat if the training data had chat messages")
+    _add_sampling_args(p)
+    p.set_defaults(func=_run_chat)
+
+
+def _run_chat(args: argparse.Namespace) -> int:
+    from bitttt import generate
+
+    params = _sampling(args)
+    model, tokenizer, info = _load(args)
+    chat = args.format == "chat" or (args.format == "auto" and info["sections"].get("data", {}).get("chat", False))
+    session = generate.ChatSession(model, tokenizer, chat, params)
+    if args.protocol == "jsonl":
+        return generate.chat_jsonl(session, sys.stdin, sys.stdout)
+    return generate.chat_text(session, sys.stdin, sys.stdout)
+
+
+def add_eval_parser(sub: argparse._SubParsersAction) -> None:
+    p = _subparser(sub, "eval", "loss, bits per byte and perplexity of a model on text", """\
+  bitttt eval --model runs/my-run                 # the held-out split of the default corpus
+  bitttt eval --model export/ --data test.txt --json
+""")
+    _add_model_args(p)
+    p.add_argument("--data", nargs="+", metavar="PATH", help="text to evaluate (default: the default corpus's "
+                                                               "held-out split)")
+    p.add_argument("--seq-len", type=int, help="window length (default: the training one)")
+    p.add_argument("--max-tokens", type=int, default=65536, help="tokens evaluated at most (default: 65536)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from bitttt import export
+    from bitttt.train import pick_device
+
+    r = export.evaluate(args.model, args.data, pick_device(args.device), pack=not args.no_pack,
+                        seq_len=args.seq_len, max_tokens=args.max_tokens)
+    print(json.dumps(r) if args.json else f"{r['model']}: loss {r['loss']:.4f} | {r['bits_per_byte']:.3f} bits/byte | "
+          f"perplexity {r['perplexity']:.2f} | {r['tokens']} tokens")
+    return EXIT_OK
+
+
+def add_export_parser(sub: argparse._SubParsersAction) -> None:
+    p = _subparser(sub, "export", "write a packed inference model (BT2 ternary weights, design §5)", """\
+  bitttt export runs/my-run --out models/my-model
+""")
+    p.add_argument("path", metavar="PATH", help="a run directory, checkpoint or export")
+    p.add_argument("--out", required=True, metavar="DIR", help="the folder to write")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from bitttt import export
+
+    r = export.export(args.path, args.out)
+    print(f"exported {r['source']} -> {r['out']}: {r['bytes'] / 1e6:.2f} MB "
+          f"(float16: {r['float16_bytes_estimate'] / 1e6:.2f} MB)")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------
 
@@ -197,9 +410,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bitttt", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="BitNet b1.58 ternary layers and Test-Time-Training layers for small language models.",
-        epilog="examples:\n  bitttt info\n  bitttt bench ternary --quick\n  bitttt <command> --help")
+        epilog="examples:\n  bitttt train\n  bitttt chat --model runs/<name>\n  bitttt info\n  bitttt <command> --help")
     parser.add_argument("--version", action="version", version=f"bitttt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_train_parser(sub)
+    add_generate_parser(sub)
+    add_chat_parser(sub)
+    add_eval_parser(sub)
+    add_export_parser(sub)
     add_info_parser(sub)
     add_bench_parser(sub)
     return parser
@@ -213,6 +431,10 @@ def _oom_types() -> tuple[type[BaseException], ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs `bitttt ARGS`; returns the exit code (the console script passes it to sys.exit)."""
+    if "torch" not in sys.modules:
+        # OpenMP threads that spin while waiting cost 3-10x on a busy machine (a shared CPU, a
+        # launcher's GUI); sleeping costs little when it is idle. Read when torch loads.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, --version (0), or a usage error (2)

@@ -8,6 +8,7 @@ import pytest
 
 from bitttt_gui.app import App, cancel_pending_afters
 from bitttt_gui.command import TrainSettings, save_settings
+from bitttt_gui.presets import PRESETS
 
 pytestmark = pytest.mark.gui
 
@@ -254,7 +255,7 @@ def test_preset_config_files_and_last_config(make_app, tmp_path):
     train = app.tabs["train"]
     train.set_value("preset", "small")
     settle(app.root, 0.3)
-    assert train.vars["n_embd"].get() == "384"
+    assert train.vars["n_embd"].get() == str(PRESETS["small"]["n_embd"])
     assert "Parameters" in train.estimate_label.cget("text") and "M" in train.estimate_label.cget("text")
     assert train.verdict_label.cget("text").startswith("On ")
     path = tmp_path / "form.json"

@@ -55,7 +55,9 @@ def test_tiny_real_run_events_parse_and_checkpoint(tmp_path, monkeypatch):
     parsed = [parse_line(line) for line in lines]
     assert all(e["event"] != RAW for e in parsed), "every events.jsonl line must parse"
     kinds = [e["event"] for e in parsed]
-    assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("step") == TINY["steps"]
+    assert kinds[0] == "start" and kinds[-1] == "done"
+    # The trainer logs a step event every log_every steps and at the last one.
+    assert [e["step"] for e in parsed if e["event"] == "step"][-1] == TINY["steps"]
     for e in parsed:
         assert isinstance(e.get("time"), (int, float))
     step = next(e for e in parsed if e["event"] == "step")

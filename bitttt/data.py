@@ -1,0 +1,266 @@
+"""Training data: reading text files, tokenizing once into a memory-mapped cache in the run
+directory (with a held-out validation split), and drawing batches from a seeded generator.
+
+Sources: `.txt`, `.md`, `.jsonl` (a "text" field, or chat "messages"), each optionally
+gzipped; files, folders (recursive) or globs. Without sources, the English documentation
+that ships with every CPython (`pydoc_data.topics`). Problems raise DataError naming the
+file (and the line, for jsonl).
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bitttt.errors import DataError
+from bitttt.tokenizer import BPETokenizer, Tokenizer
+
+SUFFIXES = (".txt", ".md", ".jsonl")
+DEFAULT_CORPUS = "pydoc_data.topics"
+VAL_BLOCK = 4096  # the validation split is every ~1/val_fraction-th block of this many tokens
+CACHE_VERSION = 1
+
+
+@dataclass
+class Document:
+    text: str | None  # plain text, or
+    messages: list | None  # a chat: [{"role": ..., "content": ...}, ...]
+    source: str  # file[:line], for error messages
+
+
+# ---------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------
+
+
+def expand_sources(paths: list[str]) -> list[str]:
+    """Files, folders and globs -> a sorted, de-duplicated list of readable text files."""
+    files: list[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            found = [os.path.join(d, f) for d, _, fs in os.walk(p) for f in fs if _is_text_file(f)]
+            if not found:
+                raise DataError(f"{p}: no {', '.join(SUFFIXES)} files (optionally .gz) in this folder",
+                                hint="point --data at text files")
+            files.extend(sorted(found))
+        elif os.path.isfile(p):
+            if not _is_text_file(p):
+                raise DataError(f"{p}: not a {'/'.join(SUFFIXES)} file (optionally .gz)",
+                                hint="convert it to .txt or .jsonl with a \"text\" field")
+            files.append(p)
+        else:
+            matched = sorted(f for f in glob.glob(p, recursive=True) if os.path.isfile(f) and _is_text_file(f))
+            if not matched:
+                raise DataError(f"{p}: no such file, folder or matching text files", hint="check the --data path")
+            files.extend(matched)
+    seen: set[str] = set()
+    return [f for f in files if not (os.path.abspath(f) in seen or seen.add(os.path.abspath(f)))]
+
+
+def _is_text_file(name: str) -> bool:
+    base = name[:-3] if name.endswith(".gz") else name
+    return base.endswith(SUFFIXES)
+
+
+def _open_text(path: str):
+    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
+
+
+def read_documents(files: list[str]) -> Iterator[Document]:
+    for path in files:
+        is_jsonl = path.removesuffix(".gz").endswith(".jsonl")
+        line_no = 0
+        try:
+            with _open_text(path) as f:
+                if not is_jsonl:
+                    yield Document(f.read(), None, path)
+                    continue
+                for line_no, line in enumerate(f, start=1):
+                    if line.strip():
+                        yield _jsonl_document(line, f"{path}:{line_no}")
+        except UnicodeDecodeError as e:
+            where = f"{path}:{line_no + 1}" if is_jsonl else path
+            raise DataError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})", hint="save the file as UTF-8") from None
+        except (OSError, EOFError, gzip.BadGzipFile) as e:
+            raise DataError(f"{path}: cannot read ({e})", hint="check that the file exists, is readable and not damaged") from None
+
+
+def _jsonl_document(line: str, where: str) -> Document:
+    try:
+        obj = json.loads(line)
+    except ValueError as e:
+        raise DataError(f"{where}: bad JSON ({e})", hint="each line must be one JSON object") from None
+    if isinstance(obj, dict) and isinstance(obj.get("text"), str):
+        return Document(obj["text"], None, where)
+    if isinstance(obj, dict) and isinstance(obj.get("messages"), list) and all(
+            isinstance(m, dict) and isinstance(m.get("content"), str) for m in obj["messages"]):
+        return Document(None, obj["messages"], where)
+    raise DataError(f"{where}: expected a \"text\" string or a \"messages\" list of {{role, content}}",
+                    hint='write lines like {"text": "..."} or {"messages": [{"role": "user", "content": "..."}]}')
+
+
+def default_documents() -> Iterator[Document]:
+    from pydoc_data import topics
+
+    for key in sorted(topics.topics):
+        yield Document(topics.topics[key], None, f"{DEFAULT_CORPUS}:{key}")
+
+
+def documents(paths: list[str] | None) -> Iterator[Document]:
+    return read_documents(expand_sources(paths)) if paths else default_documents()
+
+
+def _doc_texts(paths: list[str] | None) -> Iterator[str]:
+    for doc in documents(paths):
+        if doc.text is not None:
+            yield doc.text
+        else:
+            yield from (m["content"] for m in doc.messages)
+
+
+def train_bpe(paths: list[str] | None, vocab_size: int) -> BPETokenizer:
+    return BPETokenizer.train(_doc_texts(paths), vocab_size)
+
+
+# ---------------------------------------------------------------------------------------
+# The token cache
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class TokenData:
+    """The memory-mapped splits and what bits per byte needs."""
+
+    train: np.ndarray
+    val: np.ndarray
+    val_bytes: int  # UTF-8 bytes the validation tokens stand for
+    meta: dict
+
+    @property
+    def val_tokens_per_byte(self) -> float:
+        return len(self.val) / max(self.val_bytes, 1)
+
+
+def fingerprint(paths: list[str] | None, tokenizer: Tokenizer, val_fraction: float) -> str:
+    h = hashlib.sha256(json.dumps([CACHE_VERSION, tokenizer.kind, tokenizer.n_tokens, val_fraction]).encode())
+    for f in expand_sources(paths) if paths else [DEFAULT_CORPUS]:
+        st = os.stat(f) if os.path.exists(f) else None
+        h.update(f"{os.path.abspath(f)}:{st.st_size if st else 0}:{st.st_mtime_ns if st else 0}".encode())
+    return h.hexdigest()[:16]
+
+
+def prepare(cache_dir: str, paths: list[str] | None, tokenizer: Tokenizer, val_fraction: float,
+            min_tokens: int) -> TokenData:
+    """Tokenizes the sources into cache_dir (once; reused while they are unchanged)."""
+    fp = fingerprint(paths, tokenizer, val_fraction)
+    meta_path = os.path.join(cache_dir, "meta.json")
+    if os.path.isfile(meta_path):
+        try:
+            with open(meta_path) as f:
+                meta = json.load(f)
+            if meta.get("fingerprint") == fp:
+                return _open_cache(cache_dir, meta, min_tokens)
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache is rebuilt
+    tmp = f"{cache_dir}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    dtype = np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32
+    n_tokens, chat, n_docs = 0, False, 0
+    with open(os.path.join(tmp, "all.bin"), "wb") as out:
+        for doc in documents(paths):
+            ids = tokenizer.encode(doc.text) if doc.text is not None else tokenizer.encode_chat(doc.messages)
+            chat = chat or doc.messages is not None
+            if not ids:
+                continue
+            arr = np.asarray(ids + [tokenizer.eos_id], dtype=dtype)
+            out.write(arr.tobytes())
+            n_tokens, n_docs = n_tokens + len(arr), n_docs + 1
+    if n_tokens < 2 * min_tokens:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(f"{', '.join(paths) if paths else DEFAULT_CORPUS}: only {n_tokens} tokens of text, "
+                        f"need at least {2 * min_tokens} for a training and a validation window",
+                        hint="add more text or lower --seq-len")
+    all_tokens = np.memmap(os.path.join(tmp, "all.bin"), dtype=dtype, mode="r")
+    is_val = _val_mask(n_tokens, val_fraction, min_tokens)
+    for name, sel in (("train", ~is_val), ("val", is_val)):
+        all_tokens[sel].tofile(os.path.join(tmp, f"{name}.bin"))
+    val_bytes = _count_bytes(all_tokens[is_val], tokenizer)
+    del all_tokens
+    os.remove(os.path.join(tmp, "all.bin"))
+    meta = {"fingerprint": fp, "dtype": np.dtype(dtype).name, "n_tokens": n_tokens, "n_docs": n_docs,
+            "n_val": int(is_val.sum()), "val_bytes": val_bytes, "chat": chat,
+            "sources": paths or [DEFAULT_CORPUS], "tokenizer": tokenizer.kind}
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    os.replace(tmp, cache_dir)
+    return _open_cache(cache_dir, meta, min_tokens)
+
+
+def _val_mask(n: int, val_fraction: float, min_tokens: int) -> np.ndarray:
+    """Every k-th block of VAL_BLOCK tokens, spread evenly; the tail if there are few blocks."""
+    mask = np.zeros(n, dtype=bool)
+    n_blocks = n // VAL_BLOCK
+    k = round(n_blocks * val_fraction)
+    if k >= 1 and n_blocks - k >= 1:
+        for i in range(k):
+            b = int((i + 0.5) * n_blocks / k)
+            mask[b * VAL_BLOCK:(b + 1) * VAL_BLOCK] = True
+    else:
+        n_val = min(max(int(n * val_fraction), min_tokens), n - min_tokens)
+        mask[n - n_val:] = True
+    return mask
+
+
+def _count_bytes(tokens: np.ndarray, tokenizer: Tokenizer) -> int:
+    ids, counts = np.unique(tokens, return_counts=True)
+    return int(sum(len(tokenizer.token_bytes(int(i))) * int(c) for i, c in zip(ids, counts)))
+
+
+def _open_cache(cache_dir: str, meta: dict, min_tokens: int) -> TokenData:
+    dtype = np.dtype(meta["dtype"])
+    train = np.memmap(os.path.join(cache_dir, "train.bin"), dtype=dtype, mode="r")
+    val = np.memmap(os.path.join(cache_dir, "val.bin"), dtype=dtype, mode="r")
+    if len(train) < min_tokens or len(val) < min_tokens:
+        raise DataError(f"{cache_dir}: {len(train)} training and {len(val)} validation tokens; "
+                        f"each needs at least {min_tokens}", hint="add more text or lower --seq-len")
+    return TokenData(train, val, int(meta["val_bytes"]), meta)
+
+
+# ---------------------------------------------------------------------------------------
+# Batches
+# ---------------------------------------------------------------------------------------
+
+
+def get_batch(tokens: np.ndarray, batch_size: int, seq_len: int, seed: int, step: int, micro: int,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random windows: x, y int64 [B, T], y = x shifted by one. The generator is seeded by
+    (seed, step, micro) alone, so a resumed run draws exactly the batches it would have."""
+    rng = np.random.default_rng([seed, step, micro])
+    starts = rng.integers(0, len(tokens) - seq_len - 1, size=batch_size, endpoint=True)
+    windows = np.stack([np.asarray(tokens[s:s + seq_len + 1], dtype=np.int64) for s in starts])
+    w = torch.from_numpy(windows).to(device)
+    return w[:, :-1], w[:, 1:]
+
+
+def eval_windows(tokens: np.ndarray, seq_len: int, max_tokens: int) -> np.ndarray:
+    """Start offsets of non-overlapping windows over the split, evenly thinned to max_tokens."""
+    starts = np.arange(0, len(tokens) - seq_len - 1 + 1, seq_len)
+    n = max(1, min(len(starts), max_tokens // seq_len))
+    return starts[np.linspace(0, len(starts) - 1, n).round().astype(np.int64)]
+
+
+def window_batch(tokens: np.ndarray, starts: np.ndarray, seq_len: int, device: torch.device):
+    windows = np.stack([np.asarray(tokens[s:s + seq_len + 1], dtype=np.int64) for s in starts])
+    w = torch.from_numpy(windows).to(device)
+    return w[:, :-1], w[:, 1:]

@@ -1,0 +1,135 @@
+"""The transformer-style pieces of BitTTTForCausalLM (docs/design.md §4): RMSNorm, RoPE,
+the ternary SwiGLU, the causal-attention mixer with its KV cache, and the residual Block.
+
+Every mixer has the same call: `mixer(x, state=None, pos=0, use_cache=False) -> (y, state)`,
+with x [B, T, C] at absolute positions pos..pos+T-1 and `state` whatever the mixer carries
+between calls (a KV cache, a TTT state), None to start fresh. A prefill followed by any
+number of one-token steps gives the same outputs as one call over the whole sequence.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bitttt.nn.bitlinear import BitLinear
+
+
+def make_linear(in_features: int, out_features: int, ternary: bool, bias: bool = False) -> nn.Module:
+    """BitLinear for the ternary model, nn.Linear for its full-precision twin."""
+    return BitLinear(in_features, out_features, bias=bias) if ternary else nn.Linear(in_features, out_features, bias=bias)
+
+
+# ---------------------------------------------------------------------------------------
+# Rotary position embedding
+# ---------------------------------------------------------------------------------------
+
+
+class Rotary(nn.Module):
+    """RoPE (Su et al. 2021), rotate-half form, computed for the positions asked for."""
+
+    def __init__(self, head_dim: int, theta: float = 10000.0) -> None:
+        super().__init__()
+        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)  # derived, not a weight
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x [B, H, T, D], positions [T] (int) -> x rotated, same dtype."""
+        angles = positions.float()[:, None] * self.inv_freq[None, :]  # [T, D/2]
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+
+# ---------------------------------------------------------------------------------------
+# Feed-forward
+# ---------------------------------------------------------------------------------------
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)); gate and up are one fused [2F, C] projection."""
+
+    def __init__(self, n_embd: int, hidden: int, ternary: bool) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.gate_up = make_linear(n_embd, 2 * hidden, ternary)
+        self.down = make_linear(hidden, n_embd, ternary)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).split(self.hidden, dim=-1)  # [B, T, F] each
+        return self.down(F.silu(gate) * up)
+
+
+# ---------------------------------------------------------------------------------------
+# Attention mixer (the baseline)
+# ---------------------------------------------------------------------------------------
+
+
+class Attention(nn.Module):
+    """Causal softmax attention with RoPE; state = (k, v) [B, H, T_past, D] for decoding."""
+
+    def __init__(self, n_embd: int, n_head: int, ternary: bool, rope_theta: float = 10000.0) -> None:
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError(f"n_embd={n_embd} must be a multiple of n_head={n_head}")
+        self.n_head, self.head_dim = n_head, n_embd // n_head
+        self.qkv = make_linear(n_embd, 3 * n_embd, ternary)
+        self.out = make_linear(n_embd, n_embd, ternary)
+        self.rotary = Rotary(self.head_dim, rope_theta)
+
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None,
+                pos: int = 0, use_cache: bool = False) -> tuple[torch.Tensor, tuple | None]:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # [B, H, T, D] each
+        positions = torch.arange(pos, pos + T, device=x.device)
+        q, k = self.rotary(q, positions), self.rotary(k, positions)
+        if state is not None:
+            k, v = torch.cat((state[0], k), dim=2), torch.cat((state[1], v), dim=2)  # [B, H, T_past+T, D]
+        past = k.shape[2] - T
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif T == 1:
+            y = F.scaled_dot_product_attention(q, k, v)  # one new token sees everything before it
+        else:  # a prefill after a cache: query i sees keys 0..past+i
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.out(y), ((k, v) if use_cache else None)
+
+
+# ---------------------------------------------------------------------------------------
+# Residual block
+# ---------------------------------------------------------------------------------------
+
+
+class Block(nn.Module):
+    """x + mixer(norm(x)), then x + SwiGLU(norm(x)) (pre-norm, design §4)."""
+
+    def __init__(self, mixer: nn.Module, n_embd: int, hidden: int, ternary: bool, eps: float) -> None:
+        super().__init__()
+        self.norm1 = nn.RMSNorm(n_embd, eps=eps)
+        self.mixer = mixer
+        self.norm2 = nn.RMSNorm(n_embd, eps=eps)
+        self.mlp = SwiGLU(n_embd, hidden, ternary)
+
+    def forward(self, x: torch.Tensor, state=None, pos: int = 0, use_cache: bool = False):
+        h, state = self.mixer(self.norm1(x), state=state, pos=pos, use_cache=use_cache)
+        x = x + h
+        return x + self.mlp(self.norm2(x)), state
+
+
+def init_linear_(module: nn.Module, std: float) -> None:
+    """Normal(0, std) weights, zero bias, for nn.Linear and (unpacked) BitLinear alike."""
+    weight = getattr(module, "weight", None)
+    if weight is not None:
+        nn.init.normal_(weight, mean=0.0, std=std)
+    if getattr(module, "bias", None) is not None:
+        nn.init.zeros_(module.bias)
+
+
+def residual_std(std: float, n_layer: int) -> float:
+    """GPT-2's scaled init for projections that write into the residual stream."""
+    return std / math.sqrt(2 * n_layer)

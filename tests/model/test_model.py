@@ -1,0 +1,105 @@
+"""BitTTTForCausalLM: config checks, the full-precision twin, prefill + decode == one forward,
+packed == fake quant (design §2, §4)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bitttt.errors import ConfigError
+from bitttt.model import BitTTTConfig, BitTTTForCausalLM, ModelCache, preset_config
+from bitttt.nn.bitlinear import BitLinear
+
+MIXERS = ["attention", "ttt_linear", "ttt_mlp", "ttt_linear+conv"]  # +conv: the causal conv of the Mamba backbone
+LOGITS_ATOL = 1e-4  # float32, the same ops in another grouping (cached K/V vs one call)
+PACKED_ATOL = 2e-3  # packed kernel vs fake quant: same integers, float epilogue rounding through 2 layers
+
+
+def micro(mixer: str, **kw) -> BitTTTForCausalLM:
+    if mixer.endswith("+conv"):
+        mixer, kw["conv_kernel"] = mixer.removesuffix("+conv"), 4
+    torch.manual_seed(0)
+    return BitTTTForCausalLM(BitTTTConfig(vocab_size=320, n_layer=2, n_embd=64, n_head=2, mixer=mixer,
+                                          mini_batch=4, **kw)).eval()
+
+
+def test_config_rejects_unknown_keys():
+    with pytest.raises(ConfigError, match="valid keys: vocab_size, n_layer"):
+        BitTTTConfig.from_dict({"n_layers": 3})
+    with pytest.raises(ConfigError, match="mixer"):
+        BitTTTConfig(mixer="rnn")
+    with pytest.raises(ConfigError, match="multiple of n_head"):
+        BitTTTConfig(n_embd=100, n_head=3)
+
+
+def test_config_round_trip():
+    c = preset_config("small", mixer="attention")
+    assert BitTTTConfig.from_dict(c.to_dict()) == c
+    assert c.to_dict()["model_type"] == "bitttt"
+
+
+def test_full_precision_twin_has_no_bitlinear():
+    assert not any(isinstance(m, BitLinear) for m in micro("attention", ternary=False).modules())
+    assert any(isinstance(m, BitLinear) for m in micro("attention").modules())
+
+
+def test_tied_embeddings():
+    m = micro("attention", tie_embeddings=True)
+    assert m.lm_head.weight is m.embed.weight
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+@pytest.mark.parametrize("split", [1, 5, 13], ids=lambda s: f"prefill{s}")
+def test_prefill_then_decode_equals_full_forward(mixer, split):
+    model = micro(mixer)
+    ids = torch.randint(0, 256, (2, 21))
+    with torch.no_grad():
+        full = model(ids).logits
+        out = model(ids[:, :split], use_cache=True)
+        pieces, cache = [out.logits], out.cache
+        for t in range(split, ids.shape[1]):
+            out = model(ids[:, t:t + 1], cache=cache)
+            pieces.append(out.logits)
+            cache = out.cache
+    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=LOGITS_ATOL, rtol=0)
+    assert cache.pos == ids.shape[1]
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_two_prefills_equal_one(mixer):
+    model = micro(mixer)
+    ids = torch.randint(0, 256, (1, 30))
+    with torch.no_grad():
+        full = model(ids).logits
+        a = model(ids[:, :11], use_cache=True)
+        b = model(ids[:, 11:], cache=a.cache)
+    torch.testing.assert_close(torch.cat((a.logits, b.logits), 1), full, atol=LOGITS_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_packed_equals_fake_quant(mixer):
+    model = micro(mixer)
+    ids = torch.randint(0, 256, (2, 17))
+    with torch.no_grad():
+        fake = model(ids).logits
+        packed = model.pack()(ids).logits
+    assert model.is_packed
+    torch.testing.assert_close(packed, fake, atol=PACKED_ATOL, rtol=0)
+
+
+def test_loss_ignores_minus_100():
+    model = micro("attention")
+    ids = torch.randint(0, 256, (1, 8))
+    labels = ids.clone()
+    labels[:, :4] = -100
+    out = model(ids, labels=labels)
+    ref = torch.nn.functional.cross_entropy(out.logits[0, 4:], ids[0, 4:])
+    torch.testing.assert_close(out.loss, ref)
+
+
+def test_backward_reaches_every_parameter():
+    model = micro("attention").train()
+    ids = torch.randint(0, 256, (2, 16))
+    model(ids, labels=ids).loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing
