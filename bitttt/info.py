@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 import bitttt
-from bitttt import _C
+from bitttt._native import C_cuda, _C, cuda_unavailable_reason
 
 
 def cpu_model() -> str:
@@ -55,6 +55,30 @@ def active_isa() -> tuple[str | None, str | None]:
         return None, str(e)
 
 
+def cuda_info() -> dict[str, Any]:
+    """Whether CUDA kernels are here and whether a device is. Creates no CUDA context."""
+    build = dict(C_cuda.build_info()) if C_cuda is not None else {}
+    # device_count() asks the driver; with no driver or device it is 0, never an error.
+    devices = torch.cuda.device_count() if torch.version.cuda else 0
+    return {
+        "kernels_compiled": C_cuda is not None,
+        "kernels_missing_reason": cuda_unavailable_reason or None,
+        "archs": build.get("archs"),
+        "toolkit": build.get("cuda_compiled"),
+        "torch_cuda_version": torch.version.cuda,
+        "device_count": devices,
+        "devices": [torch.cuda.get_device_name(i) for i in range(devices)],
+    }
+
+
+def cuda_summary(cuda: dict[str, Any]) -> str:
+    """One line: 'CUDA compiled (...), no device', 'no kernels (why)', or the devices."""
+    if not cuda["kernels_compiled"]:
+        return f"no kernels ({cuda['kernels_missing_reason']})"
+    where = ", ".join(cuda["devices"]) if cuda["devices"] else "no device"
+    return f"CUDA compiled (CUDA {cuda['toolkit']}, archs {cuda['archs']}), {where}"
+
+
 def collect() -> dict[str, Any]:
     """Everything `bitttt info` reports, as a JSON-ready dict."""
     build = dict(_C.build_info())
@@ -87,17 +111,8 @@ def collect() -> dict[str, Any]:
             "isa_error": isa_error,
             "BITTTT_ISA": os.environ.get("BITTTT_ISA"),
         },
-        "cuda": {
-            "extension_built_with_cuda": bool(build.get("cuda")),
-            "torch_cuda_version": torch.version.cuda,
-            # is_available() asks the driver for a device count; it creates no CUDA context.
-            "device_available": torch.cuda.is_available(),
-        },
+        "cuda": cuda_info(),
     }
-
-
-def _yes_no(flag: bool) -> str:
-    return "yes" if flag else "no"
 
 
 def format_text(info: dict[str, Any]) -> str:
@@ -127,9 +142,8 @@ def format_text(info: dict[str, Any]) -> str:
         ("available ISAs", " ".join(tern["available_isas"])),
         ("ternary kernels", isa),
         ("torch threads", str(t["num_threads"])),
-        ("CUDA kernels built", _yes_no(cuda["extension_built_with_cuda"])),
         ("torch CUDA", cuda["torch_cuda_version"] or "no (CPU build)"),
-        ("CUDA device", _yes_no(cuda["device_available"])),
+        ("CUDA", cuda_summary(cuda)),
     ]
     width = max(len(k) for k, _ in rows)
     lines = [f"{k + ':':<{width + 1}} {v}" for k, v in rows]

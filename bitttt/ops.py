@@ -1,6 +1,6 @@
 """bitttt's ops: the public Python API over torch.ops.bitttt.*.
 
-The schemas live in csrc/module.cpp (loaded with bitttt._C); this file adds what torch
+The schemas live in csrc/module.cpp (loaded by bitttt._native); this file adds what torch
 needs around them: fake kernels so torch.compile can trace the ops, autograd formulas, and
 typed wrappers. The BT2 packing helpers are plain torch: they run once per weight.
 """
@@ -11,15 +11,7 @@ from typing import NamedTuple
 
 import torch
 
-try:
-    from bitttt import _C  # noqa: F401  (registers torch.ops.bitttt.*)
-except ImportError as e:  # pragma: no cover - depends on the install
-    raise ImportError(
-        "bitttt's native extension bitttt._C could not be loaded: "
-        f"{e}. It is built against the torch you install with: "
-        "pip install --no-build-isolation . (torch >= 2.10 must be installed first)"
-    ) from e
-
+from bitttt import _native  # noqa: F401  (loads _C and _C_cuda: registers torch.ops.bitttt.*)
 from bitttt import reference
 
 __all__ = [

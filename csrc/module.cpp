@@ -50,11 +50,6 @@ py::dict build_info() {
   info["stable_abi_target"] = "2.10";
   info["compiled_isas"] = bitttt::ternary::compiled_isas();
   info["ttt_isa"] = bitttt::ttt::active_isa();
-#if defined(BITTTT_WITH_CUDA)
-  info["cuda"] = true;
-#else
-  info["cuda"] = false;
-#endif
   return info;
 }
 
@@ -76,7 +71,7 @@ py::dict cpu_features() {
 
 PYBIND11_MODULE(_C, mod) {
   mod.doc() = "bitttt native ops (registered as torch.ops.bitttt.*) and build information";
-  mod.def("build_info", &build_info, "Version, torch built against, compiled ISAs, CUDA yes/no.");
+  mod.def("build_info", &build_info, "Version, torch built against, compiled ISAs (CUDA: bitttt._C_cuda.build_info()).");
   mod.def("cpu_features", &cpu_features, "CPU features detected at run time.");
   mod.def("available_isas", &bitttt::ternary::available_isas, "Kernel sets this CPU can run, best last.");
   mod.def("isa", [] { return std::string(bitttt::ternary::active_kernels().name); },
