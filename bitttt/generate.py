@@ -66,6 +66,18 @@ def sample_next(logits: torch.Tensor, p: SamplingParams, seen: torch.Tensor | No
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def model_device(model: BitTTTForCausalLM) -> torch.device:
+    return next(model.parameters(), next(model.buffers())).device
+
+
+def run_model(model: BitTTTForCausalLM, ids: list[list[int]], cache: ModelCache | None, use_cache: bool = False):
+    """One forward over token ids on the model's device. On CUDA the float layers run under
+    bf16 autocast (as in training); the ternary and TTT ops run their own CUDA kernels."""
+    device = model_device(model)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        return model(torch.tensor(ids, device=device), cache=cache, use_cache=use_cache)
+
+
 @torch.no_grad()
 def generate_ids(model: BitTTTForCausalLM, prompt_ids: list[int], p: SamplingParams,
                  cache: ModelCache | None = None, eos_id: int | None = None, state: dict | None = None,
@@ -76,12 +88,11 @@ def generate_ids(model: BitTTTForCausalLM, prompt_ids: list[int], p: SamplingPar
     so far) and "pending" (the last sampled token, not fed yet, or None)."""
     if not prompt_ids:
         raise ConfigError("generate: empty prompt", hint="give some text to continue")
-    device = next(model.parameters(), next(model.buffers())).device
     generator = torch.Generator(device="cpu").manual_seed(p.seed) if p.seed is not None else None
     state = state if state is not None else {}
     seen = torch.tensor(prompt_ids, dtype=torch.long)
-    out = model(torch.tensor([prompt_ids], device=device), cache=cache, use_cache=True)
-    logits = out.logits[0, -1].cpu()
+    out = run_model(model, [prompt_ids], cache, use_cache=True)
+    logits = out.logits[0, -1].float().cpu()
     state.update(cache=out.cache, pending=None)
     for _ in range(p.max_new_tokens):
         token = sample_next(logits, p, seen, generator)
@@ -90,8 +101,8 @@ def generate_ids(model: BitTTTForCausalLM, prompt_ids: list[int], p: SamplingPar
             return
         yield token
         seen = torch.cat((seen, torch.tensor([token])))
-        out = model(torch.tensor([[token]], device=device), cache=state["cache"])
-        logits = out.logits[0, -1].cpu()
+        out = run_model(model, [[token]], state["cache"])
+        logits = out.logits[0, -1].float().cpu()
         state.update(cache=out.cache, pending=None)
 
 
@@ -145,11 +156,8 @@ class ChatSession:
     @torch.no_grad()
     def reset(self) -> None:
         """Back to the initial state: only <|bos|> fed."""
-        self.cache = self.model(torch.tensor([[self.tokenizer.bos_id]], device=self._device()), use_cache=True).cache
+        self.cache = run_model(self.model, [[self.tokenizer.bos_id]], None, use_cache=True).cache
         self.history: list[dict[str, str]] = []
-
-    def _device(self) -> torch.device:
-        return next(self.model.parameters(), next(self.model.buffers())).device
 
     def _turn_ids(self, messages: list[dict[str, str]]) -> list[int]:
         if self.chat_format:
@@ -177,7 +185,7 @@ class ChatSession:
         elif not self.chat_format:
             tail = [t for t in tail if t != eos] + self.tokenizer.encode("\n")
         with torch.no_grad():
-            self.cache = self.model(torch.tensor([tail], device=self._device()), cache=result["cache"]).cache
+            self.cache = run_model(self.model, [tail], result["cache"]).cache
         self.history += messages + [{"role": "assistant", "content": "".join(pieces)}]
         self.last_n_tokens = result["n_tokens"]
 
@@ -186,7 +194,7 @@ class ChatSession:
 
     def load(self, path: str) -> None:
         try:
-            obj = torch.load(path, map_location=self._device(), weights_only=False)
+            obj = torch.load(path, map_location=model_device(self.model), weights_only=False)
             self.cache, self.history = obj["cache"], obj["history"]
         except Exception as e:
             raise ConfigError(f"{path}: not a saved chat state ({type(e).__name__}: {e})",
