@@ -26,15 +26,17 @@ static_assert(kRunsPerWiden<1> * 4 * 512 <= 32767, "int16 partial sums could ove
 // tile ahead: R rows of K/4 bytes): the hardware prefetcher alone leaves a cold,
 // DRAM-bound decode GEMV well short of the memory bandwidth.
 
-// dots[i][j] = sum_k code(row i, k) * xq(token j, k) over the padded K, for R rows x C tokens.
+// dots[i][j] = sum_k code(row i, k) * xq(token j, k) over k in [k0, k1) (multiples of
+// kBT2PadK), for R rows x C tokens; x and w point at the starts of token 0 and row 0.
 template <int R, int C>
-inline void dot_tile(const int8_t* x, int64_t Kp, const uint8_t* w, int64_t row_bytes, int32_t dots[R][C]) {
+inline void dot_tile(const int8_t* x, int64_t Kp, const uint8_t* w, int64_t row_bytes, int64_t k0, int64_t k1,
+                     int32_t dots[R][C]) {
   const __m256i mask = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
   __m256i acc[R][C], acc16[R][C];
   for (int i = 0; i < R; ++i)
     for (int j = 0; j < C; ++j) acc[i][j] = _mm256_setzero_si256();
-  const int64_t runs = Kp / kBT2RunK;
-  for (int64_t group = 0; group < runs; group += kRunsPerWiden<C>) {
+  const int64_t runs = k1 / kBT2RunK;
+  for (int64_t group = k0 / kBT2RunK; group < runs; group += kRunsPerWiden<C>) {
     for (int i = 0; i < R; ++i)
       for (int j = 0; j < C; ++j) acc16[i][j] = _mm256_setzero_si256();
     for (int64_t run = group; run < std::min(runs, group + kRunsPerWiden<C>); ++run) {

@@ -36,14 +36,15 @@ inline int32_t hsum_epi32(__m512i v) {
   return x86::hsum_epi32(_mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1)));
 }
 
+// dots[i][j] over k in [k0, k1) (multiples of kBT2PadK), as in the AVX2 kernel.
 template <int R, int C>
-inline void dot_tile(const int8_t* x, int64_t Kp, const uint8_t* w, int64_t row_bytes, int32_t dots[R][C]) {
+inline void dot_tile(const int8_t* x, int64_t Kp, const uint8_t* w, int64_t row_bytes, int64_t k0, int64_t k1,
+                     int32_t dots[R][C]) {
   const __m512i mask = _mm512_set1_epi8(3);
   __m512i acc[R][C];
   for (int i = 0; i < R; ++i)
     for (int j = 0; j < C; ++j) acc[i][j] = _mm512_setzero_si512();
-  const int64_t pairs = Kp / kPairK;
-  for (int64_t p = 0; p < pairs; ++p) {
+  for (int64_t p = k0 / kPairK; p < k1 / kPairK; ++p) {
     const uint8_t* wp = w + p * kPairBytes;
     const int8_t* xp = x + p * kPairK;
     // Prefetch the next tile's rows, one tile ahead (see the AVX2 kernel).
