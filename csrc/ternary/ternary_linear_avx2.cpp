@@ -19,9 +19,9 @@ using x86::hsum_epi32;
 // so one run (4 of them) adds at most 2048 to an int16 lane. Lanes are widened to int32
 // every kRunsPerWiden runs: 8 runs for a single token (fewer instructions per weight, and
 // the accumulators still fit in registers), every run when several tokens share the tile.
-template <int C>
-constexpr int64_t kRunsPerWiden = C == 1 ? 8 : 1;
-static_assert(kRunsPerWiden<1> * 4 * 512 <= 32767, "int16 partial sums could overflow");
+template <int R, int C>
+constexpr int64_t kRunsPerWiden = R * C <= 4 ? 8 : 1;
+static_assert(kRunsPerWiden<1, 1> * 4 * 512 <= 32767, "int16 partial sums could overflow");
 // While a tile reads its rows, it prefetches the same bytes of the next tile's rows (one
 // tile ahead: R rows of K/4 bytes): the hardware prefetcher alone leaves a cold,
 // DRAM-bound decode GEMV well short of the memory bandwidth.
@@ -36,10 +36,10 @@ inline void dot_tile(const int8_t* x, int64_t Kp, const uint8_t* w, int64_t row_
   for (int i = 0; i < R; ++i)
     for (int j = 0; j < C; ++j) acc[i][j] = _mm256_setzero_si256();
   const int64_t runs = k1 / kBT2RunK;
-  for (int64_t group = k0 / kBT2RunK; group < runs; group += kRunsPerWiden<C>) {
+  for (int64_t group = k0 / kBT2RunK; group < runs; group += kRunsPerWiden<R, C>) {
     for (int i = 0; i < R; ++i)
       for (int j = 0; j < C; ++j) acc16[i][j] = _mm256_setzero_si256();
-    for (int64_t run = group; run < std::min(runs, group + kRunsPerWiden<C>); ++run) {
+    for (int64_t run = group; run < std::min(runs, group + kRunsPerWiden<R, C>); ++run) {
       const uint8_t* wr = w + run * kBT2RunBytes;
       const int8_t* xr = x + run * kBT2RunK;
       for (int i = R; i < 2 * R; ++i) _mm_prefetch(reinterpret_cast<const char*>(wr + i * row_bytes), _MM_HINT_T0);
@@ -71,9 +71,10 @@ inline void dot_tile(const int8_t* x, int64_t Kp, const uint8_t* w, int64_t row_
 // 32-k chunks stay in natural order: a run's shift s reads k = 32s..32s+31.
 int64_t chunk_offset(int64_t c) { return c * 32; }
 
-// Prefill tiles are 2 rows x 4 tokens: 8 int32 accumulators plus the decoded codes fit
-// the 16 ymm registers.
-constexpr int64_t kGemmRows = 2;
+// Prefill tiles are 1 row x 4 tokens: 4 int16 and 4 int32 accumulators, the 4 decoded code
+// vectors and the constants fit the 16 ymm registers, so the int16 sums are widened only
+// every 8 runs. (2 x 4 tiles needed widening every run and still spilled.)
+constexpr int64_t kGemmRows = 1;
 
 #include "ternary/tiles_x86.inc"
 
