@@ -236,7 +236,8 @@ ternary_gemv_bt2(const int8_t* __restrict__ xq, int64_t Kp, const uint8_t* __res
   for (int r = 0; r < kRows; ++r)
 #pragma unroll
     for (int t = 0; t < kTokens; ++t)
-      if ((r * kTokens + t) % kLanes == lane && n0 + r < N) store_output_cuda(ep, t, n0 + r, acc[r][t] - ep.x_sum[t]);
+      if ((r * kTokens + t) % kLanes == lane && n0 + r < N)
+        store_output_cuda(ep, t, n0 + r, acc[r][t] - ep.x_sum[t]);
 }
 
 // Lanes per row group: the most (so more loads are in flight) that still give each lane at
