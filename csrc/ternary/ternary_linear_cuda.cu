@@ -14,6 +14,7 @@
 #include <torch/csrc/stable/tensor.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <optional>
 #include <vector>
@@ -483,6 +484,8 @@ struct QuantizedTokens {
 };
 
 QuantizedTokens allocate_tokens(const Tensor& like, int64_t M, int64_t Kp) {
+  // One quantization block per token, indexed by blockIdx.x.
+  STD_TORCH_CHECK(M <= INT32_MAX, "bitttt: ", M, " tokens in one call is over the CUDA kernels' limit of ", INT32_MAX);
   Tensor storage = torch::stable::new_empty(like, {std::max<int64_t>(M * (Kp + 8), 1)}, ScalarType::Char);
   int8_t* base = storage.mutable_data_ptr<int8_t>();
   return {storage, base, reinterpret_cast<float*>(base + M * Kp), reinterpret_cast<int32_t*>(base + M * Kp + 4 * M)};
