@@ -242,7 +242,7 @@ ternary_gemv_bt2(const int8_t* __restrict__ xq, int64_t Kp, const uint8_t* __res
 }
 
 // Lanes per row group: the most (so more loads are in flight) that still give each lane at
-// least four chunks; 4 for rows of fewer than 16 chunks (K <= 768).
+// least four chunks (K = 2560: 40 chunks, 8 lanes of 5); 4 below 32 chunks (Kp < 2048).
 int gemv_lanes(int64_t chunks) {
   for (int lanes = kWarp; lanes > 4; lanes /= 2)
     if (chunks >= 4 * lanes) return lanes;
