@@ -170,7 +170,7 @@ def device_info() -> dict[str, Any]:
 
 
 def print_preamble(config: TernaryBenchConfig, meta: dict[str, Any], out: TextIO) -> None:
-    dev = meta["cuda"]
+    dev = meta["cuda_device"]
     reps = (f"{config.reps} per row" if config.reps else
             f"adaptive, {config.budget_s:g} s per row, {config.min_reps}..{config.max_reps}")
     lines = [
@@ -194,7 +194,7 @@ def run(config: TernaryBenchConfig, out: TextIO) -> Report:
     """
     require_cuda()
     meta = info.collect()
-    meta["cuda"] = device_info()
+    meta["cuda_device"] = device_info()  # beside info.collect()'s "cuda" (build, devices)
     names = ["bitttt", *config.baselines]
     table = Table(names, out)
     print_preamble(config, meta, out)
