@@ -77,7 +77,8 @@ Tensor ternary_linear_cpu(Tensor x, Tensor packed, Tensor w_scale, std::optional
   w_scale = as_contiguous(w_scale);
   std::optional<Tensor> bias_f32;
   if (bias.has_value())
-    bias_f32 = as_contiguous(bias->scalar_type() == ScalarType::Float ? *bias : torch::stable::to(*bias, ScalarType::Float));
+    bias_f32 = as_contiguous(bias->scalar_type() == ScalarType::Float ? *bias
+                                                                      : torch::stable::to(*bias, ScalarType::Float));
   x = as_contiguous(x);
 
   // Quantize every token once into the active kernel's layout.
