@@ -117,6 +117,7 @@ def add_bench_ternary_parser(sub: argparse._SubParsersAction) -> None:
   bitttt bench ternary                                 # every default row, a few minutes
   bitttt bench ternary --shapes 4096x14336 --tokens 1 --regimes cold --json decode.json
   bitttt bench ternary --isa scalar,avx2 --baselines fp32   # kernel sets side by side
+  bitttt bench ternary --device cuda --quick           # on the GPU: bf16 in/out vs F.linear bf16/fp16/fp32
 """)
     shapes = ",".join(f"{n}x{k}" for n, k in TERNARY_SHAPES)
     p.add_argument("--shapes", type=shape_list, metavar="NxK,...", help=f"weight shapes NxK (default {shapes})")
@@ -128,8 +129,11 @@ def add_bench_ternary_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--isa", type=name_list(None), metavar="ISA,...",
                    help="ternary kernel set(s) to time, e.g. scalar,avx2 (default: the active one; "
                         "bitttt info lists those available)")
-    p.add_argument("--baselines", type=name_list(("fp32", "bf16")), metavar="fp32,bf16",
-                   help="F.linear dtypes to compare with (default fp32,bf16)")
+    p.add_argument("--baselines", type=name_list(("fp32", "bf16", "fp16")), metavar="fp32,bf16",
+                   help="F.linear dtypes to compare with (default fp32,bf16; cuda: bf16,fp16,fp32)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cpu (default) or cuda: CUDA-event timing, own default shapes "
+                        "(BitNet 2B: 2560x2560,6912x2560,2560x6912,13824x2560) and tokens (1,8,128,512,2048)")
     p.add_argument("--reps", type=int, metavar="N", help="repetitions per row (default: adaptive, about 1 s per row)")
     p.add_argument("--quick", action="store_true",
                    help="one shape, 1 thread, short rows: under 30 s (other flags given still apply)")
@@ -142,7 +146,7 @@ def _run_bench_ternary(args: argparse.Namespace) -> int:
 
     from bitttt.bench import ternary
 
-    config = ternary.TernaryBenchConfig.quick() if args.quick else ternary.TernaryBenchConfig()
+    config = ternary.TernaryBenchConfig.for_device(args.device, quick=args.quick)
     overrides = {"shapes": args.shapes, "tokens": args.tokens, "threads": args.threads,
                  "regimes": args.regimes, "isas": args.isa, "baselines": args.baselines, "reps": args.reps}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})

@@ -18,3 +18,10 @@ TERNARY_TOKENS: list[int] = [1, 8, 32, 128, 512]
 # --quick: one shape, decode and a short prefill, enough to see that the kernels work.
 TERNARY_QUICK_SHAPES: list[Shape] = [(2560, 2560)]
 TERNARY_QUICK_TOKENS: list[int] = [1, 32]
+
+# --device cuda: BitNet b1.58 2B4T's projections (attention 2560x2560, FFN down 2560x6912, FFN
+# up or gate 6912x2560, and up+gate fused 13824x2560), from decode (1, 8) to prefill (2048).
+TERNARY_CUDA_SHAPES: list[Shape] = [(2560, 2560), (6912, 2560), (2560, 6912), (13824, 2560)]
+TERNARY_CUDA_TOKENS: list[int] = [1, 8, 128, 512, 2048]
+TERNARY_CUDA_QUICK_SHAPES: list[Shape] = [(6912, 2560)]
+TERNARY_CUDA_QUICK_TOKENS: list[int] = [1, 512]

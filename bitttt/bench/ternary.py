@@ -36,6 +36,10 @@ import torch.nn.functional as F
 
 from bitttt import _C, info, ops, reference
 from bitttt.bench.shapes import (
+    TERNARY_CUDA_QUICK_SHAPES,
+    TERNARY_CUDA_QUICK_TOKENS,
+    TERNARY_CUDA_SHAPES,
+    TERNARY_CUDA_TOKENS,
     TERNARY_QUICK_SHAPES,
     TERNARY_QUICK_TOKENS,
     TERNARY_SHAPES,
@@ -45,6 +49,8 @@ from bitttt.bench.shapes import (
 from bitttt.errors import BitttError, ConfigError
 
 BASELINES = ("fp32", "bf16")
+CUDA_BASELINES = ("bf16", "fp16", "fp32")  # --device cuda (bitttt/bench/ternary_cuda.py)
+DEVICES = ("cpu", "cuda")
 REGIMES = ("hot", "cold")
 MB = 10**6
 
@@ -77,12 +83,23 @@ class TernaryBenchConfig:
     cold_bytes: int = 256 * MB  # each contender's cold copies total at least this
     max_cold_bytes: int = 4 * 2**30  # all cold copies of one shape together, at most
     seed: int = 0
+    device: str = "cpu"  # "cuda": bitttt/bench/ternary_cuda.py (threads and isas do not apply)
 
     @classmethod
     def quick(cls) -> TernaryBenchConfig:
         """A smoke run that finishes in well under 30 s on 2 cores."""
         return cls(shapes=list(TERNARY_QUICK_SHAPES), tokens=list(TERNARY_QUICK_TOKENS),
                    threads=[1], budget_s=0.25, warmup=1)
+
+    @classmethod
+    def for_device(cls, device: str, quick: bool = False) -> TernaryBenchConfig:
+        """The defaults for `device`: the CPU ones above, or the CUDA shapes, tokens and baselines."""
+        if device != "cuda":
+            return cls.quick() if quick else cls()
+        shapes, tokens = (TERNARY_CUDA_QUICK_SHAPES, TERNARY_CUDA_QUICK_TOKENS) if quick else \
+            (TERNARY_CUDA_SHAPES, TERNARY_CUDA_TOKENS)
+        return cls(shapes=list(shapes), tokens=list(tokens), threads=[1], baselines=list(CUDA_BASELINES),
+                   budget_s=0.25 if quick else 1.0, device="cuda")
 
     def validate(self) -> None:
         """Raises ConfigError for values the benchmark cannot run with."""
@@ -95,7 +112,9 @@ class TernaryBenchConfig:
         need(bool(self.threads) and all(t > 0 for t in self.threads), f"threads must be > 0, got {self.threads}")
         need(bool(self.regimes) and set(self.regimes) <= set(REGIMES),
              f"regimes must be among {REGIMES}, got {self.regimes}")
-        need(set(self.baselines) <= set(BASELINES), f"baselines must be among {BASELINES}, got {self.baselines}")
+        need(self.device in DEVICES, f"device must be among {DEVICES}, got {self.device!r}")
+        allowed = CUDA_BASELINES if self.device == "cuda" else BASELINES
+        need(set(self.baselines) <= set(allowed), f"baselines must be among {allowed}, got {self.baselines}")
         need(self.reps is None or self.reps > 0, f"reps must be > 0, got {self.reps}")
         need(0 < self.min_reps <= self.max_reps,
              f"need 0 < min_reps <= max_reps, got {self.min_reps}, {self.max_reps}")
@@ -215,13 +234,16 @@ def _ends(n: int, k: int) -> torch.Tensor:
     return torch.unique(torch.cat([torch.arange(min(k, n)), torch.arange(max(n - k, 0), n)]))
 
 
-def validate(x: torch.Tensor, sw: ShapeWeights, isa: str) -> float:
-    """Runs the bitttt op at full size with kernel set `isa` and checks a slice of the output
-    (first/last tokens × first/last rows) against reference.ternary_linear.
+def validate(x: torch.Tensor, sw: ShapeWeights, isa: str | None) -> float:
+    """Runs the bitttt op at full size with kernel set `isa` (None: x's device picks the
+    kernels, as for CUDA) and checks a slice of the output (first/last tokens × first/last
+    rows) against reference.ternary_linear.
 
     Returns max |err| / tolerance (< 1). Raises BenchValidationError when it is >= 1.
     """
-    _C.set_isa(isa)
+    if isa is not None:
+        _C.set_isa(isa)
+    kernels = isa or x.device.type
     y = ops.ternary_linear(x, sw.packed[0], sw.w_scale)  # [M, N]
     rows, cols = _ends(x.shape[0], VALIDATE_TOKENS), _ends(sw.N, VALIDATE_ROWS)
     q = ops.unpack_ternary(sw.packed[0][cols], sw.K)  # [n, K]
@@ -235,10 +257,10 @@ def validate(x: torch.Tensor, sw: ShapeWeights, isa: str) -> float:
         m, n = divmod(int(ratio.argmax()), len(cols))
         tm, tn = int(rows[m]), int(cols[n])
         raise BenchValidationError(
-            f"bench ternary: ternary_linear ({isa}) is wrong for {sw.N}x{sw.K}, M={x.shape[0]}, "
+            f"bench ternary: ternary_linear ({kernels}) is wrong for {sw.N}x{sw.K}, M={x.shape[0]}, "
             f"threads={torch.get_num_threads()}: y[{tm}, {tn}] = {float(got[m, n]):.6g}, "
             f"reference {float(expected[m, n]):.6g} (tolerance {float(tol[m, n]):.3g})",
-            hint=f"the {isa} kernel has a bug; compare with BITTTT_ISA=scalar")
+            hint=f"the {kernels} kernel has a bug; compare with BITTTT_ISA=scalar")
     return worst
 
 
@@ -427,6 +449,10 @@ def run(config: TernaryBenchConfig, out: TextIO = sys.stdout) -> Report:
     Leaves torch's thread count and the active ISA as they were.
     """
     config.validate()
+    if config.device == "cuda":
+        from bitttt.bench import ternary_cuda
+
+        return ternary_cuda.run(config, out)
     isas = resolve_isas(config.isas)
     config = dataclasses.replace(config, isas=isas)  # the report records what ran
     meta = info.collect()

@@ -65,10 +65,13 @@ class BitLinear(nn.Module):
         return self
 
     def _apply(self, fn, recurse: bool = True):
-        # `.to(bfloat16)` and friends convert every float buffer; the kernel's w_scale stays float32.
+        # `.to(bfloat16)` and friends convert every float buffer; the kernel's w_scale stays
+        # float32, exactly: take the device move from fn but the values from before the cast
+        # (casting back after a bf16 round trip would keep the bf16 rounding).
+        w_scale = self.w_scale if self.is_packed else None
         super()._apply(fn, recurse)
-        if self.is_packed and self.w_scale.dtype != torch.float32:
-            self.w_scale = self.w_scale.float()
+        if w_scale is not None and self.w_scale.dtype != torch.float32:
+            self.w_scale = w_scale.to(self.w_scale.device)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

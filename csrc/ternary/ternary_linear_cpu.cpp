@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "ternary/bt2.h"
+#include "ternary/checks.h"
 #include "ternary/dispatch.h"
 
 namespace bitttt::ternary {
@@ -49,17 +50,6 @@ std::vector<int64_t> output_sizes(const Tensor& x, int64_t N) {
   return sizes;
 }
 
-void check_packed(const char* op, const Tensor& packed, int64_t K) {
-  STD_TORCH_CHECK(packed.scalar_type() == ScalarType::Byte, op, ": packed must be uint8 (BT2), got ",
-                  torch::headeronly::toString(packed.scalar_type()));
-  STD_TORCH_CHECK(packed.dim() == 2, op, ": packed must be 2-D [N, Kp/4], got ", packed.dim(), " dims");
-  STD_TORCH_CHECK(packed.is_contiguous(), op, ": packed must be contiguous; call .contiguous() on it");
-  const int64_t Kp = bt2_padded_k(K);
-  STD_TORCH_CHECK(packed.size(1) * kBT2WeightsPerByte == Kp, op, ": x.shape[-1]=", K,
-                  " does not fit packed with ", packed.size(1), " bytes per row (K=", K,
-                  " needs ", Kp / kBT2WeightsPerByte, "); repack the weight with pack_ternary");
-}
-
 // Runs matmul over [0, M) x [0, N), split into tasks across torch's thread pool.
 void run_matmul(const Bt2Kernels& kernels, const int8_t* xq, int64_t M, int64_t Kp,
                 const uint8_t* packed, int64_t N, const Epilogue& ep) {
@@ -81,27 +71,15 @@ void run_matmul(const Bt2Kernels& kernels, const int8_t* xq, int64_t M, int64_t 
 }
 
 Tensor ternary_linear_cpu(Tensor x, Tensor packed, Tensor w_scale, std::optional<Tensor> bias) {
+  const TernaryShape shape = check_ternary_linear(x, packed, w_scale, bias);
+  const int64_t M = shape.M, K = shape.K, N = shape.N, Kp = shape.Kp;
   const ScalarType dtype = x.scalar_type();
-  STD_TORCH_CHECK(dtype == ScalarType::Float || dtype == ScalarType::BFloat16,
-                  "ternary_linear: x must be float32 or bfloat16, got ", torch::headeronly::toString(dtype));
-  STD_TORCH_CHECK(x.dim() >= 1, "ternary_linear: x must have at least 1 dim [..., K]");
-  const int64_t K = x.size(x.dim() - 1);
-  check_packed("ternary_linear", packed, K);
-  const int64_t N = packed.size(0), Kp = bt2_padded_k(K);
-  STD_TORCH_CHECK(w_scale.scalar_type() == ScalarType::Float && w_scale.dim() == 1 && w_scale.size(0) == N,
-                  "ternary_linear: w_scale must be float32 [N=", N, "], got ",
-                  torch::headeronly::toString(w_scale.scalar_type()), " with ", w_scale.dim(), " dims and ",
-                  w_scale.numel(), " elements");
   w_scale = as_contiguous(w_scale);
   std::optional<Tensor> bias_f32;
-  if (bias.has_value()) {
-    STD_TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N, "ternary_linear: bias must be [N=", N, "], got ",
-                    bias->dim(), " dims and ", bias->numel(), " elements");
-    STD_TORCH_CHECK(bias->device() == x.device(), "ternary_linear: bias must be on the same device as x");
-    bias_f32 = as_contiguous(bias->scalar_type() == ScalarType::Float ? *bias : torch::stable::to(*bias, ScalarType::Float));
-  }
+  if (bias.has_value())
+    bias_f32 = as_contiguous(bias->scalar_type() == ScalarType::Float ? *bias
+                                                                      : torch::stable::to(*bias, ScalarType::Float));
   x = as_contiguous(x);
-  const int64_t M = K == 0 ? x.numel() : x.numel() / K;  // K == 0: every row is empty
 
   // Quantize every token once into the active kernel's layout.
   const Bt2Kernels& kernels = active_kernels();
@@ -135,12 +113,8 @@ Tensor ternary_linear_cpu(Tensor x, Tensor packed, Tensor w_scale, std::optional
 
 // Exact integer product of int8 activations [M, K] with BT2 weights: int32 [M, N].
 Tensor ternary_matmul_int8_cpu(Tensor xq_in, Tensor packed) {
-  STD_TORCH_CHECK(xq_in.scalar_type() == ScalarType::Char, "ternary_matmul_int8: x must be int8, got ",
-                  torch::headeronly::toString(xq_in.scalar_type()));
-  STD_TORCH_CHECK(xq_in.dim() == 2, "ternary_matmul_int8: x must be 2-D [M, K], got ", xq_in.dim(), " dims");
-  const int64_t M = xq_in.size(0), K = xq_in.size(1);
-  check_packed("ternary_matmul_int8", packed, K);
-  const int64_t N = packed.size(0), Kp = bt2_padded_k(K);
+  const TernaryShape shape = check_ternary_matmul_int8(xq_in, packed);
+  const int64_t M = shape.M, K = shape.K, N = shape.N, Kp = shape.Kp;
   xq_in = as_contiguous(xq_in);
 
   const Bt2Kernels& kernels = active_kernels();

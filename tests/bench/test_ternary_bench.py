@@ -74,3 +74,47 @@ def test_wrong_kernel_fails_validation(monkeypatch):
 def test_bad_config_raises_config_error(overrides):
     with pytest.raises(ConfigError):
         ternary.run(tiny_config(**overrides), out=io.StringIO())
+
+
+# ---------------------------------------------------------------------------------------
+# --device cuda: parsing and defaults here; the timing itself needs a GPU
+# ---------------------------------------------------------------------------------------
+
+
+def _cuda_bench_can_run() -> bool:
+    from bitttt._native import C_cuda
+
+    return C_cuda is not None and torch.cuda.is_available()
+
+
+def test_cli_accepts_device_cuda():
+    from bitttt import cli
+
+    args = cli.build_parser().parse_args(["bench", "ternary", "--device", "cuda", "--baselines", "bf16,fp16"])
+    assert args.device == "cuda" and args.baselines == ["bf16", "fp16"]
+    assert cli.build_parser().parse_args(["bench", "ternary"]).device == "cpu"
+
+
+def test_cuda_defaults_are_bitnet_2b_shapes():
+    config = TernaryBenchConfig.for_device("cuda")
+    assert config.device == "cuda"
+    assert (13824, 2560) in config.shapes and config.tokens == [1, 8, 128, 512, 2048]
+    assert config.baselines == ["bf16", "fp16", "fp32"]
+    config.validate()
+    assert TernaryBenchConfig.for_device("cpu") == TernaryBenchConfig()
+
+
+def test_fp16_baseline_is_cuda_only():
+    with pytest.raises(ConfigError, match="baselines must be among"):
+        ternary.run(tiny_config(baselines=["fp16"]), out=io.StringIO())
+
+
+@pytest.mark.skipif(_cuda_bench_can_run(), reason="a CUDA device and kernels are here: the benchmark would run")
+def test_cuda_bench_refuses_without_device(capsys):
+    from bitttt import cli
+
+    assert cli.main(["bench", "ternary", "--device", "cuda", "--quick"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("bitttt: error: bench ternary: --device cuda") and "\n" not in err
+    assert "Traceback" not in captured.err + captured.out

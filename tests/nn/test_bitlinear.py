@@ -226,6 +226,16 @@ def test_to_dtype_after_pack(dtype):
     assert_close_to_scale(y.float(), y32, FAKE_VS_PACKED_BF16)
 
 
+def test_to_bf16_after_pack_keeps_w_scale_exact():
+    # w_scale must not go through bf16 on its way back to float32.
+    torch.manual_seed(0)
+    layer = BitLinear(300, 17).pack()
+    w_scale = layer.w_scale.clone()
+    layer.to(torch.bfloat16)
+    assert layer.w_scale.dtype == torch.float32
+    assert torch.equal(layer.w_scale, w_scale)
+
+
 # ---------------------------------------------------------------------------------------
 # torch.compile
 # ---------------------------------------------------------------------------------------
