@@ -272,3 +272,20 @@ def test_too_large_head_raises_clearly():
     leaves, pos = raw_args(1, 512, 16, 3, 0, torch.float64)
     with pytest.raises(RuntimeError, match="bytes of shared memory per block"):
         op_call(to_dev(leaves), pos, 0)
+
+
+def test_ttt_linear_layer_under_bf16_autocast():
+    """Under CUDA autocast the projections run in bfloat16; the op computes in float32 and the
+    layer's output and gradients stay finite and close to the float32 run."""
+    from bitttt.nn import TTTLinear
+
+    torch.manual_seed(0)
+    layer = TTTLinear(64, 4, mini_batch_size=16, ternary=False).to(DEV)
+    x = torch.randn(2, 40, 64, device=DEV)
+    y32 = layer(x)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = layer(x)
+    assert layer.W0.dtype == torch.float32
+    torch.testing.assert_close(y.float(), y32, rtol=5e-2, atol=5e-2)
+    y.float().square().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())

@@ -295,7 +295,7 @@ int main(int argc, char** argv) {
       {2, 2, 16, 16, 5, 3, 1}, {1, 1, 32, 16, 17, 0, 2}, {1, 1, 32, 16, 1, 15, 1}, {2, 2, 33, 5, 23, 3, 2},
       {2, 2, 8, 4, 16, 0, 2},  {1, 1, 8, 4, 7, 4, 1},   {2, 2, 4, 4, 0, 3, 2},    {1, 1, 8, 16, 40, 0, 100},
   };
-  if (!quick) cases.push_back({1, 1, 128, 16, 20, 9, 2});
+  if (!quick) cases.push_back({1, 1, 128, 16, 20, 9, 2}), cases.push_back({1, 1, 128, 64, 70, 3, 2});
   for (const Case& c : cases) {
     const int before = failures;
     run_case<double>(c, g);
