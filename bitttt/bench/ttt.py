@@ -28,7 +28,6 @@ import threading
 import time
 from collections.abc import Callable
 
-import psutil
 import torch
 
 from bitttt import _C, _native, ops, reference
@@ -106,6 +105,8 @@ def saved_bytes(fn: Callable[[], object]) -> int:
 
 def peak_rss_growth(fn: Callable[[], object]) -> int:
     """RSS growth (bytes) at its peak while fn runs, sampled every millisecond."""
+    import psutil  # the CPU rows only: the CUDA rows read torch's allocator statistics
+
     proc = psutil.Process()
     gc.collect()
     base = proc.memory_info().rss
