@@ -26,6 +26,15 @@ DEV = "cuda"
 ARG_NAMES = ("q", "k", "v", "lr", "token_scale", "W", "c", "gW", "gc", "pos", "ln_w", "ln_b")  # opcheck_args()
 
 
+@pytest.fixture(autouse=True)
+def no_tf32():
+    """The layer tests compare float32 projections and convs with the CPU: no TF32 rounding."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def to_dev(xs, device=DEV):
     return [x.to(device) if isinstance(x, torch.Tensor) else x for x in xs]
 
@@ -227,7 +236,7 @@ def test_ttt_linear_layer_step_on_cuda_equals_forward():
     from bitttt.nn import TTTLinear
 
     torch.manual_seed(0)
-    layer = TTTLinear(64, 4, mini_batch_size=16).to(DEV).eval()
+    layer = TTTLinear(64, 4, mini_batch_size=16, ternary=False).to(DEV).eval()
     x = torch.randn(1, 20, 64, device=DEV)
     with torch.no_grad():
         y = layer(x)
