@@ -1,12 +1,12 @@
 // TTT-Linear CUDA kernels (docs/design.md §3): the device code of ttt_linear_cuda.cu, which
 // holds the host side (checks, launches, registration). Kept apart so that
-// tests/cuda/emulate/ can compile this same file as plain C++ (one std::thread per CUDA
+// tests/cuda_emulation/ can compile this same file as plain C++ (one std::thread per CUDA
 // thread, barriers for __syncthreads) and compare it with the CPU kernels on a machine
 // without a GPU. Only ttt.h is included: no torch here.
 //
 // Structure mirrors the CPU code so the two read side by side:
-//   ttt_kernels.inc            here
-//   inner_grads                inner_grads (device)
+//   ttt_kernels.inc            ttt_linear_cuda.cuh (this file)
+//   inner_grads                inner_grads
 //   dual_z_bar                 dual_z_bar
 //   advance_state              advance_state
 //   forward_segment            forward_segment
