@@ -381,6 +381,7 @@ def add_bench_ttt_parser(sub: argparse._SubParsersAction) -> None:
     p = _subparser(sub, "ttt", "ttt_linear C++ op vs the pure-torch reference: prefill, decode, forward+backward", """\
   bitttt bench ttt --quick                  # B=1, T=512 and 2048
   bitttt bench ttt --batch 1 --tokens 2048 --json ttt.json
+  bitttt bench ttt --device cuda --quick    # the CUDA kernels vs the reference on the GPU
 """)
     add_bench_ttt_arguments(p)
     p.set_defaults(func=_run_bench_ttt)
@@ -400,6 +401,8 @@ def add_bench_ttt_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPars
                    help="run the reference's forward+backward only up to B*T tokens (it is slow; default 8192)")
     p.add_argument("--quick", action="store_true", help="B=1, T=512 and 2048 only")
     p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where the op and the reference run (default cpu; cuda: CUDA-event timing)")
     return p
 
 

@@ -10,6 +10,9 @@ Per (B, T) with H heads of size D and mini-batch b, in one run and on the same i
 - peak memory of forward+backward: process RSS growth, sampled every millisecond.
 
 Each configuration is validated before timing (op vs reference on the first tokens).
+With `--device cuda` the same contenders run on the GPU, timed with CUDA events, interleaved
+(op, reference, compiled reference in turn per repetition) and reported as medians; memory is
+torch's peak allocation of forward+backward.
 Run with `python -m bitttt.bench.ttt [--quick]`, `python benchmarks/ttt.py` or, once wired
 into the CLI, `bitttt bench ttt`.
 """
@@ -25,16 +28,16 @@ import threading
 import time
 from collections.abc import Callable
 
-import psutil
 import torch
 
-from bitttt import _C, ops, reference
+from bitttt import _C, _native, ops, reference
+from bitttt.errors import ConfigError
 
 VALIDATE_TOKENS = 64  # tokens compared before timing
 VALIDATE_TOL = 1e-3   # float32, LayerNorm outputs O(1)
 
 
-def make_inputs(B: int, H: int, T: int, D: int, b: int, seed: int = 0):
+def make_inputs(B: int, H: int, T: int, D: int, b: int, seed: int = 0, device: str = "cpu"):
     g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(B, H, T, D, generator=g) for _ in range(3))
     lr = torch.sigmoid(torch.randn(B, H, T, generator=g)) / D
@@ -42,7 +45,36 @@ def make_inputs(B: int, H: int, T: int, D: int, b: int, seed: int = 0):
     W0 = 0.02 * torch.randn(H, D, D, generator=g)
     b0 = torch.zeros(H, D)
     ln_w, ln_b = torch.ones(H, D), torch.zeros(H, D)
-    return [q, k, v, lr, ts, W0, b0, ln_w, ln_b]
+    return [x.to(device) for x in (q, k, v, lr, ts, W0, b0, ln_w, ln_b)]
+
+
+def check_device(device: str) -> None:
+    """ConfigError unless bitttt's kernels can run on `device` ('cpu' always can)."""
+    if device == "cpu":
+        return
+    if _native.C_cuda is None:
+        raise ConfigError(f"bench ttt: --device cuda: bitttt's CUDA kernels are not loaded ({_native.cuda_unavailable_reason})",
+                          hint="install a CUDA torch and build bitttt with BITTTT_CUDA=on, or use --device cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("bench ttt: --device cuda: no CUDA device is visible",
+                          hint="run on a machine with an NVIDIA GPU, or use --device cpu")
+
+
+def cuda_time_interleaved(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
+    """Median seconds per call of each fn, timed with CUDA events. The fns take turns within each
+    repetition, so clock and thermal drift hit all of them alike; one warm-up call each first."""
+    for fn in fns.values():
+        fn()
+    events = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            events[name].append((start, end))
+    torch.cuda.synchronize()
+    return {name: statistics.median(s.elapsed_time(e) / 1e3 for s, e in ev) for name, ev in events.items()}
 
 
 def timeit(fn: Callable[[], object], repeat: int, min_time: float = 0.0) -> float:
@@ -73,6 +105,8 @@ def saved_bytes(fn: Callable[[], object]) -> int:
 
 def peak_rss_growth(fn: Callable[[], object]) -> int:
     """RSS growth (bytes) at its peak while fn runs, sampled every millisecond."""
+    import psutil  # the CPU rows only: the CUDA rows read torch's allocator statistics
+
     proc = psutil.Process()
     gc.collect()
     base = proc.memory_info().rss
@@ -121,6 +155,56 @@ def validate(args, b: int) -> None:
         raise RuntimeError(f"bench ttt: the op differs from the reference by {err:.3g} > {VALIDATE_TOL}")
 
 
+def bench_config_cuda(B: int, T: int, H: int, D: int, b: int, repeat: int, with_compile: bool,
+                      ref_grad_max_tokens: int) -> dict:
+    """One row on the GPU: the op vs the reference (and the compiled reference), interleaved."""
+    args = make_inputs(B, H, T, D, b, device="cuda")
+    validate(args, b)
+    row: dict = {"B": B, "T": T, "H": H, "D": D, "b": b, "device": torch.cuda.get_device_name()}
+    reps = max(3, repeat)
+    with torch.no_grad():
+        fns = {"prefill_op_s": lambda: ops.ttt_linear(*args), "prefill_ref_s": lambda: reference.ttt_linear(*args)}
+        if with_compile:
+            try:
+                cref = compiled_reference(b)
+                cref(*args)  # compile outside the timing
+                fns["prefill_ref_compiled_s"] = lambda: cref(*args)
+            except Exception as e:  # noqa: BLE001 - report and go on
+                row["prefill_ref_compiled_error"] = f"{type(e).__name__}: {e}"[:200]
+        row.update(cuda_time_interleaved(fns, reps))
+        p = 17  # decode at an unaligned position: the state after 17 tokens
+        _, st = ops.ttt_linear(*[x[:, :, :p] for x in args[:4]], *args[4:])
+        st = ops.TTTState(*(x.contiguous() for x in st[:4]), st.pos)
+        tok = [x[:, :, p] for x in args[:4]]
+        tok1 = [x[:, :, p:p + 1] for x in args[:4]]
+        st_r = tuple(st)
+        row.update(cuda_time_interleaved({
+            "decode_op_s": lambda: ops.ttt_linear_decode_(*tok, args[4], st, args[7], args[8]),
+            "decode_ref_s": lambda: reference.ttt_linear(*tok1, *args[4:], state=st_r)}, 50))
+    leaves = [x.clone().requires_grad_(x.is_floating_point()) for x in args]
+
+    def fwd_bwd(fn):
+        def run():
+            out, st = fn(*leaves)
+            torch.autograd.backward([out.sum() + st[0].sum()])
+            for x in leaves:
+                x.grad = None
+        return run
+
+    fns = {"fwd_bwd_op_s": fwd_bwd(ops.ttt_linear)}
+    if B * T <= ref_grad_max_tokens:
+        fns["fwd_bwd_ref_s"] = fwd_bwd(reference.ttt_linear)
+    row.update(cuda_time_interleaved(fns, max(3, repeat // 2)))
+    for name, fn in fns.items():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        row[name.replace("fwd_bwd", "peak").replace("_s", "_bytes")] = torch.cuda.max_memory_allocated() - base
+    return row
+
+
 def bench_config(B: int, T: int, H: int, D: int, b: int, repeat: int, with_compile: bool, ref_grad_max_tokens: int):
     args = make_inputs(B, H, T, D, b)
     validate(args, b)
@@ -166,20 +250,25 @@ def bench_config(B: int, T: int, H: int, D: int, b: int, repeat: int, with_compi
 
 
 def format_row(r: dict) -> str:
+    """One table line; ratios are reference time / op time (above 1: the op is faster)."""
     def ratio(a, b_):
         return f"{r[a] / r[b_]:6.1f}x" if a in r and b_ in r else "     -"
+
+    def mib(key):
+        return f"{r[key] / 2**20:8.1f}" if key in r else "       -"
 
     tok = r["B"] * r["T"]
     comp = f"{tok / r['prefill_ref_compiled_s']:9.0f}" if "prefill_ref_compiled_s" in r else "        -"
     fb_ref = f"{1e3 * r['fwd_bwd_ref_s']:8.1f}" if "fwd_bwd_ref_s" in r else "       -"
-    sv_ref = f"{r['saved_ref_bytes'] / 2**20:8.1f}" if "saved_ref_bytes" in r else "       -"
-    pk_ref = f"{r['peak_ref_bytes'] / 2**20:8.1f}" if "peak_ref_bytes" in r else "       -"
-    return (f"B={r['B']} T={r['T']:5d} | prefill tok/s op {tok / r['prefill_op_s']:9.0f} ref {tok / r['prefill_ref_s']:8.0f}"
-            f" ref.compiled {comp} ({ratio('prefill_ref_s', 'prefill_op_s')}) | decode us op "
-            f"{1e6 * r['decode_op_s']:7.1f} ref {1e6 * r['decode_ref_s']:7.1f} ({ratio('decode_ref_s', 'decode_op_s')})"
-            f" | fwd+bwd ms op {1e3 * r['fwd_bwd_op_s']:8.1f} ref {fb_ref} ({ratio('fwd_bwd_ref_s', 'fwd_bwd_op_s')})"
-            f" | saved MiB op {r['saved_op_bytes'] / 2**20:7.1f} ref {sv_ref}"
-            f" | peak MiB op {r['peak_op_bytes'] / 2**20:7.1f} ref {pk_ref}")
+    line = (f"B={r['B']} T={r['T']:5d} | prefill tok/s op {tok / r['prefill_op_s']:9.0f} "
+            f"ref {tok / r['prefill_ref_s']:8.0f} ({ratio('prefill_ref_s', 'prefill_op_s')}) "
+            f"ref.compiled {comp} ({ratio('prefill_ref_compiled_s', 'prefill_op_s')})"
+            f" | decode us op {1e6 * r['decode_op_s']:7.1f} ref {1e6 * r['decode_ref_s']:7.1f} "
+            f"({ratio('decode_ref_s', 'decode_op_s')})"
+            f" | fwd+bwd ms op {1e3 * r['fwd_bwd_op_s']:8.1f} ref {fb_ref} ({ratio('fwd_bwd_ref_s', 'fwd_bwd_op_s')})")
+    if "saved_op_bytes" in r:
+        line += f" | saved MiB op {mib('saved_op_bytes')} ref {mib('saved_ref_bytes')}"
+    return line + f" | peak MiB op {mib('peak_op_bytes')} ref {mib('peak_ref_bytes')}"
 
 
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -190,20 +279,25 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
 
 
 def run(args: argparse.Namespace, out=sys.stdout) -> dict:
+    device = getattr(args, "device", "cpu")
+    check_device(device)
     torch.set_num_threads(args.threads)
     batches, tokens = ([1], [512, 2048]) if args.quick else (args.batch, args.tokens)
     info = _C.build_info()
-    print(f"bitttt bench ttt: torch {torch.__version__}, {args.threads} threads, kernels {info['ttt_isa']}, "
+    where = (f"{torch.cuda.get_device_name()}, CUDA kernels {_native.C_cuda.build_info()['archs']}"
+             if device == "cuda" else f"{args.threads} threads, kernels {info['ttt_isa']}")
+    print(f"bitttt bench ttt: torch {torch.__version__}, {where}, "
           f"H={args.heads} D={args.head_dim} b={args.mini_batch}", file=out)
+    config = bench_config_cuda if device == "cuda" else bench_config
     rows = []
     for B in batches:
         for T in tokens:
-            r = bench_config(B, T, args.heads, args.head_dim, args.mini_batch, args.repeat, not args.no_compile,
-                             args.ref_grad_max_tokens)
+            r = config(B, T, args.heads, args.head_dim, args.mini_batch, args.repeat, not args.no_compile,
+                       args.ref_grad_max_tokens)
             rows.append(r)
             print(format_row(r), file=out, flush=True)
     report = {"benchmark": "ttt_linear", "time": time.time(), "torch": torch.__version__, "threads": args.threads,
-              "isa": info["ttt_isa"], "rows": rows}
+              "isa": info["ttt_isa"], "device": device, "rows": rows}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cpu_features.h"
+#include "ttt/checks.h"
 #include "ttt/ttt.h"
 
 namespace bitttt::ttt {
@@ -21,6 +22,7 @@ namespace {
 
 using torch::headeronly::ScalarType;
 using torch::stable::Tensor;
+using checks::Where;
 
 // Below this many multiply-adds a call stays on one thread: waking the pool costs more.
 constexpr int64_t kMinMacsPerThread = 1 << 21;
@@ -37,65 +39,6 @@ const Kernels& active_kernels() {
     return generic::kernels();
   }();
   return k;
-}
-
-std::string shape_str(const Tensor& t) {
-  std::string s = "[";
-  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
-  return s + "]";
-}
-
-void check_shape(const char* op, const char* name, const Tensor& t, std::vector<int64_t> want, const char* dims) {
-  bool ok = t.dim() == static_cast<int64_t>(want.size());
-  for (size_t i = 0; ok && i < want.size(); ++i) ok = t.size(i) == want[i];
-  std::string w = "[";
-  for (size_t i = 0; i < want.size(); ++i) w += (i ? ", " : "") + std::to_string(want[i]);
-  STD_TORCH_CHECK(ok, op, ": ", name, " must be ", dims, " = ", w, "], got ", shape_str(t));
-}
-
-// Shared checks of the forward, backward and decode. q is [B,H,T,D], or [B,H,D] for one
-// token (decode, one_token: lr is then [B,H]). Returns the dims.
-Dims check_inputs(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& lr,
-                  const Tensor& ts, const Tensor& W, const Tensor& c, const Tensor& gW, const Tensor& gc,
-                  int64_t pos, const Tensor& ln_w, const Tensor& ln_b, bool one_token = false) {
-  if (one_token) {
-    STD_TORCH_CHECK(q.dim() == 3, op, ": q must be 3-D [B, H, D] (one token), got ", shape_str(q));
-  } else {
-    STD_TORCH_CHECK(q.dim() == 4, op, ": q must be 4-D [B, H, T, D], got ", shape_str(q));
-  }
-  const int64_t B = q.size(0), H = q.size(1), T = one_token ? 1 : q.size(2), D = q.size(q.dim() - 1);
-  STD_TORCH_CHECK(D > 0, op, ": head size D must be positive");
-  STD_TORCH_CHECK(ts.dim() == 1 && ts.size(0) > 0, op, ": token_scale must be 1-D [b] with b >= 1, got ",
-                  shape_str(ts));
-  STD_TORCH_CHECK(pos >= 0, op, ": pos must be >= 0, got ", pos);
-  if (one_token) {
-    check_shape(op, "k", k, {B, H, D}, "[B, H, D]");
-    check_shape(op, "v", v, {B, H, D}, "[B, H, D]");
-    check_shape(op, "lr", lr, {B, H}, "[B, H]");
-  } else {
-    check_shape(op, "k", k, {B, H, T, D}, "[B, H, T, D]");
-    check_shape(op, "v", v, {B, H, T, D}, "[B, H, T, D]");
-    check_shape(op, "lr", lr, {B, H, T}, "[B, H, T]");
-  }
-  check_shape(op, "W", W, {B, H, D, D}, "[B, H, D, D]");
-  check_shape(op, "c", c, {B, H, D}, "[B, H, D]");
-  check_shape(op, "gW", gW, {B, H, D, D}, "[B, H, D, D]");
-  check_shape(op, "gc", gc, {B, H, D}, "[B, H, D]");
-  check_shape(op, "ln_w", ln_w, {H, D}, "[H, D]");
-  check_shape(op, "ln_b", ln_b, {H, D}, "[H, D]");
-  const ScalarType dt = q.scalar_type();
-  STD_TORCH_CHECK(dt == ScalarType::Float || dt == ScalarType::Double, op,
-                  ": q must be float32 or float64 (cast bfloat16 to float32), got ",
-                  torch::headeronly::toString(dt));
-  const Tensor* all[] = {&k, &v, &lr, &ts, &W, &c, &gW, &gc, &ln_w, &ln_b};
-  const char* names[] = {"k", "v", "lr", "token_scale", "W", "c", "gW", "gc", "ln_w", "ln_b"};
-  for (int i = 0; i < 10; ++i) {
-    STD_TORCH_CHECK(all[i]->scalar_type() == dt, op, ": ", names[i], " must have q's dtype ",
-                    torch::headeronly::toString(dt), ", got ", torch::headeronly::toString(all[i]->scalar_type()));
-    STD_TORCH_CHECK(all[i]->is_cpu(), op, ": ", names[i], " must be on the CPU like q");
-  }
-  STD_TORCH_CHECK(q.is_cpu(), op, ": q must be a CPU tensor");
-  return Dims{T, D, ts.size(0), pos, 0};
 }
 
 template <typename T>
@@ -143,7 +86,7 @@ void forward_typed(const Dims& dm, int64_t BH, int64_t H, const Tensor& q, const
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ttt_linear_cpu(
     Tensor q, Tensor k, Tensor v, Tensor lr, Tensor ts, Tensor W, Tensor c, Tensor gW, Tensor gc, int64_t pos,
     Tensor ln_w, Tensor ln_b, int64_t ckpt_every) {
-  Dims dm = check_inputs("ttt_linear", q, k, v, lr, ts, W, c, gW, gc, pos, ln_w, ln_b);
+  Dims dm = checks::check_inputs("ttt_linear", Where::CPU, q, k, v, lr, ts, W, c, gW, gc, pos, ln_w, ln_b);
   STD_TORCH_CHECK(ckpt_every >= 0, "ttt_linear: ckpt_every must be >= 0, got ", ckpt_every);
   dm.ckpt_every = ckpt_every;
   const int64_t B = q.size(0), H = q.size(1), D = dm.D;
@@ -169,11 +112,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ttt_linear_cp
 // lr [B,H]. Equal to ttt_linear over that token.
 Tensor ttt_linear_decode_cpu(Tensor q, Tensor k, Tensor v, Tensor lr, Tensor ts, Tensor W, Tensor c, Tensor gW,
                              Tensor gc, int64_t pos, Tensor ln_w, Tensor ln_b) {
-  Dims dm = check_inputs("ttt_linear_decode_", q, k, v, lr, ts, W, c, gW, gc, pos, ln_w, ln_b, true);
-  const Tensor* state[] = {&W, &c, &gW, &gc};
-  for (const Tensor* t : state)
-    STD_TORCH_CHECK(t->is_contiguous(), "ttt_linear_decode_: the state tensors W, c, gW, gc are updated in place "
-                    "and must be contiguous; pass .contiguous() copies");
+  const char* op = "ttt_linear_decode_";
+  Dims dm = checks::check_inputs(op, Where::CPU, q, k, v, lr, ts, W, c, gW, gc, pos, ln_w, ln_b, true);
+  checks::check_state_contiguous(op, W, c, gW, gc);
   const int64_t B = q.size(0), H = q.size(1), D = dm.D;
   q = contig(q), k = contig(k), v = contig(v);
   lr = contig(lr), ts = contig(ts);
@@ -234,21 +175,9 @@ Grads ttt_linear_backward_cpu(Tensor grad_out, Tensor grad_W, Tensor grad_c, Ten
                               Tensor gc, int64_t pos, Tensor ln_w, Tensor ln_b, Tensor ckpt_W, Tensor ckpt_c,
                               int64_t ckpt_every) {
   const char* op = "ttt_linear_backward";
-  Dims dm = check_inputs(op, q, k, v, lr, ts, W, c, gW, gc, pos, ln_w, ln_b);
-  STD_TORCH_CHECK(ckpt_every > 0, op, ": ckpt_every must be > 0 (the forward must save checkpoints)");
-  dm.ckpt_every = ckpt_every;
-  const int64_t B = q.size(0), H = q.size(1), T = dm.T, D = dm.D, b = dm.b, nck = num_checkpoints(dm);
-  check_shape(op, "ckpt_W", ckpt_W, {B, H, nck, D, D}, "[B, H, n_ckpt, D, D]");
-  check_shape(op, "ckpt_c", ckpt_c, {B, H, nck, D}, "[B, H, n_ckpt, D]");
-  check_shape(op, "grad_out", grad_out, {B, H, T, D}, "[B, H, T, D]");
-  check_shape(op, "grad_W", grad_W, {B, H, D, D}, "[B, H, D, D]");
-  check_shape(op, "grad_c", grad_c, {B, H, D}, "[B, H, D]");
-  check_shape(op, "grad_gW", grad_gW, {B, H, D, D}, "[B, H, D, D]");
-  check_shape(op, "grad_gc", grad_gc, {B, H, D}, "[B, H, D]");
-  const Tensor* more[] = {&grad_out, &grad_W, &grad_c, &grad_gW, &grad_gc, &ckpt_W, &ckpt_c};
-  for (const Tensor* t : more)
-    STD_TORCH_CHECK(t->scalar_type() == q.scalar_type() && t->is_cpu(), op,
-                    ": gradients and checkpoints must be CPU tensors of q's dtype");
+  Dims dm = checks::check_backward_inputs(op, Where::CPU, grad_out, grad_W, grad_c, grad_gW, grad_gc, q, k, v, lr,
+                                          ts, W, c, gW, gc, pos, ln_w, ln_b, ckpt_W, ckpt_c, ckpt_every);
+  const int64_t B = q.size(0), H = q.size(1), T = dm.T, D = dm.D, b = dm.b;
   auto C = [](const Tensor& t) { return contig(t); };
   q = C(q), k = C(k), v = C(v), lr = C(lr), ts = C(ts), ln_w = C(ln_w), ln_b = C(ln_b);
   gW = C(gW), gc = C(gc), ckpt_W = C(ckpt_W), ckpt_c = C(ckpt_c), grad_out = C(grad_out);

@@ -1,7 +1,7 @@
 """CUDA tests: every test here needs a CUDA device and bitttt's CUDA kernels.
 
 Without them the tests are skipped with the reason (no device, a CPU-only torch, or a build
-without BITTTT_CUDA); CI proves that the kernels compile in a separate stage (.ci/cuda_build_check).
+without BITTTT_CUDA); .ci/cuda_device_check builds for the local GPU and runs them with the quick CUDA benchmark.
 """
 
 from __future__ import annotations
