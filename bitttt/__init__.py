@@ -11,7 +11,7 @@ from typing import Any
 
 from bitttt.errors import BitttError, ConfigError, DataError
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place the version lives (pyproject.toml reads it)
 
 __all__ = ["ops", "nn", "reference", "BitttError", "ConfigError", "DataError", "__version__"]
 

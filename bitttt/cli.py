@@ -2,8 +2,8 @@
 
 Each subcommand is one `add_<cmd>_parser()` with an `examples:` epilog and a `_run_<cmd>()`
 that imports its feature module only when it runs. `main` alone turns bitttt's exceptions
-into the exit codes of design §6: 2 bad arguments or config, 3 data error, 4 out of memory,
-1 anything else.
+into the exit codes of design §6 (bitttt.errors): 2 bad arguments, config or setting (one
+line, never a traceback), 3 data error, 4 out of memory, 5 training diverged, 1 anything else.
 """
 
 from __future__ import annotations
@@ -15,9 +15,16 @@ import traceback
 from collections.abc import Sequence
 
 from bitttt import __version__
-from bitttt.errors import BitttError, ConfigError, DataError
+from bitttt.events import safe_print
+from bitttt.errors import (  # noqa: F401 (EXIT_* re-exported for scripts and tests)
+    EXIT_CONFIG, EXIT_DATA, EXIT_DIVERGED, EXIT_ERROR, EXIT_OK, EXIT_OOM, BitttError, ConfigError, DataError)
 
-EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_DATA, EXIT_OOM = 0, 1, 2, 3, 4
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what is wrong and where to read more), exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_CONFIG, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _subparser(sub: argparse._SubParsersAction, name: str, help: str, examples: str) -> argparse.ArgumentParser:
@@ -61,6 +68,21 @@ def name_list(choices: Sequence[str] | None):
     return parse
 
 
+_BYTE_SUFFIX = {"K": 2**10, "M": 2**20, "G": 2**30}
+
+
+def byte_size(text: str) -> int:
+    """'1G' -> 2**30, '256M' -> 2**28, '4096' -> 4096 (binary suffixes K, M, G)."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    try:
+        n = int(float(t[:-1]) * _BYTE_SUFFIX[t[-1]]) if t and t[-1] in _BYTE_SUFFIX else int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size like 1G, 256M or 4096, got {text!r}") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"expected a size > 0, got {text!r}")
+    return n
+
+
 def _check_writable(path: str) -> None:
     """ConfigError unless a file can be written at path."""
     parent = os.path.dirname(os.path.abspath(path))
@@ -80,6 +102,8 @@ def add_info_parser(sub: argparse._SubParsersAction) -> None:
   BITTTT_ISA=scalar bitttt info # check which kernels a forced ISA selects
 """)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--model", metavar="HF_FOLDER", help="also report a Hugging Face BitNet folder: parameters, "
+                   "bytes read per decoded token")
     p.set_defaults(func=_run_info)
 
 
@@ -89,6 +113,8 @@ def _run_info(args: argparse.Namespace) -> int:
     from bitttt import info
 
     report = info.collect()
+    if args.model:
+        report["model"] = info.model_report(args.model)
     print(json.dumps(report, indent=2) if args.json else info.format_text(report))
     return EXIT_OK
 
@@ -102,11 +128,14 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     p = _subparser(sub, "bench", "benchmark bitttt's kernels", """\
   bitttt bench ternary --quick
   bitttt bench ttt --quick
+  bitttt bench peak --quick
   bitttt bench ternary --help
 """)
     benches = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
     add_bench_ternary_parser(benches)
     add_bench_ttt_parser(benches)
+    add_bench_bitnet_parser(benches)
+    add_bench_peak_parser(benches)
 
 
 def add_bench_ternary_parser(sub: argparse._SubParsersAction) -> None:
@@ -137,6 +166,8 @@ def add_bench_ternary_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reps", type=int, metavar="N", help="repetitions per row (default: adaptive, about 1 s per row)")
     p.add_argument("--quick", action="store_true",
                    help="one shape, 1 thread, short rows: under 30 s (other flags given still apply)")
+    p.add_argument("--no-peaks", action="store_true",
+                   help="skip measuring the machine's peaks (bitttt bench peak) and the %% of peak column")
     p.add_argument("--json", metavar="PATH", help="also write the results and machine info as JSON")
     p.set_defaults(func=_run_bench_ternary)
 
@@ -148,7 +179,8 @@ def _run_bench_ternary(args: argparse.Namespace) -> int:
 
     config = ternary.TernaryBenchConfig.for_device(args.device, quick=args.quick)
     overrides = {"shapes": args.shapes, "tokens": args.tokens, "threads": args.threads,
-                 "regimes": args.regimes, "isas": args.isa, "baselines": args.baselines, "reps": args.reps}
+                 "regimes": args.regimes, "isas": args.isa, "baselines": args.baselines, "reps": args.reps,
+                 "peaks": False if args.no_peaks else None}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if args.json:
         _check_writable(args.json)  # before minutes of timing, not after
@@ -175,7 +207,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
   bitttt train                                   # tiny model on CPython's docs, ~15 min on 2 cores
   bitttt train --data notes/ --steps 5000 --run-dir runs/notes
   bitttt train --preset small --mixer attention --no-ternary --device cuda
-  bitttt train --resume runs/notes --steps 10000  # continue (a longer schedule)
+  bitttt train --resume runs/notes                # continue where it stopped, bit for bit
+  bitttt train --resume runs/notes --steps 10000  # extend to 10000 steps in all (a new decay)
   bitttt train --config my.json --print-config   # the resolved settings, then exit
   touch runs/notes/STOP                          # stop cleanly: checkpoint, exit 0
 """)
@@ -184,6 +217,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
         shown = d.get(key)
         if "(default" not in help:
             help = f"{help} (default: {shown})"
+        if kw.get("type") in (int, float):  # the config file's rule: --steps 2.7 and --lr nan are refused
+            kw["type"] = setting_type(key)
         g.add_argument(flag, default=None, help=help, **kw)
 
     g = p.add_argument_group("run")
@@ -193,12 +228,18 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     opt("--data", "training text: files, folders or globs of .txt/.md/.jsonl[.gz] (default: CPython's pydoc "
         "topics)", nargs="+", metavar="PATH")
     opt("--run-dir", "output folder (default: runs/<timestamp>)", metavar="DIR")
-    g.add_argument("--resume", metavar="PATH", help="continue a run directory or checkpoint exactly")
+    g.add_argument("--resume", metavar="PATH", help="continue a run directory or checkpoint exactly (its own settings, "
+                   "data and schedule); with a larger --steps, extend it: the added steps decay by cosine from the "
+                   "learning rate it had to --min-lr, never back up towards --lr")
     opt("--device", "where to train", choices=["auto", "cpu", "cuda"])
     opt("--seed", "seed for weights and batches", type=int)
     opt("--threads", "CPU threads; 0: one per core", type=int)
     opt("--compile", "torch.compile the model", action=argparse.BooleanOptionalAction)
     opt("--log-format", "stdout format; events.jsonl is always written", choices=["text", "jsonl"])
+    g.add_argument("--nproc", type=int, metavar="N", help="data parallel on this machine: start N processes "
+                   "(one per GPU, or CPU cores shared out) under torchrun; --batch-size is per process. For "
+                   "several machines run torchrun yourself (README) (default: 1)")
+    opt("--dist-timeout", "under torchrun: seconds a process waits for the others before the job fails", type=float)
     g.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
     g = p.add_argument_group("model")
     opt("--mixer", "sequence mixer", choices=list(config.MIXERS))
@@ -212,7 +253,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     opt("--tokenizer", "byte, or a BPE trained on --data", choices=["byte", "bpe"])
     opt("--vocab-size", "BPE vocabulary", default_key="bpe_vocab_size", dest="bpe_vocab_size", type=int)
     g = p.add_argument_group("schedule")
-    opt("--steps", "optimizer steps", type=int)
+    opt("--steps", "optimizer steps in all (with --resume: the new total, more than the run's step)", type=int)
     opt("--batch-size", "sequences per micro-batch", type=int)
     opt("--seq-len", "tokens per sequence", type=int)
     opt("--grad-accum", "micro-batches per step", type=int)
@@ -234,11 +275,49 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_train)
 
 
-def _run_train(args: argparse.Namespace) -> int:
-    from bitttt import train
+def setting_type(key: str):
+    """An argparse type for a `bitttt train` setting: parsed and checked by config.RULES."""
+    from bitttt import config
 
-    flags = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
-    return train.run(flags, list(sys.argv))
+    rule = config.RULES[key]
+
+    def parse(text: str):
+        try:
+            return rule.check(rule.kind(text) if rule.kind in (int, float) else text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {rule.describe()}, got {text!r}") from None
+    return parse
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    if args.nproc is not None and args.nproc != 1 and not args.print_config:
+        from bitttt import distributed
+
+        return distributed.launch(args.nproc, _without_nproc(args.argv[1:]))
+    from bitttt.stop import StopFlag
+
+    stop = StopFlag()
+    stop.install()  # before torch loads: from here on a Ctrl-C, SIGTERM or STOP file is a clean stop
+    try:
+        from bitttt import train
+
+        flags = {k: v for k, v in vars(args).items() if k not in ("func", "command", "argv", "nproc")}
+        return train.run(flags, list(sys.argv), stop)
+    finally:
+        stop.restore()
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The train arguments for each process of a --nproc job: all but --nproc N."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -254,12 +333,23 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    "ternary kernel (checkpoints only; for comparisons)")
 
 
-def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+def _add_sampling_args(p: argparse.ArgumentParser, chat: bool = False) -> None:
+    p.add_argument("--lm-head", choices=["float", "int8"], default="float",
+                   help="int8: the LM head as int8 with per-row scales, a quarter of float32's bytes per "
+                        "decoded token (default: float)")
+    # chat's defaults sample, with a mild repetition penalty and a ban on repeating any 16 tokens
+    # already in the turn: without them a small model at temperature 0 loops ("'two': 'two': ...");
+    # 16 is long enough that byte-level text rarely repeats that much on purpose. generate's are plain.
+    d = dict(temperature=0.8, top_k=40, top_p=0.95, repetition_penalty=1.1, no_repeat_ngram=16) if chat else \
+        dict(temperature=0.8, top_k=0, top_p=1.0, repetition_penalty=1.0, no_repeat_ngram=0)
     p.add_argument("--max-new-tokens", type=int, default=200, help="(default: 200)")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: 0.8)")
-    p.add_argument("--top-k", type=int, default=0, help="0 = off (default: 0)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling; 1 = off (default: 1.0)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off (default: 1.0)")
+    p.add_argument("--temperature", type=float, default=d["temperature"], help=f"0 = greedy (default: {d['temperature']})")
+    p.add_argument("--top-k", type=int, default=d["top_k"], help=f"0 = off (default: {d['top_k']})")
+    p.add_argument("--top-p", type=float, default=d["top_p"], help=f"nucleus sampling; 1 = off (default: {d['top_p']})")
+    p.add_argument("--repetition-penalty", type=float, default=d["repetition_penalty"],
+                   help=f"1 = off (default: {d['repetition_penalty']})")
+    p.add_argument("--no-repeat-ngram", type=int, default=d["no_repeat_ngram"], metavar="N",
+                   help=f"never repeat a sequence of N tokens already in the text; 0 = off (default: {d['no_repeat_ngram']})")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
     p.add_argument("--stop", action="append", metavar="TEXT", help="stop at this text (repeatable)")
 
@@ -268,15 +358,16 @@ def _sampling(args: argparse.Namespace):
     from bitttt.generate import SamplingParams
 
     return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                          top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
-                          stop=args.stop)
+                          top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                          no_repeat_ngram=args.no_repeat_ngram, seed=args.seed, stop=args.stop)
 
 
 def _load(args: argparse.Namespace):
     from bitttt import checkpoint
-    from bitttt.train import pick_device
+    from bitttt.devices import pick_device
 
-    return checkpoint.load_model(args.model, pick_device(args.device), pack=False if args.no_pack else True)
+    return checkpoint.load_model(args.model, pick_device(args.device), pack=False if args.no_pack else True,
+                                 lm_head=getattr(args, "lm_head", "float"))
 
 
 def add_generate_parser(sub: argparse._SubParsersAction) -> None:
@@ -308,35 +399,38 @@ def add_chat_parser(sub: argparse._SubParsersAction) -> None:
 """)
     _add_model_args(p)
     p.add_argument("--protocol", default="text", choices=["text", "jsonl"], help="(default: text)")
+    p.add_argument("--state-dir", metavar="DIR", help="jsonl: save_state/load_state paths must lie inside DIR "
+                   "(relative ones are taken in it); default: any path the client names")
     p.add_argument("--format", default="auto", choices=["auto", "chat", "plain"],
                    help="chat: <|user|>/<|assistant|> tokens; plain: 'User:'/'Assistant:' text for models "
                         "trained on plain text; auto: chat if the training data had chat messages")
-    _add_sampling_args(p)
+    _add_sampling_args(p, chat=True)
     p.set_defaults(func=_run_chat)
 
 
 def _run_chat(args: argparse.Namespace) -> int:
-    from bitttt import generate
+    from bitttt import chat_server, generate
 
     params = _sampling(args)
     model, tokenizer, info = _load(args)
     chat = args.format == "chat" or (args.format == "auto" and info["sections"].get("data", {}).get("chat", False))
     session = generate.ChatSession(model, tokenizer, chat, params)
     if args.protocol == "jsonl":
-        return generate.chat_jsonl(session, sys.stdin, sys.stdout)
+        return chat_server.chat_jsonl(session, sys.stdin, sys.stdout, args.state_dir, info["path"])
     return generate.chat_text(session, sys.stdin, sys.stdout)
 
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p = _subparser(sub, "eval", "loss, bits per byte and perplexity of a model on text", """\
-  bitttt eval --model runs/my-run                 # the held-out split of the default corpus
+  bitttt eval --model runs/my-run                 # its held-out set: the measure of its eval events
   bitttt eval --model export/ --data test.txt --json
 """)
     _add_model_args(p)
-    p.add_argument("--data", nargs="+", metavar="PATH", help="text to evaluate (default: the default corpus's "
-                                                               "held-out split)")
+    p.add_argument("--data", nargs="+", metavar="PATH", help="text to evaluate, all of it (default: the held-out "
+                                                               "split of the model's training data)")
     p.add_argument("--seq-len", type=int, help="window length (default: the training one)")
-    p.add_argument("--max-tokens", type=int, default=65536, help="tokens evaluated at most (default: 65536)")
+    p.add_argument("--max-tokens", type=int, help="tokens evaluated at most (default: the run's --eval-tokens on "
+                                                  "its held-out set, as its eval events; 65536 with --data)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_run_eval)
 
@@ -344,29 +438,33 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
 def _run_eval(args: argparse.Namespace) -> int:
     import json
 
-    from bitttt import export
-    from bitttt.train import pick_device
+    from bitttt import evaluate
+    from bitttt.devices import pick_device
 
-    r = export.evaluate(args.model, args.data, pick_device(args.device), pack=not args.no_pack,
-                        seq_len=args.seq_len, max_tokens=args.max_tokens)
+    r = evaluate.evaluate(args.model, args.data, pick_device(args.device), pack=not args.no_pack,
+                          seq_len=args.seq_len, max_tokens=args.max_tokens)
+    what = "held-out tokens" if r["held_out"] else "tokens"
     print(json.dumps(r) if args.json else f"{r['model']}: loss {r['loss']:.4f} | {r['bits_per_byte']:.3f} bits/byte | "
-          f"perplexity {r['perplexity']:.2f} | {r['tokens']} tokens")
+          f"perplexity {r['perplexity']:.2f} | {r['tokens']:,} {what}")
     return EXIT_OK
 
 
 def add_export_parser(sub: argparse._SubParsersAction) -> None:
     p = _subparser(sub, "export", "write a packed inference model (BT2 ternary weights, design §5)", """\
   bitttt export runs/my-run --out models/my-model
+  bitttt export runs/my-run --out models/my-model --force   # replace that earlier export
 """)
     p.add_argument("path", metavar="PATH", help="a run directory, checkpoint or export")
-    p.add_argument("--out", required=True, metavar="DIR", help="the folder to write")
+    p.add_argument("--out", required=True, metavar="DIR", help="the folder to write: new, empty, or an earlier "
+                   "export (with --force); never a run or its checkpoints")
+    p.add_argument("--force", action="store_true", help="replace an earlier export at --out")
     p.set_defaults(func=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> int:
     from bitttt import export
 
-    r = export.export(args.path, args.out)
+    r = export.export(args.path, args.out, force=args.force)
     print(f"exported {r['source']} -> {r['out']}: {r['bytes'] / 1e6:.2f} MB "
           f"(float16: {r['float16_bytes_estimate'] / 1e6:.2f} MB)")
     return EXIT_OK
@@ -397,6 +495,8 @@ def add_bench_ttt_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPars
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--repeat", type=int, default=3, help="timed calls of the op per measurement (default 3)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd reference")
+    p.add_argument("--no-peaks", action="store_true",
+                   help="skip measuring the FP32 FMA peak (bitttt bench peak) and the %% of peak column")
     p.add_argument("--ref-grad-max-tokens", type=int, default=8192,
                    help="run the reference's forward+backward only up to B*T tokens (it is slow; default 8192)")
     p.add_argument("--quick", action="store_true", help="B=1, T=512 and 2048 only")
@@ -413,8 +513,62 @@ def _run_bench_ttt(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------------------------
+# bitttt bench bitnet (issue 11; its logic lives in bitttt/bench/bitnet.py)
+# ---------------------------------------------------------------------------------------
+
+
+def add_bench_bitnet_parser(sub: argparse._SubParsersAction) -> None:
+    from bitttt.bench import bitnet  # no torch at import: --help stays fast
+
+    p = _subparser(sub, "bitnet", "BitNet b1.58 2B4T-shaped decode/prefill: bitttt vs llama.cpp TQ2_0 vs transformers", """\
+  bitttt bench bitnet --layers 2 --new-tokens 8 --prefill 32      # a quick check, under a minute
+  bitttt bench bitnet --lock /work/bench.lock --json bitnet.json  # 30 layers, 1 and 2 threads
+  bitttt bench bitnet --engines bitttt transformers --threads 2 --prefill 128 --hf-tokens 2
+""")
+    bitnet.add_arguments(p)
+    p.set_defaults(func=_run_bench_bitnet)
+
+
+def _run_bench_bitnet(args: argparse.Namespace) -> int:
+    from bitttt.bench import bitnet
+
+    return bitnet.run(args)
+
+
+# ---------------------------------------------------------------------------------------
+# bitttt bench peak (issue 15; its logic lives in bitttt/bench/peak.py)
+# ---------------------------------------------------------------------------------------
+
+
+def add_bench_peak_parser(sub: argparse._SubParsersAction) -> None:
+    p = _subparser(sub, "peak", "this machine's peaks, measured: int8 dot products (vpdpbusd, vpmaddubsw), "
+                   "FP32 FMA (zmm, ymm) and streaming read bandwidth, per thread count", """\
+  bitttt bench peak                          # 1 and 2 threads, about 10 s
+  bitttt bench peak --quick --json peaks.json
+  bitttt bench peak --threads 1 2 4 --read-bytes 4G
+""")
+    p.add_argument("--threads", type=int_list, nargs="+", metavar="T",
+                   help="thread counts, e.g. 1 2 or 1,2 (default 1 2)")
+    p.add_argument("--read-bytes", type=byte_size, metavar="SIZE",
+                   help="buffer of the read bandwidth, far above L3 (default 1G; --quick 256M)")
+    p.add_argument("--quick", action="store_true", help="shorter runs and a 256M read: a few seconds")
+    p.add_argument("--json", metavar="PATH", help="also write the results and the machine line as JSON")
+    p.set_defaults(func=_run_bench_peak)
+
+
+def _run_bench_peak(args: argparse.Namespace) -> int:
+    from bitttt.bench import peak
+
+    threads = [t for group in args.threads for t in group] if args.threads else [1, 2]
+    if args.json:
+        _check_writable(args.json)
+    peak.run(threads, args.read_bytes, args.quick, args.json)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="bitttt", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="BitNet b1.58 ternary layers and Test-Time-Training layers for small language models.",
         epilog="examples:\n  bitttt train\n  bitttt chat --model runs/<name>\n  bitttt info\n  bitttt <command> --help")
@@ -444,22 +598,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         args = build_parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # as given: `train --nproc` passes it on
     except SystemExit as e:  # --help, --version (0), or a usage error (2)
         return EXIT_OK if e.code is None else e.code if isinstance(e.code, int) else EXIT_ERROR
     try:
         return args.func(args)
     except BitttError as e:
-        print(f"bitttt: error: {e}" + (f" (hint: {e.hint})" if e.hint else ""), file=sys.stderr)
-        if isinstance(e, ConfigError):
-            return EXIT_CONFIG
-        return EXIT_DATA if isinstance(e, DataError) else EXIT_ERROR
+        safe_print(f"bitttt: error: {e}" + (f" (hint: {e.hint})" if e.hint else ""))
+        return e.exit_code
     except KeyboardInterrupt:
-        print(f"bitttt: {args.command}: interrupted", file=sys.stderr)
+        safe_print(f"bitttt: {args.command}: interrupted")
         return 130
     except Exception as e:
         if isinstance(e, _oom_types()):
-            print(f"bitttt: error: {args.command}: out of memory: {e} (hint: use smaller sizes)", file=sys.stderr)
+            safe_print(f"bitttt: error: {args.command}: out of memory: {e} (hint: use smaller sizes)")
             return EXIT_OOM
-        traceback.print_exc()
-        print(f"bitttt: error: {args.command}: unexpected {type(e).__name__}: {e}", file=sys.stderr)
+        safe_print(traceback.format_exc().rstrip())
+        safe_print(f"bitttt: error: {args.command}: unexpected {type(e).__name__}: {e}")
         return EXIT_ERROR

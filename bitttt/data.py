@@ -15,14 +15,16 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+import stat
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from bitttt.errors import DataError
-from bitttt.tokenizer import BPETokenizer, Tokenizer
+from bitttt.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer
 
 SUFFIXES = (".txt", ".md", ".jsonl")
 DEFAULT_CORPUS = "pydoc_data.topics"
@@ -47,7 +49,10 @@ def expand_sources(paths: list[str]) -> list[str]:
     files: list[str] = []
     for p in paths:
         if os.path.isdir(p):
-            found = [os.path.join(d, f) for d, _, fs in os.walk(p) for f in fs if _is_text_file(f)]
+            # Regular files only: a FIFO named x.txt would block the reader forever, and a
+            # dangling link is no text. os.walk does not follow links to folders (no loops).
+            found = [os.path.join(d, f) for d, _, fs in os.walk(p) for f in fs
+                     if _is_text_file(f) and os.path.isfile(os.path.join(d, f))]
             if not found:
                 raise DataError(f"{p}: no {', '.join(SUFFIXES)} files (optionally .gz) in this folder",
                                 hint="point --data at text files")
@@ -57,13 +62,21 @@ def expand_sources(paths: list[str]) -> list[str]:
                 raise DataError(f"{p}: not a {'/'.join(SUFFIXES)} file (optionally .gz)",
                                 hint="convert it to .txt or .jsonl with a \"text\" field")
             files.append(p)
+        elif os.path.exists(p):
+            raise DataError(f"{p}: not a regular file ({_file_kind(p)})", hint="point --data at text files or folders")
         else:
             matched = sorted(f for f in glob.glob(p, recursive=True) if os.path.isfile(f) and _is_text_file(f))
             if not matched:
                 raise DataError(f"{p}: no such file, folder or matching text files", hint="check the --data path")
             files.extend(matched)
+    # The same file reached twice (a glob through a link loop, a folder and a file in it) counts once.
     seen: set[str] = set()
-    return [f for f in files if not (os.path.abspath(f) in seen or seen.add(os.path.abspath(f)))]
+    return [f for f in files if not (os.path.realpath(f) in seen or seen.add(os.path.realpath(f)))]
+
+
+def _file_kind(path: str) -> str:
+    mode = os.stat(path).st_mode
+    return "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device file"
 
 
 def _is_text_file(name: str) -> bool:
@@ -72,7 +85,11 @@ def _is_text_file(name: str) -> bool:
 
 
 def _open_text(path: str):
-    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
+    # utf-8-sig: a leading byte-order mark is no text. newline="": the text's bytes as they are
+    # (no \r\n -> \n), so the tokens and the bits-per-byte count are those of the file.
+    if path.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
 
 
 def read_documents(files: list[str]) -> Iterator[Document]:
@@ -90,7 +107,7 @@ def read_documents(files: list[str]) -> Iterator[Document]:
         except UnicodeDecodeError as e:
             where = f"{path}:{line_no + 1}" if is_jsonl else path
             raise DataError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})", hint="save the file as UTF-8") from None
-        except (OSError, EOFError, gzip.BadGzipFile) as e:
+        except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:  # zlib.error: a damaged gzip stream
             raise DataError(f"{path}: cannot read ({e})", hint="check that the file exists, is readable and not damaged") from None
 
 
@@ -99,13 +116,27 @@ def _jsonl_document(line: str, where: str) -> Document:
         obj = json.loads(line)
     except ValueError as e:
         raise DataError(f"{where}: bad JSON ({e})", hint="each line must be one JSON object") from None
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply", hint="each line must be one flat JSON object") from None
     if isinstance(obj, dict) and isinstance(obj.get("text"), str):
-        return Document(obj["text"], None, where)
+        return Document(_check_encodable(obj["text"], where), None, where)
     if isinstance(obj, dict) and isinstance(obj.get("messages"), list) and all(
             isinstance(m, dict) and isinstance(m.get("content"), str) for m in obj["messages"]):
+        for m in obj["messages"]:
+            _check_encodable(m["content"], where)
         return Document(None, obj["messages"], where)
     raise DataError(f"{where}: expected a \"text\" string or a \"messages\" list of {{role, content}}",
                     hint='write lines like {"text": "..."} or {"messages": [{"role": "user", "content": "..."}]}')
+
+
+def _check_encodable(text: str, where: str) -> str:
+    # JSON can escape a lone surrogate ("\ud800"): valid JSON, but no UTF-8 text to train on.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(f"{where}: the text holds a lone surrogate escape (\\u{ord(text[e.start]):04x})",
+                        hint="write the text as UTF-8, without \\ud800-\\udfff escapes") from None
+    return text
 
 
 def default_documents() -> Iterator[Document]:
@@ -119,16 +150,19 @@ def documents(paths: list[str] | None) -> Iterator[Document]:
     return read_documents(expand_sources(paths)) if paths else default_documents()
 
 
-def _doc_texts(paths: list[str] | None) -> Iterator[str]:
+def _doc_texts(paths: list[str] | None, check: Callable[[], None] | None = None) -> Iterator[str]:
     for doc in documents(paths):
+        if check:
+            check()
         if doc.text is not None:
             yield doc.text
         else:
             yield from (m["content"] for m in doc.messages)
 
 
-def train_bpe(paths: list[str] | None, vocab_size: int) -> BPETokenizer:
-    return BPETokenizer.train(_doc_texts(paths), vocab_size)
+def train_bpe(paths: list[str] | None, vocab_size: int, check: Callable[[], None] | None = None) -> BPETokenizer:
+    """check (if given) is called per document; what it raises ends the training."""
+    return BPETokenizer.train(_doc_texts(paths, check), vocab_size)
 
 
 # ---------------------------------------------------------------------------------------
@@ -159,8 +193,9 @@ def fingerprint(paths: list[str] | None, tokenizer: Tokenizer, val_fraction: flo
 
 
 def prepare(cache_dir: str, paths: list[str] | None, tokenizer: Tokenizer, val_fraction: float,
-            min_tokens: int) -> TokenData:
-    """Tokenizes the sources into cache_dir (once; reused while they are unchanged)."""
+            min_tokens: int, check: Callable[[], None] | None = None) -> TokenData:
+    """Tokenizes the sources into cache_dir (once; reused while they are unchanged). check (if
+    given) is called per document; what it raises ends the tokenizing (no cache is left)."""
     fp = fingerprint(paths, tokenizer, val_fraction)
     meta_path = os.path.join(cache_dir, "meta.json")
     if os.path.isfile(meta_path):
@@ -175,16 +210,11 @@ def prepare(cache_dir: str, paths: list[str] | None, tokenizer: Tokenizer, val_f
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     dtype = np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32
-    n_tokens, chat, n_docs = 0, False, 0
-    with open(os.path.join(tmp, "all.bin"), "wb") as out:
-        for doc in documents(paths):
-            ids = tokenizer.encode(doc.text) if doc.text is not None else tokenizer.encode_chat(doc.messages)
-            chat = chat or doc.messages is not None
-            if not ids:
-                continue
-            arr = np.asarray(ids + [tokenizer.eos_id], dtype=dtype)
-            out.write(arr.tobytes())
-            n_tokens, n_docs = n_tokens + len(arr), n_docs + 1
+    try:
+        n_tokens, chat, n_docs = _write_tokens(os.path.join(tmp, "all.bin"), paths, tokenizer, dtype, check)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if n_tokens < 2 * min_tokens:
         shutil.rmtree(tmp, ignore_errors=True)
         raise DataError(f"{', '.join(paths) if paths else DEFAULT_CORPUS}: only {n_tokens} tokens of text, "
@@ -205,6 +235,34 @@ def prepare(cache_dir: str, paths: list[str] | None, tokenizer: Tokenizer, val_f
     shutil.rmtree(cache_dir, ignore_errors=True)
     os.replace(tmp, cache_dir)
     return _open_cache(cache_dir, meta, min_tokens)
+
+
+def _write_tokens(path: str, paths: list[str] | None, tokenizer: Tokenizer, dtype: type,
+                  check: Callable[[], None] | None) -> tuple[int, bool, int]:
+    """Every document's tokens and an end-of-text, to path. Returns (tokens, any chat, documents)."""
+    n_tokens, chat, n_docs = 0, False, 0
+    eos = np.asarray([tokenizer.eos_id], dtype=dtype).tobytes()
+    with open(path, "wb") as out:
+        for doc in documents(paths):
+            if check:
+                check()
+            arr = _encode_document(tokenizer, doc, dtype)
+            chat = chat or doc.messages is not None
+            if not len(arr):
+                continue
+            out.write(arr.tobytes())
+            out.write(eos)
+            n_tokens, n_docs = n_tokens + len(arr) + 1, n_docs + 1
+    return n_tokens, chat, n_docs
+
+
+def _encode_document(tokenizer: Tokenizer, doc: Document, dtype) -> np.ndarray:
+    """A document's token ids (no eos). Byte-level text goes straight from its UTF-8 bytes:
+    a list of Python ints costs ~20x the text (a 50 MB line: 1.1 GB and half a minute)."""
+    if doc.text is not None and isinstance(tokenizer, ByteTokenizer):
+        return np.frombuffer(doc.text.encode("utf-8"), dtype=np.uint8).astype(dtype)
+    ids = tokenizer.encode(doc.text) if doc.text is not None else tokenizer.encode_chat(doc.messages)
+    return np.asarray(ids, dtype=dtype)
 
 
 def _val_mask(n: int, val_fraction: float, min_tokens: int) -> np.ndarray:
@@ -243,11 +301,15 @@ def _open_cache(cache_dir: str, meta: dict, min_tokens: int) -> TokenData:
 
 
 def get_batch(tokens: np.ndarray, batch_size: int, seq_len: int, seed: int, step: int, micro: int,
-              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+              device: torch.device, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Random windows: x, y int64 [B, T], y = x shifted by one. The generator is seeded by
-    (seed, step, micro) alone, so a resumed run draws exactly the batches it would have."""
+    (seed, step, micro) alone, so a resumed run draws exactly the batches it would have.
+
+    Data parallel: the global batch is batch_size x world_size windows, the one a single
+    process with that batch size draws; rank r takes rows [r B, (r + 1) B) of it."""
     rng = np.random.default_rng([seed, step, micro])
-    starts = rng.integers(0, len(tokens) - seq_len - 1, size=batch_size, endpoint=True)
+    starts = rng.integers(0, len(tokens) - seq_len - 1, size=batch_size * world_size, endpoint=True)
+    starts = starts[rank * batch_size:(rank + 1) * batch_size]
     windows = np.stack([np.asarray(tokens[s:s + seq_len + 1], dtype=np.int64) for s in starts])
     w = torch.from_numpy(windows).to(device)
     return w[:, :-1], w[:, 1:]

@@ -1,8 +1,25 @@
-"""Exception classes that carry a one-line hint; the CLI maps them to exit codes (design §6)."""
+"""Exception classes that carry a one-line hint, and the exit codes they map to (design §6).
+
+Torch-free: the CLI, the launcher and the tests all read the exit codes from here.
+"""
+
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_DATA, EXIT_OOM, EXIT_DIVERGED = 0, 1, 2, 3, 4, 5
+
+EXIT_MEANINGS = {
+    EXIT_OK: "completed or stopped on request",
+    EXIT_ERROR: "unexpected exception",
+    EXIT_CONFIG: "bad arguments, config or setting",
+    EXIT_DATA: "data error",
+    EXIT_OOM: "out of memory",
+    EXIT_DIVERGED: "training diverged (the loss is not finite)",
+}
 
 
 class BitttError(Exception):
     """Base class for bitttt's user-facing errors. `hint` says what to do about it."""
+
+    exit_code = EXIT_ERROR
+    kind = "exception"  # the `error` event's kind
 
     def __init__(self, message: str, hint: str = "") -> None:
         super().__init__(message)
@@ -10,8 +27,21 @@ class BitttError(Exception):
 
 
 class ConfigError(BitttError):
-    """Bad arguments or configuration (exit code 2)."""
+    """Bad arguments, configuration or environment setting (exit code 2)."""
+
+    exit_code = EXIT_CONFIG
+    kind = "config"
 
 
 class DataError(BitttError):
     """Unusable training or evaluation data (exit code 3)."""
+
+    exit_code = EXIT_DATA
+    kind = "data"
+
+
+class DivergedError(BitttError):
+    """The training loss or gradient norm became NaN or infinite (exit code 5)."""
+
+    exit_code = EXIT_DIVERGED
+    kind = "diverged"

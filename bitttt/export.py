@@ -1,31 +1,26 @@
-"""`bitttt export` (a packed inference model, design §5) and `bitttt eval` (loss, bits per byte,
-perplexity of a model on text)."""
+"""`bitttt export`: a packed inference model (design §5). (`bitttt eval` is bitttt.evaluate.)"""
 
 from __future__ import annotations
 
-import math
+import json
 import os
-import time
 from typing import Any
 
-import numpy as np
-import torch
-
 from bitttt import checkpoint as ckpt_io
-from bitttt import data as data_mod
-from bitttt.errors import ConfigError, DataError
+from bitttt.errors import ConfigError
 
 EXPORT_FORMAT = {"weights": "bt2", "version": 1}
 
 
-def export(path: str, out: str) -> dict[str, Any]:
+def export(path: str, out: str, force: bool = False) -> dict[str, Any]:
     """Writes the model at `path` (run, checkpoint or export) to `out`: ternary weights in BT2
-    (uint8) + scales, everything else in its own dtype, config.json and tokenizer.json."""
+    (uint8) + scales, everything else in its own dtype, config.json and tokenizer.json.
+    `out` must be new, an empty folder, or (with force) an earlier export: never a run, a
+    run's checkpoint or anything else (ConfigError)."""
     src = ckpt_io.resolve(path)
     if os.path.abspath(out) in (os.path.abspath(src), os.path.abspath(path)):
         raise ConfigError(f"--out {out} is the model being exported", hint="choose another folder")
-    if os.path.exists(out) and not ckpt_io.is_checkpoint(out) and os.listdir(out):
-        raise ConfigError(f"--out {out} exists and is not an export", hint="choose a new or empty folder")
+    check_out(out, force)
     model, tokenizer, info = ckpt_io.load_model(src, "cpu", pack=True)
     sections = info["sections"]
     extra = {"format": EXPORT_FORMAT, **{k: v for k, v in sections.items() if k in ("training", "data")}}
@@ -39,42 +34,38 @@ def export(path: str, out: str) -> dict[str, Any]:
     return {"source": src, "out": out, "bytes": size, "float16_bytes_estimate": fp16}
 
 
-def eval_tokens(paths: list[str] | None, tokenizer, val_fraction: float, seq_len: int) -> tuple[np.ndarray, int]:
-    """The tokens to evaluate and the bytes they stand for: all of --data, or the held-out
-    split of the default corpus (the same split as training)."""
-    ids: list[int] = []
-    for doc in data_mod.documents(paths):
-        piece = tokenizer.encode(doc.text) if doc.text is not None else tokenizer.encode_chat(doc.messages)
-        if piece:
-            ids += piece + [tokenizer.eos_id]
-    tokens = np.asarray(ids, dtype=np.int64)
-    if not paths:
-        tokens = tokens[data_mod._val_mask(len(tokens), val_fraction, seq_len + 2)]
-    if len(tokens) < seq_len + 2:
-        raise DataError(f"{', '.join(paths) if paths else data_mod.DEFAULT_CORPUS}: only {len(tokens)} tokens",
-                        hint=f"evaluate on at least {seq_len + 2} tokens of text, or lower --seq-len")
-    return tokens, data_mod._count_bytes(tokens, tokenizer)
+def is_export(path: str) -> bool:
+    """A folder `export` wrote: packed weights, no optimizer or trainer state."""
+    try:
+        with open(os.path.join(path, ckpt_io.CONFIG_FILE)) as f:
+            fmt = json.load(f).get("format")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (isinstance(fmt, dict) and fmt.get("weights") == EXPORT_FORMAT["weights"]
+            and not any(os.path.lexists(os.path.join(path, f)) for f in (ckpt_io.OPTIM_FILE, ckpt_io.STATE_FILE)))
 
 
-@torch.no_grad()
-def evaluate(path: str, paths: list[str] | None = None, device: str = "cpu", pack: bool = True,
-             seq_len: int | None = None, max_tokens: int = 65536, batch_size: int = 8) -> dict[str, Any]:
-    model, tokenizer, info = ckpt_io.load_model(path, device, pack=pack if model_is_ternary(path) else None)
-    training = info["sections"].get("training", {})
-    seq_len = seq_len or int(training.get("seq_len", 256))
-    tokens, _ = eval_tokens(paths, tokenizer, float(training.get("val_fraction", 0.1)), seq_len)
-    starts = data_mod.eval_windows(tokens, seq_len, max_tokens)
-    t0, total = time.time(), 0.0
-    for i in range(0, len(starts), batch_size):
-        x, y = data_mod.window_batch(tokens, starts[i:i + batch_size], seq_len, torch.device(device))
-        total += model(x, labels=y).loss.item() * len(x)
-    loss = total / len(starts)
-    n_eval = len(starts) * seq_len
-    eval_bytes = data_mod._count_bytes(np.concatenate([tokens[s + 1:s + seq_len + 1] for s in starts]), tokenizer)
-    return {"model": info["path"], "loss": loss, "bits_per_byte": loss * n_eval / max(eval_bytes, 1) / math.log(2),
-            "perplexity": math.exp(loss), "tokens": n_eval, "bytes": eval_bytes, "seconds": time.time() - t0,
-            "packed": model.is_packed}
+def _is_run_dir(path: str) -> bool:
+    return any(os.path.lexists(os.path.join(path, f)) for f in ("checkpoints", "final", "events.jsonl"))
 
 
-def model_is_ternary(path: str) -> bool:
-    return ckpt_io.model_config_of(path).ternary
+def check_out(out: str, force: bool) -> None:
+    """ConfigError unless `export` may write `out` (see export)."""
+    parent, name = os.path.split(os.path.abspath(out))
+    if os.path.basename(parent) == "checkpoints" or (name == "final" and _is_run_dir(parent)) \
+            or (ckpt_io.STEP_DIR.match(name) and _is_run_dir(os.path.dirname(parent))):
+        raise ConfigError(f"--out {out} is a checkpoint place of a run", hint="export to a folder outside the run")
+    if not os.path.lexists(out):
+        return
+    if os.path.isdir(out) and not os.path.islink(out) and not os.listdir(out):
+        return
+    if _is_run_dir(out):
+        raise ConfigError(f"--out {out} is a run directory; export never writes over a run",
+                          hint="choose a new folder")
+    if not os.path.isdir(out) or os.path.islink(out) or not is_export(out):
+        raise ConfigError(f"--out {out} exists and is not an earlier export; export writes over nothing else",
+                          hint="choose a new or empty folder")
+    if not force:
+        raise ConfigError(f"--out {out} holds an earlier export", hint="pass --force to replace it, or choose "
+                          "another folder")
+

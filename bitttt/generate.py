@@ -4,18 +4,24 @@ chat session whose TTT state (the model's memory) carries over between turns (de
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import itertools
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, TextIO
 
 import torch
 
+from bitttt import chat_memory
 from bitttt.errors import ConfigError
 from bitttt.model import BitTTTForCausalLM, ModelCache
 from bitttt.tokenizer import Tokenizer
+
+
+MAX_NEW_TOKENS = 100_000  # the most one request may ask for (a reply can always be cancelled)
 
 
 @dataclass
@@ -25,33 +31,72 @@ class SamplingParams:
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1: off
     repetition_penalty: float = 1.0  # 1: off (CTRL's: divides positive logits of seen tokens)
+    no_repeat_ngram: int = 0  # 0: off; n: never complete an n-token sequence already in the text (HF's)
     seed: int | None = None
     stop: list[str] | None = None  # stop strings (the end-of-text token always stops)
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 0 or self.temperature < 0 or self.top_k < 0:
-            raise ConfigError("max_new_tokens, temperature and top_k must be >= 0")
+        for name in ("max_new_tokens", "top_k", "no_repeat_ngram"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"{name} must be a whole number >= 0, got {v!r}")
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf")):
+                raise ConfigError(f"{name} must be a number, got {v!r}")
+        if self.max_new_tokens > MAX_NEW_TOKENS:
+            raise ConfigError(f"max_new_tokens must be <= {MAX_NEW_TOKENS}, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1 or self.repetition_penalty <= 0:
             raise ConfigError(f"top_p must be in (0, 1] and repetition_penalty > 0, got {self.top_p}, "
                               f"{self.repetition_penalty}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not 0 <= self.seed < 2**63):
+            raise ConfigError(f"seed must be a whole number in [0, 2**63) or null, got {self.seed!r}")
+        if self.stop is not None and (not isinstance(self.stop, list) or not all(isinstance(s, str) for s in self.stop)):
+            raise ConfigError(f"stop must be a string or a list of strings, got {str(self.stop)[:60]}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SamplingParams:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ConfigError(f"unknown sampling parameter(s) {', '.join(unknown)}", hint="valid: " + ", ".join(sorted(names)))
+            raise ConfigError(f"unknown sampling parameter(s) {', '.join(map(str, unknown))[:200]}",
+                              hint="valid: " + ", ".join(sorted(names)))
         stop = d.get("stop")
         return cls(**{**d, "stop": [stop] if isinstance(stop, str) else stop})
 
 
+class NgramBan:
+    """The tokens that would complete an n-gram already seen (no_repeat_ngram), kept incrementally:
+    prefix (n−1 tokens) -> the tokens that followed it."""
+
+    def __init__(self, n: int, ids: list[int]) -> None:
+        self.n, self.ids, self.follow = n, [], {}
+        for t in ids:
+            self.add(t)
+
+    def add(self, token: int) -> None:
+        self.ids.append(token)
+        if self.n > 0 and len(self.ids) >= self.n:
+            self.follow.setdefault(tuple(self.ids[-self.n:-1]), set()).add(token)
+
+    def banned(self) -> list[int]:
+        if self.n <= 0 or len(self.ids) < self.n - 1:
+            return []
+        return sorted(self.follow.get(tuple(self.ids[len(self.ids) - self.n + 1:]), ()))
+
+
 def sample_next(logits: torch.Tensor, p: SamplingParams, seen: torch.Tensor | None,
-                generator: torch.Generator | None) -> int:
-    """logits [V] float32 -> the next token id."""
+                generator: torch.Generator | None, banned: list[int] | None = None) -> int:
+    """logits [V] float32 -> the next token id; `banned` ids are never chosen (unless all are)."""
     logits = logits.float().clone()
     if p.repetition_penalty != 1.0 and seen is not None and seen.numel():
         prev = logits[seen]
         logits[seen] = torch.where(prev > 0, prev / p.repetition_penalty, prev * p.repetition_penalty)
+    if banned and len(banned) < logits.numel():
+        logits[banned] = float("-inf")
     if p.temperature == 0:
         return int(logits.argmax())
     logits = logits / p.temperature
@@ -67,7 +112,9 @@ def sample_next(logits: torch.Tensor, p: SamplingParams, seen: torch.Tensor | No
 
 
 def model_device(model: BitTTTForCausalLM) -> torch.device:
-    return next(model.parameters(), next(model.buffers())).device
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        return t.device
+    return torch.device("cpu")
 
 
 def run_model(model: BitTTTForCausalLM, ids: list[list[int]], cache: ModelCache | None, use_cache: bool = False):
@@ -80,34 +127,43 @@ def run_model(model: BitTTTForCausalLM, ids: list[list[int]], cache: ModelCache 
 
 @torch.no_grad()
 def generate_ids(model: BitTTTForCausalLM, prompt_ids: list[int], p: SamplingParams,
-                 cache: ModelCache | None = None, eos_id: int | None = None, state: dict | None = None,
-                 ) -> Iterator[int]:
+                 cache: ModelCache | None = None, eos_ids: int | Collection[int] = (), state: dict | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> Iterator[int]:
     """Yields sampled tokens. The prompt goes in one prefill call (continuing `cache` if
-    given), then one decode call per token. Stops at eos_id (not yielded) or max_new_tokens;
+    given), then one decode call per token. Stops at any of eos_ids (one id or several, as HF
+    configs list them; not yielded), max_new_tokens or
+    when should_stop() says so (asked before each token; state["cancelled"] is then True);
     callers stop on stop strings by closing the iterator. `state` gets "cache" (everything fed
     so far) and "pending" (the last sampled token, not fed yet, or None)."""
     if not prompt_ids:
         raise ConfigError("generate: empty prompt", hint="give some text to continue")
     generator = torch.Generator(device="cpu").manual_seed(p.seed) if p.seed is not None else None
     state = state if state is not None else {}
+    stop_ids = {eos_ids} if isinstance(eos_ids, int) else set(eos_ids)
     seen = torch.tensor(prompt_ids, dtype=torch.long)
+    ban = NgramBan(p.no_repeat_ngram, prompt_ids)
     out = run_model(model, [prompt_ids], cache, use_cache=True)
     logits = out.logits[0, -1].float().cpu()
-    state.update(cache=out.cache, pending=None)
+    state.update(cache=out.cache, pending=None, cancelled=False)
     for _ in range(p.max_new_tokens):
-        token = sample_next(logits, p, seen, generator)
+        if should_stop is not None and should_stop():
+            state["cancelled"] = True
+            return
+        token = sample_next(logits, p, seen, generator, ban.banned())
         state["pending"] = token
-        if token == eos_id:
+        if token in stop_ids:
             return
         yield token
         seen = torch.cat((seen, torch.tensor([token])))
+        ban.add(token)
         out = run_model(model, [[token]], state["cache"])
         logits = out.logits[0, -1].float().cpu()
         state.update(cache=out.cache, pending=None)
 
 
 def stream_text(model: BitTTTForCausalLM, tokenizer: Tokenizer, prompt_ids: list[int], p: SamplingParams,
-                cache: ModelCache | None = None, result: dict | None = None) -> Iterator[str]:
+                cache: ModelCache | None = None, result: dict | None = None,
+                should_stop: Callable[[], bool] | None = None) -> Iterator[str]:
     """Text pieces as they complete; stops at a stop string (not included). result gets
     "ids" (generated), "cache", "pending" (see generate_ids) and "n_tokens"."""
     dec = tokenizer.stream_decoder()
@@ -116,7 +172,7 @@ def stream_text(model: BitTTTForCausalLM, tokenizer: Tokenizer, prompt_ids: list
     hold = max((len(s) for s in stops), default=1) - 1  # chars kept back while a stop may be forming
     result = result if result is not None else {}
     result.update(ids=ids, n_tokens=0)
-    for token in generate_ids(model, prompt_ids, p, cache, tokenizer.eos_id, result):
+    for token in generate_ids(model, prompt_ids, p, cache, tokenizer.eos_ids, result, should_stop):
         ids.append(token)
         result["n_tokens"] = len(ids)
         text += dec.feed(token)
@@ -145,19 +201,48 @@ def generate_text(model: BitTTTForCausalLM, tokenizer: Tokenizer, prompt: str, m
 # ---------------------------------------------------------------------------------------
 
 
+@dataclass
+class TurnResult:
+    """What one reply did: tokens generated, whether it was cancelled, how the memory moved."""
+
+    n_tokens: int = 0
+    cancelled: bool = False
+    memory: dict[str, list] = field(default_factory=dict)
+
+
 class ChatSession:
     """A conversation with one model. Each turn feeds only the new tokens on top of the cache,
-    so the TTT fast weights keep learning from the whole conversation until reset()."""
+    so the TTT fast weights keep learning from the whole conversation until reset().
+
+    A turn that fails (out of memory, a bad request) leaves the session as it was before it;
+    a cancelled turn keeps what was generated (it is fed like a finished reply)."""
 
     def __init__(self, model: BitTTTForCausalLM, tokenizer: Tokenizer, chat_format: bool, defaults: SamplingParams):
         self.model, self.tokenizer, self.chat_format, self.defaults = model, tokenizer, chat_format, defaults
+        self.last_turn = TurnResult()
         self.reset()
+        self._start_weights = chat_memory.fast_weights(model, self.cache)  # what drift is measured from
 
     @torch.no_grad()
     def reset(self) -> None:
         """Back to the initial state: only <|bos|> fed."""
         self.cache = run_model(self.model, [[self.tokenizer.bos_id]], None, use_cache=True).cache
         self.history: list[dict[str, str]] = []
+        self._last_weights = None  # the memory report after this says 0 for every layer
+
+    def memory(self) -> dict[str, list]:
+        """Per TTT layer: `drift` = ‖W − W_start‖/‖W_start‖, W_start the fast weights a fresh
+        conversation starts from, and `turn_change` = ‖W − W_prev‖/‖W_start‖ since the previous
+        report (design §6). Calling it makes now the previous report."""
+        now = chat_memory.fast_weights(self.model, self.cache)
+        start, prev = self._start_weights, self._last_weights or self._start_weights
+        change = chat_memory.relative_change
+        layers = sorted(now)
+        report = {"layers": layers,
+                  "drift": [round(change(now[i], start[i], start[i]), 6) for i in layers],
+                  "turn_change": [round(change(now[i], prev[i], start[i]), 6) for i in layers]}
+        self._last_weights = now
+        return report
 
     def _turn_ids(self, messages: list[dict[str, str]]) -> list[int]:
         if self.chat_format:
@@ -168,49 +253,46 @@ class ChatSession:
     def stop_strings(self) -> list[str]:
         return [] if self.chat_format else ["\nUser:"]
 
-    def reply(self, messages: list[dict[str, str]], p: SamplingParams | None = None) -> Iterator[str]:
-        """Streams the reply to the new messages; the cache then holds the whole exchange."""
+    def reply(self, messages: list[dict[str, str]], p: SamplingParams | None = None,
+              should_stop: Callable[[], bool] | None = None, max_prompt_tokens: int | None = None) -> Iterator[str]:
+        """Streams the reply to the new messages; the cache then holds the whole exchange and
+        last_turn says what happened. should_stop() is asked before each token (cancel)."""
         p = p or self.defaults
         p = SamplingParams(**{**p.__dict__, "stop": (p.stop or []) + self.stop_strings()})
+        ids = self._turn_ids(messages)
+        if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
+            raise ConfigError(f"the new turn is {len(ids)} tokens; at most {max_prompt_tokens} per request",
+                              hint="send long text in several turns")
         result: dict[str, Any] = {}
         pieces = []
-        for piece in stream_text(self.model, self.tokenizer, self._turn_ids(messages), p, self.cache, result):
+        for piece in stream_text(self.model, self.tokenizer, ids, p, self.cache, result, should_stop):
             pieces.append(piece)
             yield piece
         # Feed what was sampled but not fed yet, and the turn's end marker.
         eos, pending = self.tokenizer.eos_id, result.get("pending")
         tail = [] if pending is None else [pending]
-        if self.chat_format and pending != eos:
+        if self.chat_format and pending not in self.tokenizer.eos_ids:
             tail.append(eos)
         elif not self.chat_format:
-            tail = [t for t in tail if t != eos] + self.tokenizer.encode("\n")
+            tail = [t for t in tail if t not in self.tokenizer.eos_ids] + self.tokenizer.encode("\n")
         with torch.no_grad():
             self.cache = run_model(self.model, [tail], result["cache"]).cache
         self.history += messages + [{"role": "assistant", "content": "".join(pieces)}]
-        self.last_n_tokens = result["n_tokens"]
+        self.last_turn = TurnResult(result["n_tokens"], result.get("cancelled", False), self.memory())
 
-    def save(self, path: str) -> None:
-        torch.save({"cache": _cache_to_cpu(self.cache), "history": self.history}, path)
+    def save(self, path: str | Path) -> Path:
+        """Writes the memory to a chat memory file (chat_memory); returns the resolved path."""
+        p = chat_memory.resolve_state_path(str(path))
+        chat_memory.write_memory(p, self.model, self.cache, self.history)
+        return p
 
-    def load(self, path: str) -> None:
-        try:
-            obj = torch.load(path, map_location=model_device(self.model), weights_only=False)
-            self.cache, self.history = obj["cache"], obj["history"]
-        except Exception as e:
-            raise ConfigError(f"{path}: not a saved chat state ({type(e).__name__}: {e})",
-                              hint="use a file written by /save or save_state") from None
-
-
-def _cache_to_cpu(cache: ModelCache) -> ModelCache:
-    def move(x):
-        if isinstance(x, torch.Tensor):
-            return x.cpu()
-        if isinstance(x, (list, tuple)):
-            return type(x)(move(v) for v in x) if not hasattr(x, "_fields") else type(x)(*(move(v) for v in x))
-        if hasattr(x, "__dataclass_fields__"):
-            return type(x)(**{f: move(getattr(x, f)) for f in x.__dataclass_fields__})
-        return x
-    return move(cache)
+    def load(self, path: str | Path) -> Path:
+        """Takes the memory of a chat memory file; on any error (another model's file, a damaged
+        or old pickled one) raises MemoryFileError and keeps the current memory."""
+        p = chat_memory.resolve_state_path(str(path))
+        cache, history = chat_memory.read_memory(p, self.model, self.cache)
+        self.cache, self.history, self._last_weights = cache, history, None
+        return p
 
 
 CHAT_HELP = """commands: /reset (forget the conversation, restore the initial state), /save PATH, /load PATH,
@@ -238,13 +320,11 @@ def chat_text(session: ChatSession, stdin: TextIO, stdout: TextIO) -> int:
                     session.reset()
                     stdout.write("(state reset)\n")
                 elif cmd == "/save":
-                    session.save(arg.strip())
-                    stdout.write(f"(saved to {arg.strip()})\n")
+                    stdout.write(f"(saved to {session.save(arg.strip())})\n")
                 elif cmd == "/load":
-                    session.load(arg.strip())
-                    stdout.write(f"(loaded {arg.strip()})\n")
+                    stdout.write(f"(loaded {session.load(arg.strip())})\n")
                 elif cmd == "/temp":
-                    session.defaults.temperature = float(arg)
+                    session.defaults = dataclasses.replace(session.defaults, temperature=float(arg))
                     stdout.write(f"(temperature {session.defaults.temperature})\n")
                 else:
                     stdout.write(CHAT_HELP + "\n")
@@ -252,54 +332,13 @@ def chat_text(session: ChatSession, stdin: TextIO, stdout: TextIO) -> int:
                 stdout.write(f"(error: {e})\n")
             continue
         stdout.write("model> ")
-        for piece in session.reply([{"role": "user", "content": line}]):
-            stdout.write(piece)
-            stdout.flush()
-        stdout.write("\n")
-
-
-def chat_jsonl(session: ChatSession, stdin: TextIO, stdout: TextIO) -> int:
-    """The machine interface of design §6: one request per line, events out."""
-    def send(event: str, **fields: Any) -> None:
-        stdout.write(json.dumps({"event": event, "time": round(time.time(), 3), **fields}) + "\n")
-        stdout.flush()
-
-    send("ready", chat_format=session.chat_format)
-    for line in stdin:
-        if not line.strip():
-            continue
         try:
-            req = json.loads(line)
-            if not isinstance(req, dict):
-                raise ValueError("expected a JSON object")
-            op = req.pop("op", None)
-            if op == "stop":
-                send("bye")
-                return 0
-            if op == "reset":
-                session.reset()
-                send("ok", op=op)
-            elif op in ("save_state", "load_state"):
-                (session.save if op == "save_state" else session.load)(str(req["path"]))
-                send("ok", op=op, path=req["path"])
-            elif op == "generate":
-                messages = req.pop("messages", None)
-                prompt = req.pop("prompt", None)
-                if messages is None:
-                    if not isinstance(prompt, str):
-                        raise ValueError('generate needs "prompt" (text) or "messages"')
-                    messages = [{"role": "user", "content": prompt}]
-                params = SamplingParams.from_dict({**{k: v for k, v in session.defaults.__dict__.items()}, **req})
-                t0, n = time.time(), 0
-                for piece in session.reply(messages, params):
-                    send("token", text=piece)
-                n = session.last_n_tokens
-                send("done", n_tokens=n, tokens_per_s=n / max(time.time() - t0, 1e-9))
-            else:
-                raise ValueError(f"unknown op {op!r}; use generate, reset, save_state, load_state, stop")
-        except (ValueError, KeyError, TypeError, ConfigError, OSError) as e:
-            send("error", kind="request", message=str(e))
-    return 0
+            for piece in session.reply([{"role": "user", "content": line}]):
+                stdout.write(piece)
+                stdout.flush()
+        except (ConfigError, RuntimeError, MemoryError) as e:  # the session is as before the turn
+            stdout.write(f"\n(error: {type(e).__name__}: {e})")
+        stdout.write("\n")
 
 
 def run_generate(model: BitTTTForCausalLM, tokenizer: Tokenizer, prompt: str, p: SamplingParams,

@@ -115,6 +115,13 @@ def collect() -> dict[str, Any]:
     }
 
 
+def model_report(path: str) -> dict[str, Any]:
+    """`bitttt info --model`: a Hugging Face BitNet folder's sizes and bytes read per decoded token."""
+    from bitttt import hf
+
+    return hf.model_info(path)
+
+
 def format_text(info: dict[str, Any]) -> str:
     """The human-readable `bitttt info` report."""
     b, t, c, tern, cuda = info["bitttt"], info["torch"], info["cpu"], info["ternary"], info["cuda"]
@@ -147,5 +154,9 @@ def format_text(info: dict[str, Any]) -> str:
     ]
     width = max(len(k) for k, _ in rows)
     lines = [f"{k + ':':<{width + 1}} {v}" for k, v in rows]
-    lines.append("Set BITTTT_ISA=scalar|avx2|avx512 to force a ternary kernel path.")
+    lines.append(f"Set BITTTT_ISA={'|'.join(tern['compiled_isas'])} to force a ternary kernel path.")
+    if "model" in info:
+        from bitttt import hf
+
+        lines.append(hf.format_model_info(info["model"]))
     return "\n".join(lines)

@@ -18,12 +18,18 @@ __all__ = [
     "BT2_PAD_K",
     "pack_ternary",
     "unpack_ternary",
+    "validate_packed",
     "quantize_weight",
     "ternary_linear",
     "ternary_matmul_int8",
     "TTTState",
     "ttt_linear",
     "ttt_linear_decode_",
+    "fake_quant_activations",
+    "fake_quant_weight",
+    "TTTMLPState",
+    "ttt_mlp",
+    "ttt_mlp_decode_",
 ]
 
 # ---------------------------------------------------------------------------------------
@@ -32,6 +38,7 @@ __all__ = [
 
 BT2_RUN_K = 128  # weights per 32-byte run
 BT2_PAD_K = 256  # K is padded to a multiple of this
+BT2_MAX_K = 1 << 23  # the kernels' int32 sums stay exact up to here (csrc/ternary/checks.h)
 
 
 def bt2_padded_k(K: int) -> int:
@@ -69,6 +76,41 @@ def unpack_ternary(packed: torch.Tensor, K: int) -> torch.Tensor:
     shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=packed.device).view(1, 1, 4, 1)
     codes = (runs >> shifts) & 3  # [N, runs, 4, 32]
     return (codes.reshape(N, Kp)[:, :K].to(torch.int8) - 1).contiguous()
+
+
+# Rows per pass of validate_packed: bounds its temporaries to a few MB per pass.
+_VALIDATE_BYTES_PER_PASS = 1 << 24
+
+
+def validate_packed(packed: torch.Tensor) -> None:
+    """Checks that BT2 weights hold only codes 0, 1, 2 (design §2): call once at load.
+
+    Code 3 (e.g. a byte 0xFF) is no ternary weight, and the raw op does not look for it (a
+    check would cost a pass over the weights on every call): the kernels read it as +2.
+    One vectorised pass, in slices of rows so its temporaries stay small.
+
+    Raises:
+        ValueError: packed is not uint8 [N, Kp/4], or holds code 3 (naming how many
+            codes and the first row with one).
+    """
+    if packed.dtype != torch.uint8 or packed.dim() != 2:
+        raise ValueError(f"packed weights must be uint8 [N, Kp/4] (BT2), got {packed.dtype} {tuple(packed.shape)}")
+    N, row_bytes = packed.shape
+    rows = max(1, _VALIDATE_BYTES_PER_PASS // max(row_bytes, 1))
+    total, first_row = 0, None
+    for r0 in range(0, N, rows):
+        chunk = packed[r0:r0 + rows]
+        both = chunk & (chunk >> 1) & 0x55  # bit 2i set where field i holds code 3
+        if not both.any():  # the common case: one cheap pass, no counting
+            continue
+        per_row = ((both & 1) + ((both >> 2) & 1) + ((both >> 4) & 1) + ((both >> 6) & 1)).sum(dim=1)
+        if first_row is None:
+            first_row = r0 + int(torch.nonzero(per_row)[0, 0])
+        total += int(per_row.sum())
+    if total:
+        raise ValueError(
+            f"packed weights hold {total} code(s) 3, first in row {first_row}: not BT2 (codes are 0, 1, 2); "
+            "the file is corrupt or not a bitttt export: re-export or re-pack the weights")
 
 
 def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,19 +152,40 @@ def ternary_matmul_int8(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
 def _check_packed_fits(packed: torch.Tensor, K: int) -> None:
     torch._check(packed.dim() == 2, lambda: "packed must be 2-D [N, Kp/4]")
     torch._check(packed.dtype == torch.uint8, lambda: f"packed must be uint8, got {packed.dtype}")
+    torch._check(packed.is_contiguous(), lambda: "packed must be contiguous")
     torch._check(packed.shape[1] * 4 == bt2_padded_k(K), lambda: f"x.shape[-1]={K} does not fit packed")
+    torch._check(K <= BT2_MAX_K, lambda: f"x.shape[-1]={K} is over the kernels' limit of K={BT2_MAX_K}")
+
+
+# The fakes also run for meta tensors: a call mixing meta and CPU tensors dispatches here, so
+# every tensor must be on the first one's device, or the fake would hand back an
+# uninitialised CPU tensor as the result.
+def _check_same_device(op, first_name, first, **tensors):
+    for name, t in tensors.items():
+        if t is not None:
+            torch._check(t.device == first.device,
+                         lambda: f"{op}: {name} must be on {first_name}'s device {first.device}, got {t.device}")
 
 
 @torch.library.register_fake("bitttt::ternary_linear")
 def _ternary_linear_fake(x, packed, w_scale, bias=None):
+    _check_defined("ternary_linear", x=x, packed=packed, w_scale=w_scale)
+    _check_same_device("ternary_linear", "x", x, packed=packed, w_scale=w_scale, bias=bias)
     torch._check(x.dtype in (torch.float32, torch.bfloat16), lambda: f"x must be float32/bfloat16, got {x.dtype}")
+    torch._check(x.dim() >= 1, lambda: "ternary_linear: x must have at least 1 dim [..., K]")
     _check_packed_fits(packed, x.shape[-1])
-    torch._check(w_scale.shape == (packed.shape[0],), lambda: "w_scale must be [N]")
+    torch._check(w_scale.dtype == torch.float32 and w_scale.shape == (packed.shape[0],),
+                 lambda: "w_scale must be float32 [N]")
+    if bias is not None:
+        torch._check(bias.shape == (packed.shape[0],), lambda: "ternary_linear: bias must be [N]")
+        torch._check(bias.dtype in (torch.float32, x.dtype), lambda: "ternary_linear: bias must be float32 or x's dtype")
     return x.new_empty((*x.shape[:-1], packed.shape[0]))
 
 
 @torch.library.register_fake("bitttt::ternary_matmul_int8")
 def _ternary_matmul_int8_fake(x, packed):
+    _check_defined("ternary_matmul_int8", x=x, packed=packed)
+    _check_same_device("ternary_matmul_int8", "x", x, packed=packed)
     torch._check(x.dtype == torch.int8 and x.dim() == 2, lambda: "x must be int8 [M, K]")
     _check_packed_fits(packed, x.shape[1])
     return x.new_empty((x.shape[0], packed.shape[0]), dtype=torch.int32)
@@ -240,19 +303,48 @@ def ttt_linear_decode_(q, k, v, lr, token_scale, state: TTTState, ln_w, ln_b):
     return out, TTTState(state.W, state.c, state.gW, state.gc, int(state.pos) + 1)
 
 
-def _check_same_device(op, q, **tensors):
+def _check_shape(op, name, t, want, dims):
+    torch._check(tuple(t.shape) == tuple(want), lambda: f"{op}: {name} must be {dims} = {list(want)}, "
+                 f"got {list(t.shape)}")
+
+
+def _check_ttt_inputs(op, q, k, v, lr, ts, W, c, gW, gc, pos, ln_w, ln_b, one_token=False, **more):
+    """The fakes' copy of csrc/ttt/checks.h check_inputs, so meta and traced calls refuse what
+    the kernels refuse. more: further tensors that need q's dtype and device (backward)."""
+    tensors = dict(k=k, v=v, lr=lr, token_scale=ts, W=W, c=c, gW=gW, gc=gc, ln_w=ln_w, ln_b=ln_b, **more)
+    _check_defined(op, q=q, **tensors)
+    torch._check(q.dim() == (3 if one_token else 4),
+                 lambda: f"{op}: q must be {'3-D [B, H, D]' if one_token else '4-D [B, H, T, D]'}, got {q.dim()} dims")
+    B, H, D = q.shape[0], q.shape[1], q.shape[-1]
+    T = 1 if one_token else q.shape[2]
+    torch._check(D > 0, lambda: f"{op}: head size D must be positive")
+    torch._check(ts.dim() == 1 and ts.shape[0] > 0, lambda: f"{op}: token_scale must be 1-D [b] with b >= 1")
+    torch._check(pos >= 0, lambda: f"{op}: pos must be >= 0, got {pos}")
+    tok = (B, H, D) if one_token else (B, H, T, D)
+    for name, t in (("k", k), ("v", v)):
+        _check_shape(op, name, t, tok, "[B, H, D]" if one_token else "[B, H, T, D]")
+    _check_shape(op, "lr", lr, tok[:-1], "[B, H]" if one_token else "[B, H, T]")
+    for name, t, want, dims in (("W", W, (B, H, D, D), "[B, H, D, D]"), ("c", c, (B, H, D), "[B, H, D]"),
+                                ("gW", gW, (B, H, D, D), "[B, H, D, D]"), ("gc", gc, (B, H, D), "[B, H, D]"),
+                                ("ln_w", ln_w, (H, D), "[H, D]"), ("ln_b", ln_b, (H, D), "[H, D]")):
+        _check_shape(op, name, t, want, dims)
+    torch._check(q.dtype in (torch.float32, torch.float64), lambda: f"{op}: q must be float32 or float64, got {q.dtype}")
     for name, t in tensors.items():
-        torch._check(t.device == q.device, lambda: f"{op}: {name} must be on q's device {q.device}, got {t.device}")
+        torch._check(t.dtype == q.dtype, lambda: f"{op}: {name} must have q's dtype {q.dtype}, got {t.dtype}")
+    _check_same_device(op, "q", q, **tensors)
+    return B, H, T, D
+
+
+def _check_defined(op, **tensors):
+    # None passed for a Tensor argument reaches the kernels as an undefined tensor.
+    for name, t in tensors.items():
+        torch._check(t is not None, lambda: f"{op}: {name} must be a tensor, got None")
 
 
 @torch.library.register_fake("bitttt::ttt_linear")
 def _ttt_linear_fake(q, k, v, lr, token_scale, W, c, gW, gc, pos, ln_w, ln_b, ckpt_every=0):
-    torch._check(q.dim() == 4, lambda: f"ttt_linear: q must be 4-D [B, H, T, D], got {q.dim()} dims")
-    torch._check(q.dtype in (torch.float32, torch.float64), lambda: f"ttt_linear: q must be float32/64, got {q.dtype}")
-    B, H, T, D = q.shape
-    torch._check(W.shape == (B, H, D, D), lambda: "ttt_linear: W must be [B, H, D, D]")
-    _check_same_device("ttt_linear", q, k=k, v=v, lr=lr, token_scale=token_scale, W=W, c=c, gW=gW, gc=gc,
-                       ln_w=ln_w, ln_b=ln_b)
+    B, H, T, D = _check_ttt_inputs("ttt_linear", q, k, v, lr, token_scale, W, c, gW, gc, pos, ln_w, ln_b)
+    torch._check(ckpt_every >= 0, lambda: f"ttt_linear: ckpt_every must be >= 0, got {ckpt_every}")
     n_ck = _ttt_num_checkpoints(T, token_scale.shape[0], pos, ckpt_every)
     return (q.new_empty(B, H, T, D), q.new_empty(B, H, D, D), q.new_empty(B, H, D), q.new_empty(B, H, D, D),
             q.new_empty(B, H, D), q.new_empty(B, H, n_ck, D, D), q.new_empty(B, H, n_ck, D))
@@ -261,7 +353,20 @@ def _ttt_linear_fake(q, k, v, lr, token_scale, W, c, gW, gc, pos, ln_w, ln_b, ck
 @torch.library.register_fake("bitttt::ttt_linear_backward")
 def _ttt_linear_backward_fake(grad_out, grad_W, grad_c, grad_gW, grad_gc, q, k, v, lr, token_scale, W, c, gW, gc,
                               pos, ln_w, ln_b, ckpt_W, ckpt_c, ckpt_every):
-    B, H, T, D = q.shape
+    op = "ttt_linear_backward"
+    B, H, T, D = _check_ttt_inputs(op, q, k, v, lr, token_scale, W, c, gW, gc, pos, ln_w, ln_b,
+                                   grad_out=grad_out, grad_W=grad_W, grad_c=grad_c, grad_gW=grad_gW,
+                                   grad_gc=grad_gc, ckpt_W=ckpt_W, ckpt_c=ckpt_c)
+    torch._check(ckpt_every > 0, lambda: f"{op}: ckpt_every must be > 0 (the forward must save checkpoints)")
+    n_ck = _ttt_num_checkpoints(T, token_scale.shape[0], pos, ckpt_every)
+    _check_shape(op, "ckpt_W", ckpt_W, (B, H, n_ck, D, D), "[B, H, n_ckpt, D, D]")
+    _check_shape(op, "ckpt_c", ckpt_c, (B, H, n_ck, D), "[B, H, n_ckpt, D]")
+    for name, t, want, dims in (("grad_out", grad_out, (B, H, T, D), "[B, H, T, D]"),
+                                ("grad_W", grad_W, (B, H, D, D), "[B, H, D, D]"),
+                                ("grad_c", grad_c, (B, H, D), "[B, H, D]"),
+                                ("grad_gW", grad_gW, (B, H, D, D), "[B, H, D, D]"),
+                                ("grad_gc", grad_gc, (B, H, D), "[B, H, D]")):
+        _check_shape(op, name, t, want, dims)
     # The kernel returns contiguous tensors whatever the inputs' strides: so must this.
     return (q.new_empty(B, H, T, D), q.new_empty(B, H, T, D), q.new_empty(B, H, T, D), q.new_empty(B, H, T),
             q.new_empty(token_scale.shape), q.new_empty(B, H, D, D), q.new_empty(B, H, D), q.new_empty(B, H, D, D),
@@ -270,7 +375,10 @@ def _ttt_linear_backward_fake(grad_out, grad_W, grad_c, grad_gW, grad_gc, q, k, 
 
 @torch.library.register_fake("bitttt::ttt_linear_decode_")
 def _ttt_linear_decode_fake(q, k, v, lr, token_scale, W, c, gW, gc, pos, ln_w, ln_b):
-    torch._check(q.dim() == 3, lambda: f"ttt_linear_decode_: q must be 3-D [B, H, D], got {q.dim()} dims")
+    op = "ttt_linear_decode_"
+    _check_ttt_inputs(op, q, k, v, lr, token_scale, W, c, gW, gc, pos, ln_w, ln_b, one_token=True)
+    torch._check(all(t.is_contiguous() for t in (W, c, gW, gc)),
+                 lambda: f"{op}: the state tensors W, c, gW, gc are updated in place and must be contiguous")
     return q.new_empty(q.shape)
 
 
@@ -295,3 +403,267 @@ def _ttt_linear_backward(ctx, g_out, g_W, g_c, g_gW, g_gc, _g_ckpt_W, _g_ckpt_c)
 
 
 torch.library.register_autograd("bitttt::ttt_linear", _ttt_linear_backward, setup_context=_ttt_linear_setup_context)
+
+
+# ---------------------------------------------------------------------------------------
+# Fake quantization for training (docs/design.md §2; csrc/quant/)
+#
+# BitLinear trains on the quantize-dequantize of its input and weight with straight-through
+# gradients (identity). On the CPU in float32 each is one C++ pass; other devices and dtypes
+# (CUDA autocast's bfloat16) take the torch composition of the reference, which gives the
+# same values up to float rounding.
+# ---------------------------------------------------------------------------------------
+
+
+def _uses_fake_quant_kernel(t: torch.Tensor) -> bool:
+    return t.device.type == "cpu" and t.dtype == torch.float32
+
+
+def fake_quant_activations(x: torch.Tensor) -> torch.Tensor:
+    """Per-token int8 absmax quantize-dequantize of x [..., K], straight-through gradient."""
+    if _uses_fake_quant_kernel(x):
+        return torch.ops.bitttt.fake_quant_activations(x)
+    x_q, s_x = reference.quantize_activations(x)
+    x_dq = (x_q.float() / s_x.unsqueeze(-1)).to(x.dtype)
+    return x + (x_dq - x).detach()
+
+
+def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
+    """Absmean ternary quantize-dequantize of a weight w [N, K], straight-through gradient."""
+    if _uses_fake_quant_kernel(w):
+        # the scale as reference.quantize_weight_ternary takes it (torch's mean, to the bit)
+        scale = w.detach().abs().mean().clamp(min=reference.ABSMAX_FLOOR)
+        return torch.ops.bitttt.fake_quant_weight(w, scale)
+    q, s_w = reference.quantize_weight_ternary(w)
+    w_dq = (q.float() * s_w.unsqueeze(1)).to(w.dtype)
+    return w + (w_dq - w).detach()
+
+
+# The fakes refuse what csrc/quant/fake_quant_cpu.cpp refuses, with its messages.
+def _check_fake_quant_float(op: str, name: str, t: torch.Tensor) -> None:
+    torch._check(t.dtype == torch.float32,
+                 lambda: f"{op}: takes float32 (other dtypes use the torch path), got {name} {t.dtype}")
+
+
+@torch.library.register_fake("bitttt::fake_quant_activations")
+def _fake_quant_activations_fake(x):
+    op = "fake_quant_activations"
+    _check_defined(op, x=x)
+    _check_fake_quant_float(op, "x", x)
+    torch._check(x.dim() >= 1, lambda: f"{op}: x must have a last (feature) dimension")
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("bitttt::fake_quant_weight")
+def _fake_quant_weight_fake(w, scale):
+    op = "fake_quant_weight"
+    _check_defined(op, w=w, scale=scale)
+    _check_same_device(op, "w", w, scale=scale)
+    _check_fake_quant_float(op, "w", w)
+    _check_fake_quant_float(op, "scale", scale)
+    torch._check(w.dim() == 2, lambda: f"{op}: w must be 2-D [N, K]")
+    torch._check(scale.numel() == 1, lambda: f"{op}: scale must hold one value")
+    return torch.empty_like(w, memory_format=torch.contiguous_format)
+
+
+def _straight_through_setup_context(ctx, inputs, output):
+    pass
+
+
+def _straight_through_activations(ctx, grad):
+    return grad
+
+
+def _straight_through_weight(ctx, grad):
+    return grad, None  # the scale is computed from the detached weight
+
+
+torch.library.register_autograd("bitttt::fake_quant_activations", _straight_through_activations,
+                                setup_context=_straight_through_setup_context)
+torch.library.register_autograd("bitttt::fake_quant_weight", _straight_through_weight,
+                                setup_context=_straight_through_setup_context)
+
+
+# ---------------------------------------------------------------------------------------
+# TTT-MLP (docs/design.md §3, second inner model; kernels in csrc/ttt_mlp/)
+# ---------------------------------------------------------------------------------------
+
+
+class TTTMLPState(NamedTuple):
+    """The carried TTT-MLP state (design §3), the TTT-Linear contract for a 2-layer MLP.
+
+    W1 [B,H,D,F], b1 [B,H,F], W2 [B,H,F,D], b2 [B,H,D]: fast weights at the start of the
+    current mini-batch (F = 4·D in nn.TTTMLP); gW1, gb1, gW2, gb2: lr-weighted inner gradients
+    summed inside it (zero on a boundary), same shapes; pos: absolute position of the next token.
+    Field order is reference.ttt_mlp's state tuple, so either converts to the other.
+    """
+
+    W1: torch.Tensor
+    b1: torch.Tensor
+    W2: torch.Tensor
+    b2: torch.Tensor
+    gW1: torch.Tensor
+    gb1: torch.Tensor
+    gW2: torch.Tensor
+    gb2: torch.Tensor
+    pos: int
+
+
+def _ttt_mlp_check_cpu(op: str, *tensors: torch.Tensor) -> None:
+    for t in tensors:
+        if t.device.type not in ("cpu", "meta"):
+            raise RuntimeError(f"{op}: TTT-MLP has no {t.device.type} kernel yet (CPU only); "
+                               "nn.TTTMLP runs bitttt.reference.ttt_mlp on other devices")
+
+
+def ttt_mlp(q, k, v, lr, token_scale, W1, b1, W2, b2, ln_w, ln_b, state: TTTMLPState | None = None,
+            ckpt_every: int = TTT_CKPT_EVERY):
+    """TTT-MLP over T tokens from state.pos (design §3), with the C++ op (CPU).
+
+    Args:
+        q, k, v: [B,H,T,D] float32/float64 (bfloat16/float16 run in float32 and come back cast).
+        lr: [B,H,T]; token_scale: [b]; W1 [H,D,F], b1 [H,F], W2 [H,F,D], b2 [H,D]: initial fast
+        weights (used when state is None); ln_w, ln_b: [H,D]; state: a TTTMLPState (or the
+        reference's 9-tuple), or None to start from the initial weights at position 0.
+        ckpt_every: mini-batches per checkpoint kept for the backward (memory vs recompute).
+    Returns:
+        (out [B,H,T,D], TTTMLPState after the tokens). Differentiable in every tensor input.
+    Raises:
+        RuntimeError naming the bad argument, or for a tensor that is not on the CPU.
+    """
+    out_dtype = q.dtype
+    if q.dtype in _LOW_PRECISION:
+        q, k, v, lr = q.float(), k.float(), v.float(), lr.float()
+    if q.dim() != 4:
+        raise RuntimeError(f"ttt_mlp: q must be 4-D [B, H, T, D], got shape {tuple(q.shape)}")
+    B = q.shape[0]
+    if state is None:
+        w = [p.unsqueeze(0).expand(B, *p.shape) for p in (W1, b1, W2, b2)]
+        state = TTTMLPState(*w, *(x.new_zeros(x.shape) for x in w), 0)
+    state = TTTMLPState(*state)
+    _ttt_mlp_check_cpu("ttt_mlp", q, *state[:8])
+    q, k, v, lr = q.contiguous(), k.contiguous(), v.contiguous(), lr.contiguous()
+    tensors = (q, k, v, lr, token_scale, *state[:8], ln_w, ln_b)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    res = torch.ops.bitttt.ttt_mlp(q, k, v, lr, token_scale, *state[:8], int(state.pos), ln_w, ln_b,
+                                   ckpt_every if needs_grad else 0)
+    return res[0].to(out_dtype), TTTMLPState(*res[1:9], int(state.pos) + q.shape[2])
+
+
+def ttt_mlp_decode_(q, k, v, lr, token_scale, state: TTTMLPState, ln_w, ln_b):
+    """One token for all heads, updating the state tensors in place (no autograd): generation.
+
+    q, k, v: [B,H,D]; lr: [B,H]. Returns (out [B,H,D], the state with pos + 1); equal to
+    ttt_mlp over that one token. The state tensors must be contiguous.
+    """
+    out_dtype = q.dtype
+    if q.dtype in _LOW_PRECISION:
+        q, k, v, lr = q.float(), k.float(), v.float(), lr.float()
+    state = TTTMLPState(*state)
+    _ttt_mlp_check_cpu("ttt_mlp_decode_", q, *state[:8])
+    out = torch.ops.bitttt.ttt_mlp_decode_.default(q, k, v, lr, token_scale, *state[:8], int(state.pos), ln_w, ln_b)
+    if out.dtype != out_dtype:
+        out = out.to(out_dtype)
+    return out, state._replace(pos=int(state.pos) + 1)
+
+
+def _ttt_mlp_num_checkpoints(T: int, b: int, pos: int, ckpt_every: int) -> int:
+    return _ttt_num_checkpoints(T, b, pos, ckpt_every)
+
+
+def _check_ttt_mlp_inputs(op, q, k, v, lr, ts, w, g, pos, ln_w, ln_b, one_token=False):
+    """The fakes' copy of csrc/ttt_mlp/ttt_mlp_cpu.cpp check_inputs. w: (W1, b1, W2, b2) or
+    None; g: the accumulators (F is read from gW1). Returns (B, H, T, D, F)."""
+    _check_defined(op, q=q, k=k, v=v, lr=lr, token_scale=ts, ln_w=ln_w, ln_b=ln_b,
+                   **dict(zip(("gW1", "gb1", "gW2", "gb2"), g)))
+    torch._check(q.dim() == (3 if one_token else 4),
+                 lambda: f"{op}: q must be {'3-D [B, H, D]' if one_token else '4-D [B, H, T, D]'}, got {q.dim()} dims")
+    B, H, D = q.shape[0], q.shape[1], q.shape[-1]
+    T = 1 if one_token else q.shape[2]
+    torch._check(g[0].dim() == 4, lambda: f"{op}: gW1 must be 4-D [B, H, D, F]")
+    F = g[0].shape[3]
+    torch._check(D > 0 and F > 0, lambda: f"{op}: head size D and hidden size F must be positive")
+    torch._check(ts.dim() == 1 and ts.shape[0] > 0, lambda: f"{op}: token_scale must be 1-D [b] with b >= 1")
+    torch._check(pos >= 0, lambda: f"{op}: pos must be >= 0, got {pos}")
+    tok = (B, H, D) if one_token else (B, H, T, D)
+    _check_shape(op, "k", k, tok, "[B, H, (T,) D]")
+    _check_shape(op, "v", v, tok, "[B, H, (T,) D]")
+    _check_shape(op, "lr", lr, tok[:-1], "[B, H, (T)]")
+    shapes = ((B, H, D, F), (B, H, F), (B, H, F, D), (B, H, D))
+    named = {}
+    for prefix, part in (("", w), ("g", g)):
+        if part is None:
+            continue
+        for name, t, want in zip(("W1", "b1", "W2", "b2"), part, shapes):
+            _check_shape(op, prefix + name, t, want, str(list(want)))
+            named[prefix + name] = t
+    _check_shape(op, "ln_w", ln_w, (H, D), "[H, D]")
+    _check_shape(op, "ln_b", ln_b, (H, D), "[H, D]")
+    torch._check(q.dtype in (torch.float32, torch.float64), lambda: f"{op}: q must be float32 or float64, got {q.dtype}")
+    tensors = dict(k=k, v=v, lr=lr, token_scale=ts, ln_w=ln_w, ln_b=ln_b, **named)
+    for name, t in tensors.items():
+        torch._check(t.dtype == q.dtype, lambda: f"{op}: {name} must have q's dtype {q.dtype}, got {t.dtype}")
+    _check_same_device(op, "q", q, **tensors)
+    return B, H, T, D, F
+
+
+@torch.library.register_fake("bitttt::ttt_mlp")
+def _ttt_mlp_fake(q, k, v, lr, token_scale, W1, b1, W2, b2, gW1, gb1, gW2, gb2, pos, ln_w, ln_b, ckpt_every=0):
+    B, H, T, D, F = _check_ttt_mlp_inputs("ttt_mlp", q, k, v, lr, token_scale, (W1, b1, W2, b2),
+                                          (gW1, gb1, gW2, gb2), pos, ln_w, ln_b)
+    torch._check(ckpt_every >= 0, lambda: f"ttt_mlp: ckpt_every must be >= 0, got {ckpt_every}")
+    n_ck = _ttt_mlp_num_checkpoints(T, token_scale.shape[0], pos, ckpt_every)
+    state = [q.new_empty(s) for s in ((B, H, D, F), (B, H, F), (B, H, F, D), (B, H, D))]
+    return (q.new_empty(B, H, T, D), *state, *(x.new_empty(x.shape) for x in state),
+            q.new_empty(B, H, n_ck, 2 * D * F + F + D))
+
+
+@torch.library.register_fake("bitttt::ttt_mlp_backward")
+def _ttt_mlp_backward_fake(grad_out, gr_W1, gr_b1, gr_W2, gr_b2, gr_gW1, gr_gb1, gr_gW2, gr_gb2, q, k, v, lr,
+                           token_scale, gW1, gb1, gW2, gb2, pos, ln_w, ln_b, ckpt, ckpt_every):
+    op = "ttt_mlp_backward"
+    B, H, T, D, F = _check_ttt_mlp_inputs(op, q, k, v, lr, token_scale, (gr_W1, gr_b1, gr_W2, gr_b2),
+                                          (gW1, gb1, gW2, gb2), pos, ln_w, ln_b)
+    _check_ttt_mlp_inputs(op, q, k, v, lr, token_scale, None, (gr_gW1, gr_gb1, gr_gW2, gr_gb2), pos, ln_w, ln_b)
+    torch._check(ckpt_every > 0, lambda: f"{op}: ckpt_every must be > 0 (the forward must save checkpoints)")
+    n_ck = _ttt_mlp_num_checkpoints(T, token_scale.shape[0], pos, ckpt_every)
+    _check_shape(op, "ckpt", ckpt, (B, H, n_ck, 2 * D * F + F + D), "[B, H, n_ckpt, 2DF + F + D]")
+    _check_shape(op, "grad_out", grad_out, (B, H, T, D), "[B, H, T, D]")
+    state = [q.new_empty(s) for s in ((B, H, D, F), (B, H, F), (B, H, F, D), (B, H, D))]
+    return (q.new_empty(B, H, T, D), q.new_empty(B, H, T, D), q.new_empty(B, H, T, D), q.new_empty(B, H, T),
+            q.new_empty(token_scale.shape), *state, *(x.new_empty(x.shape) for x in state),
+            q.new_empty(ln_w.shape), q.new_empty(ln_b.shape))
+
+
+@torch.library.register_fake("bitttt::ttt_mlp_decode_")
+def _ttt_mlp_decode_fake(q, k, v, lr, token_scale, W1, b1, W2, b2, gW1, gb1, gW2, gb2, pos, ln_w, ln_b):
+    op = "ttt_mlp_decode_"
+    _check_ttt_mlp_inputs(op, q, k, v, lr, token_scale, (W1, b1, W2, b2), (gW1, gb1, gW2, gb2), pos, ln_w, ln_b,
+                          one_token=True)
+    torch._check(all(t.is_contiguous() for t in (W1, b1, W2, b2, gW1, gb1, gW2, gb2)),
+                 lambda: f"{op}: the state tensors are updated in place and must be contiguous")
+    return q.new_empty(q.shape)
+
+
+# As TTT-Linear: the backward recomputes each checkpoint span from the weights the forward saved.
+def _ttt_mlp_setup_context(ctx, inputs, output):
+    q, k, v, lr, token_scale, W1, b1, W2, b2, gW1, gb1, gW2, gb2, pos, ln_w, ln_b, ckpt_every = inputs
+    ctx.save_for_backward(q, k, v, lr, token_scale, gW1, gb1, gW2, gb2, ln_w, ln_b, output[9])
+    ctx.pos, ctx.ckpt_every = pos, ckpt_every
+    ctx.F = W1.shape[-1]
+
+
+def _ttt_mlp_backward(ctx, g_out, *g_state_and_ckpt):
+    q, k, v, lr, token_scale, gW1, gb1, gW2, gb2, ln_w, ln_b, ckpt = ctx.saved_tensors
+    B, H, T, D = q.shape
+    F = ctx.F
+    shapes = ((B, H, D, F), (B, H, F), (B, H, F, D), (B, H, D)) * 2
+    zeros = lambda g, shape: q.new_zeros(shape) if g is None else g.contiguous()  # noqa: E731
+    g_state = [zeros(g, s) for g, s in zip(g_state_and_ckpt[:8], shapes)]
+    grads = torch.ops.bitttt.ttt_mlp_backward(zeros(g_out, (B, H, T, D)), *g_state, q, k, v, lr, token_scale,
+                                              gW1, gb1, gW2, gb2, ctx.pos, ln_w, ln_b, ckpt, ctx.ckpt_every)
+    dq, dk, dv, dlr, dts, dW1, db1, dW2, db2, dgW1, dgb1, dgW2, dgb2, dln_w, dln_b = grads
+    return dq, dk, dv, dlr, dts, dW1, db1, dW2, db2, dgW1, dgb1, dgW2, dgb2, None, dln_w, dln_b, None
+
+
+torch.library.register_autograd("bitttt::ttt_mlp", _ttt_mlp_backward, setup_context=_ttt_mlp_setup_context)

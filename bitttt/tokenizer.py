@@ -10,9 +10,16 @@ from __future__ import annotations
 import codecs
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 
 from bitttt.errors import ConfigError
+
+# BPE training slows down much faster than linearly with the length of one "word" (a run
+# without whitespace: 100k characters took 15 s, 5 MB did not end): longer runs are fed to
+# the trainer in pieces of this many characters.
+BPE_MAX_TRAIN_WORD = 256
+_LONG_RUN = re.compile(r"\S{%d,}" % (BPE_MAX_TRAIN_WORD + 1))
 
 SPECIALS = ("<|bos|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>")
 VOCAB_MULTIPLE = 64  # the model's vocabulary is padded to a multiple of 64 (faster matmuls)
@@ -38,6 +45,11 @@ class Tokenizer:
     @property
     def eos_id(self) -> int:
         return self.special_id("<|eos|>")
+
+    @property
+    def eos_ids(self) -> frozenset[int]:
+        """Every id that ends a generation (an HF folder may name several); eos_id is among them."""
+        return frozenset((self.eos_id,))
 
     @property
     def vocab_size(self) -> int:
@@ -158,7 +170,7 @@ class BPETokenizer(Tokenizer):
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-        tok.train_from_iterator(texts, trainer=trainer)
+        tok.train_from_iterator(_bounded_words(texts), trainer=trainer)
         return cls(tok)
 
     def special_id(self, name: str) -> int:
@@ -177,23 +189,50 @@ class BPETokenizer(Tokenizer):
         self.tok.save(path)
 
 
+def _bounded_words(texts: Iterable[str]) -> Iterator[str]:
+    """The texts, with every run of over BPE_MAX_TRAIN_WORD non-space characters cut into
+    separate texts of that length (the trainer never merges across texts). Ordinary text
+    passes through unchanged."""
+    for text in texts:
+        start = 0
+        for m in _LONG_RUN.finditer(text):
+            if m.start() > start:
+                yield text[start:m.start()]
+            for i in range(m.start(), m.end(), BPE_MAX_TRAIN_WORD):
+                yield text[i:min(i + BPE_MAX_TRAIN_WORD, m.end())]
+            start = m.end()
+        if start < len(text):
+            yield text[start:] if start else text
+
+
 def load_tokenizer(path: str) -> Tokenizer:
     """Reads a tokenizer.json written by either kind; ConfigError if missing or damaged."""
     if not os.path.isfile(path):
         raise ConfigError(f"missing tokenizer: {path}", hint="copy tokenizer.json from the run that made the model")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             d = json.load(f)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise ConfigError(f"{path}: unreadable tokenizer ({e})", hint="copy tokenizer.json from the run that made the model")
-    if isinstance(d, dict) and d.get("bitttt_tokenizer") == "byte":
+    hint = "copy tokenizer.json from the run that made the model"
+    if isinstance(d, dict) and "bitttt_tokenizer" in d:
+        if d["bitttt_tokenizer"] != "byte":
+            raise ConfigError(f"{path}: unknown bitttt tokenizer kind {d['bitttt_tokenizer']!r} (known: 'byte')",
+                              hint=hint)
+        if d.get("specials", list(SPECIALS)) != list(SPECIALS):
+            # Other specials would give other ids: the model's embeddings would be read wrong.
+            raise ConfigError(f"{path}: byte tokenizer with specials {d.get('specials')}, bitttt has "
+                              f"{list(SPECIALS)}", hint=hint)
         return ByteTokenizer()
+    if not isinstance(d, dict) or "model" not in d:
+        raise ConfigError(f"{path}: neither a bitttt byte tokenizer nor a Hugging Face tokenizer.json", hint=hint)
     try:
         from tokenizers import Tokenizer as HFTokenizer
 
         return BPETokenizer(HFTokenizer.from_file(path))
     except ConfigError:
         raise
-    except Exception as e:
-        raise ConfigError(f"{path}: not a tokenizer bitttt can read ({e})",
-                          hint="copy tokenizer.json from the run that made the model") from None
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # also tokenizers' PanicException (a BaseException) on odd JSON
+        raise ConfigError(f"{path}: not a tokenizer bitttt can read ({type(e).__name__}: {e})", hint=hint) from None

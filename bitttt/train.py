@@ -1,209 +1,147 @@
-"""`bitttt train`: configuration, the training loop, evaluation, checkpoints, stop and OOM
-handling (docs/design.md §5, §6).
+"""`bitttt train`: the training loop, evaluation, checkpoints, stop, divergence and OOM
+handling (docs/design.md §5, §6). Settings are resolved by bitttt.config.
 
-`run(settings, argv)` returns the exit code. Errors before the run directory exists raise
+`run(settings, argv, stop)` returns the exit code. Errors before the run directory exists raise
 (the CLI maps them to exit codes); afterwards they become an `error` event, then `done`.
+The run directory is created only once the settings, the device and the --data paths check out.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
-import signal
-import sys
 import time
 from typing import Any
 
 import torch
 
 from bitttt import checkpoint as ckpt_io
+from bitttt import runlock
+from bitttt.diagnostics import TernaryMonitor
 from bitttt import config as cfg
 from bitttt import data as data_mod
-from bitttt.errors import BitttError, ConfigError, DataError
-from bitttt.events import Emitter
+from bitttt import distributed
+from bitttt import evaluate as eval_mod
+from bitttt.config import MODEL_KEYS, check_keys, resolve
+from bitttt.devices import mem_bytes, pick_device
+from bitttt.errors import EXIT_OK, EXIT_OOM, BitttError, ConfigError, DivergedError
+from bitttt.events import Emitter, safe_print
 from bitttt.model import BitTTTConfig, BitTTTForCausalLM
+from bitttt.stop import StopFlag, StopRequested
 from bitttt.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 
 OOM_HINT = "use a smaller --batch-size or --seq-len (with --grad-accum to keep the batch), or a smaller model"
-MODEL_KEYS = [k for k in BitTTTConfig.field_names() if k != "vocab_size"]
-LN2 = math.log(2)
 PER_INVOCATION = ("stop_after", "log_format", "run_dir")  # not inherited by --resume
 
 
-# ---------------------------------------------------------------------------------------
-# Configuration: defaults < preset < --config FILE < flags (resume: the checkpoint's < ...)
-# ---------------------------------------------------------------------------------------
-
-
-def read_config_file(path: str) -> dict[str, Any]:
-    """A flat JSON object of model and training keys, or a run's config.json."""
-    try:
-        with open(path) as f:
-            d = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"--config {path}: cannot read JSON ({e})", hint="pass a JSON file of settings") from None
-    if not isinstance(d, dict):
-        raise ConfigError(f"--config {path}: expected a JSON object")
-    d = dict(d)
-    d.pop("model_type", None)
-    d.pop("vocab_size", None)  # a run's config.json: the vocabulary follows the tokenizer
-    d.pop("format", None)
-    d.update(d.pop("training", None) or {})
-    check_keys(d, f"--config {path}")
-    return d
-
-
-def check_keys(d: dict[str, Any], source: str) -> None:
-    valid = MODEL_KEYS + cfg.TrainConfig.field_names()
-    unknown = sorted(set(d) - set(valid))
-    if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(valid)}",
-                          hint="fix or remove those keys")
-
-
-def resolve(flags: dict[str, Any], resume_from: dict[str, Any] | None = None) -> tuple[dict, cfg.TrainConfig]:
-    """flags: the options given on the command line (None = not given) plus "config".
-    Returns (model keys, TrainConfig)."""
-    given = {k: v for k, v in flags.items() if v is not None and k not in ("config", "resume", "print_config")}
-    check_keys(given, "flags")
-    from_file = read_config_file(flags["config"]) if flags.get("config") else {}
-    if resume_from is not None:
-        changed = [k for k in MODEL_KEYS if k in {**from_file, **given} and {**from_file, **given}[k] != resume_from[k]]
-        if changed:
-            raise ConfigError(f"--resume: cannot change the architecture ({', '.join(changed)})",
-                              hint="drop those options, or start a new run")
-        merged = {**resume_from, **from_file, **given}
-    else:
-        preset = given.get("preset") or from_file.get("preset") or cfg.TrainConfig.preset
-        merged = {**cfg.defaults(preset), **from_file, **given}
-    try:
-        train = cfg.TrainConfig(**{k: merged[k] for k in cfg.TrainConfig.field_names() if k in merged})
-        model = {k: merged[k] for k in MODEL_KEYS}
-        BitTTTConfig(**model)  # validates
-    except TypeError as e:
-        raise ConfigError(f"bad configuration: {e}") from None
-    return model, train
-
-
-def lr_at(step: int, t: cfg.TrainConfig) -> float:
-    """Linear warmup to t.lr over t.warmup steps, then cosine decay to t.min_lr (step 1-based)."""
+def lr_at(step: int, t: cfg.TrainConfig, decay: dict[str, Any] | None = None) -> float:
+    """Linear warmup to t.lr over t.warmup steps, then cosine decay to t.min_lr at t.steps (step
+    1-based). After a resume that changed the total, `decay` = {"from_step", "from_lr"}: from
+    that step on, a cosine from the learning rate it had down to t.min_lr at t.steps (design §5)."""
+    if decay is not None and step > decay["from_step"]:
+        progress = min(1.0, (step - decay["from_step"]) / max(t.steps - decay["from_step"], 1))
+        return t.min_lr + 0.5 * (decay["from_lr"] - t.min_lr) * (1 + math.cos(math.pi * progress))
     if step <= t.warmup:
         return t.lr * step / max(t.warmup, 1)
     progress = min(1.0, (step - t.warmup) / max(t.steps - t.warmup, 1))
     return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available", hint="use --device cpu or auto")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def mem_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
-
-
-# ---------------------------------------------------------------------------------------
-# Stop requests: a STOP file, SIGINT, SIGTERM
-# ---------------------------------------------------------------------------------------
-
+def resumed_decay(state: dict[str, Any], t: cfg.TrainConfig) -> dict[str, Any] | None:
+    """The `decay` of lr_at for a run resumed from a checkpoint's trainer state with settings t.
+    The same total continues the checkpoint's own schedule (bit for bit); a new total (a longer
+    run, or extending a finished one) decays from the learning rate the checkpoint had, never
+    jumping back towards the peak; a run still in its warmup just gets the longer cosine."""
+    step, old_total, decay = state["step"], state.get("total_steps", t.steps), state.get("lr_decay")
+    if old_total == t.steps:
+        return decay
+    if decay is None and step <= t.warmup:
+        return None
+    last_lr = state.get("lr")
+    if not isinstance(last_lr, (int, float)):  # checkpoints from before the "lr" field
+        last_lr = lr_at(step, dataclasses.replace(t, steps=old_total), decay)
+    return {"from_step": step, "from_lr": float(last_lr)}
 
 
 def every(interval: int, step: int) -> bool:
     """True on multiples of interval; an interval of 0 means never."""
     return interval > 0 and step % interval == 0
 
-class StopFlag:
-    def __init__(self, run_dir: str) -> None:
-        self.stop_file = os.path.join(run_dir, "STOP")
-        self.signal: str | None = None
-        self._old: dict[int, Any] = {}
-
-    def install(self) -> None:
-        if os.path.exists(self.stop_file):
-            os.remove(self.stop_file)  # a stale request from an earlier run
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: the STOP file still works
-                pass
-
-    def _handle(self, signum, frame) -> None:
-        if self.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now
-        self.signal = signal.Signals(signum).name
-
-    def requested(self) -> str | None:
-        if self.signal:
-            return self.signal
-        if os.path.exists(self.stop_file):
-            os.remove(self.stop_file)
-            return "STOP file"
-        return None
-
-    def restore(self) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
 
 # ---------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------
 
+DIVERGED_HINT = ("lower --lr (it is {lr:g}; try {lower:g}) or check the data; the last good checkpoint is kept: "
+                 "continue from it with --resume and a lower --lr")
+
+
+def make_optimizer(model: torch.nn.Module, t: cfg.TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on the matrices only (not on norms, biases, scales)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=t.lr, betas=(t.beta1, t.beta2), fused=device.type == "cuda")
+
 
 class Trainer:
+    """One run. `start_up()` builds everything (honouring a stop request between its phases and
+    inside tokenizing); `run()` trains."""
+
     def __init__(self, model_keys: dict, t: cfg.TrainConfig, run_dir: str, emitter: Emitter, argv: list[str],
-                 resume_ckpt: str | None) -> None:
+                 resume_ckpt: str | None, stop: StopFlag, world: distributed.World | None = None) -> None:
         self.t, self.run_dir, self.emit, self.argv = t, run_dir, emitter.emit, argv
-        self.resume_ckpt = resume_ckpt
-        self.device = pick_device(t.device)
+        self.model_keys, self.resume_ckpt, self.stop = model_keys, resume_ckpt, stop
+        self.world = world or distributed.World()
+        self.step = int(ckpt_io.read_trainer_state(resume_ckpt)["step"]) if resume_ckpt else 0
+        self.val_loss, self.best_val, self.last_ckpt = None, None, resume_ckpt
+        self.lr_decay: dict[str, Any] | None = None  # lr_at's decay (a resumed run with a new total)
+
+    def start_up(self) -> None:
+        """Device, tokenizer, token cache, model, optimizer, held-out set, resumed state.
+        Raises StopRequested if a stop is asked for on the way."""
+        t, check = self.t, self.stop.check
+        self.device = self.world.place(pick_device(t.device))
         if t.threads:
             torch.set_num_threads(t.threads)
-        self.tokenizer = self._tokenizer()
-        min_tokens = t.seq_len + 2
-        self.data = data_mod.prepare(os.path.join(run_dir, "data"), t.data, self.tokenizer, t.val_fraction, min_tokens)
-        self.config = BitTTTConfig(vocab_size=self.tokenizer.vocab_size, **model_keys)
+        with self.world.rank0_first():  # rank 0 writes the tokenizer and token cache; the others reuse them
+            self.tokenizer = self._tokenizer()
+            check()
+            self.data = data_mod.prepare(os.path.join(self.run_dir, "data"), t.data, self.tokenizer, t.val_fraction,
+                                         t.seq_len + 2, check=self.stop.poll)
+        check()
+        self.config = BitTTTConfig(vocab_size=self.tokenizer.vocab_size, **self.model_keys)
         torch.manual_seed(t.seed)
         self.model = BitTTTForCausalLM(self.config).to(self.device)
-        self.forward = torch.compile(self.model) if t.compile else self.model
-        decay = [p for p in self.model.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=t.lr, betas=(t.beta1, t.beta2), fused=self.device.type == "cuda")
-        self.step, self.val_loss, self.best_val, self.last_ckpt = 0, None, None, None
-        self.eval_starts = data_mod.eval_windows(self.data.val, t.seq_len, t.eval_tokens)
-        if resume_ckpt:
-            self._load(resume_ckpt)
+        check()
+        self.forward = torch.compile(self.world.wrap(self.model)) if t.compile else self.world.wrap(self.model)
+        self.optimizer = make_optimizer(self.model, t, self.device)
+        self.held_out = eval_mod.HeldOut.build(self.data.val, t.seq_len, t.eval_tokens, self.tokenizer)
+        self.ternary_monitor = TernaryMonitor()
+        if self.resume_ckpt:
+            self._load(self.resume_ckpt)
+        check()
 
     def _tokenizer(self) -> Tokenizer:
         path = os.path.join(self.run_dir, "tokenizer.json")
         if self.resume_ckpt:
             return load_tokenizer(os.path.join(self.resume_ckpt, "tokenizer.json"))
+        if not self.world.is_main and os.path.isfile(path):
+            return load_tokenizer(path)  # rank 0's, just written (distributed.World.rank0_first)
         if self.t.tokenizer == "byte":
             tok: Tokenizer = ByteTokenizer()
         else:
-            tok = data_mod.train_bpe(self.t.data, self.t.bpe_vocab_size)
-        tok.save(path)
+            tok = data_mod.train_bpe(self.t.data, self.t.bpe_vocab_size, check=self.stop.poll)
+        if self.world.is_main:
+            tok.save(path)
         return tok
 
     def _load(self, path: str) -> None:
-        from safetensors.torch import load_file
-
         state = ckpt_io.read_trainer_state(path)
-        try:
-            tensors = load_file(os.path.join(path, ckpt_io.MODEL_FILE), device=str(self.device))
-            self.model.load_state_dict(tensors, strict=not self.config.tie_embeddings)
-        except Exception as e:
-            raise ConfigError(f"{path}: cannot load the model weights ({type(e).__name__}: {str(e)[:200]})",
-                              hint=ckpt_io.BAD_CHECKPOINT_HINT) from None
+        ckpt_io.load_weights(path, self.model, ckpt_io.read_tensors(path, str(self.device)))
         opt = ckpt_io.load_optimizer_state(path)
         try:
             self.optimizer.load_state_dict(opt["optimizer"])
@@ -211,6 +149,7 @@ class Trainer:
         except (KeyError, ValueError, RuntimeError) as e:
             raise ConfigError(f"{path}: optimizer state does not fit ({e})", hint=ckpt_io.BAD_CHECKPOINT_HINT) from None
         self.step = int(state["step"])
+        self.lr_decay = resumed_decay(state, self.t)
         self.val_loss, self.best_val = state.get("val_loss"), state.get("best_val_loss")
         self.last_ckpt = path
 
@@ -218,32 +157,30 @@ class Trainer:
 
     def train_step(self, step: int) -> tuple[float, float]:
         t = self.t
-        lr = lr_at(step, t)
+        lr = lr_at(step, t, self.lr_decay)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total = 0.0
         for micro in range(t.grad_accum):
-            x, y = data_mod.get_batch(self.data.train, t.batch_size, t.seq_len, t.seed, step, micro, self.device)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                loss = self.forward(x, labels=y).loss
-            (loss / t.grad_accum).backward()
+            x, y = data_mod.get_batch(self.data.train, t.batch_size, t.seq_len, t.seed, step, micro, self.device,
+                                      *self.world.batch_share)
+            with self.world.sync_grads(micro == t.grad_accum - 1):  # DDP all-reduces on the last micro-step
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                    loss = self.forward(x, labels=y).loss
+                (loss / t.grad_accum).backward()
             total += loss.item() / t.grad_accum
+        total = self.world.mean(total)  # every rank decides on the same loss (and so diverges together)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip).item()
+        if not (math.isfinite(total) and math.isfinite(grad_norm)):  # before the step: weights stay finite
+            self.optimizer.zero_grad(set_to_none=True)
+            raise DivergedError(f"training diverged at step {step}: the loss is {total}, the gradient norm "
+                                f"{grad_norm}", hint=DIVERGED_HINT.format(lr=t.lr, lower=t.lr / 10))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return total, grad_norm
 
-    @torch.no_grad()
-    def evaluate(self) -> tuple[float, float]:
-        self.model.eval()
-        losses, batch = [], self.t.batch_size
-        for i in range(0, len(self.eval_starts), batch):
-            x, y = data_mod.window_batch(self.data.val, self.eval_starts[i:i + batch], self.t.seq_len, self.device)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                losses.append(self.model(x, labels=y).loss.item() * len(x))
-        self.model.train()
-        val_loss = sum(losses) / len(self.eval_starts)
-        return val_loss, val_loss * self.data.val_tokens_per_byte / LN2
+    def evaluate(self) -> eval_mod.Score:
+        return eval_mod.score(self.model, self.held_out, self.device, self.world)
 
     def sample(self) -> str:
         from bitttt.generate import generate_text
@@ -258,11 +195,13 @@ class Trainer:
         path = os.path.join(self.run_dir, "final") if final else \
             os.path.join(self.run_dir, "checkpoints", ckpt_io.step_dir_name(self.step))
         state = {"step": self.step, "total_steps": self.t.steps, "val_loss": self.val_loss,
-                 "best_val_loss": self.best_val, "tokens_seen": self.step * self.tokens_per_step, "time": time.time()}
+                 "best_val_loss": self.best_val, "tokens_seen": self.step * self.tokens_per_step, "time": time.time(),
+                 "lr": lr_at(self.step, self.t, self.lr_decay), "lr_decay": self.lr_decay}
         optim = {"optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
-        ckpt_io.write_folder(path, self.model, self.tokenizer, self.config_extra(), optim, state)
-        if not final:
-            ckpt_io.prune(self.run_dir, self.t.keep_last)
+        if self.world.is_main:  # every rank holds the same model and optimizer state
+            ckpt_io.write_folder(path, self.model, self.tokenizer, self.config_extra(), optim, state)
+            if not final:
+                ckpt_io.prune(self.run_dir, self.t.keep_last)
         self.last_ckpt = path
         self.emit("checkpoint", step=self.step, path=path)
         return path
@@ -272,43 +211,43 @@ class Trainer:
 
     @property
     def tokens_per_step(self) -> int:
-        return self.t.batch_size * self.t.seq_len * self.t.grad_accum
+        return self.t.batch_size * self.t.seq_len * self.t.grad_accum * self.world.size  # the global batch
 
     # -- the loop ------------------------------------------------------------------------
 
-    def run(self, stop: StopFlag) -> str:
+    def run(self) -> str:
         """Trains to t.steps; returns the done reason ("completed" or "stopped")."""
         t = self.t
         self.model.train()
         self.emit("start", run_dir=self.run_dir, config={**self.config.to_dict(), **t.to_dict()},
                   n_params=self.model.num_params(), device=str(self.device), total_steps=t.steps, argv=self.argv,
-                  start_step=self.step, resumed_from=self.resume_ckpt)
+                  start_step=self.step, resumed_from=self.resume_ckpt, world_size=self.world.size,
+                  global_batch_size=self.t.batch_size * self.t.grad_accum * self.world.size)
         if self.step == 0:
             self._eval_event()
         t0, first_step, last_log_step = time.time(), self.step, self.step
         train_s = since_log_s = 0.0  # time in train steps only (not evals, samples, saves)
         while self.step < t.steps:
-            self.step += 1
+            self.world.inject_test_fault(self.step + 1)
             t_step = time.time()
-            loss, grad_norm = self.train_step(self.step)
+            loss, grad_norm = self.train_step(self.step + 1)
+            self.step += 1  # only now: a failed step is not a step the run made
             dt = time.time() - t_step
             train_s, since_log_s = train_s + dt, since_log_s + dt
-            if not math.isfinite(loss):
-                self.emit("warning", message=f"loss is {loss} at step {self.step}; lower --lr")
             if self.step % t.log_every == 0 or self.step == t.steps or self.step == first_step + 1:
                 rate = (self.step - last_log_step) * self.tokens_per_step / max(since_log_s, 1e-9)
-                self.emit("step", step=self.step, total_steps=t.steps, loss=loss, lr=lr_at(self.step, t),
-                          grad_norm=grad_norm, tokens_per_s=rate, elapsed_s=time.time() - t0,
+                self.emit("step", step=self.step, total_steps=t.steps, loss=loss,
+                          lr=lr_at(self.step, t, self.lr_decay), grad_norm=grad_norm, tokens_per_s=rate, elapsed_s=time.time() - t0,
                           eta_s=train_s / (self.step - first_step) * (t.steps - self.step),
                           mem_bytes=mem_bytes(self.device))
                 last_log_step, since_log_s = self.step, 0.0
             if every(t.eval_every, self.step) or self.step == t.steps:
                 self._eval_event()
-            if every(t.sample_every, self.step):
+            if every(t.sample_every, self.step) and self.world.is_main:
                 self.emit("sample", step=self.step, prompt=t.sample_prompt, text=self.sample())
             if every(t.save_every, self.step) and self.step < t.steps:
                 self.save()
-            why = stop.requested() or ("--stop-after" if t.stop_after and self.step - first_step >= t.stop_after else None)
+            why = self.world.agree_stop(self.stop) or ("--stop-after" if t.stop_after and self.step - first_step >= t.stop_after else None)
             if why and self.step < t.steps:
                 if not (self.last_ckpt and self.last_ckpt.endswith(ckpt_io.step_dir_name(self.step))):
                     self.save()
@@ -318,14 +257,19 @@ class Trainer:
         return "completed"
 
     def _eval_event(self) -> None:
-        self.val_loss, bpb = self.evaluate()
+        s = self.evaluate()
+        self.val_loss = s.loss
         if self.best_val is None or self.val_loss < self.best_val:
             self.best_val = self.val_loss
-        self.emit("eval", step=self.step, val_loss=self.val_loss, val_bpb=bpb)
+        self.emit("eval", step=self.step, val_loss=s.loss, val_bpb=s.bits_per_byte, val_tokens=s.tokens)
+        if self.config.ternary and self.world.is_main:  # codes at zero, flipped since the last eval, scales
+            self.emit("ternary", step=self.step, groups=self.ternary_monitor.report(self.model))
 
 
 def find_resume(path: str) -> tuple[str, str]:
-    """--resume PATH (a run directory or a checkpoint) -> (checkpoint, its run directory)."""
+    """--resume PATH (a run directory or a checkpoint) -> (checkpoint, its run directory),
+    after recovering what killed saves left (checkpoint.recover)."""
+    ckpt_io.recover(path)
     if ckpt_io.is_checkpoint(path):
         ckpt = os.path.abspath(path)
         parent = os.path.dirname(ckpt)
@@ -343,9 +287,8 @@ def find_resume(path: str) -> tuple[str, str]:
 
 
 def _resume_settings(ckpt: str) -> dict[str, Any]:
-    from bitttt.model import load_config
-
-    model, sections = load_config(os.path.join(ckpt, ckpt_io.CONFIG_FILE))
+    model, sections = ckpt_io.read_config(ckpt)
+    ckpt_io.check_sizes(ckpt, model, ckpt_io.weight_shapes(ckpt))  # before building a model of that size
     d = {k: getattr(model, k) for k in MODEL_KEYS}
     training = dict(sections.get("training") or {})
     check_keys(training, os.path.join(ckpt, ckpt_io.CONFIG_FILE))
@@ -354,61 +297,118 @@ def _resume_settings(ckpt: str) -> dict[str, Any]:
     return {**d, **training}
 
 
-def run(flags: dict[str, Any], argv: list[str]) -> int:
-    """`bitttt train`: flags as parsed (None = not given). Returns the exit code."""
-    resume_ckpt = resume_run = None
+def _check_more_steps(ckpt: str, given: str, t: cfg.TrainConfig) -> None:
+    step = ckpt_io.read_trainer_state(ckpt)["step"]
+    if step >= t.steps:
+        raise ConfigError(f"--resume {given}: the run is at step {step} already, --steps {t.steps} leaves nothing "
+                          "to train", hint=f"pass --steps N with N > {step} (the new total) to train further")
+
+
+def absolute_paths(paths: list[str] | None) -> list[str] | None:
+    """--data as stored in config.json: files, folders and globs made absolute."""
+    return [os.path.abspath(os.path.expanduser(p)) for p in paths] if paths else paths
+
+
+def run(flags: dict[str, Any], argv: list[str], stop: StopFlag | None = None) -> int:
+    """`bitttt train`: flags as parsed (None = not given). Returns the exit code.
+
+    stop: the CLI's, with its handlers installed before torch loaded; None: one is installed here."""
+    if stop is not None:
+        return _run(flags, argv, stop)
+    stop = StopFlag()
+    stop.install()
     try:
+        return _run(flags, argv, stop)
+    finally:
+        stop.restore()
+
+
+def _run(flags: dict[str, Any], argv: list[str], stop: StopFlag) -> int:
+    world = distributed.World.from_env()
+    try:
+        resume_ckpt = resume_run = None
         if flags.get("resume"):
             resume_ckpt, resume_run = find_resume(flags["resume"])
         model_keys, t = resolve(flags, _resume_settings(resume_ckpt) if resume_ckpt else None)
+        if resume_ckpt:
+            _check_more_steps(resume_ckpt, flags["resume"], t)
+        t.data = absolute_paths(t.data)  # the same data when resumed from another directory
+        if flags.get("print_config"):
+            print(json.dumps({**model_keys, **t.to_dict()}, indent=2))
+            return EXIT_OK
+        world.start(pick_device(t.device), t.dist_timeout)
+        t.run_dir = world.share(_check_inputs(flags, t, resume_ckpt, resume_run))
     except BitttError as e:  # no run directory yet: the event goes to stdout only
         if flags.get("log_format") == "jsonl":
             early = Emitter("jsonl")
-            early.emit("error", kind="config", message=str(e), hint=e.hint)
+            early.emit("error", kind=e.kind, message=str(e), hint=e.hint)
             early.emit("done", step=0, reason="error", path=None)
         raise
-    if flags.get("print_config"):
-        print(json.dumps({**model_keys, **t.to_dict()}, indent=2))
-        return 0
-    run_dir = os.path.abspath(flags.get("run_dir") or resume_run or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
-    if not resume_ckpt and (ckpt_io.list_step_checkpoints(run_dir) or os.path.exists(os.path.join(run_dir, "final"))):
-        raise ConfigError(f"--run-dir {run_dir} already holds a run", hint="pass --resume to continue it, or another --run-dir")
-    t.run_dir = run_dir
-    os.makedirs(run_dir, exist_ok=True)
-    emitter = Emitter(t.log_format, events_path=os.path.join(run_dir, "events.jsonl"))
-    stop = StopFlag(run_dir)
+    if stop.requested():  # asked for before there was a run: nothing to save or clean up
+        Emitter(t.log_format).emit("done", step=0, reason="stopped", path=None)
+        return EXIT_OK
+    os.makedirs(t.run_dir, exist_ok=True)
+    if world.is_main:
+        ckpt_io.recover(t.run_dir)
+    emitter = Emitter(t.log_format, events_path=os.path.join(t.run_dir, "events.jsonl") if world.is_main else None)
+    stop.watch(t.run_dir)
     trainer = None
+    if world.is_main:
+        runlock.write_lock(t.run_dir, argv)  # lets a launcher find and follow this run (docs/design.md §5)
     try:
-        trainer = Trainer(model_keys, t, run_dir, emitter, argv, resume_ckpt)
+        trainer = Trainer(model_keys, t, t.run_dir, emitter, argv, resume_ckpt, stop, world)
+        trainer.start_up()
         from bitttt.model import save_config
 
-        save_config(trainer.config, os.path.join(run_dir, "config.json"), trainer.config_extra())
-        stop.install()
-        reason = trainer.run(stop)
+        if world.is_main:
+            save_config(trainer.config, os.path.join(t.run_dir, "config.json"), trainer.config_extra())
+        reason = trainer.run()
+        world.barrier()  # every rank ends the loop together before the group is torn down (a rank leaving
+        # while rank 0 still saves made gloo abort it: "terminate called without an active exception")
         emitter.emit("done", step=trainer.step, reason=reason, path=trainer.last_ckpt)
-        return 0
-    except BitttError as e:
-        kind = "data" if isinstance(e, DataError) else "config" if isinstance(e, ConfigError) else "exception"
-        return _fail(emitter, trainer, kind, str(e), e.hint, 3 if kind == "data" else 2 if kind == "config" else 1)
+        return EXIT_OK
+    except StopRequested as why:
+        emitter.emit("warning", message=f"stopped during start-up ({why}); nothing was trained")
+        emitter.emit("done", step=trainer.step, reason="stopped", path=trainer.last_ckpt)
+        return EXIT_OK
+    except BitttError as e:  # config, data, diverged
+        return _fail(emitter, trainer, e.kind, str(e), e.hint, e.exit_code, world)
     except (torch.OutOfMemoryError, MemoryError) as e:
         return _fail(emitter, trainer, "oom", f"out of memory: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
-                     OOM_HINT, 4)
+                     OOM_HINT, EXIT_OOM, world)
     except KeyboardInterrupt:
         return _fail(emitter, trainer, "exception", "interrupted twice; stopped without saving",
-                     "the last checkpoint is kept", 130)
+                     "the last checkpoint is kept", 130, world)
     except Exception as e:
         import traceback
 
-        traceback.print_exc()
-        return _fail(emitter, trainer, "exception", f"{type(e).__name__}: {e}", "this is a bug; please report it", 1)
+        safe_print(traceback.format_exc().rstrip())
+        return _fail(emitter, trainer, "exception", f"{type(e).__name__}: {e}", "this is a bug; please report it", 1, world)
     finally:
-        stop.restore()
         emitter.close()
+        world.close()
+        if world.is_main:
+            runlock.remove_lock(t.run_dir)
 
 
-def _fail(emitter: Emitter, trainer: Trainer | None, kind: str, message: str, hint: str, code: int) -> int:
-    emitter.emit("error", kind=kind, message=message, hint=hint)
+def _check_inputs(flags: dict[str, Any], t: cfg.TrainConfig, resume_ckpt: str | None, resume_run: str | None) -> str:
+    """The run directory to use, once what can fail before training is known to be fine: the
+    folder is free (or resumed), the device exists, the --data paths name text files."""
+    run_dir = os.path.abspath(flags.get("run_dir") or resume_run or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
+    if not resume_ckpt and (ckpt_io.list_step_checkpoints(run_dir) or os.path.exists(os.path.join(run_dir, "final"))):
+        raise ConfigError(f"--run-dir {run_dir} already holds a run",
+                          hint="pass --resume to continue it, or another --run-dir")
+    pick_device(t.device)
+    if t.data:
+        data_mod.expand_sources(t.data)
+    return run_dir
+
+
+def _fail(emitter: Emitter, trainer: Trainer | None, kind: str, message: str, hint: str, code: int,
+          world: distributed.World) -> int:
+    kind, message, hint, code, fields = world.first_error(kind, message, hint, code)  # names the rank under torchrun
+    emitter.emit("error", kind=kind, message=message, hint=hint, **fields)
     emitter.emit("done", step=trainer.step if trainer else 0, reason="error", path=trainer.last_ckpt if trainer else None)
     if emitter.log_format == "jsonl":  # text mode printed it already
-        print(f"bitttt: error: {message}" + (f" (hint: {hint})" if hint else ""), file=sys.stderr)
+        safe_print(f"bitttt: error: {message}" + (f" (hint: {hint})" if hint else ""))
     return code

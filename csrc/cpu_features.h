@@ -4,14 +4,20 @@
 namespace bitttt {
 
 struct CpuFeatures {
+  // x86-64: each flag also requires the OS to save the registers it uses (XCR0).
   bool avx2 = false;
   bool fma = false;
   bool avx512f = false;
   bool avx512bw = false;
   bool avx512vl = false;
+  bool avx512dq = false;
   bool avx512vnni = false;
   bool avx512bf16 = false;
   bool avx_vnni = false;
+  // AArch64: Advanced SIMD is part of the baseline; the dot-product extension (SDOT/UDOT,
+  // FEAT_DotProd, Armv8.2+) is optional and asked of the OS.
+  bool neon = false;
+  bool dotprod = false;
 };
 
 const CpuFeatures& cpu_features();

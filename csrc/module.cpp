@@ -6,8 +6,10 @@
 #include <torch/csrc/stable/library.h>
 
 #include "cpu_features.h"
+#include "peak/peak.h"
 #include "ternary/dispatch.h"
 #include "ttt/ttt.h"
+#include "ttt_mlp/ttt_mlp.h"
 
 namespace py = pybind11;
 
@@ -39,6 +41,35 @@ STABLE_TORCH_LIBRARY(bitttt, m) {
   // One token (q, k, v [B,H,D], lr [B,H]) at position pos for all heads; updates the state in place.
   m.def("ttt_linear_decode_(Tensor q, Tensor k, Tensor v, Tensor lr, Tensor token_scale, Tensor(a!) W, "
         "Tensor(b!) c, Tensor(c!) gW, Tensor(d!) gc, int pos, Tensor ln_w, Tensor ln_b) -> Tensor");
+  // --- TTT-MLP (docs/design.md §3, second inner model; kernels in csrc/ttt_mlp/) ---
+  // Like ttt_linear with the state (W1 [B,H,D,F], b1 [B,H,F], W2 [B,H,F,D], b2 [B,H,D]) and
+  // its accumulators gW1, gb1, gW2, gb2 (same shapes); F = 4·D in the module, any F here.
+  // With ckpt_every > 0 also returns ckpt [B,H,n_ckpt,2DF+F+D]: (W1, b1, W2, b2) packed at every
+  // ckpt_every-th segment start, from which ttt_mlp_backward recomputes.
+  m.def("ttt_mlp(Tensor q, Tensor k, Tensor v, Tensor lr, Tensor token_scale, Tensor W1, Tensor b1, Tensor W2, "
+        "Tensor b2, Tensor gW1, Tensor gb1, Tensor gW2, Tensor gb2, int pos, Tensor ln_w, Tensor ln_b, "
+        "int ckpt_every=0) -> (Tensor out, Tensor W1_out, Tensor b1_out, Tensor W2_out, Tensor b2_out, "
+        "Tensor gW1_out, Tensor gb1_out, Tensor gW2_out, Tensor gb2_out, Tensor ckpt)");
+  // Gradients of ttt_mlp for (q, k, v, lr, token_scale, W1, b1, W2, b2, gW1, gb1, gW2, gb2, ln_w, ln_b).
+  m.def("ttt_mlp_backward(Tensor grad_out, Tensor grad_W1, Tensor grad_b1, Tensor grad_W2, Tensor grad_b2, "
+        "Tensor grad_gW1, Tensor grad_gb1, Tensor grad_gW2, Tensor grad_gb2, Tensor q, Tensor k, Tensor v, "
+        "Tensor lr, Tensor token_scale, Tensor gW1, Tensor gb1, Tensor gW2, Tensor gb2, int pos, Tensor ln_w, "
+        "Tensor ln_b, Tensor ckpt, int ckpt_every) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
+        "Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // One token (q, k, v [B,H,D], lr [B,H]) for all heads; updates the state in place.
+  m.def("ttt_mlp_decode_(Tensor q, Tensor k, Tensor v, Tensor lr, Tensor token_scale, Tensor(a!) W1, "
+        "Tensor(b!) b1, Tensor(c!) W2, Tensor(d!) b2, Tensor(e!) gW1, Tensor(f!) gb1, Tensor(g!) gW2, "
+        "Tensor(h!) gb2, int pos, Tensor ln_w, Tensor ln_b) -> Tensor");
+  // --- end TTT-MLP ---
+}
+
+// BitLinear's training-time fake quantization (docs/design.md §2; csrc/quant/), float32:
+// x [..., K] -> per-token int8 quantize-dequantize; w [N, K] -> absmean ternary one with its
+// scale s = max(mean|w|, 1e-5) (a float32 scalar tensor). Their
+// backward is the straight-through estimator, registered in bitttt/ops.py.
+STABLE_TORCH_LIBRARY_FRAGMENT(bitttt, m) {
+  m.def("fake_quant_activations(Tensor x) -> Tensor");
+  m.def("fake_quant_weight(Tensor w, Tensor scale) -> Tensor");
 }
 
 namespace {
@@ -50,6 +81,7 @@ py::dict build_info() {
   info["stable_abi_target"] = "2.10";
   info["compiled_isas"] = bitttt::ternary::compiled_isas();
   info["ttt_isa"] = bitttt::ttt::active_isa();
+  info["ttt_mlp_isa"] = bitttt::ttt_mlp::active_isa();
   return info;
 }
 
@@ -61,10 +93,43 @@ py::dict cpu_features() {
   d["avx512f"] = f.avx512f;
   d["avx512bw"] = f.avx512bw;
   d["avx512vl"] = f.avx512vl;
+  d["avx512dq"] = f.avx512dq;
   d["avx512vnni"] = f.avx512vnni;
   d["avx512bf16"] = f.avx512bf16;
   d["avx_vnni"] = f.avx_vnni;
+  d["neon"] = f.neon;
+  d["dotprod"] = f.dotprod;
   return d;
+}
+
+py::list peak_kernels() {
+  py::list out;
+  for (const auto& k : bitttt::peak::compute_kernels()) {
+    py::dict d;
+    d["name"] = k.name;
+    d["kind"] = k.kind;
+    d["isa"] = k.isa;
+    d["instruction"] = k.instruction;
+    d["lanes_per_iter"] = k.lanes_per_iter;
+    d["ops_per_lane"] = k.ops_per_lane;
+    d["available"] = k.available;
+    out.append(d);
+  }
+  return out;
+}
+
+// The kernels run with the GIL released: other Python threads keep going, and the
+// checksum comes back as a Python int (uint64, the read's wraps).
+std::pair<double, uint64_t> peak_compute(const std::string& name, int threads, int64_t iters, int reps) {
+  py::gil_scoped_release nogil;
+  const bitttt::peak::Run r = bitttt::peak::run_compute(name, threads, iters, reps);
+  return {r.seconds, r.checksum};
+}
+
+std::pair<double, uint64_t> peak_read(int threads, int64_t bytes, int reps) {
+  py::gil_scoped_release nogil;
+  const bitttt::peak::Run r = bitttt::peak::run_read(threads, bytes, reps);
+  return {r.seconds, r.checksum};
 }
 
 }  // namespace
@@ -77,5 +142,18 @@ PYBIND11_MODULE(_C, mod) {
   mod.def("isa", [] { return std::string(bitttt::ternary::active_kernels().name); },
           "The ternary kernel set in use (BITTTT_ISA or the best available).");
   mod.def("set_isa", &bitttt::ternary::set_isa, py::arg("name"),
-          "Force a ternary kernel set: 'scalar', 'avx2', 'avx512' or 'auto'.");
+          "Force a ternary kernel set: 'scalar', 'avx2', 'avx512', 'neon', 'neon_dotprod' or 'auto'.");
+  // Peak throughput (csrc/peak/peak.h; bitttt/bench/peak.py measures and checks with these).
+  mod.def("peak_kernels", &peak_kernels,
+          "The compute peak kernels: name, kind (int8|fp32), isa, instruction, lanes_per_iter, ops_per_lane, "
+          "available (on this CPU and build).");
+  mod.def("peak_compute", &peak_compute, py::arg("name"), py::arg("threads"), py::arg("iters"), py::arg("reps"),
+          "Best of reps runs of a compute peak kernel on exactly `threads` threads, `iters` iterations each: "
+          "(seconds, checksum); checksum = threads * lanes_per_iter * iters (fp32: min(iters, 2**24)). "
+          "ValueError for an unknown name or bad count, RuntimeError for a kernel this CPU lacks.");
+  mod.def("peak_read", &peak_read, py::arg("threads"), py::arg("bytes"), py::arg("reps"),
+          "Best of reps streaming reads of a `bytes` buffer (word i holds i) split over `threads` threads: "
+          "(seconds, checksum = n*(n-1)/2 mod 2**64 for the n = bytes // (8*threads) * threads words read).");
+  mod.def("peak_read_kernel", &bitttt::peak::read_kernel,
+          "The code peak_read uses on this CPU: 'avx2' (ymm loads) or 'generic' (portable C++).");
 }

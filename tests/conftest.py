@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch  # noqa: F401  bitttt._C links libtorch_cpu: load it first, wherever torch lives
 
 from bitttt import _C
 
@@ -18,3 +19,39 @@ def isa(request) -> str:
     assert _C.isa() == request.param
     yield request.param
     _C.set_isa("auto")
+
+
+def write_tiny_model(path, seed: int = 0, mixer: str = "ttt_linear", endless: bool = False) -> str:
+    """A random-init 2-layer BitTTT model with the byte tokenizer, written as a checkpoint
+    folder at `path` (what `bitttt chat --model` loads); nothing trained, milliseconds per token.
+    endless: the end-of-text row of the head is zero, so that logit is always exactly 0
+    while some other of the ~260 random logits is above 0: greedy replies never end on their own."""
+    from bitttt.checkpoint import write_folder
+    from bitttt.model import BitTTTConfig, BitTTTForCausalLM
+    from bitttt.tokenizer import ByteTokenizer
+
+    torch.manual_seed(seed)
+    model = BitTTTForCausalLM(BitTTTConfig(n_layer=2, n_embd=64, n_head=2, mixer=mixer, mini_batch=8))
+    tokenizer = ByteTokenizer()
+    if endless:
+        with torch.no_grad():
+            model.lm_head.weight[tokenizer.eos_id] = 0.0
+    return write_folder(str(path), model, tokenizer, {})
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A tiny random model folder (see write_tiny_model), shared read-only by the chat tests."""
+    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def endless_model(tmp_path_factory) -> str:
+    """write_tiny_model(endless=True): for tests that must stop a reply while it streams."""
+    return write_tiny_model(tmp_path_factory.mktemp("endless") / "model", endless=True)
+
+
+@pytest.fixture(scope="session")
+def make_tiny_model():
+    """write_tiny_model as a fixture, for tests that need a second, different model."""
+    return write_tiny_model

@@ -15,6 +15,12 @@ reported time is the median over repetitions. Two regimes:
 
 Before timing, each (shape, M, threads, ISA) is checked against `reference.ternary_linear`
 on a slice of the output (llm.c's validate-then-time); a mismatch stops the run.
+
+"% of peak" (unless `peaks=False`, `--no-peaks`): this machine's peaks are measured once at
+the start (bitttt/bench/peak.py, per thread count); a decode row (M = 1) shows its weight
+GB/s as a share of the streaming read bandwidth (hot rows read from cache and can pass 100%),
+a prefill row (M > 1) its int8 MAC/s (M*N*K per second) as a share of the int8 peak of the
+kernel set that ran (vpdpbusd for avx512, vpmaddubsw for avx2; none for scalar).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from bitttt import _C, info, ops, reference
+from bitttt.bench import peak
 from bitttt.bench.shapes import (
     TERNARY_CUDA_QUICK_SHAPES,
     TERNARY_CUDA_QUICK_TOKENS,
@@ -84,12 +91,16 @@ class TernaryBenchConfig:
     max_cold_bytes: int = 4 * 2**30  # all cold copies of one shape together, at most
     seed: int = 0
     device: str = "cpu"  # "cuda": bitttt/bench/ternary_cuda.py (threads and isas do not apply)
+    peaks: bool = True  # measure the machine's peaks first, for the "% of peak" column (CPU)
+    peak_run_s: float = peak.RUN_S  # one timed run of a compute peak
+    peak_read_bytes: int = peak.READ_BYTES  # the read-bandwidth buffer
 
     @classmethod
     def quick(cls) -> TernaryBenchConfig:
         """A smoke run that finishes in well under 30 s on 2 cores."""
         return cls(shapes=list(TERNARY_QUICK_SHAPES), tokens=list(TERNARY_QUICK_TOKENS),
-                   threads=[1], budget_s=0.25, warmup=1)
+                   threads=[1], budget_s=0.25, warmup=1, peak_run_s=peak.QUICK_RUN_S,
+                   peak_read_bytes=peak.QUICK_READ_BYTES)
 
     @classmethod
     def for_device(cls, device: str, quick: bool = False) -> TernaryBenchConfig:
@@ -143,6 +154,9 @@ class Row:
     timings: dict[str, Timing]  # by contender name
     speedups: dict[str, float]  # "bitttt vs fp32": t_fp32 / t_bitttt
     validation: dict[str, float]  # by bitttt contender: max |err| / tolerance (< 1 passes)
+    # By bitttt contender: % of the read bandwidth (M = 1) or of its ISA's int8 peak (M > 1);
+    # None where no peak applies (scalar, emulated) or none was measured.
+    peak_pct: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -150,10 +164,12 @@ class Report:
     config: TernaryBenchConfig
     info: dict[str, Any]
     rows: list[Row]
+    peaks: peak.Peaks | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"benchmark": "ternary_linear", "time": time.time(), "argv": sys.argv,
                 "config": dataclasses.asdict(self.config), "info": self.info,
+                "peaks": self.peaks.to_json() if self.peaks else None,
                 "rows": [dataclasses.asdict(r) for r in self.rows]}
 
 
@@ -348,6 +364,20 @@ def summarize(contenders: list[Contender], times: dict[str, list[int]], M: int, 
     return out
 
 
+def peak_pct(timings: dict[str, Timing], M: int, threads: int, isas: list[str],
+             peaks: peak.Peaks | None) -> dict[str, float | None]:
+    """% of peak per bitttt contender: weight GB/s of read GB/s (M = 1), else int8 MAC/s of
+    the int8 peak of the contender's kernel set (gops / 2: one MAC is two ops)."""
+    if peaks is None:
+        return {}
+    out: dict[str, float | None] = {}
+    for isa in isas:
+        t = timings[contender_name(isa, isas)]
+        rate, ref = (t.gbps, peaks.read_gbs(threads)) if M == 1 else (t.gops / 2, peaks.int8(isa, threads))
+        out[contender_name(isa, isas)] = 100 * rate / ref if ref else None
+    return out
+
+
 def speedups(timings: dict[str, Timing]) -> dict[str, float]:
     """t_baseline / t_bitttt for every bitttt contender and baseline timed."""
     return {f"{b} vs {f}": timings[f].median_us / timings[b].median_us
@@ -375,29 +405,47 @@ def _label(name: str) -> str:
 class Table:
     """Prints the header once and each row as it is measured (a full run takes minutes)."""
 
-    def __init__(self, names: list[str], ratios: list[str], out: TextIO) -> None:
+    def __init__(self, names: list[str], ratios: list[str], out: TextIO, pct: list[str] | None = None) -> None:
         self.names, self.ratios, self.out = names, ratios, out
+        self.pct = pct or []  # bitttt contenders with a "% of peak" cell
         self.widths = [max(7, len(_label(n))) + 1 for n in names]
         self.ratio_widths = [max(9, len(_label(r))) + 1 for r in ratios]
+        self.pct_widths = [max(6, len(_label(n))) + 1 for n in self.pct]
 
     def _group(self, cells: list[str]) -> str:
         return "".join(f"{c:>{w}}" for c, w in zip(cells, self.widths, strict=True))
 
     def header(self) -> None:
         span = sum(self.widths)
+        rspan = sum(self.ratio_widths)
+        pct_title = " | % of peak" if self.pct else ""
         print(f"{'':<29}| {'time per call (us)':<{span}} | {'weight GB/s':<{span}} | "
-              f"{'GOPS':<{span}} | speedup", file=self.out)
+              f"{'GOPS':<{span}} | {'speedup':<{rspan}}{pct_title}", file=self.out)
         names = self._group([_label(n) for n in self.names])
         ratios = "".join(f"{_label(r):>{w}}" for r, w in zip(self.ratios, self.ratio_widths, strict=True))
-        print(f"{'shape':<12}{'M':>5}{'thr':>4} {'regime':<7}| {names} | {names} | {names} | {ratios}", file=self.out)
+        pct = "".join(f"{_label(n):>{w}}" for n, w in zip(self.pct, self.pct_widths, strict=True))
+        print(f"{'shape':<12}{'M':>5}{'thr':>4} {'regime':<7}| {names} | {names} | {names} | {ratios}"
+              + (f" | {pct}" if self.pct else ""), file=self.out)
 
     def row(self, r: Row) -> None:
         t = [r.timings[n] for n in self.names]
         ratios = "".join(f"{r.speedups[k]:>{w - 1}.2f}x" for k, w in zip(self.ratios, self.ratio_widths, strict=True))
+        pct = "".join(f"{r.peak_pct[n]:>{w - 1}.0f}%" if r.peak_pct.get(n) is not None else f"{'-':>{w}}"
+                      for n, w in zip(self.pct, self.pct_widths, strict=True))
         print(f"{f'{r.N}x{r.K}':<12}{r.M:>5}{r.threads:>4} {r.regime:<7}| "
               f"{self._group([_fmt_us(x.median_us) for x in t])} | "
               f"{self._group([_fmt_rate(x.gbps) for x in t])} | "
-              f"{self._group([_fmt_rate(x.gops) for x in t])} | {ratios}", file=self.out, flush=True)
+              f"{self._group([_fmt_rate(x.gops) for x in t])} | {ratios}" + (f" | {pct}" if self.pct else ""),
+              file=self.out, flush=True)
+
+
+def print_peaks(peaks: peak.Peaks, isas: list[str], out: TextIO) -> None:
+    """One line per thread count: the peaks the "% of peak" column divides by."""
+    for t in peaks.threads:
+        int8 = ", ".join(f"{isa} {v:.0f}" for isa in isas if (v := peaks.int8(isa, t)) is not None)
+        read = peaks.read_gbs(t)
+        print(f"peaks:   {t} thread{'s' if t > 1 else ''}: read {read:.1f} GB/s (the % of M=1 rows), int8 "
+              f"{int8 or '-'} G MAC/s (of M>1 rows)", file=out, flush=True)
 
 
 def print_preamble(config: TernaryBenchConfig, meta: dict[str, Any], isas: list[str], out: TextIO) -> None:
@@ -460,8 +508,13 @@ def run(config: TernaryBenchConfig, out: TextIO = sys.stdout) -> Report:
     meta["load_before"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     cache_bytes = meta["cpu"]["l3_cache_bytes"] or 32 * 2**20
     names = [contender_name(i, isas) for i in isas] + list(config.baselines)
-    table = Table(names, [f"{b} vs {f}" for b in names[:len(isas)] for f in config.baselines], out)
     print_preamble(config, meta, isas, out)
+    peaks = None
+    if config.peaks:  # before any torch thread spins up: the peaks' std::threads get the cores
+        peaks = peak.measure_peaks(config.threads, config.peak_read_bytes, config.peak_run_s)
+        print_peaks(peaks, isas, out)
+    table = Table(names, [f"{b} vs {f}" for b in names[:len(isas)] for f in config.baselines], out,
+                  pct=names[:len(isas)] if peaks else None)
     table.header()
     rows: list[Row] = []
     old_threads, old_isa = torch.get_num_threads(), info.active_isa()[0]
@@ -469,16 +522,16 @@ def run(config: TernaryBenchConfig, out: TextIO = sys.stdout) -> Report:
     try:
         with torch.inference_mode():
             for N, K in config.shapes:
-                rows += run_shape(N, K, config, isas, cache_bytes, table)
+                rows += run_shape(N, K, config, isas, cache_bytes, table, peaks)
     finally:
         torch.set_num_threads(old_threads)
         if old_isa is not None:
             _C.set_isa(old_isa)
-    return Report(config, meta, rows)
+    return Report(config, meta, rows, peaks)
 
 
 def run_shape(N: int, K: int, config: TernaryBenchConfig, isas: list[str], cache_bytes: int,
-              table: Table) -> list[Row]:
+              table: Table, peaks: peak.Peaks | None = None) -> list[Row]:
     """Every row of one shape: weights made once, each (M, threads) validated, then timed."""
     sw = make_weights(N, K, config, ["bitttt", *config.baselines])
     rows = []
@@ -491,7 +544,8 @@ def run_shape(N: int, K: int, config: TernaryBenchConfig, isas: list[str], cache
                 contenders = make_contenders(sw, M, regime, isas, config.baselines, cache_bytes)
                 times = time_row(contenders, config)
                 timings = summarize(contenders, times, M, N, K)
-                row = Row(N, K, M, threads, regime, timings, speedups(timings), checked)
+                row = Row(N, K, M, threads, regime, timings, speedups(timings), checked,
+                          peak_pct(timings, M, threads, isas, peaks))
                 table.row(row)
                 rows.append(row)
     del sw

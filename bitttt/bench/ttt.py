@@ -10,6 +10,9 @@ Per (B, T) with H heads of size D and mini-batch b, in one run and on the same i
 - peak memory of forward+backward: process RSS growth, sampled every millisecond.
 
 Each configuration is validated before timing (op vs reference on the first tokens).
+"% of peak" (CPU, unless --no-peaks): the op's prefill GFLOP/s, counting the dual form's five
+matrix products (prefill_flops), as a share of the FP32 FMA peak of its kernel set (zmm for
+avx512, ymm for avx2) at --threads, measured once at the start (bitttt/bench/peak.py).
 With `--device cuda` the same contenders run on the GPU, timed with CUDA events, interleaved
 (op, reference, compiled reference in turn per repetition) and reported as medians; memory is
 torch's peak allocation of forward+backward.
@@ -31,10 +34,18 @@ from collections.abc import Callable
 import torch
 
 from bitttt import _C, _native, ops, reference
+from bitttt.bench import peak
 from bitttt.errors import ConfigError
 
 VALIDATE_TOKENS = 64  # tokens compared before timing
 VALIDATE_TOL = 1e-3   # float32, LayerNorm outputs O(1)
+
+
+def prefill_flops(B: int, H: int, T: int, D: int, b: int) -> int:
+    """FLOPs of the dual form's matrix products over B*H*T tokens (reference.ttt_linear_dual_minibatch):
+    per mini-batch k W_s, q W_s and (lr k)^T G (2bD^2 each), q k^T and attn G (2b^2 D each), so per
+    token 6D^2 + 4bD. LayerNorm and elementwise work (O(D) per token) are left out."""
+    return B * H * T * (6 * D * D + 4 * b * D)
 
 
 def make_inputs(B: int, H: int, T: int, D: int, b: int, seed: int = 0, device: str = "cpu"):
@@ -251,6 +262,9 @@ def bench_config(B: int, T: int, H: int, D: int, b: int, repeat: int, with_compi
 
 def format_row(r: dict) -> str:
     """One table line; ratios are reference time / op time (above 1: the op is faster)."""
+    def pct(key):
+        return f"{r[key]:3.0f}%" if r.get(key) is not None else "   -"
+
     def ratio(a, b_):
         return f"{r[a] / r[b_]:6.1f}x" if a in r and b_ in r else "     -"
 
@@ -260,7 +274,8 @@ def format_row(r: dict) -> str:
     tok = r["B"] * r["T"]
     comp = f"{tok / r['prefill_ref_compiled_s']:9.0f}" if "prefill_ref_compiled_s" in r else "        -"
     fb_ref = f"{1e3 * r['fwd_bwd_ref_s']:8.1f}" if "fwd_bwd_ref_s" in r else "       -"
-    line = (f"B={r['B']} T={r['T']:5d} | prefill tok/s op {tok / r['prefill_op_s']:9.0f} "
+    peak_cell = f" ({pct('prefill_op_pct_fp32_peak')} of fp32 peak)" if "prefill_op_pct_fp32_peak" in r else ""
+    line = (f"B={r['B']} T={r['T']:5d} | prefill tok/s op {tok / r['prefill_op_s']:9.0f}{peak_cell} "
             f"ref {tok / r['prefill_ref_s']:8.0f} ({ratio('prefill_ref_s', 'prefill_op_s')}) "
             f"ref.compiled {comp} ({ratio('prefill_ref_compiled_s', 'prefill_op_s')})"
             f" | decode us op {1e6 * r['decode_op_s']:7.1f} ref {1e6 * r['decode_ref_s']:7.1f} "
@@ -269,6 +284,14 @@ def format_row(r: dict) -> str:
     if "saved_op_bytes" in r:
         line += f" | saved MiB op {mib('saved_op_bytes')} ref {mib('saved_ref_bytes')}"
     return line + f" | peak MiB op {mib('peak_op_bytes')} ref {mib('peak_ref_bytes')}"
+
+
+def add_peak_pct(row: dict, peaks: peak.Peaks, isa: str, threads: int) -> None:
+    """Adds the op's prefill GFLOP/s and its % of the FP32 FMA peak of `isa` (None: no such peak)."""
+    gflops = prefill_flops(row["B"], row["H"], row["T"], row["D"], row["b"]) / row["prefill_op_s"] / 1e9
+    fp32 = peaks.fp32(isa, threads)
+    row["prefill_op_gflops"] = gflops
+    row["prefill_op_pct_fp32_peak"] = 100 * gflops / fp32 if fp32 else None
 
 
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -288,16 +311,25 @@ def run(args: argparse.Namespace, out=sys.stdout) -> dict:
              if device == "cuda" else f"{args.threads} threads, kernels {info['ttt_isa']}")
     print(f"bitttt bench ttt: torch {torch.__version__}, {where}, "
           f"H={args.heads} D={args.head_dim} b={args.mini_batch}", file=out)
+    peaks = None
+    if device == "cpu" and not getattr(args, "no_peaks", False):
+        peaks = peak.measure_peaks([args.threads], peak.QUICK_READ_BYTES if args.quick else peak.READ_BYTES,
+                                   peak.QUICK_RUN_S if args.quick else peak.RUN_S)
+        fp32 = peaks.fp32(info["ttt_isa"], args.threads)
+        print(f"peak:    FP32 FMA {info['ttt_isa']} {f'{fp32:.0f} GFLOP/s' if fp32 else '- (no FMA peak for this ISA)'} "
+              f"at {args.threads} threads (bitttt bench peak)", file=out, flush=True)
     config = bench_config_cuda if device == "cuda" else bench_config
     rows = []
     for B in batches:
         for T in tokens:
             r = config(B, T, args.heads, args.head_dim, args.mini_batch, args.repeat, not args.no_compile,
                        args.ref_grad_max_tokens)
+            if peaks is not None:
+                add_peak_pct(r, peaks, info["ttt_isa"], args.threads)
             rows.append(r)
             print(format_row(r), file=out, flush=True)
     report = {"benchmark": "ttt_linear", "time": time.time(), "torch": torch.__version__, "threads": args.threads,
-              "isa": info["ttt_isa"], "device": device, "rows": rows}
+              "isa": info["ttt_isa"], "device": device, "peaks": peaks.to_json() if peaks else None, "rows": rows}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)

@@ -8,21 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bitttt import ops, reference
+from bitttt import ops
 
 
-def fake_quant_activations(x: torch.Tensor) -> torch.Tensor:
-    """Per-token int8 absmax quantize-dequantize, with a straight-through gradient."""
-    x_q, s_x = reference.quantize_activations(x)
-    x_dq = (x_q.float() / s_x.unsqueeze(-1)).to(x.dtype)
-    return x + (x_dq - x).detach()
-
-
-def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
-    """Absmean ternary quantize-dequantize of a weight, with a straight-through gradient."""
-    q, s_w = reference.quantize_weight_ternary(w)
-    w_dq = (q.float() * s_w.unsqueeze(1)).to(w.dtype)
-    return w + (w_dq - w).detach()
+# The training path's quantize-dequantize, straight-through (bitttt/ops.py: one C++ pass each
+# on the CPU); kept importable from here, where BitLinear's users look for them.
+fake_quant_activations = ops.fake_quant_activations
+fake_quant_weight = ops.fake_quant_weight
 
 
 class BitLinear(nn.Module):
@@ -48,6 +40,25 @@ class BitLinear(nn.Module):
         if self.bias is not None:
             bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
             nn.init.uniform_(self.bias, -bound, bound)
+
+    @classmethod
+    @torch.no_grad()
+    def from_linear(cls, linear: nn.Linear) -> BitLinear:
+        """A BitLinear with `linear`'s shape, weight and bias (copied: `linear` is unchanged).
+
+        Its output is the fake-quant one (ternary weight, int8 activations) of those weights;
+        `pack()` it for inference. Training it further (quantization-aware fine-tuning) works
+        as with any BitLinear.
+        """
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"BitLinear.from_linear takes an nn.Linear, not {type(linear).__name__}")
+        weight = linear.weight
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                    device=weight.device, dtype=weight.dtype)
+        layer.weight.copy_(weight)
+        if linear.bias is not None:
+            layer.bias.copy_(linear.bias)
+        return layer
 
     @property
     def is_packed(self) -> bool:

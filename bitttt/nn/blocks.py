@@ -37,9 +37,15 @@ class Rotary(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # derived, not a weight
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """x [B, H, T, D], positions [T] (int) -> x rotated, same dtype."""
+        """x [..., T, D], positions [T] (int) -> x rotated, same dtype: each pair (x[2i], x[2i+1])
+        turned by the angle positions * inv_freq[i]."""
         angles = positions.float()[:, None] * self.inv_freq[None, :]  # [T, D/2]
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        if x.dtype in (torch.float32, torch.float64) and x.stride(-1) == 1:
+            # The pair as a complex number times cos + i sin: one op forward and backward where
+            # the real form takes a stack, four multiplies and their copies (training step).
+            xc = torch.view_as_complex(x.unflatten(-1, (-1, 2)))
+            return torch.view_as_real(xc * torch.complex(cos, sin)).flatten(-2)
         x1, x2 = x[..., 0::2], x[..., 1::2]
         return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
 
@@ -83,9 +89,10 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None,
                 pos: int = 0, use_cache: bool = False) -> tuple[torch.Tensor, tuple | None]:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # [B, H, T, D] each
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # [3, B, H, T, D]
         positions = torch.arange(pos, pos + T, device=x.device)
-        q, k = self.rotary(q, positions), self.rotary(k, positions)
+        q, k = self.rotary(qkv[:2], positions).unbind(0)  # q and k in one rotation
+        v = qkv[2]
         if state is not None:
             k, v = torch.cat((state[0], k), dim=2), torch.cat((state[1], v), dim=2)  # [B, H, T_past+T, D]
         past = k.shape[2] - T

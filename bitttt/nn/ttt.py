@@ -1,4 +1,4 @@
-"""TTT layers (design §3): TTTLinear (the C++ op) and TTTMLP (pure torch), with a decode cache.
+"""TTT layers (design §3): TTTLinear and TTTMLP (the C++ ops), with a decode cache.
 
 Legend: B batch, T tokens, C = hidden size, H heads, D = C / H head size, b mini-batch size.
 """
@@ -20,7 +20,7 @@ from bitttt.nn.bitlinear import BitLinear
 class TTTCache:
     """Decode cache of one TTT layer, updated in place by forward(x, cache) and step().
 
-    state: the inner model's carried state (ops.TTTState for TTTLinear, a tuple for TTTMLP),
+    state: the inner model's carried state (ops.TTTState for TTTLinear, ops.TTTMLPState for TTTMLP),
     None before the first token; conv: the last conv_kernel − 1 projected inputs [B, K−1, C]
     when the layer has its causal conv; pos: absolute position of the next token.
     """
@@ -175,7 +175,9 @@ class TTTLinear(_TTTBase):
 
 
 class TTTMLP(_TTTBase):
-    """TTT layer with a 2-layer MLP inner model, hidden 4·D (pure-torch path: reference.ttt_mlp)."""
+    """TTT layer with a 2-layer MLP inner model, hidden 4·D, on the C++ op `bitttt.ops.ttt_mlp`
+    (CPU). The op has no CUDA kernel yet: on other devices the layer runs the pure-torch
+    reference (`bitttt.reference.ttt_mlp`), with the same state (an ops.TTTMLPState)."""
 
     def __init__(self, hidden_size: int, num_heads: int, **kw) -> None:
         super().__init__(hidden_size, num_heads, **kw)
@@ -187,10 +189,26 @@ class TTTMLP(_TTTBase):
 
     def _inner(self, q, k, v, lr, state):
         dt = self.W1.dtype
-        out, state = reference.ttt_mlp(q.to(dt), k.to(dt), v.to(dt), lr.to(dt), self.token_scale(), self.W1, self.b1,
-                                       self.W2, self.b2, self.ln_w, self.ln_b, state=state)
+        args = (q.to(dt), k.to(dt), v.to(dt), lr.to(dt), self.token_scale().to(dt), self.W1, self.b1, self.W2,
+                self.b2, self.ln_w, self.ln_b)
+        if q.device.type == "cpu":
+            out, state = ops.ttt_mlp(*args, state=state)
+        else:
+            out, state = reference.ttt_mlp(*args, state=state)
+            state = ops.TTTMLPState(*state)
         return out.to(q.dtype), state
 
     def _inner_step(self, q, k, v, lr, state):
-        out, state = self._inner(q.unsqueeze(2), k.unsqueeze(2), v.unsqueeze(2), lr.unsqueeze(2), state)
-        return out[:, :, 0], state
+        if q.device.type != "cpu":
+            out, state = self._inner(q.unsqueeze(2), k.unsqueeze(2), v.unsqueeze(2), lr.unsqueeze(2), state)
+            return out[:, :, 0], state
+        dt = self.W1.dtype
+        if state is None:
+            B = q.shape[0]
+            w = [p.detach().expand(B, *p.shape).contiguous() for p in (self.W1, self.b1, self.W2, self.b2)]
+            state = ops.TTTMLPState(*w, *(torch.zeros_like(x) for x in w), 0)
+        elif not all(t.is_contiguous() for t in state[:8]):  # the step updates the state in place
+            state = ops.TTTMLPState(*(t.contiguous() for t in state[:8]), state[8])
+        out, state = ops.ttt_mlp_decode_(q.to(dt), k.to(dt), v.to(dt), lr.to(dt), self.token_scale().to(dt), state,
+                                         self.ln_w, self.ln_b)
+        return out.to(q.dtype), state

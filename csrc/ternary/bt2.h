@@ -107,6 +107,10 @@ const Bt2Kernels& bt2_kernels_scalar();
 const Bt2Kernels& bt2_kernels_avx2();
 const Bt2Kernels& bt2_kernels_avx512vnni();
 #endif
+#if defined(BITTTT_ARM64)
+const Bt2Kernels& bt2_kernels_neon();
+const Bt2Kernels& bt2_kernels_neon_dotprod();
+#endif
 #if defined(BITTTT_AVX512_EMULATION)
 const Bt2Kernels& bt2_kernels_avx512vnni_emulated();  // test-only, see its file
 #endif

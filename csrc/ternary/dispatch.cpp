@@ -16,8 +16,12 @@ const Bt2Kernels* kernels_by_name(const std::string& name) {
 #if defined(BITTTT_X86)
   const CpuFeatures& f = cpu_features();
   if (name == "avx2" && f.avx2 && f.fma) return &bt2_kernels_avx2();
-  if (name == "avx512" && f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni)
+  if (name == "avx512" && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.avx512vnni)
     return &bt2_kernels_avx512vnni();
+#endif
+#if defined(BITTTT_ARM64)
+  if (name == "neon" && cpu_features().neon) return &bt2_kernels_neon();
+  if (name == "neon_dotprod" && cpu_features().dotprod) return &bt2_kernels_neon_dotprod();
 #endif
 #if defined(BITTTT_AVX512_EMULATION)
   if (name == "avx512_emulated" && cpu_features().avx2) return &bt2_kernels_avx512vnni_emulated();
@@ -27,7 +31,7 @@ const Bt2Kernels* kernels_by_name(const std::string& name) {
 
 // The fastest real (not emulated) kernel set this CPU runs.
 std::string best_isa() {
-  for (const char* name : {"avx512", "avx2"})
+  for (const char* name : {"avx512", "avx2", "neon_dotprod", "neon"})
     if (kernels_by_name(name)) return name;
   return "scalar";
 }
@@ -53,6 +57,9 @@ std::vector<std::string> compiled_isas() {
   std::vector<std::string> names{"scalar"};
 #if defined(BITTTT_X86)
   names.insert(names.end(), {"avx2", "avx512"});
+#endif
+#if defined(BITTTT_ARM64)
+  names.insert(names.end(), {"neon", "neon_dotprod"});
 #endif
 #if defined(BITTTT_AVX512_EMULATION)
   names.push_back("avx512_emulated");

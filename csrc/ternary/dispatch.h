@@ -8,10 +8,12 @@
 
 namespace bitttt::ternary {
 
-// The kernels in use. Chosen on first call from BITTTT_ISA (scalar|avx2|avx512) or the CPU;
-// throws std::runtime_error naming the choices if BITTTT_ISA asks for one this CPU lacks.
+// The kernels in use. Chosen on first call from BITTTT_ISA (scalar|avx2|avx512|neon|neon_dotprod)
+// or the CPU; throws std::runtime_error naming the choices if BITTTT_ISA asks for one this
+// CPU lacks.
 const Bt2Kernels& active_kernels();
-// Forces a kernel set by name ("scalar", "avx2", "avx512", "avx512_emulated", or "auto").
+// Forces a kernel set by name ("scalar", "avx2", "avx512", "avx512_emulated", "neon",
+// "neon_dotprod", or "auto").
 void set_isa(const std::string& name);
 // Kernel sets this build has and this CPU can run (test-only "avx512_emulated" included).
 std::vector<std::string> available_isas();

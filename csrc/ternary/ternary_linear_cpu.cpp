@@ -74,6 +74,7 @@ Tensor ternary_linear_cpu(Tensor x, Tensor packed, Tensor w_scale, std::optional
   const TernaryShape shape = check_ternary_linear(x, packed, w_scale, bias);
   const int64_t M = shape.M, K = shape.K, N = shape.N, Kp = shape.Kp;
   const ScalarType dtype = x.scalar_type();
+  if (K == 0) return empty_k_output(x, output_sizes(x, N), dtype, bias);
   w_scale = as_contiguous(w_scale);
   std::optional<Tensor> bias_f32;
   if (bias.has_value())
@@ -115,6 +116,7 @@ Tensor ternary_linear_cpu(Tensor x, Tensor packed, Tensor w_scale, std::optional
 Tensor ternary_matmul_int8_cpu(Tensor xq_in, Tensor packed) {
   const TernaryShape shape = check_ternary_matmul_int8(xq_in, packed);
   const int64_t M = shape.M, K = shape.K, N = shape.N, Kp = shape.Kp;
+  if (K == 0) return empty_k_output(xq_in, {M, N}, ScalarType::Int, std::nullopt);
   xq_in = as_contiguous(xq_in);
 
   const Bt2Kernels& kernels = active_kernels();

@@ -526,8 +526,9 @@ Tensor ternary_linear_cuda(Tensor x, Tensor packed, Tensor w_scale, std::optiona
   x = as_contiguous(x);
   packed = as_aligned16(packed);
 
+  if (K == 0) return empty_k_output(x, output_sizes(x, N), dtype, bias);  // before any launch
   Tensor out = torch::stable::new_empty(x, output_sizes(x, N), dtype);
-  if (M == 0) return out;
+  if (M == 0 || N == 0) return out;
   const QuantizedTokens tokens = allocate_tokens(x, M, Kp);
   if (dtype == ScalarType::Float)
     quantize_tokens<float><<<static_cast<unsigned>(M), kQuantThreads, 0, stream>>>(
@@ -561,8 +562,9 @@ Tensor ternary_matmul_int8_cuda(Tensor xq_in, Tensor packed) {
   xq_in = as_contiguous(xq_in);
   packed = as_aligned16(packed);
 
+  if (K == 0) return empty_k_output(xq_in, {M, N}, ScalarType::Int, std::nullopt);  // before any launch
   Tensor out = torch::stable::new_empty(xq_in, {M, N}, ScalarType::Int);
-  if (M == 0) return out;
+  if (M == 0 || N == 0) return out;
   const QuantizedTokens tokens = allocate_tokens(xq_in, M, Kp);
   layout_int8_tokens<<<static_cast<unsigned>(M), kQuantThreads, 0, stream>>>(xq_in.const_data_ptr<int8_t>(), K, Kp,
                                                                               tokens.xq, tokens.x_sum);

@@ -102,6 +102,15 @@ inline Dims check_inputs(const char* op, Where where, const Tensor& q, const Ten
   return Dims{T, D, ts.size(0), pos, 0};
 }
 
+// ckpt_every as the kernels use it. Past the call's segment count it means "only the first
+// checkpoint", as it does at the count itself; clamped there, because the kernels size a
+// buffer by it (ckpt_every·D² per head: 2^62 overflowed it into a heap overrun) and a value
+// near 2^63 overflowed num_checkpoints' rounding. Callers check ckpt_every >= 0 first.
+inline int64_t effective_ckpt_every(const Dims& dm, int64_t ckpt_every) {
+  const int64_t nseg = num_segments(dm);
+  return ckpt_every > nseg ? (nseg > 0 ? nseg : 1) : ckpt_every;
+}
+
 // The decode step updates the state in place: it cannot go through a contiguous copy.
 inline void check_state_contiguous(const char* op, const Tensor& W, const Tensor& c, const Tensor& gW,
                                    const Tensor& gc) {
@@ -121,7 +130,7 @@ inline Dims check_backward_inputs(const char* op, Where where, const Tensor& gra
                                   const Tensor& ckpt_W, const Tensor& ckpt_c, int64_t ckpt_every) {
   Dims dm = check_inputs(op, where, q, k, v, lr, ts, W, c, gW, gc, pos, ln_w, ln_b);
   STD_TORCH_CHECK(ckpt_every > 0, op, ": ckpt_every must be > 0 (the forward must save checkpoints)");
-  dm.ckpt_every = ckpt_every;
+  dm.ckpt_every = effective_ckpt_every(dm, ckpt_every);
   const int64_t B = q.size(0), H = q.size(1), T = dm.T, D = dm.D, nck = num_checkpoints(dm);
   check_shape(op, "ckpt_W", ckpt_W, {B, H, nck, D, D}, "[B, H, n_ckpt, D, D]");
   check_shape(op, "ckpt_c", ckpt_c, {B, H, nck, D}, "[B, H, n_ckpt, D]");

@@ -65,16 +65,25 @@ struct Kernels {
 };
 
 // One kernel set per instruction set, each built with its own flags; chosen at run time.
-namespace generic {
+namespace scalar {
 Kernels kernels();
 }
 #if defined(BITTTT_X86)
 namespace avx2 {
 Kernels kernels();
 }
+namespace avx512 {
+Kernels kernels();
+}
 #endif
 
-// Name of the kernel set in use ("avx2" or "generic"; BITTTT_ISA=scalar forces generic).
+// The kernel set in use: the one for the ISA the ternary ops run (ternary/dispatch.h:
+// BITTTT_ISA, set_isa, or the best this CPU has), so one choice covers both op families.
+// "scalar" and "avx2" map to their own sets, "avx512" to the AVX-512 one; the others (the
+// test-only avx512_emulated, neon, neon_dotprod) to the nearest set built: avx2, or the
+// portable "scalar" copy (vectorised with NEON on AArch64).
+const Kernels& active_kernels();
+// Its name ("scalar", "avx2" or "avx512").
 const char* active_isa();
 
 }  // namespace bitttt::ttt

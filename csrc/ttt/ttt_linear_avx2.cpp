@@ -9,7 +9,7 @@
 namespace bitttt::ttt::avx2 {
 
 #define BITTTT_TTT_ISA_NAME "avx2"
-#include "ttt/ttt_kernels.inc"
+#include "ttt/ttt_linear_cpu_kernels.inc"
 #undef BITTTT_TTT_ISA_NAME
 
 }  // namespace bitttt::ttt::avx2

@@ -1,86 +1,82 @@
-// CPU entry points of the TTT-Linear ops (docs/design.md §3): argument checks, the kernel
-// set for this CPU, threading over batch × heads, and the registration with the dispatcher.
-// The per-head kernels (ttt_kernels.inc) see raw pointers only.
+// CPU entry points of the TTT-Linear ops (docs/design.md §3): argument checks (checks.h),
+// preparation (host.h), the kernel set of the active ISA, threading over batch × heads, and
+// the registration with the dispatcher. The per-head kernels (ttt_linear_cpu_kernels.inc)
+// see raw pointers only.
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
-#include <string>
 #include <tuple>
 #include <type_traits>
-#include <vector>
 
-#include "cpu_features.h"
+#include "ternary/dispatch.h"
 #include "ttt/checks.h"
+#include "ttt/host.h"
 #include "ttt/ttt.h"
 
 namespace bitttt::ttt {
 namespace {
 
-using torch::headeronly::ScalarType;
-using torch::stable::Tensor;
 using checks::Where;
+using host::mptr;
+using host::ptr;
+using torch::stable::Tensor;
 
 // Below this many multiply-adds a call stays on one thread: waking the pool costs more.
 constexpr int64_t kMinMacsPerThread = 1 << 21;
 
-// AVX2+FMA when the CPU has both, unless BITTTT_ISA=scalar asks for the portable copy.
-const Kernels& active_kernels() {
-  static const Kernels k = [] {
+// The kernel set for a ternary ISA name (see active_kernels in ttt.h).
+const Kernels& kernels_for(const char* isa) {
+  static const Kernels scalar_set = scalar::kernels();
 #if defined(BITTTT_X86)
-    const char* env = std::getenv("BITTTT_ISA");
-    const bool force_scalar = env != nullptr && std::string(env) == "scalar";
-    const CpuFeatures& f = cpu_features();
-    if (!force_scalar && f.avx2 && f.fma) return avx2::kernels();
+  static const Kernels avx2_set = avx2::kernels();
+  static const Kernels avx512_set = avx512::kernels();
+  if (std::strcmp(isa, "avx512") == 0) return avx512_set;
+  if (std::strcmp(isa, "avx2") == 0 || std::strcmp(isa, "avx512_emulated") == 0) return avx2_set;
 #endif
-    return generic::kernels();
-  }();
-  return k;
+  return scalar_set;
 }
-
-template <typename T>
-const T* ptr(const Tensor& t) { return t.const_data_ptr<T>(); }
-template <typename T>
-T* mptr(const Tensor& t) { return t.mutable_data_ptr<T>(); }
 
 // Runs fn(bh) for every (batch, head) in torch's pool; each head is one task, so the result
 // does not depend on the thread count.
 template <typename F>
 void for_each_head(int64_t BH, int64_t macs_per_head, const F& fn) {
   const int64_t grain = std::max<int64_t>(1, kMinMacsPerThread / std::max<int64_t>(macs_per_head, 1));
+  if (grain >= BH) {  // one task: run it here rather than through the pool's dispatch
+    for (int64_t bh = 0; bh < BH; ++bh) fn(bh);
+    return;
+  }
   torch::stable::parallel_for(0, BH, grain, [&](int64_t begin, int64_t end) {
     for (int64_t bh = begin; bh < end; ++bh) fn(bh);
   });
 }
 
-// contiguous() is a dispatcher call even for a contiguous tensor (µs each): ask first.
-Tensor contig(const Tensor& t) { return t.is_contiguous() ? t : torch::stable::contiguous(t); }
-
-Tensor copy_contiguous(const Tensor& t) { return torch::stable::clone(contig(t)); }
+// Pointers of head bh (batch bh / H, head bh % H) into the call's tensors.
+template <typename T>
+HeadForward<T> head_forward(const host::ForwardCall& f, int64_t bh) {
+  const int64_t T_ = f.dm.T, D = f.dm.D, h = bh % f.H, nck = num_checkpoints(f.dm);
+  const bool ck = f.has_checkpoints();
+  return HeadForward<T>{ptr<T>(f.q) + bh * T_ * D, ptr<T>(f.k) + bh * T_ * D, ptr<T>(f.v) + bh * T_ * D,
+                        ptr<T>(f.lr) + bh * T_, ptr<T>(f.ts), ptr<T>(f.ln_w) + h * D, ptr<T>(f.ln_b) + h * D,
+                        mptr<T>(f.W) + bh * D * D, mptr<T>(f.c) + bh * D, mptr<T>(f.gW) + bh * D * D,
+                        mptr<T>(f.gc) + bh * D, mptr<T>(f.out) + bh * T_ * D,
+                        ck ? mptr<T>(f.ckW) + bh * nck * D * D : nullptr, ck ? mptr<T>(f.ckc) + bh * nck * D : nullptr};
+}
 
 template <typename T>
-void forward_typed(const Dims& dm, int64_t BH, int64_t H, const Tensor& q, const Tensor& k, const Tensor& v,
-                   const Tensor& lr, const Tensor& ts, const Tensor& ln_w, const Tensor& ln_b, const Tensor& W,
-                   const Tensor& c, const Tensor& gW, const Tensor& gc, const Tensor& out, const Tensor* ckW,
-                   const Tensor* ckc) {
+void forward_launch(const host::ForwardCall& f) {
   const Kernels& kern = active_kernels();
-  auto fwd = [&] {
-    if constexpr (std::is_same_v<T, float>) return kern.forward_f32;
-    else return kern.forward_f64;
-  }();
-  const int64_t T_ = dm.T, D = dm.D, nck = num_checkpoints(dm);
-  for_each_head(BH, 4 * T_ * D * D, [&](int64_t bh) {
-    const int64_t h = bh % H;
-    HeadForward<T> a{ptr<T>(q) + bh * T_ * D, ptr<T>(k) + bh * T_ * D, ptr<T>(v) + bh * T_ * D,
-                     ptr<T>(lr) + bh * T_, ptr<T>(ts), ptr<T>(ln_w) + h * D, ptr<T>(ln_b) + h * D,
-                     mptr<T>(W) + bh * D * D, mptr<T>(c) + bh * D, mptr<T>(gW) + bh * D * D, mptr<T>(gc) + bh * D,
-                     mptr<T>(out) + bh * T_ * D, ckW ? mptr<T>(*ckW) + bh * nck * D * D : nullptr,
-                     ckc ? mptr<T>(*ckc) + bh * nck * D : nullptr};
-    fwd(dm, a);
-  });
+  void (*fwd)(const Dims&, const HeadForward<T>&);
+  if constexpr (std::is_same_v<T, float>) fwd = kern.forward_f32;
+  else fwd = kern.forward_f64;
+  for_each_head(f.B * f.H, 4 * f.dm.T * f.dm.D * f.dm.D, [&](int64_t bh) { fwd(f.dm, head_forward<T>(f, bh)); });
+}
+
+void forward_launch(const host::ForwardCall& f) {
+  if (f.is_float()) forward_launch<float>(f);
+  else forward_launch<double>(f);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ttt_linear_cpu(
@@ -88,24 +84,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ttt_linear_cp
     Tensor ln_w, Tensor ln_b, int64_t ckpt_every) {
   Dims dm = checks::check_inputs("ttt_linear", Where::CPU, q, k, v, lr, ts, W, c, gW, gc, pos, ln_w, ln_b);
   STD_TORCH_CHECK(ckpt_every >= 0, "ttt_linear: ckpt_every must be >= 0, got ", ckpt_every);
-  dm.ckpt_every = ckpt_every;
-  const int64_t B = q.size(0), H = q.size(1), D = dm.D;
-  q = contig(q), k = contig(k), v = contig(v);
-  lr = contig(lr), ts = contig(ts);
-  ln_w = contig(ln_w), ln_b = contig(ln_b);
-  Tensor W_out = copy_contiguous(W), c_out = copy_contiguous(c);
-  Tensor gW_out = copy_contiguous(gW), gc_out = copy_contiguous(gc);
-  Tensor out = torch::stable::new_empty(q, {B, H, dm.T, D});
-  const int64_t nck = num_checkpoints(dm);
-  Tensor ckW = torch::stable::new_empty(q, {B, H, nck, D, D});
-  Tensor ckc = torch::stable::new_empty(q, {B, H, nck, D});
-  const Tensor* pW = nck > 0 ? &ckW : nullptr;
-  const Tensor* pc = nck > 0 ? &ckc : nullptr;
-  if (q.scalar_type() == ScalarType::Float)
-    forward_typed<float>(dm, B * H, H, q, k, v, lr, ts, ln_w, ln_b, W_out, c_out, gW_out, gc_out, out, pW, pc);
-  else
-    forward_typed<double>(dm, B * H, H, q, k, v, lr, ts, ln_w, ln_b, W_out, c_out, gW_out, gc_out, out, pW, pc);
-  return {out, W_out, c_out, gW_out, gc_out, ckW, ckc};
+  dm.ckpt_every = checks::effective_ckpt_every(dm, ckpt_every);
+  host::ForwardCall f = host::prepare_forward(dm, q, k, v, lr, ts, W, c, gW, gc, ln_w, ln_b);
+  forward_launch(f);
+  return {f.out, f.W, f.c, f.gW, f.gc, f.ckW, f.ckc};
 }
 
 // One token for every head, updating (W, c, gW, gc) in place: generation. q, k, v [B,H,D],
@@ -115,43 +97,22 @@ Tensor ttt_linear_decode_cpu(Tensor q, Tensor k, Tensor v, Tensor lr, Tensor ts,
   const char* op = "ttt_linear_decode_";
   Dims dm = checks::check_inputs(op, Where::CPU, q, k, v, lr, ts, W, c, gW, gc, pos, ln_w, ln_b, true);
   checks::check_state_contiguous(op, W, c, gW, gc);
-  const int64_t B = q.size(0), H = q.size(1), D = dm.D;
-  q = contig(q), k = contig(k), v = contig(v);
-  lr = contig(lr), ts = contig(ts);
-  ln_w = contig(ln_w), ln_b = contig(ln_b);
-  Tensor out = torch::stable::new_empty(q, {B, H, D});
-  if (q.scalar_type() == ScalarType::Float)
-    forward_typed<float>(dm, B * H, H, q, k, v, lr, ts, ln_w, ln_b, W, c, gW, gc, out, nullptr, nullptr);
-  else
-    forward_typed<double>(dm, B * H, H, q, k, v, lr, ts, ln_w, ln_b, W, c, gW, gc, out, nullptr, nullptr);
-  return out;
+  host::ForwardCall f = host::prepare_decode(dm, q, k, v, lr, ts, W, c, gW, gc, ln_w, ln_b);
+  forward_launch(f);
+  return f.out;
 }
 
 template <typename T>
-void backward_typed(const Dims& dm, int64_t B, int64_t H, const Tensor& go, const Tensor& q, const Tensor& k,
-                    const Tensor& v, const Tensor& lr, const Tensor& ts, const Tensor& ln_w, const Tensor& ln_b,
-                    const Tensor& gW0, const Tensor& gc0, const Tensor& ckW, const Tensor& ckc, const Tensor& dW,
-                    const Tensor& dc, const Tensor& dgW, const Tensor& dgc, const Tensor& dq, const Tensor& dk,
-                    const Tensor& dv, const Tensor& dlr, const Tensor& dts_h, const Tensor& dlnw_h,
-                    const Tensor& dlnb_h) {
-  const Kernels& kern = active_kernels();
-  auto bwd = [&] {
-    if constexpr (std::is_same_v<T, float>) return kern.backward_f32;
-    else return kern.backward_f64;
-  }();
-  const int64_t T_ = dm.T, D = dm.D, b = dm.b, nck = num_checkpoints(dm);
-  for_each_head(B * H, 12 * T_ * D * D, [&](int64_t bh) {
-    const int64_t h = bh % H;
-    HeadBackward<T> a{ptr<T>(q) + bh * T_ * D, ptr<T>(k) + bh * T_ * D, ptr<T>(v) + bh * T_ * D,
-                      ptr<T>(lr) + bh * T_, ptr<T>(ts), ptr<T>(ln_w) + h * D, ptr<T>(ln_b) + h * D,
-                      ptr<T>(gW0) + bh * D * D, ptr<T>(gc0) + bh * D, ptr<T>(ckW) + bh * nck * D * D,
-                      ptr<T>(ckc) + bh * nck * D, ptr<T>(go) + bh * T_ * D, mptr<T>(dW) + bh * D * D,
-                      mptr<T>(dc) + bh * D, mptr<T>(dgW) + bh * D * D, mptr<T>(dgc) + bh * D,
-                      mptr<T>(dq) + bh * T_ * D, mptr<T>(dk) + bh * T_ * D, mptr<T>(dv) + bh * T_ * D,
-                      mptr<T>(dlr) + bh * T_, mptr<T>(dts_h) + bh * b, mptr<T>(dlnw_h) + bh * D,
-                      mptr<T>(dlnb_h) + bh * D};
-    bwd(dm, a);
-  });
+HeadBackward<T> head_backward(const host::BackwardCall& g, int64_t bh) {
+  const int64_t T_ = g.dm.T, D = g.dm.D, b = g.dm.b, h = bh % g.H, nck = num_checkpoints(g.dm);
+  return HeadBackward<T>{ptr<T>(g.q) + bh * T_ * D, ptr<T>(g.k) + bh * T_ * D, ptr<T>(g.v) + bh * T_ * D,
+                         ptr<T>(g.lr) + bh * T_, ptr<T>(g.ts), ptr<T>(g.ln_w) + h * D, ptr<T>(g.ln_b) + h * D,
+                         ptr<T>(g.gW0) + bh * D * D, ptr<T>(g.gc0) + bh * D, ptr<T>(g.ckW) + bh * nck * D * D,
+                         ptr<T>(g.ckc) + bh * nck * D, ptr<T>(g.grad_out) + bh * T_ * D, mptr<T>(g.dW) + bh * D * D,
+                         mptr<T>(g.dc) + bh * D, mptr<T>(g.dgW) + bh * D * D, mptr<T>(g.dgc) + bh * D,
+                         mptr<T>(g.dq) + bh * T_ * D, mptr<T>(g.dk) + bh * T_ * D, mptr<T>(g.dv) + bh * T_ * D,
+                         mptr<T>(g.dlr) + bh * T_, mptr<T>(g.dts_h) + bh * b, mptr<T>(g.dlnw_h) + bh * D,
+                         mptr<T>(g.dlnb_h) + bh * D};
 }
 
 // Sums x [B, H, n] over B (into [H, n]) or over B and H (into [n]), in a fixed order.
@@ -166,6 +127,18 @@ void reduce_heads(const Tensor& x, int64_t B, int64_t H, int64_t n, bool over_he
       for (int64_t i = 0; i < n; ++i) o[(over_heads ? 0 : h) * n + i] += p[(bb * H + h) * n + i];
 }
 
+template <typename T>
+void backward_launch(const host::BackwardCall& g) {
+  const Kernels& kern = active_kernels();
+  void (*bwd)(const Dims&, const HeadBackward<T>&);
+  if constexpr (std::is_same_v<T, float>) bwd = kern.backward_f32;
+  else bwd = kern.backward_f64;
+  for_each_head(g.B * g.H, 12 * g.dm.T * g.dm.D * g.dm.D, [&](int64_t bh) { bwd(g.dm, head_backward<T>(g, bh)); });
+  reduce_heads<T>(g.dts_h, g.B, g.H, g.dm.b, true, g.dts);
+  reduce_heads<T>(g.dlnw_h, g.B, g.H, g.dm.D, false, g.dlnw);
+  reduce_heads<T>(g.dlnb_h, g.B, g.H, g.dm.D, false, g.dlnb);
+}
+
 using Grads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 // Gradients of ttt_linear for every tensor input, recomputing each checkpoint span of the
@@ -177,35 +150,16 @@ Grads ttt_linear_backward_cpu(Tensor grad_out, Tensor grad_W, Tensor grad_c, Ten
   const char* op = "ttt_linear_backward";
   Dims dm = checks::check_backward_inputs(op, Where::CPU, grad_out, grad_W, grad_c, grad_gW, grad_gc, q, k, v, lr,
                                           ts, W, c, gW, gc, pos, ln_w, ln_b, ckpt_W, ckpt_c, ckpt_every);
-  const int64_t B = q.size(0), H = q.size(1), T = dm.T, D = dm.D, b = dm.b;
-  auto C = [](const Tensor& t) { return contig(t); };
-  q = C(q), k = C(k), v = C(v), lr = C(lr), ts = C(ts), ln_w = C(ln_w), ln_b = C(ln_b);
-  gW = C(gW), gc = C(gc), ckpt_W = C(ckpt_W), ckpt_c = C(ckpt_c), grad_out = C(grad_out);
-  Tensor dW = copy_contiguous(grad_W), dc = copy_contiguous(grad_c);
-  Tensor dgW = copy_contiguous(grad_gW), dgc = copy_contiguous(grad_gc);
-  Tensor dq = torch::stable::new_empty(q, {B, H, T, D}), dk = torch::stable::new_empty(q, {B, H, T, D});
-  Tensor dv = torch::stable::new_empty(q, {B, H, T, D}), dlr = torch::stable::new_empty(q, {B, H, T});
-  Tensor dts_h = torch::stable::new_zeros(q, {B, H, b}), dlnw_h = torch::stable::new_zeros(q, {B, H, D});
-  Tensor dlnb_h = torch::stable::new_zeros(q, {B, H, D});
-  Tensor dts = torch::stable::new_empty(q, {b}), dlnw = torch::stable::new_empty(q, {H, D});
-  Tensor dlnb = torch::stable::new_empty(q, {H, D});
-  if (q.scalar_type() == ScalarType::Float) {
-    backward_typed<float>(dm, B, H, grad_out, q, k, v, lr, ts, ln_w, ln_b, gW, gc, ckpt_W, ckpt_c, dW, dc, dgW,
-                          dgc, dq, dk, dv, dlr, dts_h, dlnw_h, dlnb_h);
-    reduce_heads<float>(dts_h, B, H, b, true, dts);
-    reduce_heads<float>(dlnw_h, B, H, D, false, dlnw);
-    reduce_heads<float>(dlnb_h, B, H, D, false, dlnb);
-  } else {
-    backward_typed<double>(dm, B, H, grad_out, q, k, v, lr, ts, ln_w, ln_b, gW, gc, ckpt_W, ckpt_c, dW, dc, dgW,
-                           dgc, dq, dk, dv, dlr, dts_h, dlnw_h, dlnb_h);
-    reduce_heads<double>(dts_h, B, H, b, true, dts);
-    reduce_heads<double>(dlnw_h, B, H, D, false, dlnw);
-    reduce_heads<double>(dlnb_h, B, H, D, false, dlnb);
-  }
-  return {dq, dk, dv, dlr, dts, dW, dc, dgW, dgc, dlnw, dlnb};
+  host::BackwardCall g = host::prepare_backward(dm, grad_out, grad_W, grad_c, grad_gW, grad_gc, q, k, v, lr, ts, gW,
+                                                gc, ln_w, ln_b, ckpt_W, ckpt_c);
+  if (g.is_float()) backward_launch<float>(g);
+  else backward_launch<double>(g);
+  return {g.dq, g.dk, g.dv, g.dlr, g.dts, g.dW, g.dc, g.dgW, g.dgc, g.dlnw, g.dlnb};
 }
 
 }  // namespace
+
+const Kernels& active_kernels() { return kernels_for(ternary::active_kernels().name); }
 
 const char* active_isa() { return active_kernels().name; }
 

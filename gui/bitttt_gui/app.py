@@ -11,34 +11,52 @@ import argparse
 import collections
 import os
 import queue
+import shutil
 import sys
 import tkinter as tk
 from pathlib import Path
 from tkinter import font as tkfont
 from tkinter import messagebox, ttk
 
-from . import command
+from bitttt import events as ev
+from bitttt.events import format_text
+
+from . import command, runs
 from .bus import Bus
-from .events import RAW, explain_exit, format_event, parse_line
+from .events import RAW, explain_exit, parse_line
 from .memory import MemorySampler
-from .process import STOP_GRACE_S, TERM_GRACE_S, ChildProcess
+from .process import STOP_GRACE_S, TERM_GRACE_S, AttachedRun, ChildProcess
 from .tabs.chat import ChatTab
 from .tabs.common import PAD, Context
 from .tabs.logs import LogsTab
 from .tabs.memory import MonitorTab
 from .tabs.plot import PlotTab
 from .tabs.runs import RunsTab
+from .tabs.ternary import TernaryTab
 from .tabs.train import TrainTab
 
 POLL_MS = 50
 MAX_BATCH = 400          # records per tick: a spewing child cannot starve the event loop
 TAIL_LINES = 30          # raw lines kept to explain a crash
 TABS = (("train", "Train", TrainTab), ("logs", "Logs", LogsTab), ("plot", "Loss curve", PlotTab),
-        ("monitor", "Progress & memory", MonitorTab), ("chat", "Chat", ChatTab), ("runs", "Runs", RunsTab))
+        ("ternary", "Ternary", TernaryTab), ("monitor", "Progress & memory", MonitorTab), ("chat", "Chat", ChatTab),
+        ("runs", "Runs", RunsTab))
 
 
-def default_workspace() -> Path:
-    return Path.home() / "bitttt"
+DEFAULT_SIZE = (1180, 820)
+BAR_COLOR = "#3a7bd5"
+
+
+def default_workspace(cwd: Path | None = None) -> Path:
+    """The current folder when it already holds ``runs/`` (where ``bitttt train`` writes by default),
+    so runs trained from a terminal show up; otherwise ``~/bitttt``."""
+    cwd = Path.cwd() if cwd is None else cwd
+    return cwd if (cwd / "runs").is_dir() else Path.home() / "bitttt"
+
+
+def fitted_geometry(screen_w: int, screen_h: int, size: tuple[int, int] = DEFAULT_SIZE) -> str:
+    """The default window size, shrunk to fit a smaller screen (a 1366x768 laptop keeps ~40 px for a panel)."""
+    return f"{min(size[0], screen_w)}x{min(size[1], screen_h - 40)}"
 
 
 def setup_style(root: tk.Tk) -> ttk.Style:
@@ -59,6 +77,8 @@ def setup_style(root: tk.Tk) -> ttk.Style:
     style.configure("Accent.TButton", font=(base.cget("family"), size, "bold"))
     style.configure("TNotebook.Tab", padding=(12, 4))
     style.configure("Status.TLabel", padding=(PAD, 2))
+    # clam draws the bar in the window's own grey: a finished run's full bar looked empty.
+    style.configure("Horizontal.TProgressbar", background=BAR_COLOR, lightcolor=BAR_COLOR, darkcolor=BAR_COLOR)
     return style
 
 
@@ -80,27 +100,29 @@ class App:
         self.mem_q: queue.Queue = queue.Queue()
         self.child: ChildProcess | None = None
         self.run_dir: Path | None = None
-        self._last_error = self._last_done = None
+        self._last_error = self._last_done = self._last_checkpoint = None
         self._tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self._closing = False
         self._live = False
         self._after_id = None
 
         root.title(f"bitttt studio — {self.workspace}")
-        root.geometry("1180x820")
+        root.geometry(fitted_geometry(root.winfo_screenwidth(), root.winfo_screenheight()))
         root.minsize(900, 640)
         setup_style(root)
         self.ctx = Context(root=root, bus=self.bus, workspace=self.workspace, bitttt_cmd=bitttt_cmd,
                            start_training=self.start_training, stop_training=self.stop_training,
                            training_running=self.training_running, current_run_dir=lambda: self.run_dir,
-                           show_tab=self.show_tab)
+                           show_tab=self.show_tab, set_workspace=self.set_workspace)
         # The status bar is packed first (bottom) so the notebook cannot squeeze it out.
         status = ttk.Frame(root)
         status.pack(fill="x", side="bottom", padx=PAD, pady=(2, PAD))
         self.progress = ttk.Progressbar(status, mode="determinate", maximum=1.0, length=180)
         self.progress.pack(side="right")
-        self.status = ttk.Label(status, text="", style="Status.TLabel", anchor="w")
+        self.status = ttk.Label(status, text="", style="Status.TLabel", anchor="w", justify="left")
         self.status.pack(side="left", fill="x", expand=True)
+        # Long messages (a crash's explanation, a path) wrap instead of running off the window.
+        self.status.bind("<Configure>", lambda e: self.status.configure(wraplength=max(200, e.width - 2 * PAD)))
         self.bus.subscribe("status", self.set_status)
         self.bus.subscribe("memory", lambda snap: self.ctx.latest.__setitem__("memory", snap))  # before the tabs'
         self.notebook = ttk.Notebook(root)
@@ -115,15 +137,31 @@ class App:
         self.bus.subscribe("train.record", self._progress_from)
         self.sampler = MemorySampler(self.mem_q, memory_interval_s).start()
         root.protocol("WM_DELETE_WINDOW", self.on_close)
+        self.attach_running()
         self._poll()
 
     # -- services for the tabs -----------------------------------------------------------
     def show_tab(self, key: str):
         self.notebook.select(self.tabs[key])
 
+    def set_workspace(self, path: str | os.PathLike) -> str | None:
+        """Switch the folder holding ``runs/``; refused while a run trains (it writes into the old one)."""
+        if self.training_running():
+            return "stop the training run before switching the workspace"
+        new = Path(path).expanduser().resolve()
+        try:
+            new.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            return f"cannot use {new} as the workspace: {e}"
+        self.workspace = self.ctx.workspace = new
+        self.root.title(f"bitttt studio — {new}")
+        self.bus.publish("workspace", new)
+        self.set_status("info", f"Workspace {new}.")
+        return None
+
     def set_status(self, severity: str, text: str):
         style = {"error": "Error.TLabel", "warn": "Warn.TLabel", "ok": "Good.TLabel"}.get(severity, "Status.TLabel")
-        self.status.configure(text=text.splitlines()[0] if text else "", style=style)
+        self.status.configure(text=" ".join(text.split("\n")[:3]) if text else "", style=style)
         if style != "Status.TLabel":
             self.status.configure(padding=(PAD, 2))
 
@@ -137,12 +175,13 @@ class App:
             return "a training run is already in progress"
         run_dir = command.run_dir_for(settings, self.workspace)
         if (run_dir / "events.jsonl").exists() and not settings.resume:
-            msg = f"{run_dir} already holds a run: choose another run name, or resume it from the Runs tab."
-            self.set_status("error", msg)
-            return msg
+            msg = self._free_run_name(run_dir)
+            if msg:
+                self.set_status("error", msg)
+                return msg
         argv = command.build_train_argv(settings, run_dir, base=self.bitttt_cmd)
         self.train_q = queue.Queue()
-        self._last_error = self._last_done = None
+        self._last_error = self._last_done = self._last_checkpoint = None
         self._tail.clear()
         try:
             self.child = ChildProcess(argv, self.train_q, name="train", cwd=self.workspace, run_dir=run_dir).start()
@@ -156,6 +195,43 @@ class App:
         self.progress.configure(value=0)
         self.set_status("info", f"Training {run_dir.name}…")
         self.bus.publish("train.started", run_dir, argv)
+        return None
+
+    def _free_run_name(self, run_dir: Path) -> str | None:
+        """A run name already used: a run with a checkpoint is kept (resume it); one that never
+        saved a checkpoint (it failed or was stopped early) may be replaced, if the user agrees."""
+        if runs.latest_checkpoint(run_dir) is not None:
+            return f"{run_dir.name} already holds a run with a checkpoint: choose another run name, or resume it from the Runs tab."
+        if not self.confirm("Replace run?", f"{run_dir.name} never saved a checkpoint. Delete it and start again?"):
+            return f"{run_dir.name} is taken: choose another run name."
+        try:
+            shutil.rmtree(run_dir)
+        except OSError as e:
+            return f"Could not delete {run_dir}: {e}"
+        return None
+
+    def attach_running(self) -> Path | None:
+        """Follow a run that is still training without this window (its launcher was closed or
+        crashed, or it was started from a terminal): the newest live one, if any."""
+        if self.training_running():
+            return None
+        for info in runs.scan_runs(self.workspace):
+            if info.status != "running":
+                continue
+            self.train_q = queue.Queue()
+            self._last_error = self._last_done = self._last_checkpoint = None
+            self._tail.clear()
+            try:
+                self.child = AttachedRun(info.path, self.train_q).start()
+            except OSError:
+                continue   # it ended between the scan and now
+            self.run_dir, self._live = info.path, True
+            self.sampler.pid = self.child.pid
+            self.progress.configure(value=0)
+            self.set_status("info", f"Attached to {info.name}, still training (pid {self.child.pid}) since before "
+                                    "this window opened: it can be watched and stopped as usual.")
+            self.bus.publish("train.started", info.path, self.child.argv)
+            return info.path
         return None
 
     def stop_training(self):
@@ -191,17 +267,20 @@ class App:
             if kind == RAW:
                 if item.text.strip():
                     self._tail.append(item.text)
-            elif kind == "error":
+            elif kind == ev.ERROR:
                 self._last_error = rec
-                self.set_status("error", format_event(rec))
-            elif kind == "done":
+                self.set_status("error", format_text(rec))
+            elif kind == ev.DONE:
                 self._last_done = rec
+            elif kind == ev.CHECKPOINT:
+                self._last_checkpoint = rec.get("path")
             self.bus.publish("train.record", rec, item.stream)
         elif item.kind == "stage":
             self.set_status("warn", item.text)
             self.bus.publish("train.stage", item.text)
         elif item.kind == "exit":
-            severity, message = explain_exit(item.code, self._last_error, self._last_done, list(self._tail))
+            severity, message = explain_exit(item.code, self._last_error, self._last_done, list(self._tail),
+                                             checkpoint=self._last_checkpoint)
             self.sampler.pid = None
             self._live = False
             self.set_status(severity, message)
@@ -210,7 +289,7 @@ class App:
                 self._destroy()
 
     def _progress_from(self, rec, stream):
-        if rec.get("event") == "step":
+        if rec.get("event") == ev.STEP:
             step, total = rec.get("step"), rec.get("total_steps")
             if isinstance(step, (int, float)) and isinstance(total, (int, float)) and total > 0:
                 self.progress.configure(value=min(step / total, 1.0))
@@ -246,7 +325,8 @@ def cancel_pending_afters(root: tk.Misc) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bitttt-gui", description="The bitttt desktop launcher: train, watch, stop, chat.")
-    p.add_argument("--workspace", metavar="DIR", help=f"folder holding runs/ (default {default_workspace()})")
+    p.add_argument("--workspace", metavar="DIR",
+                   help="folder holding runs/ (default: the current folder if it has runs/, else ~/bitttt)")
     args = p.parse_args(argv)
     try:
         root = tk.Tk(className="bitttt")

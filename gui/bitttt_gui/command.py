@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .presets import DEFAULT_PRESET, PRESETS
+from bitttt import config as trainer_config   # torch-free: the trainer's own presets and defaults
+from bitttt.devices import DEVICE_CHOICES
 
 CMD_ENV = "BITTTT_GUI_CMD"  # replaces "python -m bitttt" (tests point it at a fake trainer)
 
@@ -36,19 +37,19 @@ class Field:
 
 FIELDS: tuple[Field, ...] = (
     Field("preset", "--preset", "choice", "Preset", "Run", "Model size and training defaults; the other fields start from it.",
-          tuple(PRESETS)),
+          tuple(trainer_config.PRESETS)),
     Field("run_name", None, "text", "Run name", "Run", "Folder name under <workspace>/runs/; empty = a timestamp."),
     Field("data", "--data", "path", "Data", "Run", "A text file or a folder of them; empty = the corpus that ships with bitttt."),
     Field("resume", "--resume", "path", "Resume from", "Run", "A run folder or checkpoint to continue from; empty = start fresh."),
     Field("mixer", "--mixer", "choice", "Mixer", "Model", "Sequence mixer: TTT-Linear, TTT-MLP, or softmax attention (the baseline).",
-          ("ttt_linear", "ttt_mlp", "attention")),
+          trainer_config.MIXERS),
     Field("ternary", "--ternary", "bool", "Ternary weights", "Model", "BitNet b1.58 ternary linears; off = the full-precision twin."),
     Field("n_layer", "--n-layer", "int", "Layers", "Model", "Number of blocks.", minimum=1),
     Field("n_embd", "--n-embd", "int", "Hidden size", "Model", "Width of the residual stream; a multiple of the head count.", minimum=8),
     Field("n_head", "--n-head", "int", "Heads", "Model", "Attention/TTT heads; head size = hidden size / heads.", minimum=1),
     Field("mini_batch", "--mini-batch", "int", "TTT mini-batch", "Model", "Tokens per TTT inner update (b in the paper, 16).", minimum=1),
     Field("tokenizer", "--tokenizer", "choice", "Tokenizer", "Model", "byte: 256 symbols, nothing to train; bpe: trained on the data.",
-          ("byte", "bpe")),
+          trainer_config.RULES["tokenizer"].choices),
     Field("vocab_size", "--vocab-size", "int", "Vocabulary", "Model", "Vocabulary size (256 for byte; BPE trains this many).", minimum=256),
     Field("steps", "--steps", "int", "Steps", "Optimisation", "Optimizer steps in total.", minimum=1),
     Field("batch_size", "--batch-size", "int", "Batch size", "Optimisation", "Sequences per micro-batch.", minimum=1),
@@ -56,13 +57,32 @@ FIELDS: tuple[Field, ...] = (
     Field("lr", "--lr", "float", "Learning rate", "Optimisation", "Peak AdamW learning rate (after warmup, then cosine decay).", minimum=0),
     Field("warmup", "--warmup", "int", "Warmup steps", "Optimisation", "Linear warmup steps.", minimum=0),
     Field("grad_accum", "--grad-accum", "int", "Grad. accumulation", "Optimisation", "Micro-batches per optimizer step.", minimum=1),
-    Field("device", "--device", "choice", "Device", "Schedule", "auto = CUDA when available, else CPU.", ("auto", "cpu", "cuda")),
+    Field("device", "--device", "choice", "Device", "Schedule", "auto = CUDA when available, else CPU.", DEVICE_CHOICES),
     Field("seed", "--seed", "int", "Seed", "Schedule", "Random seed (data order, initialisation).", minimum=0),
+    Field("nproc", "--nproc", "int", "Processes", "Schedule", "Data-parallel processes on this machine (one per GPU, "
+          "or CPU cores shared out); the batch size is per process, so the global batch is batch × accumulation × "
+          "processes. 1 = a single process.", minimum=1),
     Field("eval_every", "--eval-every", "int", "Eval every", "Schedule", "Steps between validation losses (0 = never).", minimum=0),
     Field("save_every", "--save-every", "int", "Checkpoint every", "Schedule", "Steps between checkpoints (0 = only at the end).", minimum=0),
     Field("sample_every", "--sample-every", "int", "Sample every", "Schedule", "Steps between generated samples (0 = never).", minimum=0),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
+# What a resumed run cannot change: the architecture, its tokenizer, its data and its folder.
+LOCKED_ON_RESUME = ("preset", "run_name", "data", "mixer", "ternary", "n_layer", "n_embd", "n_head",
+                    "mini_batch", "tokenizer", "vocab_size")
+PRESETS = tuple(trainer_config.PRESETS)
+DEFAULT_PRESET = trainer_config.TrainConfig.preset
+BYTE_SYMBOLS = 256   # the form's vocabulary for the byte tokenizer (the model pads it with specials)
+
+
+def preset_values(preset: str) -> dict:
+    """The form's fields as ``bitttt train --preset <preset>`` sets them (``bitttt.config.defaults``)."""
+    d = trainer_config.defaults(preset)
+    d["vocab_size"] = BYTE_SYMBOLS if d["tokenizer"] == "byte" else d["bpe_vocab_size"]
+    return {f.name: d[f.name] for f in FIELDS if f.name in d and f.name not in ("preset", "data", "run_dir")}
+
+
+_DEFAULTS = preset_values(DEFAULT_PRESET)
 
 
 @dataclass
@@ -72,32 +92,38 @@ class TrainSettings:
     run_name: str = ""
     data: str = ""
     resume: str = ""
-    mixer: str = PRESETS[DEFAULT_PRESET]["mixer"]
-    ternary: bool = PRESETS[DEFAULT_PRESET]["ternary"]
-    n_layer: int = PRESETS[DEFAULT_PRESET]["n_layer"]
-    n_embd: int = PRESETS[DEFAULT_PRESET]["n_embd"]
-    n_head: int = PRESETS[DEFAULT_PRESET]["n_head"]
-    mini_batch: int = PRESETS[DEFAULT_PRESET]["mini_batch"]
-    tokenizer: str = PRESETS[DEFAULT_PRESET]["tokenizer"]
-    vocab_size: int = PRESETS[DEFAULT_PRESET]["vocab_size"]
-    steps: int = PRESETS[DEFAULT_PRESET]["steps"]
-    batch_size: int = PRESETS[DEFAULT_PRESET]["batch_size"]
-    seq_len: int = PRESETS[DEFAULT_PRESET]["seq_len"]
-    lr: float = PRESETS[DEFAULT_PRESET]["lr"]
-    warmup: int = PRESETS[DEFAULT_PRESET]["warmup"]
-    grad_accum: int = PRESETS[DEFAULT_PRESET]["grad_accum"]
-    device: str = PRESETS[DEFAULT_PRESET]["device"]
-    seed: int = PRESETS[DEFAULT_PRESET]["seed"]
-    eval_every: int = PRESETS[DEFAULT_PRESET]["eval_every"]
-    save_every: int = PRESETS[DEFAULT_PRESET]["save_every"]
-    sample_every: int = PRESETS[DEFAULT_PRESET]["sample_every"]
+    mixer: str = _DEFAULTS["mixer"]
+    ternary: bool = _DEFAULTS["ternary"]
+    n_layer: int = _DEFAULTS["n_layer"]
+    n_embd: int = _DEFAULTS["n_embd"]
+    n_head: int = _DEFAULTS["n_head"]
+    mini_batch: int = _DEFAULTS["mini_batch"]
+    tokenizer: str = _DEFAULTS["tokenizer"]
+    vocab_size: int = _DEFAULTS["vocab_size"]
+    steps: int = _DEFAULTS["steps"]
+    batch_size: int = _DEFAULTS["batch_size"]
+    seq_len: int = _DEFAULTS["seq_len"]
+    lr: float = _DEFAULTS["lr"]
+    warmup: int = _DEFAULTS["warmup"]
+    grad_accum: int = _DEFAULTS["grad_accum"]
+    device: str = _DEFAULTS["device"]
+    seed: int = _DEFAULTS["seed"]
+    eval_every: int = _DEFAULTS["eval_every"]
+    save_every: int = _DEFAULTS["save_every"]
+    sample_every: int = _DEFAULTS["sample_every"]
+    nproc: int = 1
+
+    @property
+    def global_batch(self) -> int:
+        """Sequences per optimizer step over all processes (what a single process would need)."""
+        return self.batch_size * self.grad_accum * self.nproc
 
     @classmethod
     def for_preset(cls, preset: str, **overrides) -> "TrainSettings":
         """Settings with every preset-controlled field taken from ``preset``."""
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-        return cls(**{**PRESETS[preset], "preset": preset, **overrides})
+        return cls(**{**preset_values(preset), "preset": preset, **overrides})
 
 
 class SettingsError(ValueError):
@@ -176,7 +202,7 @@ def check_settings(s: TrainSettings) -> dict[str, str]:
         errors["n_head"] = f"hidden size {s.n_embd} is not a multiple of {s.n_head} heads"
     if s.tokenizer == "byte" and s.vocab_size != 256:
         errors["vocab_size"] = "the byte tokenizer has exactly 256 symbols"
-    if s.data and not Path(s.data).expanduser().exists():
+    if s.data and not s.resume and not Path(s.data).expanduser().exists():   # a resumed run keeps its own data
         errors["data"] = f"{s.data} does not exist"
     if s.resume and not Path(s.resume).expanduser().exists():
         errors["resume"] = f"{s.resume} does not exist"
@@ -212,23 +238,29 @@ def run_dir_for(s: TrainSettings, workspace: str | os.PathLike) -> Path:
 
 
 def train_args(s: TrainSettings, run_dir: str | os.PathLike) -> list[str]:
-    """The arguments after ``bitttt``: ``train ... --log-format jsonl``.
+    """The arguments after ``bitttt``: ``train ... --log-format jsonl --log-every 1``.
 
     Only fields differing from the preset are sent, so the command reads like
     a diff against it; ``--run-dir`` is always explicit (the launcher writes STOP there).
     """
-    preset = PRESETS.get(s.preset, {})
-    args = ["train", "--preset", s.preset]
-    if s.data:
-        args += ["--data", str(Path(s.data).expanduser())]
-    args += ["--run-dir", str(run_dir)]
+    preset = preset_values(s.preset) if s.preset in PRESETS else {}
     if s.resume:
-        args += ["--resume", str(Path(s.resume).expanduser())]
+        # A resumed run takes its architecture, tokenizer and data from its checkpoint, and every other
+        # setting from the run unless a flag says otherwise: so each shown value is sent, even one
+        # equal to the preset's, or the run's own value would silently win over the form.
+        args = ["train", "--run-dir", str(run_dir), "--resume", str(Path(s.resume).expanduser())]
+        skip, preset = set(LOCKED_ON_RESUME), {}
+    else:
+        args = ["train", "--preset", s.preset]
+        if s.data:
+            args += ["--data", str(Path(s.data).expanduser())]
+        args += ["--run-dir", str(run_dir)]
+        skip = set()
     for f in FIELDS:
-        if f.flag is None or f.name in ("preset", "data", "resume"):
+        if f.flag is None or f.name in ("preset", "data", "resume") or f.name in skip:
             continue
         value = getattr(s, f.name)
-        if f.name in preset and value == preset[f.name]:
+        if f.name in preset and value == preset[f.name] or (f.name == "nproc" and value == 1):
             continue
         if f.kind == "bool":
             args.append(f.flag if value else "--no-" + f.flag[2:])
@@ -236,7 +268,8 @@ def train_args(s: TrainSettings, run_dir: str | os.PathLike) -> list[str]:
             args += [f.flag, repr(float(value))]
         else:
             args += [f.flag, str(value)]
-    args += ["--log-format", "jsonl"]
+    # Every step's event: the loss curve draws them all (thinned for drawing), not one in ten.
+    args += ["--log-format", "jsonl", "--log-every", "1"]
     return args
 
 

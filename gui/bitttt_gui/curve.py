@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 from .events import num, read_events
@@ -10,15 +11,21 @@ MAX_PLOT_POINTS = 4000   # more than a plot's pixels: decimate before drawing
 
 
 class LossCurve:
-    def __init__(self):
+    def __init__(self, name: str = ""):
+        self.name = name
         self.train_steps: list[float] = []
         self.train_loss: list[float] = []
         self.val_steps: list[float] = []
         self.val_loss: list[float] = []
+        self.tokens_per_step: float | None = None   # from the start event: batch × sequence × accumulation
+        self.bits_per_nat_byte: float | None = None  # loss (nats/token) → bits/byte, from an eval event
+        self.tokenizer: str | None = None
 
     def add(self, ev: dict) -> bool:
-        """Take a ``step`` or ``eval`` event; True if the curve changed."""
+        """Take a ``start``, ``step`` or ``eval`` event; True if the curve changed."""
         kind = ev.get("event")
+        if kind == "start":
+            return self._add_start(ev)
         step = num(ev.get("step"))
         if step is None:
             return False
@@ -33,17 +40,45 @@ class LossCurve:
             loss = num(ev.get("val_loss"))
             if loss is None:
                 return False
+            bpb = num(ev.get("val_bpb"))
+            if bpb is not None and loss > 0:
+                self.bits_per_nat_byte = bpb / loss
             self.val_steps.append(step)
             self.val_loss.append(loss)
             return True
         return False
 
+    def _add_start(self, ev: dict) -> bool:
+        c = ev.get("config") if isinstance(ev.get("config"), dict) else {}
+        sizes = [num(c.get(k)) for k in ("batch_size", "seq_len")]
+        if all(v is not None for v in sizes):
+            self.tokens_per_step = sizes[0] * sizes[1] * (num(c.get("grad_accum")) or 1)
+        self.tokenizer = c.get("tokenizer") if isinstance(c.get("tokenizer"), str) else self.tokenizer
+        return False
+
+    def bits_per_byte_factor(self) -> float | None:
+        """What turns a loss (nats per token) into bits per byte: measured by the trainer's evals, or
+        1/ln 2 for the byte tokenizer (one token per byte); None when neither is known."""
+        if self.bits_per_nat_byte is not None:
+            return self.bits_per_nat_byte
+        return 1 / math.log(2) if self.tokenizer == "byte" else None
+
+    def series(self, x: str = "step", y: str = "loss") -> tuple[list, list, list, list] | None:
+        """(train x, train y, val x, val y) with x "step" or "tokens" and y "loss" or "bpb";
+        None when this run cannot give that axis (no token count, no bits-per-byte factor)."""
+        fx = 1.0 if x == "step" else self.tokens_per_step
+        fy = 1.0 if y == "loss" else self.bits_per_byte_factor()
+        if fx is None or fy is None:
+            return None
+        return ([s * fx for s in self.train_steps], [v * fy for v in self.train_loss],
+                [s * fx for s in self.val_steps], [v * fy for v in self.val_loss])
+
     def __len__(self):
         return len(self.train_steps) + len(self.val_steps)
 
     @classmethod
-    def from_events_file(cls, path: str | os.PathLike) -> "LossCurve":
-        c = cls()
+    def from_events_file(cls, path: str | os.PathLike, name: str = "") -> "LossCurve":
+        c = cls(name)
         for ev in read_events(path):
             c.add(ev)
         return c
@@ -75,3 +110,31 @@ def decimate(xs: list[float], ys: list[float], max_points: int = MAX_PLOT_POINTS
     if idx[-1] != n - 1:
         idx.append(n - 1)
     return [xs[i] for i in idx], [ys[i] for i in idx]
+
+
+class TernaryHistory:
+    """The trainer's ``ternary`` events by group: steps, zero fractions, flip fractions, scales."""
+
+    FIELDS = ("zero_frac", "flip_frac", "scale")
+
+    def __init__(self):
+        self.groups: dict[str, dict[str, list[float]]] = {}
+
+    def add(self, ev: dict) -> bool:
+        step = num(ev.get("step"))
+        groups = ev.get("groups")
+        if ev.get("event") != "ternary" or step is None or not isinstance(groups, dict):
+            return False
+        changed = False
+        for name, g in groups.items():
+            if not isinstance(g, dict) or any(num(g.get(f)) is None for f in self.FIELDS):
+                continue
+            h = self.groups.setdefault(str(name), {"step": [], **{f: [] for f in self.FIELDS}})
+            h["step"].append(step)
+            for f in self.FIELDS:
+                h[f].append(num(g[f]))
+            changed = True
+        return changed
+
+    def __len__(self):
+        return len(self.groups)

@@ -1,9 +1,10 @@
 """Parameter and training-memory estimate from the form's numbers (DESIGN §4 model shape).
 
-tkinter-free and torch-free: it cannot import ``bitttt``, so it counts the shape
-itself — embedding, n_layer × [RMSNorm, mixer, RMSNorm, SwiGLU], RMSNorm, LM head
-(untied). A mixer has q/k/v/o projections; TTT mixers add a gate, the per-head
-inner-lr projection, token scales, learned initial fast weights and LayerNorms.
+tkinter-free and torch-free: it counts the shape from the form's numbers (the SwiGLU width
+and the padded vocabulary from bitttt's torch-free ``config`` and ``tokenizer``) — embedding, n_layer × [RMSNorm, mixer, RMSNorm, SwiGLU], RMSNorm, LM head
+(untied). Attention has q/k/v/o projections; TTT mixers have one projection shared by q and k
+(each then has its own causal depthwise conv), v, o and a gate, the per-head inner-lr
+projection, token scales, learned initial fast weights and LayerNorms.
 Memory assumes AdamW in float32 with float32 master weights (ternary training
 keeps latent float weights; fake quant costs activations, not parameters).
 """
@@ -12,13 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .presets import ffn_size
+from bitttt.config import swiglu_width
+from bitttt.tokenizer import ByteTokenizer, padded_vocab
 
 BYTES_F32 = 4
 ADAM_STATES = 2                 # exp_avg, exp_avg_sq
 CPU_RUNTIME_BYTES = 600 << 20   # torch + Python + data pipeline, measured order of magnitude
 CUDA_CONTEXT_BYTES = 700 << 20  # CUDA context and allocator slack on a fresh process
 TIGHT_FRACTION = 0.8            # above this share of what is free: "tight"
+CONV_KERNEL = 4                 # TTT's causal depthwise conv (DESIGN §3)
 
 
 @dataclass
@@ -42,9 +45,8 @@ def count_params(n_layer: int, n_embd: int, n_head: int, vocab_size: int, mixer:
     """(all parameters, parameters in ternary matrices) of the DESIGN §4 model."""
     d, h = n_embd, max(n_head, 1)
     hd = d // h
-    ffn = ffn_size(d)
-    n_proj = 5 if mixer.startswith("ttt") else 4        # q k v o (+ gate for TTT)
-    proj = n_proj * d * d
+    ffn = swiglu_width(d)
+    proj = 4 * d * d                                    # attention: q k v o; TTT: qk (shared), v, o, gate
     mlp = 3 * d * ffn                                   # SwiGLU: gate, up, down
     if mixer == "ttt_linear":
         inner = h * hd * hd + h * hd                    # W0 [H,D,D], b0 [H,D]
@@ -58,6 +60,7 @@ def count_params(n_layer: int, n_embd: int, n_head: int, vocab_size: int, mixer:
         ttt_extra += mini_batch             # learnable token scales a_i
         ttt_extra += 2 * h * hd             # inner LayerNorm ln_w, ln_b
         ttt_extra += 2 * d                  # post LayerNorm
+        ttt_extra += 2 * (CONV_KERNEL * d + d)  # causal depthwise convs on q and k (weight, bias)
         ttt_extra += inner
     norms = 2 * d                           # two RMSNorms per block
     per_layer = proj + mlp + ttt_extra + norms
@@ -71,7 +74,7 @@ def activation_bytes(n_layer: int, n_embd: int, n_head: int, vocab_size: int, ba
     """Saved activations for one micro-batch, float32, no recomputation (a rough upper guide)."""
     d, h = n_embd, max(n_head, 1)
     hd = d // h
-    per_token = 18 * d + 4 * ffn_size(d)        # norms, projections, residuals, fake-quant copies, SwiGLU
+    per_token = 18 * d + 4 * swiglu_width(d)        # norms, projections, residuals, fake-quant copies, SwiGLU
     if mixer == "attention":
         per_token += h * seq_len                # softmax scores without a fused kernel
     elif mixer == "ttt_linear":
@@ -83,11 +86,17 @@ def activation_bytes(n_layer: int, n_embd: int, n_head: int, vocab_size: int, ba
     return BYTES_F32 * tokens * (n_layer * per_token + logits + 2 * d)
 
 
+def model_vocab(tokenizer: str, vocab_size: int) -> int:
+    """The model's vocabulary as the trainer builds it: the tokenizer's symbols and specials, padded."""
+    return ByteTokenizer().vocab_size if tokenizer == "byte" else padded_vocab(vocab_size)
+
+
 def estimate(s, device: str = "cpu") -> Estimate:
     """Estimate for a ``command.TrainSettings`` (or anything with the same fields) on ``device``."""
-    n, n_tern = count_params(s.n_layer, s.n_embd, s.n_head, s.vocab_size, s.mixer, s.mini_batch)
+    vocab = model_vocab(s.tokenizer, s.vocab_size)
+    n, n_tern = count_params(s.n_layer, s.n_embd, s.n_head, vocab, s.mixer, s.mini_batch)
     weights = BYTES_F32 * n
-    act = activation_bytes(s.n_layer, s.n_embd, s.n_head, s.vocab_size, s.batch_size, s.seq_len,
+    act = activation_bytes(s.n_layer, s.n_embd, s.n_head, vocab, s.batch_size, s.seq_len,
                            s.mixer, s.mini_batch)
     overhead = CUDA_CONTEXT_BYTES if device == "cuda" else CPU_RUNTIME_BYTES
     if s.ternary:

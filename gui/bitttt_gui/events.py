@@ -1,4 +1,7 @@
-"""Parse and render the trainer's event stream (DESIGN §6); tkinter-free, never raises.
+"""Parse the trainer's event stream (DESIGN §6) and explain how a run ended; tkinter-free, never raises.
+
+Event names, the one-line rendering of an event (``format_text``) and the time format are the
+trainer's own, from the torch-free ``bitttt.events``: the Logs tab reads like ``bitttt train``.
 
 ``parse_line`` turns one line of a child's output into a record:
 an event dict (``{"event": "step", ...}``) or a raw-line record
@@ -13,15 +16,9 @@ import math
 import os
 from collections.abc import Iterator
 
-RAW = "raw"
+from bitttt.errors import EXIT_DIVERGED, EXIT_MEANINGS  # torch-free: the trainer's own table
 
-EXIT_MEANINGS = {
-    0: "completed or stopped on request",
-    1: "unexpected exception",
-    2: "bad arguments or config",
-    3: "data error",
-    4: "out of memory",
-}
+RAW = "raw"
 
 
 def parse_line(line: str | bytes) -> dict:
@@ -73,16 +70,6 @@ def fmt_bytes(n) -> str:
     return "?"
 
 
-def fmt_duration(seconds) -> str:
-    s = num(seconds)
-    if s is None or s < 0 or math.isinf(s):
-        return "?"
-    s = int(round(s))
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
-
-
 def fmt_count(n) -> str:
     n = num(n)
     if n is None:
@@ -93,52 +80,13 @@ def fmt_count(n) -> str:
     return f"{n:.0f}"
 
 
-def _g(ev, key, spec="g", default="?"):
-    v = num(ev.get(key))
-    if v is None:
-        return default
-    return format(v, spec)
-
-
-def format_event(ev: dict) -> str:
-    """A readable one-line rendering of a record from ``parse_line`` (raw lines as they are)."""
-    kind = ev.get("event")
-    try:
-        if kind == RAW:
-            return str(ev.get("text", ""))
-        if kind == "start":
-            return (f"start: run {ev.get('run_dir', '?')} on {ev.get('device', '?')}, "
-                    f"{fmt_count(ev.get('n_params'))} parameters, {ev.get('total_steps', '?')} steps")
-        if kind == "step":
-            return (f"step {ev.get('step', '?')}/{ev.get('total_steps', '?')}  loss {_g(ev, 'loss', '.4f')}"
-                    f"  lr {_g(ev, 'lr', '.2e')}  grad {_g(ev, 'grad_norm', '.3f')}"
-                    f"  {_g(ev, 'tokens_per_s', ',.0f')} tok/s  mem {fmt_bytes(ev.get('mem_bytes'))}"
-                    f"  eta {fmt_duration(ev.get('eta_s'))}")
-        if kind == "eval":
-            return f"eval @ step {ev.get('step', '?')}: val loss {_g(ev, 'val_loss', '.4f')}, {_g(ev, 'val_bpb', '.3f')} bits/byte"
-        if kind == "checkpoint":
-            return f"checkpoint @ step {ev.get('step', '?')}: {ev.get('path', '?')}"
-        if kind == "sample":
-            text = str(ev.get("text", "")).replace("\n", "⏎")
-            return f"sample @ step {ev.get('step', '?')}: {ev.get('prompt', '')!s}→ {text}"
-        if kind == "warning":
-            return f"warning: {ev.get('message', '')}"
-        if kind == "error":
-            hint = ev.get("hint")
-            return f"error ({ev.get('kind', '?')}): {ev.get('message', '')}" + (f" — hint: {hint}" if hint else "")
-        if kind == "done":
-            return f"done: {ev.get('reason', '?')} at step {ev.get('step', '?')}; last checkpoint {ev.get('path') or 'none'}"
-        fields = ", ".join(f"{k}={v}" for k, v in ev.items() if k not in ("event", "time"))
-        return f"{kind}: {fields}" if fields else str(kind)
-    except Exception:  # a hostile field (huge nesting, odd types): never let rendering fail
-        return repr(ev)[:500]
-
-
 def explain_exit(code: int | None, error: dict | None = None, done: dict | None = None,
-                 tail: list[str] | None = None) -> tuple[str, str]:
+                 tail: list[str] | None = None, checkpoint: str | None = None) -> tuple[str, str]:
     """(severity, message) for a finished child: severity is ``ok``, ``warn`` or ``error``.
 
-    ``error``/``done`` are the last such events seen; ``tail`` the last raw lines (traceback).
+    ``error``/``done`` are the last such events seen; ``tail`` the last raw lines (traceback);
+    ``checkpoint`` the last checkpoint the run saved (None: it saved none), so a message never
+    promises a checkpoint that does not exist.
     """
     tail = [t for t in (tail or []) if t.strip()]
     hint = (error or {}).get("hint")
@@ -153,7 +101,11 @@ def explain_exit(code: int | None, error: dict | None = None, done: dict | None 
     if code is None:
         return "error", "The trainer is gone and its exit code is unknown."
     if code < 0:
-        return "warn", f"The trainer was ended by signal {-code}; the last saved checkpoint is kept."
+        kept = f"its last checkpoint is kept: {checkpoint}" if checkpoint else "it saved no checkpoint"
+        return "warn", f"The trainer was ended by signal {-code}; {kept}."
+    if code == EXIT_DIVERGED:
+        return "error", ("Training diverged" + (f": {msg}" if msg else "") + ". "
+                         + (hint or "Lower the learning rate or check the data; the last good checkpoint is kept."))
     if code == 4:
         return "error", ("Out of memory" + (f": {msg}" if msg else "") + ". "
                          + (hint or "Try a smaller batch size or sequence length, or gradient accumulation."))

@@ -9,6 +9,10 @@ the process group, kill it, posting a ``stage`` message at each step.
 
 Queue items are ``Output`` records: kind ``line`` (stream, text), ``stage``
 (text), or ``exit`` (code), always in that order for one child.
+
+``AttachedRun`` gives the same interface for a trainer this window did not start
+(one left running by a launcher that was closed or crashed, or started from a
+terminal): it follows the run's ``events.jsonl`` and stops it the same way.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from bitttt.runlock import live_trainer
 
 IS_WINDOWS = os.name == "nt"
 STOP_GRACE_S = 60.0   # a checkpoint save of a base model on a slow disk fits in this
@@ -39,7 +45,64 @@ class Output:
     source: str = ""     # the ChildProcess name ("train", "chat")
 
 
-class ChildProcess:
+class _Stoppable:
+    """The DESIGN §6 stop sequence (STOP file, then SIGTERM, then SIGKILL), run on its own thread.
+    Subclasses provide ``running()``, ``_exited`` and ``_signal_group(terminate)``."""
+
+    out: queue.Queue
+    name: str
+    run_dir: Path | None
+    stage: str
+    _exited: threading.Event
+    _stop_thread: threading.Thread | None = None
+
+    def running(self) -> bool:
+        raise NotImplementedError
+
+    def _signal_group(self, terminate: bool):
+        raise NotImplementedError
+
+    def stop(self, grace_s: float = STOP_GRACE_S, term_s: float = TERM_GRACE_S,
+             kill_s: float = KILL_WAIT_S, write_stop_file: bool = True) -> None:
+        """Start the stop sequence on a thread (returns at once; a second call is ignored)."""
+        if not self.running() or (self._stop_thread and self._stop_thread.is_alive()):
+            return
+        self._stop_thread = threading.Thread(target=self._stop_sequence, args=(grace_s, term_s, kill_s, write_stop_file),
+                                             daemon=True, name=f"{self.name}-stop")
+        self._stop_thread.start()
+
+    def _stage(self, stage: str, text: str):
+        self.stage = stage
+        self.out.put(Output("stage", text, source=self.name))
+
+    def _stop_sequence(self, grace_s, term_s, kill_s, write_stop_file):
+        if write_stop_file and self.run_dir is not None:
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                (self.run_dir / "STOP").write_text("stop requested by bitttt-gui\n", encoding="utf-8")
+                self._stage("stopping", f"Stop requested: wrote {self.run_dir / 'STOP'}; waiting up to "
+                                        f"{grace_s:g} s for the trainer to save a checkpoint and exit…")
+            except OSError as e:
+                self._stage("stopping", f"Could not write the STOP file ({e}); terminating instead.")
+                grace_s = 0
+        if self._exited.wait(grace_s):
+            return
+        self._stage("terminating", f"No exit after {grace_s:g} s: sending SIGTERM to the process group…"
+                    if not IS_WINDOWS else "No exit: sending CTRL+BREAK, then terminating…")
+        self._signal_group(terminate=True)
+        if self._exited.wait(term_s):
+            return
+        self._stage("killing", f"Still running after {term_s:g} s: killing the process group.")
+        self._signal_group(terminate=False)
+        if not self._exited.wait(kill_s):
+            self._stage("killing", "The process did not go away after SIGKILL; it may be stuck in the kernel.")
+
+    def kill_now(self):
+        """Kill the group without ceremony (window closing after the user agreed)."""
+        self._signal_group(terminate=False)
+
+
+class ChildProcess(_Stoppable):
     """One ``bitttt`` child. ``argv`` is run as is (no shell); output goes to ``out``."""
 
     def __init__(self, argv: list[str], out: queue.Queue, *, name: str = "train", cwd=None, env=None,
@@ -126,42 +189,7 @@ class ChildProcess:
         except (OSError, ValueError):
             return False
 
-    # -- stop ----------------------------------------------------------------------------
-    def stop(self, grace_s: float = STOP_GRACE_S, term_s: float = TERM_GRACE_S,
-             kill_s: float = KILL_WAIT_S, write_stop_file: bool = True) -> None:
-        """Start the stop sequence on a thread (returns at once; a second call is ignored)."""
-        if not self.running() or (self._stop_thread and self._stop_thread.is_alive()):
-            return
-        self._stop_thread = threading.Thread(target=self._stop_sequence, args=(grace_s, term_s, kill_s, write_stop_file),
-                                             daemon=True, name=f"{self.name}-stop")
-        self._stop_thread.start()
-
-    def _stage(self, stage: str, text: str):
-        self.stage = stage
-        self.out.put(Output("stage", text, source=self.name))
-
-    def _stop_sequence(self, grace_s, term_s, kill_s, write_stop_file):
-        if write_stop_file and self.run_dir is not None:
-            try:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                (self.run_dir / "STOP").write_text("stop requested by bitttt-gui\n", encoding="utf-8")
-                self._stage("stopping", f"Stop requested: wrote {self.run_dir / 'STOP'}; waiting up to "
-                                        f"{grace_s:g} s for the trainer to save a checkpoint and exit…")
-            except OSError as e:
-                self._stage("stopping", f"Could not write the STOP file ({e}); terminating instead.")
-                grace_s = 0
-        if self._exited.wait(grace_s):
-            return
-        self._stage("terminating", f"No exit after {grace_s:g} s: sending SIGTERM to the process group…"
-                    if not IS_WINDOWS else "No exit: sending CTRL+BREAK, then terminating…")
-        self._signal_group(terminate=True)
-        if self._exited.wait(term_s):
-            return
-        self._stage("killing", f"Still running after {term_s:g} s: killing the process group.")
-        self._signal_group(terminate=False)
-        if not self._exited.wait(kill_s):
-            self._stage("killing", "The process did not go away after SIGKILL; it may be stuck in the kernel.")
-
+    # -- stop (the sequence is _Stoppable's) -----------------------------------------------
     def _signal_group(self, terminate: bool):
         p = self.proc
         if p is None or p.poll() is not None and self._exited.is_set():
@@ -177,6 +205,89 @@ class ChildProcess:
         except (ProcessLookupError, PermissionError, OSError):
             pass
 
-    def kill_now(self):
-        """Kill the group without ceremony (window closing after the user agreed)."""
-        self._signal_group(terminate=False)
+
+FOLLOW_POLL_S = 0.2     # how often an attached run's events.jsonl is read for new lines
+
+
+class AttachedRun(_Stoppable):
+    """A trainer this window did not start, found through its run's lock file (``bitttt.runlock``).
+
+    A follower thread posts every line of ``events.jsonl`` (from the start, so the curve is whole),
+    then new ones as they are appended, and the exit once the process is gone. Its exit code is
+    not ours to read: it is taken from the last ``done`` event (0 completed/stopped, 1 error) or
+    None when the run ended without one (killed).
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, out: queue.Queue, *, name: str = "train"):
+        self.run_dir = Path(run_dir)
+        self.out, self.name = out, name
+        self.lock = live_trainer(self.run_dir) or {}
+        self.argv = list(self.lock.get("argv") or [])
+        self.returncode: int | None = None
+        self.stage = "idle"
+        self._stop_thread = None
+        self._exited = threading.Event()
+
+    @property
+    def pid(self) -> int | None:
+        return self.lock.get("pid")
+
+    def start(self) -> "AttachedRun":
+        if not self.lock:
+            raise OSError(f"no live trainer in {self.run_dir}")
+        self.stage = "running"
+        threading.Thread(target=self._follow, daemon=True, name=f"{self.name}-follow").start()
+        return self
+
+    def running(self) -> bool:
+        return self.stage != "idle" and not self._exited.is_set()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        self._exited.wait(timeout)
+        return self.returncode
+
+    def _follow(self):
+        done_reason = None
+        pending = ""
+        offset = 0
+        while True:
+            alive = live_trainer(self.run_dir) is not None
+            try:
+                with open(self.run_dir / "events.jsonl", "rb") as f:
+                    f.seek(offset)
+                    chunk = f.read()
+                    offset += len(chunk)
+            except OSError:
+                chunk = b""
+            pending += chunk.decode("utf-8", errors="replace")
+            *lines, pending = pending.split("\n")     # a line still being written stays pending
+            for line in lines:
+                if line.strip():
+                    self.out.put(Output("line", line, "stdout", source=self.name))
+                    if '"done"' in line:
+                        try:
+                            done_reason = json.loads(line).get("reason")
+                        except ValueError:
+                            pass
+            if not alive:
+                break
+            time.sleep(FOLLOW_POLL_S)
+        self.returncode = None if done_reason is None else 0 if done_reason in ("completed", "stopped") else 1
+        self.stage = "exited"
+        self._exited.set()
+        self.out.put(Output("exit", code=self.returncode, source=self.name))
+
+    def _signal_group(self, terminate: bool):
+        pid = self.pid
+        if not pid or self._exited.is_set():
+            return
+        sig = signal.SIGTERM if terminate else getattr(signal, "SIGKILL", signal.SIGTERM)
+        try:
+            # Its own process group (the launcher starts trainers in a new session): signal the whole
+            # group. One started from a terminal shares the shell's group: signal only the trainer.
+            if not IS_WINDOWS and os.getpgid(pid) == pid:
+                os.killpg(pid, sig)
+            else:
+                os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError, OSError):
+            pass

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from bitttt.runlock import live_trainer
 
 from .events import num, read_events
 
@@ -44,6 +47,33 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return best
 
 
+def run_settings(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> dict:
+    """The launcher form's values of a run, from its ``config.json`` (the checkpoint's, else the run's):
+    model keys at the top level, the trainer's under "training" (DESIGN §5). Fields it cannot tell are
+    left out; a missing or unreadable file gives {}."""
+    for folder in ([Path(checkpoint)] if checkpoint else []) + [Path(run_dir)]:
+        try:
+            d = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(d, dict):
+            break
+    else:
+        return {}
+    training = d.get("training") if isinstance(d.get("training"), dict) else {}
+    out = {k: d[k] for k in ("mixer", "ternary", "n_layer", "n_embd", "n_head", "mini_batch") if k in d}
+    out.update({k: training[k] for k in ("preset", "steps", "batch_size", "seq_len", "lr", "warmup", "grad_accum",
+                                         "device", "seed", "eval_every", "save_every", "sample_every",
+                                         "tokenizer") if k in training})
+    if training.get("tokenizer") == "bpe" and "bpe_vocab_size" in training:
+        out["vocab_size"] = training["bpe_vocab_size"]
+    elif training.get("tokenizer") == "byte":
+        out["vocab_size"] = 256
+    data = training.get("data")
+    out["data"] = data[0] if isinstance(data, list) and len(data) == 1 else "" if not data else "; ".join(map(str, data))
+    return out
+
+
 def read_run(run_dir: str | os.PathLike, running: bool = False) -> RunInfo:
     """Summarise one run folder. ``running``: the launcher knows its trainer is alive."""
     run_dir = Path(run_dir)
@@ -74,7 +104,7 @@ def read_run(run_dir: str | os.PathLike, running: bool = False) -> RunInfo:
         elif kind == "done":
             done = ev
     info.checkpoint = latest_checkpoint(run_dir)
-    if running:
+    if running or live_trainer(run_dir) is not None:   # also a trainer this window did not start
         info.status = "running"
     elif done is not None:
         reason = done.get("reason")
@@ -103,7 +133,7 @@ def scan_runs(workspace: str | os.PathLike, running: set[str] | frozenset = froz
     live = {str(Path(r).resolve()) for r in running}
     infos = []
     for d in dirs:
-        is_live = str(d.resolve()) in live
+        is_live = str(d.resolve()) in live or live_trainer(d) is not None
         key = (_stamp(d / "events.jsonl"), _stamp(d / "checkpoints"), _stamp(d / "final"), is_live)
         hit = cache.get(str(d)) if cache is not None else None
         if hit is not None and hit[0] == key:

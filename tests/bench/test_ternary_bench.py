@@ -17,7 +17,7 @@ MB = ternary.MB
 
 def tiny_config(**overrides) -> TernaryBenchConfig:
     base = dict(shapes=[(64, 300)], tokens=[3], threads=[1], regimes=["hot", "cold"], reps=2, warmup=1,
-                cold_bytes=MB)
+                cold_bytes=MB, peaks=False)
     return TernaryBenchConfig(**{**base, **overrides})
 
 
@@ -55,6 +55,24 @@ def test_isas_side_by_side():
     names = {f"bitttt-{i}" for i in _C.available_isas()} if len(_C.available_isas()) > 1 else {"bitttt"}
     assert set(report.rows[0].timings) == names | {"fp32"}
     assert set(report.rows[0].speedups) == {f"{n} vs fp32" for n in names}
+
+
+def test_percent_of_peak():
+    # Small peaks (a 1 MiB read sits in cache: a number, not a bandwidth); decode rows divide
+    # by the read, prefill rows by the int8 peak of the kernel set that ran.
+    isas = [i for i in ("scalar", "avx2", "avx512") if i in _C.available_isas()]
+    out = io.StringIO()
+    report = ternary.run(tiny_config(tokens=[1, 3], regimes=["hot"], isas=isas, baselines=["fp32"], peaks=True,
+                                     peak_run_s=0.001, peak_read_bytes=MB), out=out)
+    assert report.peaks is not None and "% of peak" in out.getvalue()
+    decode, prefill = report.rows
+    for isa in isas:
+        name = ternary.contender_name(isa, isas)
+        assert decode.peak_pct[name] == pytest.approx(
+            100 * decode.timings[name].gbps / report.peaks.read_gbs(1))
+        int8 = report.peaks.int8(isa, 1)
+        assert prefill.peak_pct[name] == (pytest.approx(100 * prefill.timings[name].gops / 2 / int8) if int8 else None)
+    assert report.to_json()["peaks"]["entries"][0]["threads"] == 1
 
 
 def test_wrong_kernel_fails_validation(monkeypatch):

@@ -47,3 +47,26 @@ def test_cpu_row_still_runs():
     row = ttt.bench_config(1, 40, 2, 8, 16, repeat=1, with_compile=False, ref_grad_max_tokens=0)
     assert row["prefill_op_s"] > 0 and "fwd_bwd_ref_s" not in row
     assert "prefill tok/s op" in ttt.format_row(row)
+
+
+def test_percent_of_fp32_peak():
+    from bitttt.bench import peak
+
+    # Dual form per token: k W, q W, (lr k)^T G at 2D^2 each, q k^T and attn G at 2bD each.
+    assert ttt.prefill_flops(1, 1, 1, 64, 16) == 6 * 64 * 64 + 4 * 16 * 64
+    peaks = peak.Peaks("m", {}, "avx512", [2], [peak.Peak("fp32_avx512", "fp32", "avx512", "vfmadd231ps zmm",
+                                                          "GFLOP/s", 2, 100.0, 0.1, 10**10)])
+    row = {"B": 1, "H": 2, "T": 160, "D": 64, "b": 16, "prefill_op_s": 1e-3}
+    ttt.add_peak_pct(row, peaks, "avx512", 2)
+    gflops = 2 * 160 * (6 * 64 * 64 + 4 * 16 * 64) / 1e-3 / 1e9
+    assert row["prefill_op_gflops"] == pytest.approx(gflops)
+    assert row["prefill_op_pct_fp32_peak"] == pytest.approx(100 * gflops / 100.0)
+    ttt.add_peak_pct(row, peaks, "scalar", 2)  # no FMA peak for the scalar kernels
+    assert row["prefill_op_pct_fp32_peak"] is None
+    assert "of fp32 peak" in ttt.format_row({**row, "prefill_ref_s": 1.0, "decode_op_s": 1e-5, "decode_ref_s": 1e-4,
+                                             "fwd_bwd_op_s": 1e-2})
+
+
+def test_no_peaks_flag_parses():
+    assert ttt.build_parser().parse_args(["--no-peaks"]).no_peaks
+    assert not ttt.build_parser().parse_args([]).no_peaks

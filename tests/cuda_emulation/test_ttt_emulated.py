@@ -1,8 +1,8 @@
 """The TTT-Linear CUDA kernels, run on the CPU by an emulator, against the CPU kernels.
 
-tests/cuda_emulation/ttt_emulate.cpp compiles csrc/ttt/ttt_linear_cuda.cuh as plain C++ (one
+tests/cuda_emulation/ttt_emulate.cpp compiles csrc/ttt/ttt_linear_cuda_kernels.cuh as plain C++ (one
 std::thread per CUDA thread, barriers for __syncthreads and the warp shuffles) and compares the
-forward, checkpoints, decode step and backward with csrc/ttt/ttt_kernels.inc on the shapes of
+forward, checkpoints, decode step and backward with csrc/ttt/ttt_linear_cpu_kernels.inc on the shapes of
 tests/ops/test_ttt_linear.py. It runs without a GPU or nvcc: only a C++20 compiler.
 """
 

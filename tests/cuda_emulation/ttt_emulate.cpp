@@ -1,5 +1,5 @@
-// Runs the TTT-Linear CUDA kernels (csrc/ttt/ttt_linear_cuda.cuh) on the CPU and compares
-// them with the CPU kernels (csrc/ttt/ttt_kernels.inc), for machines without a GPU.
+// Runs the TTT-Linear CUDA kernels (csrc/ttt/ttt_linear_cuda_kernels.cuh) on the CPU and compares
+// them with the CPU kernels (csrc/ttt/ttt_linear_cpu_kernels.inc), for machines without a GPU.
 //
 // Emulation: every CUDA thread of a block is a std::thread; __syncthreads() is a barrier of
 // the block's kThreads threads, __shfl_xor_sync an exchange through memory between two
@@ -27,12 +27,12 @@
 
 #include "ttt/ttt.h"
 
-// --- the CPU kernels (the portable copy), as ttt_linear_generic.cpp builds them ---
-namespace bitttt::ttt::generic {
-#define BITTTT_TTT_ISA_NAME "generic"
-#include "ttt/ttt_kernels.inc"
+// --- the CPU kernels (the portable copy), as ttt_linear_scalar.cpp builds them ---
+namespace bitttt::ttt::scalar {
+#define BITTTT_TTT_ISA_NAME "scalar"
+#include "ttt/ttt_linear_cpu_kernels.inc"
 #undef BITTTT_TTT_ISA_NAME
-}  // namespace bitttt::ttt::generic
+}  // namespace bitttt::ttt::scalar
 
 // --- a CUDA block on std::threads ---
 #define BITTTT_CUDA_EMULATION 1
@@ -76,7 +76,7 @@ T __shfl_xor_sync(unsigned, T v, int o) {
 #define BITTTT_DYNAMIC_SMEM(name) unsigned char* name = emu::blk->smem
 using std::sqrt;
 
-#include "ttt/ttt_linear_cuda.cuh"
+#include "ttt/ttt_linear_cuda_kernels.cuh"
 
 namespace {
 
@@ -160,7 +160,7 @@ void run_case(const Case& c, std::mt19937_64& g) {
   auto ln_w = randn<T>(H * D, g, 0.1, 1.0), ln_b = randn<T>(H * D, g, 0.1);
 
   // --- forward: CPU ---
-  const Kernels kern = generic::kernels();
+  const Kernels kern = scalar::kernels();
   auto fwd_cpu = [&] {
     if constexpr (sizeof(T) == 4) return kern.forward_f32;
     else return kern.forward_f64;
@@ -258,7 +258,7 @@ void run_decode(int D, int b, std::mt19937_64& g) {
   std::vector<T> ts(b);
   for (int i = 0; i < b; ++i) ts[i] = T(1.0 / (i + 1));
   std::vector<T> Wg = W, cg = cc, gWg = gW, gcg = gc;
-  const Kernels kern = generic::kernels();
+  const Kernels kern = scalar::kernels();
   Case c{BH, H, D, b, 1, 0, 0};
   for (int64_t pos = 0; pos < b + 2; ++pos) {
     dm.pos = c.pos = pos;

@@ -8,7 +8,6 @@ import pytest
 
 from bitttt_gui.app import App, cancel_pending_afters
 from bitttt_gui.command import TrainSettings, save_settings
-from bitttt_gui.presets import PRESETS
 
 pytestmark = pytest.mark.gui
 
@@ -91,10 +90,11 @@ def test_train_watch_stop_then_chat(make_app, screenshot, monkeypatch):
     pump(root, lambda: len(plot.curve.train_steps) >= 30 and len(plot.curve.val_steps) >= 3 and plot.redraws >= 2,
          what="loss points")
     pump(root, lambda: plot.ax.get_xlim()[1] >= 30, what="the plot's x range to cover the steps")
+    plot.redraw()   # steps keep arriving between the throttled redraws: draw what the curve holds now
     lo, hi = plot.ax.get_ylim()
     assert lo <= min(plot.curve.train_loss) and hi >= max(plot.curve.val_loss)
-    assert any(line.startswith("step 1/100000  loss") for line in logs.lines())
-    assert any(line.startswith("eval @ step 5") for line in logs.lines())
+    assert any(line.startswith("step 1/100000 | loss") for line in logs.lines())   # as `bitttt train` prints
+    assert any(line.startswith("eval  step 5 | val loss") for line in logs.lines())
     assert str(train.stop_btn.cget("state")) == "normal" and str(train.start_btn.cget("state")) == "disabled"
     pump(root, lambda: "MiB" in mon.value("rss"), what="the run's memory readout")
     assert mon.value("step").endswith("/ 100000") and mon.value("lr") != "—" and mon.value("eta") != "—"
@@ -129,8 +129,9 @@ def test_train_watch_stop_then_chat(make_app, screenshot, monkeypatch):
     chat.prompt.set("hello there")
     assert chat.send() is None
     pump(root, lambda: not chat.generating, what="the streamed answer")
-    assert "You: hello there\n(turn 1) You said: hello there." in chat.transcript_text()
+    assert "You: hello there\nModel: (turn 1) You said: hello there." in chat.transcript_text()
     assert "tokens/s" in chat.speed.cget("text")
+    assert chat.loaded.cget("text") == f"Loaded checkpoint: {run_dir.resolve()}"
     chat.prompt.set("again")
     chat.send()
     pump(root, lambda: not chat.generating and "(turn 2)" in chat.transcript_text(), what="the second turn")
@@ -143,7 +144,7 @@ def test_train_watch_stop_then_chat(make_app, screenshot, monkeypatch):
     screenshot("tab-chat")
 
 
-def test_chat_stop_generation(make_app, tmp_path, monkeypatch):
+def test_chat_stop_generation_cancels_the_reply_only(make_app, tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_CHAT_TOKEN_S", "0.02")
     app = make_app()
     chat = app.tabs["chat"]
@@ -153,10 +154,36 @@ def test_chat_stop_generation(make_app, tmp_path, monkeypatch):
     chat.prompt.set("go")
     chat.send()
     pump(app.root, lambda: chat.transcript_text().count(" ") > 8, what="some tokens")
+    assert chat.generating and "tokens/s" in chat.speed.cget("text")      # the rate shows while streaming
     assert str(chat.stop_btn.cget("state")) == "normal"
     chat.stop_btn.invoke()
     pump(app.root, lambda: not chat.generating, timeout=5, what="the stop")
-    assert len(chat.transcript_text().split()) < 100
+    assert len(chat.transcript_text().split()) < 100 and "— (stopped)" in chat.transcript_text()
+    assert chat.child.running()                                        # the server and its memory stay
+    chat.prompt.set("next")
+    chat.send()
+    pump(app.root, lambda: not chat.generating, what="the next turn")
+    assert "Model: (turn 2) You said: next." in chat.transcript_text()
+
+
+def test_chat_memory_plot_and_reset(make_app, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_CHAT_TOKEN_S", "0.001")
+    app = make_app()
+    chat = app.tabs["chat"]
+    chat.model.set(str(tmp_path))
+    chat.params["max_new_tokens"].set("5")
+    assert chat.start_server() is None
+    pump(app.root, lambda: chat.status.cget("text").startswith("Ready"), what="the chat server")
+    for text in ("one", "two"):
+        chat.prompt.set(text)
+        chat.send()
+        pump(app.root, lambda: not chat.generating, what="a turn")
+    assert chat.memory.turns == [0, 1, 2] and chat.memory.series(0) == [0.0, 0.01, 0.02]   # the fake's drift
+    assert [list(line.get_ydata()) for line in chat.mem_lines] == [[0.0, 0.01, 0.02]] * 2
+    chat.reset_memory()
+    pump(app.root, lambda: len(chat.memory.turns) == 4, what="the reset's point")
+    assert chat.memory.turns[-1] == 2 and chat.memory.drift[-1] == [0.0, 0.0]
+    assert list(chat.mem_lines[0].get_ydata())[-1] == 0.0
 
 
 @pytest.mark.parametrize("mode,status", [
@@ -255,7 +282,7 @@ def test_preset_config_files_and_last_config(make_app, tmp_path):
     train = app.tabs["train"]
     train.set_value("preset", "small")
     settle(app.root, 0.3)
-    assert train.vars["n_embd"].get() == str(PRESETS["small"]["n_embd"])
+    assert train.vars["n_embd"].get() == "512"   # bitttt.config: small is 8 x 512
     assert "Parameters" in train.estimate_label.cget("text") and "M" in train.estimate_label.cget("text")
     assert train.verdict_label.cget("text").startswith("On ")
     path = tmp_path / "form.json"
@@ -314,10 +341,10 @@ def test_chat_while_training(make_app, monkeypatch):
     app = make_app()
     start(app, run_name="busy", steps="100000", save_every="5")
     run_dir = app.workspace / "runs" / "busy"
-    pump(app.root, lambda: (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()),
-         what="a first checkpoint")
     chat = app.tabs["chat"]
-    assert chat.model.get() == str(run_dir)          # default: the run being trained
+    # default: the run being trained, from its first checkpoint event on (nothing to load before)
+    pump(app.root, lambda: chat.model.get() == str(run_dir), what="the first checkpoint's event")
+    assert any((run_dir / "checkpoints").iterdir())
     assert chat.start_server() is None
     pump(app.root, lambda: chat.status.cget("text").startswith("Ready"), what="the chat server")
     steps_before = len(app.tabs["plot"].curve.train_steps)

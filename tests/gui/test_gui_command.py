@@ -7,10 +7,10 @@ import pytest
 from bitttt_gui import command
 from bitttt_gui.command import (FIELDS, SettingsError, TrainSettings, build_chat_argv, build_train_argv,
                                 load_settings, parse_settings, save_settings, train_args)
-from bitttt_gui.presets import PRESETS
 
 # A value differing from every preset's, per field, and the flag words it must produce.
 CHANGED = {
+    "nproc": (2, ["--nproc", "2"]),
     "mixer": ("attention", ["--mixer", "attention"]),
     "ternary": (False, ["--no-ternary"]),
     "n_layer": (3, ["--n-layer", "3"]),
@@ -42,7 +42,7 @@ def test_default_argv_is_python_m_bitttt_with_preset_run_dir_and_jsonl(monkeypat
     monkeypatch.delenv(command.CMD_ENV, raising=False)
     argv = build_train_argv(TrainSettings(), "/w/runs/a")
     assert argv == [sys.executable, "-m", "bitttt", "train", "--preset", "tiny", "--run-dir", "/w/runs/a",
-                    "--log-format", "jsonl"]
+                    "--log-format", "jsonl", "--log-every", "1"]
 
 
 def test_every_flag_field_is_covered_by_this_test():
@@ -60,13 +60,23 @@ def test_each_field_gives_its_flag(name):
     assert len(argv) == len(train_args(TrainSettings(), "r")) + len(words)
 
 
-def test_paths_preset_and_resume(tmp_path):
-    s = TrainSettings.for_preset("small", data=str(tmp_path), resume=str(tmp_path / "ck"))
+def test_paths_and_preset(tmp_path):
+    s = TrainSettings.for_preset("small", data=str(tmp_path))
     argv = train_args(s, tmp_path / "runs" / "x")
     assert argv[:3] == ["train", "--preset", "small"]
-    assert _has(argv, ["--data", str(tmp_path)]) and _has(argv, ["--resume", str(tmp_path / "ck")])
+    assert _has(argv, ["--data", str(tmp_path)]) and "--resume" not in argv
     assert _has(argv, ["--run-dir", str(tmp_path / "runs" / "x")])
     assert "--n-layer" not in argv   # equal to the small preset: not sent
+
+
+def test_resume_sends_every_training_value_and_no_architecture(tmp_path):
+    s = TrainSettings.for_preset("small", data=str(tmp_path), resume=str(tmp_path / "ck"), steps=7000)
+    argv = train_args(s, tmp_path / "runs" / "x")
+    assert argv[:5] == ["train", "--run-dir", str(tmp_path / "runs" / "x"), "--resume", str(tmp_path / "ck")]
+    for locked in ("--preset", "--data", "--n-layer", "--n-embd", "--mixer", "--tokenizer", "--vocab-size"):
+        assert locked not in argv
+    # the run may have used other values than the preset's: what the form shows is what is sent
+    assert _has(argv, ["--steps", "7000"]) and _has(argv, ["--batch-size", "16"]) and _has(argv, ["--seed", "1337"])
 
 
 def test_env_overrides_the_bitttt_command(monkeypatch):
@@ -117,8 +127,23 @@ def test_bad_config_files_raise_a_clear_error(tmp_path, content, word):
         load_settings(tmp_path / "none.json")
 
 
+def test_the_form_starts_from_the_trainers_presets():
+    # bitttt.config's presets: tiny 4 x 256 for 500 steps, small 8 x 512 for 5000 at lr 2e-3.
+    tiny, small = TrainSettings(), TrainSettings.for_preset("small")
+    assert (tiny.preset, tiny.n_layer, tiny.n_embd, tiny.steps, tiny.lr, tiny.vocab_size) == ("tiny", 4, 256, 500, 3e-3, 256)
+    assert (small.n_layer, small.n_embd, small.n_head, small.steps, small.seq_len, small.lr) == (8, 512, 8, 5000, 512, 2e-3)
+    assert [f.choices for f in FIELDS if f.name in ("mixer", "device")] == [
+        ("ttt_linear", "ttt_mlp", "attention"), ("auto", "cpu", "cuda")]
+
+
 def test_presets_are_consistent():
-    for name, p in PRESETS.items():
+    for name in ("tiny", "small", "base"):
         s = TrainSettings.for_preset(name)
         assert command.check_settings(s) == {}, name
-        assert train_args(s, "r") == ["train", "--preset", name, "--run-dir", "r", "--log-format", "jsonl"]
+        assert train_args(s, "r") == ["train", "--preset", name, "--run-dir", "r", "--log-format", "jsonl", "--log-every", "1"]
+
+
+def test_global_batch_counts_every_process():
+    s = dataclasses.replace(TrainSettings(), batch_size=8, grad_accum=2, nproc=3)
+    assert s.global_batch == 48
+    assert "--nproc" not in train_args(TrainSettings(), "r")   # one process: no flag at all

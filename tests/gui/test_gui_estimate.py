@@ -4,11 +4,30 @@ import pytest
 
 from bitttt_gui.command import TrainSettings
 from bitttt_gui.estimate import count_params, estimate, verdict
-from bitttt_gui.presets import PRESETS, ffn_size
+
+PRESETS = ("tiny", "small", "base")
 
 
-def test_ffn_size_rule():
-    assert [ffn_size(d) for d in (64, 128, 384, 768)] == [256, 512, 1024, 2048]
+def _real_count(vocab_size, **model):
+    from bitttt.config import BitTTTConfig
+    from bitttt.model import BitTTTForCausalLM
+
+    net = BitTTTForCausalLM(BitTTTConfig(vocab_size=vocab_size, **model))
+    return sum(p.numel() for p in net.parameters())
+
+
+@pytest.mark.parametrize("mixer", ["ttt_linear", "ttt_mlp", "attention"])
+def test_parameter_count_equals_the_trainers_model(mixer):
+    # The byte tokenizer's 256 symbols + 5 specials are padded to 320 by the trainer: the estimate
+    # shows the number `bitttt train` prints at start, not one for a 256-symbol vocabulary.
+    s = TrainSettings(mixer=mixer, n_layer=2, n_embd=128, n_head=4)
+    assert estimate(s).n_params == _real_count(320, mixer=mixer, n_layer=2, n_embd=128, n_head=4)
+
+
+def test_tiny_preset_count_is_the_trainers_and_bpe_vocab_is_padded():
+    assert estimate(TrainSettings()).n_params == _real_count(320)          # tiny: 4 x 256, ttt_linear
+    bpe = TrainSettings(tokenizer="bpe", vocab_size=1000, n_layer=1, n_embd=64, n_head=1)
+    assert estimate(bpe).n_params == _real_count(1024, n_layer=1, n_embd=64, n_head=1)
 
 
 def test_param_count_by_hand_for_attention():
@@ -19,13 +38,16 @@ def test_param_count_by_hand_for_attention():
     assert n == 2 * 256 * 64 + tern + 2 * 64 + 64
 
 
-def test_ttt_adds_gate_inner_weights_and_lr_projection():
+def test_ttt_adds_convs_inner_weights_and_lr_projection():
+    # TTT: qk shared + v + o + gate = as many ternary projections as attention's q k v o; it adds
+    # two causal depthwise convs (kernel 4, with bias), the lr projection, token scales, the inner
+    # LayerNorm, the post LayerNorm and W0/b0.
     n_att, _ = count_params(1, 64, 4, 256, "attention")
     n_ttt, tern = count_params(1, 64, 4, 256, "ttt_linear", mini_batch=16)
     hd = 16
-    extra = 64 * 64 + (64 * 4 + 4) + 16 + 2 * 4 * hd + 2 * 64 + (4 * hd * hd + 4 * hd)
+    extra = 2 * (4 * 64 + 64) + (64 * 4 + 4) + 16 + 2 * 4 * hd + 2 * 64 + (4 * hd * hd + 4 * hd)
     assert n_ttt - n_att == extra
-    assert tern == 5 * 64 * 64 + 3 * 64 * 256
+    assert tern == 4 * 64 * 64 + 3 * 64 * 256
     assert count_params(1, 64, 4, 256, "ttt_mlp")[0] > n_ttt
 
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from bitttt_gui.events import explain_exit, fmt_bytes, fmt_duration, format_event, parse_line, read_events
+from bitttt_gui.events import explain_exit, fmt_bytes, parse_line, read_events
 
 STEP = {"event": "step", "time": 1.0, "step": 5, "total_steps": 10, "loss": 2.5, "lr": 1e-3, "grad_norm": 0.5,
         "tokens_per_s": 1234.0, "elapsed_s": 10, "eta_s": 10, "mem_bytes": 3 << 20}
@@ -28,24 +28,6 @@ def test_invalid_utf8_bytes_are_replaced():
     assert parse_line(b"\xff\xfe oops")["event"] == "raw"
 
 
-def test_format_every_event_kind_is_readable():
-    assert format_event(STEP).startswith("step 5/10  loss 2.5000")
-    assert "3.0 MiB" in format_event(STEP)
-    assert format_event({"event": "eval", "step": 3, "val_loss": 1.23456, "val_bpb": 1.8}) == \
-        "eval @ step 3: val loss 1.2346, 1.800 bits/byte"
-    assert "hint: smaller batch" in format_event({"event": "error", "kind": "oom", "message": "OOM",
-                                                  "hint": "smaller batch"})
-    assert format_event({"event": "done", "step": 9, "reason": "stopped", "path": "/r/ck"}).endswith("/r/ck")
-    assert format_event({"event": "raw", "text": "as is"}) == "as is"
-    assert format_event({"event": "custom", "a": 1}) == "custom: a=1"
-
-
-def test_format_survives_wrong_field_types():
-    weird = {"event": "step", "step": [1], "loss": "low", "mem_bytes": {"x": 1}, "eta_s": float("inf")}
-    text = format_event(weird)
-    assert "loss ?" in text and "mem ?" in text and "eta ?" in text
-
-
 def test_read_events_skips_raw_lines_and_missing_files(tmp_path):
     p = tmp_path / "events.jsonl"
     p.write_text(json.dumps(STEP) + "\ngarbage\n" + '{"event": "done", "reason": "completed"')  # last line cut
@@ -55,7 +37,6 @@ def test_read_events_skips_raw_lines_and_missing_files(tmp_path):
 
 def test_formatters():
     assert fmt_bytes(1536) == "1.5 KiB" and fmt_bytes(None) == "?"
-    assert fmt_duration(3725) == "1:02:05" and fmt_duration(65) == "1:05" and fmt_duration(-1) == "?"
 
 
 @pytest.mark.parametrize("code,error,expect", [

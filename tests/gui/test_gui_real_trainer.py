@@ -13,8 +13,10 @@ import pytest
 
 from bitttt_gui.command import TrainSettings, build_chat_argv, build_train_argv
 from bitttt_gui.events import RAW, parse_line
-from bitttt_gui.process import ChildProcess
+from bitttt_gui.process import AttachedRun, ChildProcess
 from bitttt_gui.runs import latest_checkpoint, read_run
+
+from bitttt.runlock import live_trainer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -63,6 +65,9 @@ def test_tiny_real_run_events_parse_and_checkpoint(tmp_path, monkeypatch):
     step = next(e for e in parsed if e["event"] == "step")
     assert {"step", "total_steps", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s", "eta_s", "mem_bytes"} <= set(step)
     assert read_run(run_dir).status == "completed" and latest_checkpoint(run_dir) is not None
+    ternary = [e for e in parsed if e["event"] == "ternary"]   # the Ternary tab's input, at every eval
+    assert ternary and ternary[0]["step"] == 0 and {"qk_proj", "down"} <= set(ternary[-1]["groups"])
+    assert all(0 <= g["zero_frac"] <= 1 and 0 <= g["flip_frac"] <= 1 for g in ternary[-1]["groups"].values())
 
 
 @requires_trainer
@@ -77,9 +82,15 @@ def test_real_stop_file_and_chat(tmp_path, monkeypatch):
         if item.kind == "line" and parse_line(item.text).get("event") == "step":
             break
         assert item.kind != "exit", "the trainer exited before its first step"
-    child.stop(grace_s=120)
+    # A launcher that did not start it (this one's window closed) finds it by its lock and stops it.
+    assert live_trainer(run_dir)["pid"] == child.pid
+    aq = queue.Queue()
+    attached = AttachedRun(run_dir, aq).start()
+    attached.stop(grace_s=120)
+    assert _collect(aq)[-1].code == 0   # from the run's done event: stopped
     items = _collect(q)
     assert items[-1].code == 0
+    assert not (run_dir / "trainer.lock").exists()
     done = [parse_line(i.text) for i in items if i.kind == "line" and parse_line(i.text).get("event") == "done"]
     assert done and done[-1]["reason"] == "stopped" and latest_checkpoint(run_dir) is not None
 

@@ -260,3 +260,37 @@ def test_compile_fake_quant_model_fullgraph():
     x = torch.randn(8, 300)
     with torch.no_grad():
         assert_close_to_scale(compiled(x), model(x), FAKE_VS_PACKED_MODEL)
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+def test_from_linear_copies_weights_and_fake_quantizes_them(bias):
+    torch.manual_seed(0)
+    linear = nn.Linear(300, 17, bias=bias)
+    before = linear.weight.detach().clone()
+    layer = BitLinear.from_linear(linear)
+    assert (layer.in_features, layer.out_features) == (300, 17)
+    assert torch.equal(layer.weight, linear.weight) and layer.weight is not linear.weight
+    assert (layer.bias is None) == (not bias)
+    if bias:
+        assert torch.equal(layer.bias, linear.bias)
+    # The output is the fake quant of linear's weights, written out here (design §2).
+    x = torch.randn(5, 300)
+    q, s_w = ternary_of(linear.weight)
+    x_q, s_x = reference.quantize_activations(x)
+    want = (x_q.double() @ q.double().T) * s_w.double() / s_x.double().unsqueeze(1)
+    if bias:
+        want = want + linear.bias.detach().double()
+    with torch.no_grad():
+        y = layer(x)
+    assert_close_to_scale(y, want.float(), FAKE_VS_PACKED_F32)
+    # A copy: training the BitLinear leaves the nn.Linear as it was.
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    assert torch.equal(linear.weight, before)
+
+
+def test_from_linear_keeps_dtype_and_rejects_other_modules():
+    layer = BitLinear.from_linear(nn.Linear(8, 4, dtype=torch.bfloat16))
+    assert layer.weight.dtype == torch.bfloat16
+    with pytest.raises(TypeError, match="nn.Linear"):
+        BitLinear.from_linear(nn.Conv1d(8, 4, 1))

@@ -185,7 +185,7 @@ def test_scalar_kernels_match(tmp_path):
     ) % (os.path.dirname(__file__), str(tmp_path / "r.pt"))
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "BITTTT_ISA": "scalar"})
     isa, out_s, W_s = torch.load(tmp_path / "r.pt")
-    assert isa == "generic"
+    assert isa == "scalar"
     args = [a.float() for a in sample_inputs(B=1, T=37, D=64, b=16)]
     out, st = ops.ttt_linear(*args)
     torch.testing.assert_close(out, out_s, **F32_TOL)
@@ -242,3 +242,37 @@ def test_decode_rejects_non_contiguous_state():
     with pytest.raises(RuntimeError, match="must be contiguous"):
         torch.ops.bitttt.ttt_linear_decode_(q[:, :, 0], k[:, :, 0], v[:, :, 0], lr[:, :, 0], ts, W, c, gW, gc, pos,
                                             ln_w, ln_b)
+
+
+ISA_CASES = [(2, 4, 4, 33, 0), (1, 64, 16, 33, 17), (1, 32, 16, 1, 15), (1, 48, 16, 21, 3)]
+EXPECTED_TTT_ISA = {"scalar": "scalar", "avx2": "avx2", "avx512": "avx512", "avx512_emulated": "avx2"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("B,D,b,T,pre", ISA_CASES, ids=lambda x: str(x))
+def test_every_isa_matches_reference(isa, dtype, B, D, b, T, pre):
+    """set_isa picks the TTT kernel set too (design §3): each one, forward, gradients and a
+    decode step, against the reference."""
+    from bitttt import _C
+    if isa in EXPECTED_TTT_ISA:
+        assert _C.build_info()["ttt_isa"] == EXPECTED_TTT_ISA[isa]
+    tol = F64_TOL if dtype == torch.float64 else F32_TOL
+    leaves, pos = both(sample_inputs(B=B, T=pre + T, D=D, b=b), pre, dtype, requires_grad=True)
+    out_r, st_r = call(ref.ttt_linear, leaves, pos)
+    out_o, st_o = call(ops.ttt_linear, leaves, pos)
+    torch.testing.assert_close(out_o, out_r, **tol)
+    assert_state_close(st_o, st_r, **tol)
+    g = torch.Generator().manual_seed(2)
+    weights = [torch.randn(x.shape, generator=g, dtype=x.dtype) for x in (out_r, *st_r[:4])]
+    grads = [torch.autograd.grad(sum((x * w).sum() for x, w in zip((o, *s[:4]), weights)), leaves)
+             for o, s in ((out_o, st_o), (out_r, st_r))]
+    for name, a, b_ in zip(NAMES, *grads):
+        torch.testing.assert_close(a, b_, **(dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else
+                                             dict(rtol=1e-3, atol=1e-3)), msg=lambda m, name=name: f"d{name}: {m}")
+    with torch.no_grad():
+        q, k, v, lr, ts, W, c, gW, gc, ln_w, ln_b = [x.detach() for x in leaves]
+        st = ops.TTTState(W.clone(), c.clone(), gW.clone(), gc.clone(), pos)
+        o, st = ops.ttt_linear_decode_(q[:, :, 0], k[:, :, 0], v[:, :, 0], lr[:, :, 0], ts, st, ln_w, ln_b)
+        o_r, _ = ref.ttt_linear(q[:, :, :1], k[:, :, :1], v[:, :, :1], lr[:, :, :1], ts, None, None, ln_w, ln_b,
+                                state=(W, c, gW, gc, pos))
+    torch.testing.assert_close(o, o_r[:, :, 0], **tol)

@@ -11,7 +11,8 @@ import torch
 
 from bitttt import cli, export
 from bitttt.checkpoint import load_model
-from bitttt.generate import ChatSession, SamplingParams, chat_jsonl, generate_ids
+from bitttt.chat_server import chat_jsonl
+from bitttt.generate import ChatSession, SamplingParams, generate_ids
 
 pytestmark = pytest.mark.slow
 
@@ -74,11 +75,11 @@ def test_chat_state_reset_save_load(micro_run, tmp_path):
     reply = "".join(session.reply([{"role": "user", "content": "My name is Ada."}]))
     assert isinstance(reply, str)
     assert not _states_equal(session.cache, initial)  # the fact changed the model's state
-    session.save(str(tmp_path / "s.pt"))
+    session.save(str(tmp_path / "s.safetensors"))
     saved = copy.deepcopy(session.cache)
     session.reset()
     assert _states_equal(session.cache, initial)  # exactly the initial state
-    session.load(str(tmp_path / "s.pt"))
+    session.load(str(tmp_path / "s.safetensors"))
     assert _states_equal(session.cache, saved)
     assert session.history[0]["content"] == "My name is Ada."
 
@@ -88,8 +89,8 @@ def test_chat_jsonl_protocol(micro_run, tmp_path):
     session = ChatSession(model, tok, chat_format=False, defaults=SamplingParams(max_new_tokens=8, temperature=0))
     requests = [{"op": "generate", "prompt": "hello", "max_new_tokens": 5},
                 {"op": "generate", "messages": [{"role": "user", "content": "again"}], "temperature": 0.5, "seed": 1},
-                {"op": "save_state", "path": str(tmp_path / "c.pt")}, {"op": "reset"},
-                {"op": "load_state", "path": str(tmp_path / "c.pt")}, {"op": "nope"}, "garbage", {"op": "stop"}]
+                {"op": "save_state", "path": str(tmp_path / "c.safetensors")}, {"op": "reset"},
+                {"op": "load_state", "path": str(tmp_path / "c.safetensors")}, {"op": "nope"}, "garbage", {"op": "stop"}]
     stdin = io.StringIO("\n".join(r if isinstance(r, str) else json.dumps(r) for r in requests) + "\n")
     stdout = io.StringIO()
     assert chat_jsonl(session, stdin, stdout) == 0
@@ -106,11 +107,56 @@ def test_chat_text_commands(micro_run, tmp_path):
 
     model, tok, _ = load_model(str(micro_run))
     session = ChatSession(model, tok, chat_format=False, defaults=SamplingParams(max_new_tokens=5, temperature=0))
-    lines = ["/help", "/temp 0.5", "hello there", f"/save {tmp_path / 's.pt'}", "/reset", f"/load {tmp_path / 's.pt'}",
-             "/load /nonexistent/x.pt", "/temp hot", "/quit"]
+    lines = ["/help", "/temp 0.5", "hello there", f"/save {tmp_path / 's.safetensors'}", "/reset", f"/load {tmp_path / 's.safetensors'}",
+             "/load /nonexistent/x.safetensors", "/temp hot", "/quit"]
     out = io.StringIO()
     assert chat_text(session, io.StringIO("\n".join(lines) + "\n"), out) == 0
     text = out.getvalue()
     assert "/reset" in text and "(temperature 0.5)" in text and "model> " in text
     assert "(state reset)" in text and text.count("(error:") == 2
     assert session.history and session.history[0]["content"] == "hello there"
+
+
+class LoopingLM(torch.nn.Module):
+    """A deterministic stand-in for a small model that loops at temperature 0: after token t it
+    always prefers t + 1 mod 5 (a 5-token cycle, like "'two': "), then the other tokens by id."""
+
+    V = 64
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))   # a device for generate.model_device
+
+    def forward(self, input_ids, labels=None, cache=None, use_cache=False):
+        from bitttt.model import CausalLMOutput, ModelCache
+
+        last = input_ids[0, -1].item()
+        logits = torch.linspace(3.0, 1.0, self.V)
+        logits[(last + 1) % 5] = 10.0
+        pos = (cache.pos if cache is not None else 0) + input_ids.shape[1]
+        return CausalLMOutput(logits.expand(1, input_ids.shape[1], self.V), None, ModelCache([], pos))
+
+
+def _ngrams_repeat(ids: list[int], n: int) -> bool:
+    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+def test_chat_defaults_do_not_loop_at_temperature_zero():
+    args = cli.build_parser().parse_args(["chat", "--model", "x", "--temperature", "0", "--max-new-tokens", "300"])
+    chat = cli._sampling(args)
+    plain = SamplingParams(max_new_tokens=300, temperature=0)
+    looped = list(generate_ids(LoopingLM(), [0], plain))
+    assert looped[:10] == [1, 2, 3, 4, 0, 1, 2, 3, 4, 0] and _ngrams_repeat(looped, 16)   # the stand-in loops
+    ids = list(generate_ids(LoopingLM(), [0], chat))
+    assert chat.no_repeat_ngram == 16 and len(ids) == 300
+    assert not _ngrams_repeat([0] + ids, 16)
+
+
+def test_sampling_params_reject_wrong_types():
+    from bitttt.errors import ConfigError
+
+    for bad in ({"temperature": "hot"}, {"max_new_tokens": 2.5}, {"top_k": True}, {"seed": -1}, {"stop": [1]},
+                {"top_p": float("nan")}, {"no_repeat_ngram": -2}, {"bogus": 1}):
+        with pytest.raises(ConfigError):
+            SamplingParams.from_dict(bad)

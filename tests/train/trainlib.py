@@ -20,3 +20,16 @@ def read_events(run_dir: str) -> list[dict]:
 
 def train(run_dir, *extra: str) -> int:
     return cli.main(["train", *MICRO, "--run-dir", str(run_dir), *extra])
+
+
+def flat_tensors(x) -> list:
+    """Every tensor inside nested lists, tuples and dataclasses (a model cache), in order."""
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, (list, tuple)):
+        return [t for v in x for t in flat_tensors(v)]
+    if hasattr(x, "__dataclass_fields__"):
+        return [t for f in x.__dataclass_fields__ for t in flat_tensors(getattr(x, f))]
+    return []

@@ -7,6 +7,9 @@ import tkinter as tk
 from pathlib import Path
 from tkinter import filedialog, ttk
 
+from matplotlib.backends.backend_tkagg import FigureCanvasTkAgg
+from matplotlib.figure import Figure
+
 from .. import chat as proto
 from ..command import SettingsError, build_chat_argv, format_command
 from ..events import RAW, explain_exit, num, parse_line
@@ -14,6 +17,9 @@ from ..process import ChildProcess
 from ..runs import scan_runs
 from .common import PAD, Context, Tooltip, make_readonly, scrolled_text
 
+SMALL_MODEL_NOTE = ("A small model trained for minutes continues text in the style of its data: it learns spelling, "
+                    "words and some phrasing, not facts or instructions. For answers, train a larger preset for "
+                    "hours on chat-formatted data (a JSONL of messages).")
 POLL_MS = 30
 MAX_BATCH = 200
 PARAM_TIPS = {
@@ -21,6 +27,7 @@ PARAM_TIPS = {
     "top_k": "Sample among the k most likely tokens (0 = all).",
     "top_p": "Sample among the most likely tokens whose probabilities add up to p.",
     "repetition_penalty": "Above 1 discourages repeating tokens already in the text.",
+    "no_repeat_ngram": "Never repeat a run of this many tokens already in the turn (0 = off); stops loops.",
     "max_new_tokens": "Longest answer, in tokens.",
 }
 
@@ -38,8 +45,12 @@ class ChatTab(ttk.Frame):
         self._user_picked = False
         self._last_error = None
         self._tail: list[str] = []
+        self.memory = proto.MemoryTrace()
+        self._reply_started = False
         self._build()
+        self._training_run = None
         ctx.bus.subscribe("train.started", self._on_train_started)
+        ctx.bus.subscribe("train.record", self._on_train_record)
         ctx.bus.subscribe("chat_with", self.open_model)
         self.refresh_models()
         self._poll()
@@ -58,6 +69,23 @@ class ChatTab(ttk.Frame):
         self.load_btn.pack(side="left", padx=(PAD, 0))
         self.status = ttk.Label(self, text="No model loaded. Pick a run and press Load model.", style="Hint.TLabel")
         self.status.pack(fill="x", pady=(0, PAD))
+        self.loaded = ttk.Label(self, text="", style="Hint.TLabel")
+        self.loaded.pack(fill="x")
+        self.note = ttk.Label(self, text=SMALL_MODEL_NOTE, style="Hint.TLabel", wraplength=900, justify="left")
+        self.note.pack(fill="x", pady=(0, PAD))
+        self.note.bind("<Configure>", lambda e: self.note.configure(wraplength=max(e.width - 8, 200)))
+
+        # The prompt bar is packed before the body, at the bottom: on a 768-pixel screen the
+        # transcript gives way, never the input.
+        bottom = ttk.Frame(self)
+        bottom.pack(side="bottom", fill="x", pady=(PAD, 0))
+        self.entry = ttk.Entry(bottom, textvariable=self.prompt)
+        self.entry.pack(side="left", fill="x", expand=True)
+        self.entry.bind("<Return>", lambda e: self.send())
+        self.send_btn = ttk.Button(bottom, text="Send", command=self.send)
+        self.send_btn.pack(side="left", padx=(PAD, 0))
+        self.stop_btn = ttk.Button(bottom, text="Stop generation", command=self.stop_generation, state="disabled")
+        self.stop_btn.pack(side="left", padx=(PAD, 0))
 
         body = ttk.Frame(self)
         body.pack(fill="both", expand=True)
@@ -69,6 +97,7 @@ class ChatTab(ttk.Frame):
         t = self.transcript
         t.tag_configure("user", foreground="#0b5cad", font=("TkDefaultFont", 0, "bold"), spacing1=8)
         t.tag_configure("bot", foreground="#1f1f1f", spacing3=4)
+        t.tag_configure("bot_label", foreground="#2e7d32", font=("TkDefaultFont", 0, "bold"))
         t.tag_configure("info", foreground="#6b6b6b", font=("TkDefaultFont", 0, "italic"))
         t.tag_configure("error", foreground="#b00020")
 
@@ -89,20 +118,50 @@ class ChatTab(ttk.Frame):
         b = ttk.Button(side, text="Reset memory", command=self.reset_memory)
         b.grid(row=r + 1, column=0, columnspan=2, sticky="ew", pady=2)
         Tooltip(b, mem_tip + " Reset starts from the trained weights again.")
-        ttk.Button(side, text="Save memory…", command=self._save_dialog).grid(row=r + 2, column=0, columnspan=2, sticky="ew", pady=2)
-        ttk.Button(side, text="Load memory…", command=self._load_dialog).grid(row=r + 3, column=0, columnspan=2, sticky="ew", pady=2)
+        # Save and Load share a row, so the memory plot below still fits a 768-pixel screen.
+        save = ttk.Button(side, text="Save…", command=self._save_dialog)
+        save.grid(row=r + 2, column=0, sticky="ew", pady=2)
+        Tooltip(save, "Save this conversation's memory (the TTT fast weights) to a file.")
+        load = ttk.Button(side, text="Load…", command=self._load_dialog)
+        load.grid(row=r + 2, column=1, sticky="ew", pady=2, padx=(4, 0))
+        Tooltip(load, "Load a memory saved before: the model remembers that conversation.")
         self.speed = ttk.Label(side, text="", style="Hint.TLabel")
-        self.speed.grid(row=r + 4, column=0, columnspan=2, sticky="w", pady=(PAD, 0))
+        self.speed.grid(row=r + 3, column=0, columnspan=2, sticky="w", pady=(PAD, 0))
+        self._build_memory_plot(side, r + 4)
 
-        bottom = ttk.Frame(self)
-        bottom.pack(fill="x", pady=(PAD, 0))
-        self.entry = ttk.Entry(bottom, textvariable=self.prompt)
-        self.entry.pack(side="left", fill="x", expand=True)
-        self.entry.bind("<Return>", lambda e: self.send())
-        self.send_btn = ttk.Button(bottom, text="Send", command=self.send)
-        self.send_btn.pack(side="left", padx=(PAD, 0))
-        self.stop_btn = ttk.Button(bottom, text="Stop generation", command=self.stop_generation, state="disabled")
-        self.stop_btn.pack(side="left", padx=(PAD, 0))
+    def _build_memory_plot(self, parent, row):
+        """How far each TTT layer's fast weights moved from a fresh conversation, turn by turn."""
+        box = ttk.LabelFrame(parent, text="Memory (TTT fast weights)", padding=4)
+        box.grid(row=row, column=0, columnspan=2, sticky="ew", pady=(PAD, 0))
+        self.mem_figure = Figure(figsize=(2.6, 1.6), dpi=80, layout="constrained")
+        self.mem_ax = self.mem_figure.add_subplot()
+        self.mem_ax.set_xlabel("turn", fontsize=8)
+        self.mem_ax.set_ylabel("‖W − W₀‖ / ‖W₀‖", fontsize=8)
+        self.mem_ax.tick_params(labelsize=7)
+        self.mem_ax.grid(True, alpha=0.3)
+        self.mem_canvas = FigureCanvasTkAgg(self.mem_figure, master=box)
+        self.mem_canvas.get_tk_widget().pack(fill="both", expand=True)
+        Tooltip(self.mem_canvas.get_tk_widget(), "Per TTT layer: how far its fast weights moved from where a fresh "
+                "conversation starts. They learn from every turn; Reset memory drops them to zero.")
+        self.mem_lines = []
+
+    def _redraw_memory(self):
+        ax, m = self.mem_ax, self.memory
+        for line in self.mem_lines:
+            line.remove()
+        self.mem_lines = [ax.plot(m.turns, m.series(i), marker="o", markersize=3, linewidth=1.2,
+                                  label=f"layer {layer}")[0] for i, layer in enumerate(m.layers)]
+        if self.mem_lines:
+            ax.legend(fontsize=7, loc="upper left")
+        top = max((max(d) for d in m.drift if d), default=0.0)
+        ax.set_xlim(-0.2, max(m.turns, default=0) + 0.2)
+        ax.set_ylim(0, top * 1.15 if top > 0 else 1e-3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        self.mem_canvas.draw_idle()
+
+    def _on_memory(self, memory, new_turn):
+        if self.memory.add(memory, new_turn):
+            self._redraw_memory()
 
     # -- models --------------------------------------------------------------------------
     def refresh_models(self):
@@ -112,8 +171,13 @@ class ChatTab(ttk.Frame):
             self.model.set(runs[0])
 
     def _on_train_started(self, run_dir, argv):
-        if not self._user_picked:
-            self.model.set(str(run_dir))   # default: the run just trained (the server picks its latest checkpoint)
+        self._training_run = run_dir
+
+    def _on_train_record(self, rec, stream):
+        # The run being trained becomes the default model once it has a checkpoint to load (the server
+        # picks its latest); before that, the default stays a run that has one.
+        if rec.get("event") == "checkpoint" and not self._user_picked and self._training_run is not None:
+            self.model.set(str(self._training_run))
 
     def _browse(self):
         path = filedialog.askdirectory(parent=self, initialdir=self.ctx.workspace / "runs")
@@ -144,6 +208,8 @@ class ChatTab(ttk.Frame):
             self.child = None
             return self._say(f"Could not start the chat server ({format_command(argv)}): {e}", "error")
         self.generating = False
+        self.memory = proto.MemoryTrace()
+        self.loaded.configure(text="")
         self.status.configure(text=f"Loading {model}…", style="Hint.TLabel")
         self._append(f"— model {model}\n", "info")
         self._update_buttons()
@@ -188,34 +254,38 @@ class ChatTab(ttk.Frame):
             return self._say("The chat server is gone.", "error")
         self.prompt.set("")
         self._append(f"You: {text}\n", "user")
-        self._append("", "bot")
+        self._append("Model: ", "bot_label")
         self.generating = True
+        self.speed.configure(text="")
         self._update_buttons()
         return None
 
     def stop_generation(self):
-        if self.child:
-            self.child.send(proto.stop_request())
+        """Cancels the reply being streamed; the server and the conversation's memory stay."""
+        if self.child and self.generating:
+            self.child.send(proto.cancel_request())
 
     def reset_memory(self):
         if self.child and self.child.send(proto.reset_request()):
             self._append("— memory reset: the TTT state starts from the trained weights again\n", "info")
 
     def save_memory(self, path):
-        if self.child and self.child.send(proto.save_state_request(path)):
-            self._append(f"— saving memory to {path}\n", "info")
+        if self.child:
+            self.child.send(proto.save_state_request(path))      # answered by ok (saved to …) or error
 
     def load_memory(self, path):
-        if self.child and self.child.send(proto.load_state_request(path)):
-            self._append(f"— loading memory from {path}\n", "info")
+        if self.child:
+            self.child.send(proto.load_state_request(path))
 
     def _save_dialog(self):
-        path = filedialog.asksaveasfilename(parent=self, defaultextension=".pt", initialdir=self.ctx.workspace)
+        path = filedialog.asksaveasfilename(parent=self, defaultextension=".safetensors", initialdir=self.ctx.workspace,
+                                            filetypes=[("Chat memory", "*.safetensors"), ("All files", "*")])
         if path:
             self.save_memory(path)
 
     def _load_dialog(self):
-        path = filedialog.askopenfilename(parent=self, initialdir=self.ctx.workspace)
+        path = filedialog.askopenfilename(parent=self, initialdir=self.ctx.workspace,
+                                          filetypes=[("Chat memory", "*.safetensors"), ("All files", "*")])
         if path:
             self.load_memory(path)
 
@@ -250,29 +320,54 @@ class ChatTab(ttk.Frame):
         if kind == "token":
             self.transcript.insert("end", str(ev.get("text", "")), "bot")
             self.transcript.see("end")
+            self._show_speed(ev)
         elif kind == "done":
-            self.transcript.insert("end", "\n", "bot")
+            self.transcript.insert("end", " — (stopped)\n" if ev.get("cancelled") else "\n", "bot")
             self.generating = False
-            tps = num(ev.get("tokens_per_s"))
-            self.speed.configure(text=f"{tps:,.1f} tokens/s" if tps is not None else "")
+            self._show_speed(ev)
+            self._on_memory(ev.get("memory"), new_turn=True)
             self._update_buttons()
         elif kind == "ready":
-            self.status.configure(text=f"Ready: {self.model.get()}", style="Good.TLabel")
-            self._update_buttons()
+            self._on_ready(ev)
         elif kind == "error":
             self._last_error = ev
             self._append(f"error: {ev.get('message', '')}" + (f" — {ev['hint']}" if ev.get("hint") else "") + "\n", "error")
             self.generating = False
             self._update_buttons()
+        elif kind == "ok":
+            self._on_ok(ev)
         elif kind == RAW:
             self._tail = (self._tail + [ev["text"]])[-20:]
             if stream == "stderr" and ev["text"].strip():
                 self._append(ev["text"] + "\n", "info")
-        elif kind != "reset":        # "reset" acknowledges what the transcript already says
-            self._append(f"— {kind}" + (f": {ev['path']}" if ev.get("path") else "") + "\n", "info")
+        else:
+            self._append(f"— {kind}\n", "info")
         if kind != RAW and self.status.cget("text").startswith("Loading"):
             self.status.configure(text=f"Ready: {self.model.get()}", style="Good.TLabel")
             self._update_buttons()
+
+    def _on_ready(self, ev):
+        self.status.configure(text=f"Ready: {self.model.get()}", style="Good.TLabel")
+        if ev.get("model"):
+            self.loaded.configure(text=f"Loaded checkpoint: {ev['model']}")
+        self._on_memory(ev.get("memory"), new_turn=False)
+        self._update_buttons()
+
+    def _on_ok(self, ev):
+        op = ev.get("op")
+        if op == "reset":               # the transcript already says so; the plot drops to zero
+            self._on_memory(ev.get("memory"), new_turn=False)
+        elif op == "save_state":
+            self._append(f"— memory saved to {ev.get('path', '')}\n", "info")
+        elif op == "load_state":
+            self._append(f"— memory loaded from {ev.get('path', '')}\n", "info")
+            self._on_memory(ev.get("memory"), new_turn=False)
+
+    def _show_speed(self, ev):
+        tps = num(ev.get("tokens_per_s"))
+        n = num(ev.get("n_tokens"))
+        if tps is not None:
+            self.speed.configure(text=f"{tps:,.1f} tokens/s" + (f" · {int(n)} tokens" if n is not None else ""))
 
     def _on_exit(self, code):
         self.generating = False

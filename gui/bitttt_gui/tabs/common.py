@@ -24,7 +24,28 @@ class Context:
     training_running: Callable[[], bool]
     current_run_dir: Callable[[], Path | None]
     show_tab: Callable[[str], None]
+    set_workspace: Callable = lambda path: "this window cannot switch workspaces"  # (path) -> str | None (error)
     latest: dict = field(default_factory=dict)        # e.g. latest["memory"]: the last MemorySnapshot
+
+
+class ThrottledRedraw:
+    """For a tab whose plot redraws on a timer, at most every ``redraw_ms``, and only when marked
+    dirty: data arrives per event, drawing costs tens of milliseconds. Call ``_tick()`` once."""
+
+    redraw_ms = 500
+    _dirty = False
+
+    def mark_dirty(self) -> None:
+        self._dirty = True
+
+    def redraw(self) -> None:
+        raise NotImplementedError
+
+    def _tick(self) -> None:
+        if self._dirty:
+            self._dirty = False
+            self.redraw()
+        self.after(self.redraw_ms, self._tick)
 
 
 class Tooltip:

@@ -7,7 +7,9 @@ import tkinter as tk
 from tkinter import ttk
 
 from ..command import format_command
-from ..events import RAW, format_event
+from bitttt.events import format_text
+
+from ..events import RAW
 from .common import PAD, Context, make_readonly, scrolled_text
 
 MAX_LINES = 5000    # older lines are trimmed: a week-long run must not grow the window without bound
@@ -43,7 +45,7 @@ class LogsTab(ttk.Frame):
         ttk.Button(bar, text="Clear", command=self.clear).pack(side="right")
         ttk.Button(bar, text="Copy all", command=self.copy_all).pack(side="right", padx=PAD)
         ttk.Checkbutton(bar, text="Follow output", variable=self.follow, command=self._follow_toggled).pack(side="right")
-        frame, self.text = scrolled_text(self, font="TkFixedFont", height=20)
+        frame, self.text = scrolled_text(self, font="TkFixedFont", height=20, wrap="word")   # long lines wrap, none is cut
         frame.pack(fill="both", expand=True)
         make_readonly(self.text)
         t = self.text
@@ -86,7 +88,7 @@ class LogsTab(ttk.Frame):
         if kind == RAW:
             self.append(rec.get("text", ""), "stderr" if stream == "stderr" else "raw")
         else:
-            self.append(format_event(rec), {"error": "error", "warning": "warning", "done": "ok"}.get(kind, ""))
+            self.append(format_text(rec), {"error": "error", "warning": "warning", "done": "ok"}.get(kind, ""))
 
     def _on_exited(self, code, severity, message, run_dir):
         self.append(f"── exit code {code}: {message}", {"ok": "ok", "warn": "warning"}.get(severity, "error"))

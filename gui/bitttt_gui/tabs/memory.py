@@ -4,14 +4,25 @@ from __future__ import annotations
 
 from tkinter import ttk
 
-from ..events import fmt_bytes, fmt_duration, num
+from bitttt.events import fmt_time
+
+from ..events import fmt_bytes, num
 from ..memory import MemorySnapshot
 from .common import PAD, Context
 
 PROGRESS_FIELDS = (("step", "Step"), ("loss", "Loss"), ("val", "Validation loss"), ("tps", "Tokens/s"),
                    ("elapsed", "Elapsed"), ("eta", "ETA"), ("lr", "Learning rate"))
-MEMORY_FIELDS = (("gpu", "GPU"), ("run_gpu", "This run on the GPU"), ("peak", "Trainer peak"),
+MEMORY_FIELDS = (("gpu", "GPU"), ("run_gpu", "This run on the GPU"), ("peak", "Trainer reports"),
                  ("rss", "This run (RAM)"), ("host", "Computer RAM"))
+
+
+NO_SAMPLE = "No sample yet in this run: the trainer's generated samples appear here."
+
+
+def format_sample(rec: dict) -> str:
+    """One sample event as text. Plain ASCII marks: a box-drawing or arrow glyph renders as a black box
+    in fonts that lack it."""
+    return f"step {rec.get('step', '?')}, prompt \"{rec.get('prompt', '')}\":\n{rec.get('prompt', '')}{rec.get('text', '')}"
 
 
 class MonitorTab(ttk.Frame):
@@ -38,8 +49,9 @@ class MonitorTab(ttk.Frame):
         self.columnconfigure(1, weight=1, uniform="c")
         prog = ttk.LabelFrame(self, text="Progress", padding=PAD * 2)
         prog.grid(row=0, column=0, sticky="nsew", padx=PAD, pady=PAD)
-        self.state_label = ttk.Label(prog, text="No training run.", style="Hint.TLabel")
-        self.state_label.grid(row=0, column=0, sticky="w", pady=(0, PAD))
+        self.state_label = ttk.Label(prog, text="No training run.", style="Hint.TLabel", justify="left", wraplength=360)
+        self.state_label.grid(row=0, column=0, sticky="ew", pady=(0, PAD))
+        self.state_label.bind("<Configure>", lambda e: self.state_label.configure(wraplength=max(200, e.width)))
         self.bar = ttk.Progressbar(prog, mode="determinate", maximum=1.0, length=360)
         self.bar.grid(row=1, column=0, sticky="ew", pady=(0, PAD))
         grid = ttk.Frame(prog)
@@ -53,9 +65,9 @@ class MonitorTab(ttk.Frame):
         self.gpu_note.grid(row=len(MEMORY_FIELDS), column=0, columnspan=2, sticky="w", pady=(PAD, 0))
         sample = ttk.LabelFrame(self, text="Latest sample", padding=PAD * 2)
         sample.grid(row=1, column=0, columnspan=2, sticky="nsew", padx=PAD, pady=PAD)
-        self.sample = ttk.Label(sample, text="The trainer's generated samples appear here.", style="Hint.TLabel",
-                                justify="left", wraplength=1000)
+        self.sample = ttk.Label(sample, text=NO_SAMPLE, style="Hint.TLabel", justify="left", wraplength=1000)
         self.sample.pack(anchor="nw", fill="x")
+        self.sample.bind("<Configure>", lambda e: self.sample.configure(wraplength=max(300, e.width)))
 
     def set(self, key, text):
         self.values[key].configure(text=text)
@@ -68,6 +80,7 @@ class MonitorTab(ttk.Frame):
             self.set(k, "—")
         self.set("peak", "—")
         self.bar.configure(value=0)
+        self.sample.configure(text=NO_SAMPLE, style="Hint.TLabel")   # never the previous run's sample
         self.state_label.configure(text=f"Starting {run_dir.name}…")
 
     def _on_record(self, rec, stream):
@@ -85,22 +98,27 @@ class MonitorTab(ttk.Frame):
             self.set("loss", f"{loss:.4f}" if loss is not None else "?")
             tps = num(rec.get("tokens_per_s"))
             self.set("tps", f"{tps:,.0f}" if tps is not None else "?")
-            self.set("elapsed", fmt_duration(rec.get("elapsed_s")))
-            self.set("eta", fmt_duration(rec.get("eta_s")))
+            self.set("elapsed", fmt_time(rec.get("elapsed_s")))
+            self.set("eta", fmt_time(rec.get("eta_s")))
             lr = num(rec.get("lr"))
             self.set("lr", f"{lr:.3g}" if lr is not None else "?")
             if rec.get("mem_bytes") is not None:
-                where = "CUDA peak" if self._device.startswith("cuda") else "process"
-                self.set("peak", f"{fmt_bytes(rec.get('mem_bytes'))} ({where}, from the trainer)")
+                # CUDA: the allocator's peak; CPU: the process's resident memory now (it can go down).
+                what = "CUDA peak" if self._device.startswith("cuda") else "resident memory now"
+                self.set("peak", f"{fmt_bytes(rec.get('mem_bytes'))} ({what})")
         elif kind == "sample":
-            self.sample.configure(text=f"step {rec.get('step', '?')}:  {rec.get('prompt', '')}▌{rec.get('text', '')}",
-                                  style="TLabel")
+            self.sample.configure(text=format_sample(rec), style="TLabel")
         elif kind == "eval":
             v = num(rec.get("val_loss"))
             self.set("val", f"{v:.4f}" if v is not None else "?")
 
     def _on_exited(self, code, severity, message, run_dir):
         self.state_label.configure(text=message.splitlines()[0] if message else f"exit code {code}")
+        # Nothing is running any more: no time left to estimate, whatever the cause of the end.
+        self.set("eta", "—")
+        if severity != "ok":
+            step = self.value("step")
+            self.set("step", f"{step} (ended)" if step != "—" else "—")
 
     def show_memory(self, snap: MemorySnapshot):
         if snap.gpus:

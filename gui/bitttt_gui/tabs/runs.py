@@ -7,13 +7,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from tkinter import ttk
+from tkinter import filedialog, ttk
 
 from ..runs import RunInfo, scan_runs
 from .common import PAD, Context
 
-COLUMNS = (("name", "Run", 220), ("status", "Status", 100), ("step", "Steps", 110), ("loss", "Final loss", 90),
-           ("val", "Val. loss", 90), ("when", "Last update", 150), ("ckpt", "Latest checkpoint", 160))
+# Widths fit 1180 pixels with the longest status word ("interrupted") and a full timestamp; a long
+# status or name shows whole under the table on hover.
+COLUMNS = (("name", "Run", 240), ("status", "Status", 170), ("step", "Steps", 90), ("loss", "Final loss", 90),
+           ("val", "Val. loss", 90), ("when", "Last update", 150), ("ckpt", "Latest checkpoint", 130))
 
 
 class RunsTab(ttk.Frame):
@@ -26,19 +28,22 @@ class RunsTab(ttk.Frame):
         for topic in ("train.started", "train.exited"):
             ctx.bus.subscribe(topic, lambda *_: self.refresh())
         ctx.bus.subscribe("train.record", self._on_record)
+        ctx.bus.subscribe("workspace", lambda *_: self.refresh())
         self.refresh()
 
     def _build(self):
         bar = ttk.Frame(self)
         bar.pack(fill="x", pady=(0, PAD))
-        self.where = ttk.Label(bar, text=f"Runs in {self.ctx.workspace / 'runs'}", style="Hint.TLabel")
+        self.where = ttk.Label(bar, text="", style="Hint.TLabel")
         self.where.pack(side="left")
-        for text, cmd in (("Resume", self.resume), ("Chat", self.chat), ("Show curve", self.show_curve),
-                          ("Open folder", self.open_folder), ("Refresh", self.refresh)):
+        for text, cmd in (("Resume", self.resume), ("Chat", self.chat), ("Compare", self.compare),
+                          ("Show curve", self.show_curve),
+                          ("Open folder", self.open_folder), ("Refresh", self.refresh),
+                          ("Workspace…", self.pick_workspace)):
             ttk.Button(bar, text=text, command=cmd).pack(side="right", padx=(PAD, 0))
         frame = ttk.Frame(self)
         frame.pack(fill="both", expand=True)
-        self.tree = ttk.Treeview(frame, columns=[c for c, _, _ in COLUMNS], show="headings", selectmode="browse")
+        self.tree = ttk.Treeview(frame, columns=[c for c, _, _ in COLUMNS], show="headings", selectmode="extended")
         for col, title, width in COLUMNS:
             self.tree.heading(col, text=title)
             self.tree.column(col, width=width, anchor="w", stretch=col in ("name", "ckpt"))
@@ -47,34 +52,55 @@ class RunsTab(ttk.Frame):
         self.tree.pack(side="left", fill="both", expand=True)
         sb.pack(side="left", fill="y")
         self.tree.bind("<Double-1>", lambda e: self.show_curve())
+        self.tree.bind("<Motion>", self._hover)
+        self.tree.bind("<Leave>", lambda e: self.detail.configure(text=""))
         for status, color in (("failed", "#b00020"), ("running", "#0b5cad"), ("stopped", "#9a6700"),
                               ("interrupted", "#9a6700"), ("completed", "#1a7f37")):
             self.tree.tag_configure(status, foreground=color)
         self.empty = ttk.Label(self, text="", style="Hint.TLabel")
         self.empty.pack(fill="x", pady=(PAD, 0))
+        # The full status of the row under the pointer (a failure's message does not fit its column).
+        self.detail = ttk.Label(self, text="", style="Hint.TLabel", justify="left")
+        self.detail.pack(fill="x")
+        self.detail.bind("<Configure>", lambda e: self.detail.configure(wraplength=max(200, e.width)))
+
+    def _hover(self, e):
+        info = self.infos.get(self.tree.identify_row(e.y))
+        self.detail.configure(text=f"{info.name}: {info.status}" + (f": {info.message}" if info.message else "")
+                              if info else "")
+
+    def pick_workspace(self):
+        path = filedialog.askdirectory(parent=self, initialdir=self.ctx.workspace, mustexist=False,
+                                       title="Workspace: the folder holding runs/")
+        if path:
+            err = self.ctx.set_workspace(path)
+            if err:
+                self.ctx.bus.publish("status", "error", f"Workspace not changed: {err}.")
 
     def _on_record(self, rec, stream):
         if rec.get("event") in ("start", "checkpoint"):   # the run folder exists / has a new checkpoint
             self.refresh()
 
     def refresh(self):
+        self.where.configure(text=f"Runs in {self.ctx.workspace / 'runs'}")
         running = self.ctx.current_run_dir() if self.ctx.training_running() else None
         infos = scan_runs(self.ctx.workspace, running={str(running)} if running else set(), cache=self._cache)
-        selected = self.selected_path()
+        selected = [p for p in self.tree.selection()]
         self.tree.delete(*self.tree.get_children())
         self.infos = {}
         for info in infos:
             iid = str(info.path)
             self.infos[iid] = info
             step = f"{info.step}/{info.total_steps}" if info.step is not None else "—"
-            values = (info.name, info.status + (f": {info.message[:40]}" if info.message else ""), step,
+            values = (info.name, info.status + (f": {info.message[:60]}" if info.message else ""), step,
                       f"{info.final_loss:.4f}" if info.final_loss is not None else "—",
                       f"{info.val_loss:.4f}" if info.val_loss is not None else "—",
                       time.strftime("%Y-%m-%d %H:%M", time.localtime(info.mtime)) if info.mtime else "—",
                       info.checkpoint.name if info.checkpoint else "none")
             self.tree.insert("", "end", iid=iid, values=values, tags=(info.status,))
-        if selected in self.infos:
-            self.tree.selection_set(selected)
+        kept = [p for p in selected if p in self.infos]
+        if kept:
+            self.tree.selection_set(kept)
         elif infos:
             self.tree.selection_set(str(infos[0].path))
         self.empty.configure(text="" if infos else "No runs yet: start one on the Train tab.")
@@ -82,6 +108,14 @@ class RunsTab(ttk.Frame):
     def selected_path(self) -> str | None:
         sel = self.tree.selection()
         return sel[0] if sel else None
+
+    def compare(self):
+        """Overlay the loss curves of every selected run (Ctrl/Shift-click to pick several)."""
+        paths = [p for p in self.tree.selection() if p in self.infos]
+        if not paths:
+            self.ctx.bus.publish("status", "warn", "Select the runs to compare (Ctrl-click to pick several).")
+            return
+        self.ctx.bus.publish("compare", [Path(p) for p in paths])
 
     def _selected(self) -> RunInfo | None:
         p = self.selected_path()

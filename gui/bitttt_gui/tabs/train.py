@@ -11,7 +11,7 @@ from .. import command
 from ..command import FIELDS, SettingsError, TrainSettings, parse_settings
 from ..estimate import estimate, verdict
 from ..events import fmt_bytes, fmt_count
-from ..presets import PRESETS
+from ..runs import run_settings
 from .common import PAD, Context, Tooltip
 
 SECTIONS = ("Run", "Model", "Optimisation", "Schedule")
@@ -53,19 +53,19 @@ class TrainTab(ttk.Frame):
             r = rows[f.section]
             rows[f.section] += 1
             label = ttk.Label(lf, text=f.label)
-            label.grid(row=r, column=0, sticky="w", padx=(0, PAD), pady=2)
+            label.grid(row=r, column=0, sticky="w", padx=(0, PAD), pady=1)
             if f.kind == "bool":
                 var = tk.BooleanVar(value=getattr(self.settings, f.name))
                 w = ttk.Checkbutton(lf, variable=var, text="on")
-                w.grid(row=r, column=1, sticky="w", pady=2)
+                w.grid(row=r, column=1, sticky="w", pady=1)
             elif f.kind == "choice":
                 var = tk.StringVar(value=str(getattr(self.settings, f.name)))
                 w = ttk.Combobox(lf, textvariable=var, values=f.choices, state="readonly", width=14)
-                w.grid(row=r, column=1, sticky="ew", pady=2)
+                w.grid(row=r, column=1, sticky="ew", pady=1)
             else:
                 var = tk.StringVar(value=str(getattr(self.settings, f.name)))
                 w = ttk.Entry(lf, textvariable=var, width=16)
-                w.grid(row=r, column=1, sticky="ew", pady=2)
+                w.grid(row=r, column=1, sticky="ew", pady=1)
                 if f.kind == "path":
                     btns = ttk.Frame(lf)
                     btns.grid(row=r, column=2, sticky="w", padx=(PAD, 0))
@@ -89,13 +89,18 @@ class TrainTab(ttk.Frame):
         self.estimate_label.pack(anchor="w", fill="x")
         self.verdict_label = ttk.Label(est, text="", justify="left", wraplength=480)
         self.verdict_label.pack(anchor="w", fill="x", pady=(4, 0))
+        self.verdict_label.bind("<Configure>", lambda e: self.verdict_label.configure(wraplength=max(200, e.width)))
 
         side = ttk.LabelFrame(self, text="Command", padding=PAD)
         side.grid(row=2, column=1, sticky="nsew", padx=PAD, pady=PAD)
         side.columnconfigure(0, weight=1)
-        self.preview = tk.Text(side, height=4, wrap="char", borderwidth=1, relief="solid", font="TkFixedFont",
+        # Wrapped at spaces, so an option like --save-every is never split across lines.
+        self.preview = tk.Text(side, height=4, wrap="word", borderwidth=1, relief="solid", font="TkFixedFont",
                                highlightthickness=0, padx=4, pady=3)
         self.preview.grid(row=0, column=0, columnspan=2, sticky="nsew")
+        scroll = ttk.Scrollbar(side, orient="vertical", command=self.preview.yview)   # long paths: more lines
+        scroll.grid(row=0, column=2, sticky="ns")
+        self.preview.configure(yscrollcommand=scroll.set)
         self.preview.bind("<Key>", lambda e: None if (e.state & 0x4) else "break")
         ttk.Button(side, text="Copy command", command=self.copy_command).grid(row=1, column=1, sticky="e", pady=(4, 0))
         self.error_label = ttk.Label(side, text="", style="Error.TLabel", justify="left", wraplength=460)
@@ -107,8 +112,6 @@ class TrainTab(ttk.Frame):
         self.start_btn.pack(side="left")
         self.stop_btn = ttk.Button(bar, text="■ Stop", command=self.ctx.stop_training, state="disabled")
         self.stop_btn.pack(side="left", padx=PAD)
-        self.stage_label = ttk.Label(bar, text="", style="Hint.TLabel")
-        self.stage_label.pack(side="left", padx=PAD)
         ttk.Button(bar, text="Load config…", command=self.load_config_dialog).pack(side="right")
         ttk.Button(bar, text="Save config…", command=self.save_config_dialog).pack(side="right", padx=PAD)
         ttk.Button(bar, text="Preset defaults", command=lambda: self.apply_preset(self.vars["preset"].get())).pack(side="right")
@@ -148,6 +151,7 @@ class TrainTab(ttk.Frame):
 
     def _validate(self):
         self._pending = None
+        self._lock_for_resume()
         try:
             self.settings = parse_settings(self.form_values())
             self.errors = {}
@@ -203,15 +207,19 @@ class TrainTab(ttk.Frame):
         self._estimate_device = (device, free is not None)
         e = estimate(s, device)
         tern = f" ({fmt_count(e.n_ternary)} ternary)" if s.ternary else " (full precision)"
-        rows = [("Parameters", fmt_count(e.n_params) + tern), ("Weights (fp32)", fmt_bytes(e.weights)),
-                ("Gradients", fmt_bytes(e.grads)), ("AdamW state", fmt_bytes(e.optimizer)),
-                ("Activations", fmt_bytes(e.activations) + f"  (batch {s.batch_size} × {s.seq_len} tokens)"),
-                ("Runtime", fmt_bytes(e.overhead)), ("Total", fmt_bytes(e.total)),
-                ("Export size", fmt_bytes(e.export_bytes))]
-        self.estimate_label.configure(text="\n".join(f"{k:<15}{v}" for k, v in rows))
-        state, sentence = verdict(e.total, free)
+        left = [("Parameters", fmt_count(e.n_params) + tern), ("Weights fp32", fmt_bytes(e.weights)),
+                ("Gradients", fmt_bytes(e.grads)), ("AdamW state", fmt_bytes(e.optimizer))]
+        right = [("Activations", f"{fmt_bytes(e.activations)} ({s.batch_size}×{s.seq_len})"), ("Runtime", fmt_bytes(e.overhead)),
+                 ("Total", fmt_bytes(e.total)), ("Export size", fmt_bytes(e.export_bytes))]
+        # Two columns, so the verdict below stays on screen at 1366x768.
+        lines = [f"{lk:<13}{lv:<24}{rk:<13}{rv}" for (lk, lv), (rk, rv) in zip(left, right)]
+        self.estimate_label.configure(text="\n".join(lines))
+        # Every process holds its own model, optimizer and activations.
+        state, sentence = verdict(e.total * s.nproc, free)
         style = {"fits": "Good.TLabel", "tight": "Warn.TLabel", "too_big": "Error.TLabel"}.get(state, "Hint.TLabel")
-        self.verdict_label.configure(text=f"On {where}: {sentence}.", style=style)
+        parallel = (f" {s.nproc} processes: global batch {s.global_batch} sequences "
+                    f"({s.batch_size} × {s.grad_accum} × {s.nproc}).") if s.nproc > 1 else ""
+        self.verdict_label.configure(text=f"On {where}: {sentence}.{parallel}", style=style)
         self.estimate_state = state
 
     def _refresh_estimate_if_device_changed(self):
@@ -222,12 +230,11 @@ class TrainTab(ttk.Frame):
     def _update_buttons(self):
         running = self.ctx.training_running()
         self.start_btn.configure(state="disabled" if running or self.settings is None else "normal")
-        self.stop_btn.configure(state="normal" if running else "disabled")
-        if not running:
-            self.stage_label.configure(text="")
+        self.stop_btn.configure(state="normal" if running else "disabled", text="■ Stop")
 
     def _on_stage(self, text):
-        self.stage_label.configure(text=text)
+        # Each stage's sentence is in the status bar and the Logs tab; the bar keeps every button.
+        self.stop_btn.configure(state="disabled", text="■ Stopping…")
 
     # -- actions -------------------------------------------------------------------------
     def start(self) -> str | None:
@@ -249,9 +256,29 @@ class TrainTab(ttk.Frame):
             var.set(path)
 
     def _on_resume(self, run_dir: Path, checkpoint):
+        """Fill the form with that run's own settings and lock what a resumed run cannot change."""
+        values = run_settings(run_dir, checkpoint)
+        self._loading = True
+        try:
+            for name, value in values.items():
+                if name in self.vars:
+                    var = self.vars[name]
+                    var.set(bool(value) if isinstance(var, tk.BooleanVar) else str(value))
+        finally:
+            self._loading = False
         self.vars["run_name"].set(Path(run_dir).name)
         self.vars["resume"].set(str(checkpoint or run_dir))
         self.ctx.show_tab("train")
+
+    def _lock_for_resume(self):
+        """While "Resume from" is set, the architecture, tokenizer, data and run name are the run's own."""
+        resuming = bool(self.vars["resume"].get().strip())
+        for name in command.LOCKED_ON_RESUME:
+            w = self.widgets[name]
+            if isinstance(w, ttk.Combobox):
+                w.configure(state="disabled" if resuming else "readonly")
+            else:
+                w.configure(state="disabled" if resuming else "normal")
 
     def save_config(self, path):
         if self.settings is None:
@@ -301,5 +328,3 @@ class TrainTab(ttk.Frame):
         except SettingsError as e:
             self.ctx.bus.publish("status", "warn", f"Ignored the last config ({e}); starting from the tiny preset.")
 
-
-PRESET_NAMES = tuple(PRESETS)

@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import queue
 import resource
 import signal
 import sys
@@ -22,6 +23,11 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+
+from bitttt.runlock import write_lock
+
+PROCESS_START = psutil.Process().create_time()   # when the OS started us, before Python's start-up
 MODE = os.environ.get("FAKE_BITTTT_MODE", "ok")
 STEP_S = float(os.environ.get("FAKE_BITTTT_STEP_S", "0.02"))
 _lock = threading.Lock()
@@ -52,6 +58,16 @@ def save(run_dir: Path, rel: str, step: int) -> Path:
     return final
 
 
+def remove_stale_stop(stop_file: Path) -> None:
+    """As the real trainer: a STOP older than this process is an earlier run's; a newer one (the
+    launcher pressed Stop while we were starting) is a request."""
+    try:
+        if stop_file.stat().st_mtime < PROCESS_START:
+            stop_file.unlink()
+    except FileNotFoundError:
+        pass
+
+
 def train(argv):
     global _events_file
     p = argparse.ArgumentParser(prog="bitttt train")
@@ -61,7 +77,7 @@ def train(argv):
     p.add_argument("--data", nargs="+")
     for flag in ("--steps", "--batch-size", "--seq-len", "--warmup", "--grad-accum", "--eval-every",
                  "--save-every", "--sample-every", "--seed", "--vocab-size", "--n-layer", "--n-embd",
-                 "--n-head", "--mini-batch"):
+                 "--n-head", "--mini-batch", "--log-every", "--nproc"):
         p.add_argument(flag, type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--ternary", action=argparse.BooleanOptionalAction, default=True)
@@ -70,9 +86,10 @@ def train(argv):
         p.error("the fake only speaks --log-format jsonl")
     run_dir = Path(a.run_dir or "runs/fake")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "STOP").unlink(missing_ok=True)
+    remove_stale_stop(run_dir / "STOP")
     (run_dir / "config.json").write_text(json.dumps({"model_type": "bitttt", "argv": argv}))
     _events_file = open(run_dir / "events.jsonl", "a", encoding="utf-8")
+    write_lock(run_dir, ["bitttt", "train", *argv])   # the real trainer's lock file, by the same code
     total = a.steps or 500
     eval_every, save_every, sample_every = a.eval_every or 100, a.save_every or 250, a.sample_every or 250
 
@@ -142,7 +159,12 @@ def train(argv):
              eta_s=elapsed / (step - start_step) * (total - step),
              mem_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         if eval_every and step % eval_every == 0:
-            emit("eval", step=step, val_loss=loss + 0.1, val_bpb=(loss + 0.1) / math.log(2))
+            emit("eval", step=step, val_loss=loss + 0.1, val_bpb=(loss + 0.1) / math.log(2), val_tokens=16384)
+            # The real trainer reports its ternary codes at every evaluation (design §6 `ternary`).
+            flips = 0.0 if step == eval_every else 0.05 / (step / eval_every)
+            emit("ternary", step=step, groups={g: {"zero_frac": 0.3 + 0.01 * i, "flip_frac": flips * (i + 1),
+                                                   "scale": 0.02 - 0.001 * i}
+                                               for i, g in enumerate(("attn", "mlp"))})
         if sample_every and step % sample_every == 0:
             emit("sample", step=step, prompt="Once upon", text=" a time there was a fake model")
         if save_every and step % save_every == 0:
@@ -153,61 +175,131 @@ def train(argv):
 
 
 def chat(argv):
+    """The chat server of DESIGN §6 as a script: the real protocol, events and error kinds, over a
+    'model' that echoes the prompt. tests/gui/test_chat_protocol_contract.py runs one script
+    against this and the real server."""
     p = argparse.ArgumentParser(prog="bitttt chat")
     p.add_argument("--model", required=True)
     p.add_argument("--protocol", choices=["text", "jsonl"], default="text")
+    p.add_argument("--state-dir")
     a = p.parse_args(argv)
     if not Path(a.model).exists():
         emit("error", kind="config", message=f"no model at {a.model}", hint="pick a run folder or an export")
         sys.exit(2)
     token_s = float(os.environ.get("FAKE_CHAT_TOKEN_S", "0.01"))
-    emit("ready", model=a.model)
+    lines = queue.Queue()
+
+    def read():
+        for line in sys.stdin:
+            if line.strip():
+                lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
     state = {"turns": 0}
-    stop = threading.Event()
-    worker = None
+    pending = []
+
+    def memory():
+        d = 0.01 * state["turns"]
+        return {"layers": [0, 1], "drift": [d, d], "turn_change": [0.01 if d else 0.0] * 2}
+
+    def error(message, kind="request", hint=None):
+        emit("error", kind=kind, message=message, hint=hint)
 
     def generate(req):
+        sampling = {k: v for k, v in req.items() if k not in ("op", "prompt", "messages")}
+        unknown = set(sampling) - set(SAMPLING)
+        bad = [k for k, v in sampling.items() if k in SAMPLING and v is not None
+               and (isinstance(v, bool) or not isinstance(v, SAMPLING[k]))]
+        if unknown or bad or not isinstance(req.get("prompt", req.get("messages")), (str, list)):
+            return error(f"bad generate request: {sorted(unknown) + bad}")
         state["turns"] += 1
         words = f"(turn {state['turns']}) You said: {req.get('prompt', '')}. The fake model keeps talking".split()
         words += ["and", "talking"] * 200
-        n, t0 = 0, time.time()
-        for w in words[: int(req.get("max_new_tokens", 50))]:
-            if stop.is_set():
+        n, cancelled, t0 = 0, False, time.time()
+        for w in words[: int(req.get("max_new_tokens", 200))]:
+            while not lines.empty():
+                line = lines.get()
+                if op_of(line) == "cancel":
+                    cancelled = True
+                    break
+                pending.append(line)
+                if line is None or op_of(line) == "stop":
+                    cancelled = True
+                    break
+            if cancelled:
                 break
-            emit("token", text=w + " ")
             n += 1
+            emit("token", text=w + " ", n_tokens=n, tokens_per_s=n / max(time.time() - t0, 1e-6))
             time.sleep(token_s)
-        emit("done", tokens=n, tokens_per_s=n / max(time.time() - t0, 1e-6), stopped=stop.is_set())
+        emit("done", n_tokens=n, tokens_per_s=n / max(time.time() - t0, 1e-6), cancelled=cancelled, memory=memory())
 
-    for line in sys.stdin:
+    def path_of(req):
+        path = req.get("path")
+        if not isinstance(path, str) or not path:
+            return error("path must be a non-empty string", kind="state")
+        return Path(path).resolve()
+
+    emit("ready", chat_format=False, model=str(Path(a.model).resolve()), memory=memory())
+    while True:
+        line = pending.pop(0) if pending else lines.get()
+        if line is None:
+            return
         try:
             req = json.loads(line)
         except ValueError:
-            emit("error", kind="config", message=f"not JSON: {line.strip()[:80]}", hint=None)
+            error(f"not JSON: {line.strip()[:80]!r}")
             continue
-        op = req.get("op")
+        op = req.get("op") if isinstance(req, dict) else None
         if op == "generate":
-            if worker and worker.is_alive():
-                emit("error", kind="config", message="already generating", hint="send stop first")
-                continue
-            stop.clear()
-            worker = threading.Thread(target=generate, args=(req,))
-            worker.start()
+            generate(req)
         elif op == "stop":
-            stop.set()
+            emit("bye")
+            return
+        elif op == "cancel":
+            emit("ok", op="cancel", cancelled=False)
         elif op == "reset":
             state["turns"] = 0
-            emit("reset")
+            emit("ok", op="reset", memory=memory())
         elif op == "save_state":
-            Path(req["path"]).write_text(json.dumps(state))
-            emit("state_saved", path=req["path"])
+            path = path_of(req)
+            if path is None:
+                continue
+            if path.exists() and not is_fake_memory(path):
+                error(f"{path}: exists and is not a chat memory file; not overwriting it", kind="state")
+                continue
+            path.write_text(json.dumps({"fake_chat_memory": 1, **state}))
+            emit("ok", op="save_state", path=str(path))
         elif op == "load_state":
-            state.update(json.loads(Path(req["path"]).read_text()))
-            emit("state_loaded", path=req["path"])
+            path = path_of(req)
+            if path is None:
+                continue
+            if not is_fake_memory(path):
+                error(f"{path}: not a chat memory file", kind="state")
+                continue
+            state["turns"] = json.loads(path.read_text())["turns"]
+            emit("ok", op="load_state", path=str(path), memory=memory())
         else:
-            emit("error", kind="config", message=f"unknown op {op!r}", hint=None)
-    if worker:
-        worker.join()
+            error(f"unknown op {op!r}" if isinstance(req, dict) else "expected a JSON object")
+
+
+SAMPLING = {"max_new_tokens": int, "temperature": (int, float), "top_k": int, "top_p": (int, float),
+            "repetition_penalty": (int, float), "no_repeat_ngram": int, "seed": int, "stop": (str, list)}
+
+
+def op_of(line):
+    try:
+        req = json.loads(line) if line else None
+    except ValueError:
+        return None
+    return req.get("op") if isinstance(req, dict) else None
+
+
+def is_fake_memory(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text()).get("fake_chat_memory") == 1
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 if __name__ == "__main__":

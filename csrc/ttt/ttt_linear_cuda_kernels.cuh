@@ -5,7 +5,7 @@
 // without a GPU. Only ttt.h is included: no torch here.
 //
 // Structure mirrors the CPU code so the two read side by side:
-//   ttt_kernels.inc            ttt_linear_cuda.cuh (this file)
+//   ttt_linear_cpu_kernels.inc ttt_linear_cuda_kernels.cuh (this file)
 //   inner_grads                inner_grads
 //   dual_z_bar                 dual_z_bar
 //   advance_state              advance_state
@@ -185,7 +185,7 @@ __device__ void blk_tri_mix_upper(int n, int D, const T* A, const T* Y, T* out) 
 
 // ---------------------------------------------------------------------------------------
 // rows_*: one token row per warp; LayerNorm and the inner loss's gradient (ttt-lm-pytorch's
-// ln_fused_l2_bwd) and their backward, the same formulas as ttt_kernels.inc's ln_normalize,
+// ln_fused_l2_bwd) and their backward, the same formulas as ttt_linear_cpu_kernels.inc's ln_normalize,
 // ln_backward, inner_grad and inner_grad_backward.
 // ---------------------------------------------------------------------------------------
 

@@ -1,0 +1,317 @@
+"""BitNet b1.58 2B4T-shaped decode and prefill, random ternary weights (nothing is downloaded):
+bitttt (BT2 kernels, float or int8 LM head) against transformers' own BitNet path on CPU (same
+packed HF folder) and llama.cpp through llama-cpp-python (a GGUF of the same weights, TQ2_0,
+written by bitttt.hf.gguf; its graph differs as that module says, its linear bytes do not).
+
+Each engine and thread count runs in its own process (clean resident memory), in the order
+threads x engines, so the contenders interleave. A child loads, then times each case
+(prefill T, decode) holding --lock if given, so a shared machine times one thing at a time.
+Prefill keeps only the last position's logits in every engine (as llama.cpp does).
+The roofline: bytes one decoded token reads over this machine's read bandwidth (a streaming
+float32 sum over 512 MiB at the same thread count, measured in the same run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from typing import Any
+
+ENGINES = ("bitttt", "bitttt-int8", "llama.cpp", "transformers")
+WEIGHT_SCALE = 32.0  # HF's weight_scale (BitLinear divides): s_w = 1/32, exact in float16 for TQ2_0
+# 2B4T's config.json (microsoft/bitnet-b1.58-2B-4T): tied embeddings, bf16, relu2, GQA 20/5.
+SHAPE_2B = dict(vocab_size=128256, hidden_size=2560, intermediate_size=6912, num_hidden_layers=30,
+                num_attention_heads=20, num_key_value_heads=5, max_position_embeddings=4096, rms_norm_eps=1e-5,
+                rope_theta=500000.0, tie_word_embeddings=True, hidden_act="relu2", bos_token_id=128000,
+                eos_token_id=128001, model_type="bitnet", architectures=["BitNetForCausalLM"], dtype="bfloat16",
+                quantization_config={"quant_method": "bitnet", "linear_class": "bitlinear",
+                                     "quantization_mode": "offline"})
+GGUF_FILE = "model.gguf"
+NEEDS = {"llama.cpp": "llama_cpp", "transformers": "transformers"}  # the engines' optional packages
+
+
+def write_folder(path: str, layers: int) -> dict[str, int]:
+    """A packed HF folder (random codes 0..2, 4 output rows per byte) and its GGUF; returns the GGUF sizes."""
+    import torch
+    from safetensors.torch import save_file
+
+    from bitttt.hf import load_bitnet
+    from bitttt.hf.gguf import write_gguf
+
+    os.makedirs(path, exist_ok=True)
+    g = torch.Generator().manual_seed(0)
+    c = {**SHAPE_2B, "num_hidden_layers": layers}
+    C, I, V = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
+    kv = c["num_key_value_heads"] * C // c["num_attention_heads"]
+    shapes = {"self_attn.q_proj": (C, C), "self_attn.k_proj": (kv, C), "self_attn.v_proj": (kv, C),
+              "self_attn.o_proj": (C, C), "mlp.gate_proj": (I, C), "mlp.up_proj": (I, C), "mlp.down_proj": (C, I)}
+    t: dict[str, torch.Tensor] = {"model.embed_tokens.weight": (torch.randn(V, C, generator=g) * 0.02).bfloat16(),
+                                  "model.norm.weight": torch.ones(C, dtype=torch.bfloat16)}
+    for i in range(layers):
+        p = f"model.layers.{i}"
+        for name, (N, K) in shapes.items():
+            codes = torch.randint(0, 3, (4, N // 4, K), generator=g, dtype=torch.uint8)
+            t[f"{p}.{name}.weight"] = codes[0] | codes[1] << 2 | codes[2] << 4 | codes[3] << 6
+            t[f"{p}.{name}.weight_scale"] = torch.tensor([WEIGHT_SCALE], dtype=torch.bfloat16)
+        for name, n in (("input_layernorm", C), ("post_attention_layernorm", C), ("self_attn.attn_sub_norm", C),
+                        ("mlp.ffn_sub_norm", I)):
+            t[f"{p}.{name}.weight"] = torch.ones(n, dtype=torch.bfloat16)
+    save_file(t, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(c, f)
+    del t
+    sizes = write_gguf(load_bitnet(path), os.path.join(path, GGUF_FILE))
+    with open(os.path.join(path, "gguf_sizes.json"), "w") as f:
+        json.dump(sizes, f)
+    return sizes
+
+
+def read_bandwidth(threads: int) -> float:
+    """Bytes/s of a float32 sum over 512 MiB (best of 3): the streaming read decode cannot beat."""
+    import torch
+
+    torch.set_num_threads(threads)
+    x = torch.ones(2**27)
+    x.sum()
+    return x.nbytes / min(_timed(x.sum) for _ in range(3))
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+@contextlib.contextmanager
+def held(lock: str | None):
+    """The benchmark lock around one timed case (none without a path)."""
+    if not lock:
+        yield
+        return
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class Bitttt:
+    def __init__(self, folder: str, threads: int, lm_head: str) -> None:
+        from bitttt.hf import decode_bytes_per_token, load_bitnet
+
+        self.model = load_bitnet(folder, lm_head=lm_head)
+        self.bytes_per_token = decode_bytes_per_token(self.model)["total"]
+
+    def prefill(self, ids: list[int]) -> None:
+        import torch
+
+        self.model(torch.tensor([ids]), logits_to_keep=1)
+
+    def decode(self, ids: list[int], n: int) -> float:
+        import torch
+
+        out = self.model(torch.tensor([ids]), use_cache=True, logits_to_keep=1)
+        token = out.logits[:, -1:].argmax(-1)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            out = self.model(token, cache=out.cache)
+            token = out.logits[:, -1:].argmax(-1)
+        return time.perf_counter() - t0
+
+
+class Transformers:
+    def __init__(self, folder: str, threads: int) -> None:
+        import torch
+
+        torch._dynamo.config.disable = True  # eager: transformers' @torch.compile would build per shape
+        from transformers import BitNetForCausalLM
+
+        self.model = BitNetForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
+        self.bytes_per_token = None  # reads what bitttt's float head does, and unpacks on top
+
+    def prefill(self, ids: list[int]) -> None:
+        import torch
+
+        self.model(torch.tensor([ids]), logits_to_keep=1)
+
+    def decode(self, ids: list[int], n: int) -> float:
+        import torch
+
+        kw = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
+        x = torch.tensor([ids])
+        t1 = _timed(lambda: self.model.generate(x, max_new_tokens=1, min_new_tokens=1, **kw))
+        tn = _timed(lambda: self.model.generate(x, max_new_tokens=n + 1, min_new_tokens=n + 1, **kw))
+        return max(tn - t1, 1e-9)
+
+
+class LlamaCpp:
+    def __init__(self, folder: str, threads: int) -> None:
+        import llama_cpp
+
+        self.llm = llama_cpp.Llama(os.path.join(folder, GGUF_FILE), n_ctx=1024, n_batch=512, n_ubatch=512,
+                                   n_threads=threads, n_threads_batch=threads, verbose=False)
+        with open(os.path.join(folder, "gguf_sizes.json")) as f:
+            self.bytes_per_token = json.load(f)["decode_bytes_per_token"]
+        self.n_vocab = self.llm.n_vocab()
+
+    def _argmax(self) -> int:
+        import numpy as np
+
+        return int(np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.n_vocab,)).argmax())
+
+    def prefill(self, ids: list[int]) -> None:
+        self.llm.reset()
+        self.llm.eval(ids)
+
+    def decode(self, ids: list[int], n: int) -> float:
+        self.prefill(ids)
+        token = self._argmax()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            self.llm.eval([token])
+            token = self._argmax()
+        return time.perf_counter() - t0
+
+
+def make_engine(engine: str, folder: str, threads: int):
+    if engine.startswith("bitttt"):
+        return Bitttt(folder, threads, "int8" if engine == "bitttt-int8" else "float")
+    return LlamaCpp(folder, threads) if engine == "llama.cpp" else Transformers(folder, threads)
+
+
+def run_engine(engine: str, folder: str, threads: int, prompt: int, new_tokens: int, prefill: list[int],
+               lock: str | None = None) -> dict[str, Any]:
+    """One engine in this process: load, prefill at each length, decode new_tokens after `prompt`."""
+    import psutil
+    import torch
+
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(1)
+    with open(os.path.join(folder, "config.json")) as f:
+        vocab = json.load(f)["vocab_size"]
+    ids = torch.randint(0, vocab, (max(prefill + [prompt]),), generator=g).tolist()
+    t0 = time.perf_counter()
+    e = make_engine(engine, folder, threads)
+    load_s = time.perf_counter() - t0
+    out: dict[str, Any] = {"engine": engine, "threads": threads, "load_s": load_s,
+                           "decode_bytes_per_token": e.bytes_per_token}
+    with torch.no_grad():
+        e.prefill(ids[:16])  # warm: first-call allocations and thread start
+        for T in prefill:
+            with held(lock):
+                out[f"prefill_{T}_tokens_per_s"] = T / _timed(lambda: e.prefill(ids[:T]))
+        with held(lock):
+            out["decode_tokens_per_s"] = new_tokens / e.decode(ids[:prompt], new_tokens)
+    out.update(new_tokens=new_tokens, prompt=prompt, rss_bytes=psutil.Process().memory_info().rss,
+               peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+               loadavg=os.getloadavg()[0])
+    with held(lock):
+        out["read_bandwidth_bytes_per_s"] = read_bandwidth(threads)
+    return out
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    ap.add_argument("--layers", type=int, default=30, help="decoder layers (2B4T: 30)")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--engines", nargs="+", default=list(ENGINES[:3]), choices=ENGINES,
+                    help="default: bitttt bitttt-int8 llama.cpp (transformers is slow: add it)")
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=128, help="decode steps (default 128)")
+    ap.add_argument("--hf-tokens", type=int, default=4, help="transformers' decode steps (it unpacks every "
+                                                             "weight on every call)")
+    ap.add_argument("--prefill", type=int, nargs="+", default=[128, 512])
+    ap.add_argument("--folder", help="the model folder: written here if it has no config.json, else reused "
+                                     "(default: a temporary one)")
+    ap.add_argument("--lock", help="hold this file's lock around each timed case (e.g. /work/bench.lock)")
+    ap.add_argument("--json", help="write the results here (rows are added to an existing file's)")
+    return ap
+
+
+def run_child(args: argparse.Namespace, engine: str, threads: int, folder: str) -> dict[str, Any]:
+    n = args.hf_tokens if engine == "transformers" else args.new_tokens
+    cmd = [sys.executable, "-m", "bitttt.bench.bitnet", "--_engine", engine, "--folder", folder,
+           "--threads", str(threads), "--prompt", str(args.prompt), "--new-tokens", str(n),
+           "--prefill", *map(str, args.prefill)] + (["--lock", args.lock] if args.lock else [])
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{engine} x{threads} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def format_table(rows: list[dict[str, Any]], prefill: list[int]) -> str:
+    """engine x threads: decode tok/s, roofline tok/s and %, prefill tok/s, RSS."""
+    lines = [f"{'engine':<14}{'thr':>4}{'decode tok/s':>13}{'roofline':>10}{'% roof':>8}"
+             + "".join(f"{f'prefill {T}':>12}" for T in prefill) + f"{'RSS GiB':>9}{'load':>6}"]
+    float_bytes = {r["threads"]: r["decode_bytes_per_token"] for r in rows if r["engine"] == "bitttt"}
+    for r in rows:
+        b = r["decode_bytes_per_token"] or float_bytes.get(r["threads"]) or next(iter(float_bytes.values()), None)
+        roof = r["read_bandwidth_bytes_per_s"] / b if b else float("nan")
+        r["roofline_tokens_per_s"], r["roofline_fraction"] = roof, r["decode_tokens_per_s"] / roof
+        lines.append(f"{r['engine']:<14}{r['threads']:>4}{r['decode_tokens_per_s']:>13.2f}{roof:>10.2f}"
+                     f"{100 * r['roofline_fraction']:>7.0f}%"
+                     + "".join(f"{r.get(f'prefill_{T}_tokens_per_s', float('nan')):>12.1f}" for T in prefill)
+                     + f"{r['rss_bytes'] / 2**30:>9.2f}{r['loadavg']:>6.1f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = add_arguments(argparse.ArgumentParser(description=__doc__,
+                                               formatter_class=argparse.RawDescriptionHelpFormatter))
+    ap.add_argument("--_engine", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args._engine:  # a child: one engine, one thread count
+        print(json.dumps(run_engine(args._engine, args.folder, args.threads[0], args.prompt, args.new_tokens,
+                                    args.prefill, args.lock)))
+        return 0
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The whole benchmark (add_arguments' flags): write or reuse the folder, run every child, print the table."""
+    import importlib.util
+    import tempfile
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as every bitttt command runs
+    missing = [e for e in args.engines if importlib.util.find_spec(NEEDS.get(e, "bitttt")) is None]
+    for e in missing:
+        print(f"{e}: skipped ({NEEDS[e]} is not installed; pip install 'bitttt[llama]' or 'bitttt[hf]')",
+              file=sys.stderr)
+    args.engines = [e for e in args.engines if e not in missing]
+
+    with contextlib.ExitStack() as stack:
+        folder = args.folder or stack.enter_context(tempfile.TemporaryDirectory(prefix="bitnet2b-"))
+        if not os.path.isfile(os.path.join(folder, GGUF_FILE)):
+            write_folder(folder, args.layers)
+        rows = []
+        for threads in args.threads:
+            for engine in args.engines:
+                rows.append(run_child(args, engine, threads, folder))
+                print(f"{engine} x{threads}: {rows[-1]['decode_tokens_per_s']:.2f} tok/s decode", file=sys.stderr)
+    print(format_table(rows, args.prefill))
+    print(f"layers {args.layers}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; "
+          f"roofline = read bandwidth / bytes per decoded token")
+    if args.json:
+        from bitttt import info
+
+        old = []
+        if os.path.isfile(args.json):
+            with open(args.json) as f:
+                old = json.load(f).get("rows", [])
+        env = {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "GOMP_", "KMP_"))}
+        settings = {k: getattr(args, k) for k in ("layers", "threads", "engines", "prompt", "new_tokens",
+                                                   "hf_tokens", "prefill", "lock")}
+        with open(args.json, "w") as f:
+            json.dump({"rows": old + rows, "args": settings, "env": env, "machine": info.collect()}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

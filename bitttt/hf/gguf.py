@@ -1,0 +1,123 @@
+"""A bitttt BitNet model as a GGUF file for llama.cpp (arch "bitnet", ternary layers in TQ2_0),
+written with the `gguf` package: the benchmark's llama.cpp contender runs the very weights
+bitttt runs.
+
+TQ2_0 (ggml-quants.c): blocks of 256 weights, 64 bytes of 2-bit codes (q + 1) and one float16
+scale d, 66 bytes. Byte 32c + m of a block holds, in bits 2l..2l+1, weight 128c + 32l + m: the
+same bytes as BT2 (design §2) for rows of a multiple of 256 weights. Every block of a layer gets that layer's per-tensor scale s_w, so the file dequantizes to the
+same q · s_w bitttt multiplies; the scale must be a float16 value for that to be exact, and
+the writer refuses one that is not.
+
+Differences of llama.cpp's "bitnet" graph (src/models/bitnet.cpp) from BitNet b1.58 2B4T, which
+do not change what a decoded token reads: the FFN gate is SiLU, not relu²; q/k/v and gate/up are
+separate matmuls (bitttt fuses them); activations are quantized per 256-block (Q8_K), not per
+token; the LM head is always the token embedding (tied), so an untied model is refused.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bitttt import ops
+from bitttt.errors import ConfigError
+from bitttt.hf.bitnet import BitNetForCausalLM, PackedTernaryLinear
+
+ARCH = "bitnet"
+QK_K, TQ2_0_BLOCK_BYTES = 256, 66
+
+
+def tq2_0_bytes(packed: torch.Tensor, K: int, scale: float) -> np.ndarray:
+    """BT2 rows uint8 [N, K/4] (K a multiple of 256) -> TQ2_0 uint8 [N, K / 256 * 66]. BT2's
+    run of 128 weights (k = 128 r + 32 s + m in bits 2s of byte 32 r + m) is TQ2_0's half block,
+    so each block's 64 code bytes are BT2's bytes as they are; only the scale is added."""
+    N = packed.shape[0]
+    if K % QK_K or packed.shape[1] * 4 != K:
+        raise ConfigError(f"TQ2_0 needs rows of a multiple of {QK_K} weights, got {K}")
+    d = np.float16(scale)
+    if float(d) != scale:
+        raise ConfigError(f"scale {scale!r} is not a float16 value: TQ2_0 would change the weights",
+                          hint="give the layers float16-exact scales (powers of two are)")
+    qs = packed.contiguous().numpy().reshape(N, K // QK_K, QK_K // 4)  # [N, block, 64]
+    dd = np.broadcast_to(np.frombuffer(d.tobytes(), dtype=np.uint8), (N, K // QK_K, 2))
+    return np.concatenate((qs, dd), axis=2).reshape(N, -1)
+
+
+def _split(layer: PackedTernaryLinear, sizes: list[int]) -> list[tuple[torch.Tensor, int, float]]:
+    """A (fused) BT2 layer -> (packed rows, K, s_w) per part; each part must have one scale."""
+    out, start = [], 0
+    for n in sizes:
+        s = layer.w_scale[start:start + n]
+        if not torch.equal(s, s[:1].expand(n)):
+            raise ConfigError("a ternary layer with per-row scales has no TQ2_0 form (one scale per block)")
+        out.append((layer.packed[start:start + n], layer.in_features, float(s[0])))
+        start += n
+    return out
+
+
+def _bf16_bytes(t: torch.Tensor) -> np.ndarray:
+    """A bfloat16 [R, C] tensor as its raw bytes uint8 [R, 2C] (numpy has no bfloat16)."""
+    return t.contiguous().view(torch.uint8).numpy()
+
+
+def write_gguf(model: BitNetForCausalLM, path: str) -> dict[str, int]:
+    """Writes `model` as a llama.cpp GGUF at `path`; returns the bytes of each tensor kind and the
+    bytes one decoded token reads (all linears, norms, the whole tied head, one embedding row)."""
+    import gguf
+
+    c = model.config
+    if not c.tie_word_embeddings:
+        raise ConfigError("llama.cpp's bitnet graph ties the LM head to the embedding; this model is untied")
+    if c.attention_bias:
+        raise ConfigError("attention biases have no place in llama.cpp's bitnet tensors")
+    w = gguf.GGUFWriter(path, ARCH)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_rope_dimension_count(c.head_dim)
+    w.add_rope_freq_base(c.rope_theta)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_vocab_size(c.vocab_size)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_TQ2_0)
+    w.add_tokenizer_model("none")  # token ids in, logits out: llama.cpp adds dummy tokens
+    sizes = {"ternary": 0, "norms": 0, "embedding": 0}
+
+    def norm(name: str, t: torch.Tensor) -> None:
+        a = t.detach().float().numpy()  # llama.cpp wants float32 norms; bf16 -> f32 is exact
+        w.add_tensor(name, a)
+        sizes["norms"] += a.nbytes
+
+    def ternary(name: str, packed: torch.Tensor, K: int, s: float) -> None:
+        b = tq2_0_bytes(packed, K, s)
+        w.add_tensor(name, b, raw_dtype=gguf.GGMLQuantizationType.TQ2_0)
+        sizes["ternary"] += b.nbytes
+
+    emb = model.embed_tokens.weight.detach()
+    if emb.dtype == torch.bfloat16:
+        w.add_tensor("token_embd.weight", _bf16_bytes(emb), raw_dtype=gguf.GGMLQuantizationType.BF16)
+    else:
+        w.add_tensor("token_embd.weight", emb.float().numpy())
+    sizes["embedding"] = emb.numel() * (2 if emb.dtype == torch.bfloat16 else 4)
+    norm("output_norm.weight", model.norm.weight)
+    H, Hkv, D, I = c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size
+    for i, layer in enumerate(model.layers):
+        p, attn, mlp = f"blk.{i}", layer.self_attn, layer.mlp
+        norm(f"{p}.attn_norm.weight", layer.input_layernorm.weight)
+        for part, t in zip(("attn_q", "attn_k", "attn_v"), _split(attn.qkv, [H * D, Hkv * D, Hkv * D])):
+            ternary(f"{p}.{part}.weight", *t)
+        norm(f"{p}.attn_sub_norm.weight", attn.attn_sub_norm.weight)
+        ternary(f"{p}.attn_output.weight", *_split(attn.o_proj, [c.hidden_size])[0])
+        norm(f"{p}.ffn_norm.weight", layer.post_attention_layernorm.weight)
+        for part, t in zip(("ffn_gate", "ffn_up"), _split(mlp.gate_up, [I, I])):
+            ternary(f"{p}.{part}.weight", *t)
+        norm(f"{p}.ffn_sub_norm.weight", mlp.ffn_sub_norm.weight)
+        ternary(f"{p}.ffn_down.weight", *_split(mlp.down_proj, [c.hidden_size])[0])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    row = sizes["embedding"] // c.vocab_size
+    return {**sizes, "decode_bytes_per_token": sizes["ternary"] + sizes["norms"] + sizes["embedding"] + row}

@@ -1,0 +1,106 @@
+// Host-side preparation of the TTT-Linear ops (docs/design.md §3), shared by the CPU entry
+// points (ttt_linear_cpu.cpp) and the CUDA ones (ttt_linear_cuda.cu): contiguous inputs,
+// the copies of the state the kernels advance, and the outputs, checkpoints and gradient
+// buffers they write. Each entry point checks its arguments (checks.h), calls one prepare_*
+// and keeps only its launch. Header-only, torch::stable only; host code (never compiled
+// for a device).
+#pragma once
+
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/core/ScalarType.h>
+
+#include <cstdint>
+
+#include "ttt/ttt.h"
+
+namespace bitttt::ttt::host {
+
+using torch::headeronly::ScalarType;
+using torch::stable::Tensor;
+
+template <typename T>
+const T* ptr(const Tensor& t) { return t.const_data_ptr<T>(); }
+template <typename T>
+T* mptr(const Tensor& t) { return t.mutable_data_ptr<T>(); }
+
+// contiguous() is a dispatcher call even for a contiguous tensor (µs each): ask first.
+inline Tensor contig(const Tensor& t) { return t.is_contiguous() ? t : torch::stable::contiguous(t); }
+inline Tensor copy_contiguous(const Tensor& t) { return torch::stable::clone(contig(t)); }
+
+// One forward call (ttt_linear over T tokens, or the decode step) as the kernels see it.
+struct ForwardCall {
+  Dims dm;
+  int64_t B, H;
+  Tensor q, k, v, lr, ts, ln_w, ln_b;  // contiguous inputs
+  Tensor W, c, gW, gc;                 // the state the kernels advance in place
+  Tensor out;                          // [B,H,T,D] ([B,H,D] for the decode step)
+  Tensor ckW, ckc;                     // [B,H,n_ckpt,D,D], [B,H,n_ckpt,D]; n_ckpt may be 0
+  bool has_checkpoints() const { return num_checkpoints(dm) > 0; }
+  bool is_float() const { return q.scalar_type() == ScalarType::Float; }
+};
+
+// ttt_linear: the state advanced in copies (the op returns them), out and the checkpoints
+// allocated. dm as checked, ckpt_every already effective.
+inline ForwardCall prepare_forward(const Dims& dm, const Tensor& q, const Tensor& k, const Tensor& v,
+                                   const Tensor& lr, const Tensor& ts, const Tensor& W, const Tensor& c,
+                                   const Tensor& gW, const Tensor& gc, const Tensor& ln_w, const Tensor& ln_b) {
+  const int64_t B = q.size(0), H = q.size(1), D = dm.D, nck = num_checkpoints(dm);
+  ForwardCall f{dm, B, H, contig(q), contig(k), contig(v), contig(lr), contig(ts), contig(ln_w), contig(ln_b),
+                copy_contiguous(W), copy_contiguous(c), copy_contiguous(gW), copy_contiguous(gc),
+                Tensor(), Tensor(), Tensor()};
+  f.out = torch::stable::new_empty(f.q, {B, H, dm.T, D});
+  f.ckW = torch::stable::new_empty(f.q, {B, H, nck, D, D});
+  f.ckc = torch::stable::new_empty(f.q, {B, H, nck, D});
+  return f;
+}
+
+// The decode step: the caller's state tensors (checked contiguous) advanced in place, out
+// [B,H,D], no checkpoints (their tensors stay undefined).
+inline ForwardCall prepare_decode(const Dims& dm, const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const Tensor& lr, const Tensor& ts, const Tensor& W, const Tensor& c,
+                                  const Tensor& gW, const Tensor& gc, const Tensor& ln_w, const Tensor& ln_b) {
+  const int64_t B = q.size(0), H = q.size(1);
+  ForwardCall f{dm, B, H, contig(q), contig(k), contig(v), contig(lr), contig(ts), contig(ln_w), contig(ln_b),
+                W, c, gW, gc, Tensor(), Tensor(), Tensor()};
+  f.out = torch::stable::new_empty(f.q, {B, H, dm.D});
+  return f;
+}
+
+// One backward call: contiguous inputs, the incoming gradients of the state as the buffers
+// the kernels turn into those of the incoming state, and every gradient output; per-head
+// shares (dts_h, dlnw_h, dlnb_h) zeroed, for the launch to reduce into dts, dlnw, dlnb.
+struct BackwardCall {
+  Dims dm;
+  int64_t B, H;
+  Tensor grad_out, q, k, v, lr, ts, ln_w, ln_b, gW0, gc0, ckW, ckc;  // contiguous inputs
+  Tensor dW, dc, dgW, dgc;                                           // in: of the output state
+  Tensor dq, dk, dv, dlr;                                            // [B,H,T,D] x3, [B,H,T]
+  Tensor dts_h, dlnw_h, dlnb_h;                                      // [B,H,b], [B,H,D] x2
+  Tensor dts, dlnw, dlnb;                                            // [b], [H,D] x2
+  bool is_float() const { return q.scalar_type() == ScalarType::Float; }
+};
+
+inline BackwardCall prepare_backward(const Dims& dm, const Tensor& grad_out, const Tensor& grad_W,
+                                     const Tensor& grad_c, const Tensor& grad_gW, const Tensor& grad_gc,
+                                     const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& lr,
+                                     const Tensor& ts, const Tensor& gW, const Tensor& gc, const Tensor& ln_w,
+                                     const Tensor& ln_b, const Tensor& ckpt_W, const Tensor& ckpt_c) {
+  const int64_t B = q.size(0), H = q.size(1), T = dm.T, D = dm.D, b = dm.b;
+  BackwardCall g{};  // the inputs by name, the outputs below (a partial brace list warns in Clang)
+  g.dm = dm, g.B = B, g.H = H;
+  g.grad_out = contig(grad_out), g.q = contig(q), g.k = contig(k), g.v = contig(v), g.lr = contig(lr);
+  g.ts = contig(ts), g.ln_w = contig(ln_w), g.ln_b = contig(ln_b), g.gW0 = contig(gW), g.gc0 = contig(gc);
+  g.ckW = contig(ckpt_W), g.ckc = contig(ckpt_c);
+  g.dW = copy_contiguous(grad_W), g.dc = copy_contiguous(grad_c), g.dgW = copy_contiguous(grad_gW);
+  g.dgc = copy_contiguous(grad_gc);
+  using torch::stable::new_empty;
+  using torch::stable::new_zeros;
+  g.dq = new_empty(g.q, {B, H, T, D}), g.dk = new_empty(g.q, {B, H, T, D});
+  g.dv = new_empty(g.q, {B, H, T, D}), g.dlr = new_empty(g.q, {B, H, T});
+  g.dts_h = new_zeros(g.q, {B, H, b}), g.dlnw_h = new_zeros(g.q, {B, H, D}), g.dlnb_h = new_zeros(g.q, {B, H, D});
+  g.dts = new_empty(g.q, {b}), g.dlnw = new_empty(g.q, {H, D}), g.dlnb = new_empty(g.q, {H, D});
+  return g;
+}
+
+}  // namespace bitttt::ttt::host

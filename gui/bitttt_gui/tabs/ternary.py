@@ -1,0 +1,90 @@
+"""Ternary tab: how the BitLinear codes move while the model trains (the trainer's ``ternary`` events).
+
+Per group of layers: the share of weights at 0, the share of codes flipped since the previous report
+and the weight scale. Flips that never settle are the first sign of a learning rate too high for
+ternary weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from tkinter import ttk
+
+from matplotlib.backends.backend_tkagg import FigureCanvasTkAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+from ..curve import TernaryHistory
+from ..events import read_events
+from .common import PAD, Context, ThrottledRedraw
+
+REDRAW_MS = 1000
+PANELS = (("zero_frac", "weights at 0", True), ("flip_frac", "codes flipped since last report", True),
+          ("scale", "weight scale s_w", False))
+
+
+class TernaryTab(ThrottledRedraw, ttk.Frame):
+    redraw_ms = REDRAW_MS
+
+    def __init__(self, parent, ctx: Context):
+        super().__init__(parent, padding=PAD)
+        self.ctx = ctx
+        self.history = TernaryHistory()
+        self._dirty = False
+        self._run_name = ""
+        self.title = ttk.Label(self, text="No ternary reports yet: a ternary run reports at every evaluation.",
+                               style="Hint.TLabel")
+        self.title.pack(fill="x", pady=(0, PAD))
+        self.figure = Figure(figsize=(7, 4.2), dpi=100, layout="constrained")
+        self.axes = {key: self.figure.add_subplot(1, 3, i + 1) for i, (key, _, _) in enumerate(PANELS)}
+        for key, label, percent in PANELS:
+            ax = self.axes[key]
+            ax.set_title(label, fontsize="medium")
+            ax.set_xlabel("step")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(True, alpha=0.3)
+            if percent:
+                ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        self.canvas = FigureCanvasTkAgg(self.figure, master=self)
+        self.canvas.get_tk_widget().pack(fill="both", expand=True)
+        ctx.bus.subscribe("train.started", self._on_started)
+        ctx.bus.subscribe("train.record", self._on_record)
+        ctx.bus.subscribe("open_curve", self.open_events)
+        self._tick()
+
+    def _on_started(self, run_dir, argv):
+        self.history = TernaryHistory()
+        self._run_name = Path(run_dir).name
+        self.title.configure(text=f"Run {self._run_name}: no ternary reports yet (a ternary run reports at every "
+                                  "evaluation)", style="Hint.TLabel")
+        self._dirty = True
+
+    def _on_record(self, rec, stream):
+        if self.history.add(rec):
+            self.title.configure(text=f"Run {self._run_name}: {len(self.history)} groups, reported at every "
+                                      "evaluation", style="TLabel")
+            self._dirty = True
+
+    def open_events(self, path):
+        path = Path(path)
+        if path.is_dir():
+            path = path / "events.jsonl"
+        self.history = TernaryHistory()
+        for ev in read_events(path):
+            self.history.add(ev)
+        self.title.configure(text=f"{path.parent.name}: {len(self.history)} groups" if len(self.history)
+                             else f"No ternary reports in {path}", style="TLabel")
+        self._dirty = True
+
+    def redraw(self):
+        for key, _, _ in PANELS:
+            ax = self.axes[key]
+            for line in list(ax.lines):
+                line.remove()
+            for name, h in sorted(self.history.groups.items()):
+                ax.plot(h["step"], h[key], marker="o", markersize=3, linewidth=1.2, label=name)
+            ax.relim()
+            ax.autoscale_view()
+        if self.history.groups:
+            self.axes["flip_frac"].legend(loc="upper right", fontsize="x-small")
+        self.canvas.draw_idle()

@@ -1,0 +1,130 @@
+"""The GGUF writer (bitttt.hf.gguf): what `gguf`'s own reader and TQ2_0 dequantizer read back is
+the bitttt model's ternary weights times their per-tensor scale, exactly; llama.cpp loads it."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+gguf = pytest.importorskip("gguf")
+
+from bitttt import ops  # noqa: E402
+from bitttt.errors import ConfigError  # noqa: E402
+from bitttt.hf import load_bitnet  # noqa: E402
+from bitttt.hf.gguf import tq2_0_bytes, write_gguf  # noqa: E402
+
+# A tiny tied BitNet with 256-multiple rows (TQ2_0's block) and float16-exact scales.
+C, I, H, HKV, V, L = 256, 512, 4, 2, 320, 2
+
+
+def write_folder(path: str, scales: tuple[float, ...] = (32.0, 16.0, 64.0)) -> dict[str, torch.Tensor]:
+    """A packed HF folder (4 rows per byte, weight_scale divides); returns q int8 per linear."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    D = C // H
+    shapes = {"self_attn.q_proj": (C, C), "self_attn.k_proj": (HKV * D, C), "self_attn.v_proj": (HKV * D, C),
+              "self_attn.o_proj": (C, C), "mlp.gate_proj": (I, C), "mlp.up_proj": (I, C), "mlp.down_proj": (C, I)}
+    t = {"model.embed_tokens.weight": torch.randn(V, C, generator=g).bfloat16(),
+         "model.norm.weight": (1 + torch.rand(C, generator=g)).bfloat16()}
+    qs = {}
+    for i in range(L):
+        for j, (name, (N, K)) in enumerate(shapes.items()):
+            q = torch.randint(-1, 2, (N, K), generator=g, dtype=torch.int8)
+            codes = (q + 1).to(torch.uint8).view(4, N // 4, K)
+            t[f"model.layers.{i}.{name}.weight"] = codes[0] | codes[1] << 2 | codes[2] << 4 | codes[3] << 6
+            t[f"model.layers.{i}.{name}.weight_scale"] = torch.tensor([scales[j % len(scales)]], dtype=torch.bfloat16)
+            qs[f"{i}.{name}"] = q
+        for name, n in (("input_layernorm", C), ("post_attention_layernorm", C), ("self_attn.attn_sub_norm", C),
+                        ("mlp.ffn_sub_norm", I)):
+            t[f"model.layers.{i}.{name}.weight"] = (1 + torch.rand(n, generator=g)).bfloat16()
+    os.makedirs(path, exist_ok=True)
+    save_file(t, os.path.join(path, "model.safetensors"))
+    config = dict(model_type="bitnet", vocab_size=V, hidden_size=C, intermediate_size=I, num_hidden_layers=L,
+                  num_attention_heads=H, num_key_value_heads=HKV, tie_word_embeddings=True, dtype="bfloat16",
+                  max_position_embeddings=256,
+                  quantization_config={"quant_method": "bitnet", "linear_class": "bitlinear",
+                                       "quantization_mode": "offline"})
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f)
+    return {**qs, **{k: v for k, v in t.items() if "norm" in k or "embed" in k}}
+
+
+GGUF_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+              "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+              "mlp.down_proj": "ffn_down"}
+SCALES = {"self_attn.q_proj": 1 / 32, "self_attn.k_proj": 1 / 16, "self_attn.v_proj": 1 / 64,
+          "self_attn.o_proj": 1 / 32, "mlp.gate_proj": 1 / 16, "mlp.up_proj": 1 / 64, "mlp.down_proj": 1 / 32}
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gguf")
+    src = write_folder(str(root / "hf"))
+    model = load_bitnet(str(root / "hf"))
+    path = str(root / "model.gguf")
+    sizes = write_gguf(model, path)
+    return src, model, path, sizes, gguf.GGUFReader(path)
+
+
+def test_ternary_tensors_dequantize_to_the_checkpoint_weights(written):
+    src, _, _, _, reader = written
+    tensors = {t.name: t for t in reader.tensors}
+    for i in range(L):
+        for hf_name, gguf_name in GGUF_NAMES.items():
+            t = tensors[f"blk.{i}.{gguf_name}.weight"]
+            assert t.tensor_type == gguf.GGMLQuantizationType.TQ2_0
+            got = torch.from_numpy(gguf.quants.dequantize(t.data, t.tensor_type).copy())
+            q = src[f"{i}.{hf_name}"]
+            assert tuple(got.shape) == tuple(q.shape)
+            assert torch.equal(got, q.float() * SCALES[hf_name])  # ternary values and scale, exactly
+
+
+def test_code_bytes_are_the_bt2_bytes_bitttt_runs(written):
+    _, model, _, _, reader = written
+    t = next(t for t in reader.tensors if t.name == "blk.0.attn_output.weight")
+    blocks = torch.from_numpy(t.data.copy()).view(C, C // 256, 66)
+    bt2 = model.layers[0].self_attn.o_proj.packed.view(C, C // 256, 64)
+    assert torch.equal(blocks[:, :, :64], bt2)
+
+
+def test_float_tensors_and_metadata(written):
+    src, _, _, sizes, reader = written
+    tensors = {t.name: t for t in reader.tensors}
+    emb = tensors["token_embd.weight"]
+    assert emb.tensor_type == gguf.GGMLQuantizationType.BF16
+    got = torch.from_numpy(emb.data.copy()).view(torch.bfloat16).view(V, C)
+    assert torch.equal(got, src["model.embed_tokens.weight"])
+    norm = torch.from_numpy(tensors["blk.1.ffn_sub_norm.weight"].data.copy())
+    assert torch.equal(norm, src["model.layers.1.mlp.ffn_sub_norm.weight"].float())
+    assert "output.weight" not in tensors  # llama.cpp's bitnet graph ties the head
+    fields = reader.fields
+    arch = bytes(fields["general.architecture"].parts[-1]).decode()
+    assert arch == "bitnet"
+    assert int(fields["bitnet.block_count"].parts[-1][0]) == L
+    assert int(fields["bitnet.attention.head_count_kv"].parts[-1][0]) == HKV
+    assert int(fields["bitnet.vocab_size"].parts[-1][0]) == V
+    ternary_weights = sum(q.numel() for k, q in src.items() if "." in k and k.split(".")[0].isdigit())
+    assert sizes["ternary"] == ternary_weights // 256 * 66
+
+
+def test_a_scale_float16_cannot_hold_is_refused():
+    packed = ops.pack_ternary(torch.ones(4, 256, dtype=torch.int8))
+    assert tq2_0_bytes(packed, 256, 0.25).shape == (4, 66)
+    with pytest.raises(ConfigError, match="float16"):
+        tq2_0_bytes(packed, 256, 1 / 30)
+    with pytest.raises(ConfigError, match="multiple of 256"):
+        tq2_0_bytes(ops.pack_ternary(torch.ones(4, 200, dtype=torch.int8)), 200, 0.25)
+
+
+def test_llama_cpp_loads_and_runs_it(written):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    _, _, path, _, _ = written
+    llm = llama_cpp.Llama(path, n_ctx=64, n_threads=1, verbose=False)
+    llm.eval([1, 2, 3])
+    logits = torch.tensor(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(V,)))  # the last token's
+    assert logits.shape == (V,) and torch.isfinite(logits).all() and logits.std() > 0

@@ -1,0 +1,116 @@
+"""The fused fake-quant ops (csrc/quant/) against the torch composition BitLinear used before
+them: the same float32 bits, forward, and the same straight-through gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bitttt import ops, reference
+
+
+def composed_activations(x: torch.Tensor) -> torch.Tensor:
+    """Per-token int8 quantize-dequantize from reference.quantize_activations, straight-through."""
+    x_q, s_x = reference.quantize_activations(x)
+    x_dq = (x_q.float() / s_x.unsqueeze(-1)).to(x.dtype)
+    return x + (x_dq - x).detach()
+
+
+def composed_weight(w: torch.Tensor) -> torch.Tensor:
+    """Absmean ternary quantize-dequantize from reference.quantize_weight_ternary, straight-through."""
+    q, s_w = reference.quantize_weight_ternary(w)
+    w_dq = (q.float() * s_w.unsqueeze(1)).to(w.dtype)
+    return w + (w_dq - w).detach()
+
+
+def assert_same_bits(a: torch.Tensor, b: torch.Tensor) -> None:
+    assert a.shape == b.shape and a.dtype == b.dtype
+    assert torch.equal(a.isnan(), b.isnan())
+    assert torch.equal(torch.nan_to_num(a, nan=0.0), torch.nan_to_num(b, nan=0.0))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (2, 33, 257), (4, 128, 256), (5, 0)])
+def test_activations_equal_composition(shape):
+    torch.manual_seed(0)
+    x = torch.randn(shape) * 3
+    assert_same_bits(ops.fake_quant_activations(x), composed_activations(x))
+
+
+def test_activations_extremes():
+    torch.manual_seed(1)
+    x = torch.randn(8, 65)
+    x[0] = 0.0  # absmax floor: zeros stay zeros
+    x[1, 3] = float("nan")  # a non-finite token comes out all NaN
+    x[2, 4] = float("inf")
+    x[3, 5] = -float("inf")
+    x[4] = 1e-7  # below the absmax floor
+    x[5] *= 1e30
+    x[6] = torch.arange(65) - 32.0  # x * s_x lands on .5 ties: round half to even
+    y = ops.fake_quant_activations(x)
+    assert_same_bits(y, composed_activations(x))
+    assert y[1].isnan().all() and y[2].isnan().all() and not y[7].isnan().any()
+    assert torch.equal(y[0], torch.zeros(65))
+
+
+def test_activations_non_contiguous_and_threads():
+    torch.manual_seed(2)
+    x = torch.randn(64, 300, 96).transpose(0, 1)[:, :, 5:90]  # strided, odd K
+    expected = composed_activations(x)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            assert_same_bits(ops.fake_quant_activations(x), expected)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (257, 31), (768, 256), (0, 4)])
+def test_weight_equals_composition(shape):
+    torch.manual_seed(3)
+    w = torch.randn(shape) * 0.02
+    assert_same_bits(ops.fake_quant_weight(w), composed_weight(w))
+
+
+def test_weight_extremes():
+    assert_same_bits(ops.fake_quant_weight(torch.zeros(4, 9)), composed_weight(torch.zeros(4, 9)))
+    w = torch.randn(16, 40)
+    w[2, 3] = float("nan")
+    assert ops.fake_quant_weight(w).isnan().all()
+    w = torch.randn(6, 10).t()  # strided
+    assert_same_bits(ops.fake_quant_weight(w), composed_weight(w))
+    codes = torch.tensor([[0.5, -0.5, 1.5, 2.5, 0.0, -1.0]])  # |w| mean 1: ties round half to even
+    assert_same_bits(ops.fake_quant_weight(codes), composed_weight(codes))
+
+
+def test_straight_through_gradients():
+    torch.manual_seed(4)
+    x = torch.randn(3, 5, 40, requires_grad=True)
+    w = torch.randn(24, 40, requires_grad=True)
+    g = torch.randn(3, 5, 24)
+    (torch.nn.functional.linear(ops.fake_quant_activations(x), ops.fake_quant_weight(w)) * g).sum().backward()
+    x_ref, w_ref = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    (torch.nn.functional.linear(composed_activations(x_ref), composed_weight(w_ref)) * g).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-6, atol=1e-6)
+    # straight through: the gradient reaching the op's input is the one leaving its output
+    x2 = torch.randn(7, 9, requires_grad=True)
+    g2 = torch.randn(7, 9)
+    ops.fake_quant_activations(x2).backward(g2)
+    assert torch.equal(x2.grad, g2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_other_dtypes_take_the_composition(dtype):
+    torch.manual_seed(5)
+    x = torch.randn(4, 33).to(dtype)
+    w = (torch.randn(8, 33) * 0.02).to(dtype)
+    assert_same_bits(ops.fake_quant_activations(x), composed_activations(x))
+    assert_same_bits(ops.fake_quant_weight(w), composed_weight(w))
+
+
+def test_kernel_refuses_other_dtypes():
+    with pytest.raises(RuntimeError, match="float32"):
+        torch.ops.bitttt.fake_quant_activations(torch.zeros(2, 3, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="2-D"):
+        torch.ops.bitttt.fake_quant_weight(torch.zeros(2, 3, 4), torch.tensor(1.0))
