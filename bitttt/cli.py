@@ -184,7 +184,12 @@ def _run_bench_ternary(args: argparse.Namespace) -> int:
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if args.json:
         _check_writable(args.json)  # before minutes of timing, not after
-    report = ternary.run(config)
+    if config.device == "cuda":
+        from bitttt.bench import ternary_cuda
+
+        report = ternary_cuda.run(config, sys.stdout)
+    else:
+        report = ternary.run(config)
     if args.json:
         ternary.write_json(report, args.json)
         print(f"wrote {args.json}")
@@ -481,29 +486,10 @@ def add_bench_ttt_parser(sub: argparse._SubParsersAction) -> None:
   bitttt bench ttt --batch 1 --tokens 2048 --json ttt.json
   bitttt bench ttt --device cuda --quick    # the CUDA kernels vs the reference on the GPU
 """)
-    add_bench_ttt_arguments(p)
+    from bitttt.bench.ttt_flags import add_arguments  # torch-free: --help stays fast
+
+    add_arguments(p)
     p.set_defaults(func=_run_bench_ttt)
-
-
-def add_bench_ttt_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The TTT benchmark's flags (also used by benchmarks/ttt.py); kept here so --help needs no torch."""
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 4], help="batch sizes B (default 1 4)")
-    p.add_argument("--tokens", type=int, nargs="+", default=[512, 2048, 8192], help="sequence lengths T")
-    p.add_argument("--heads", type=int, default=12, help="heads H (default 12)")
-    p.add_argument("--head-dim", type=int, default=64, help="head size D (default 64)")
-    p.add_argument("--mini-batch", type=int, default=16, help="TTT mini-batch b (default 16)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    p.add_argument("--repeat", type=int, default=3, help="timed calls of the op per measurement (default 3)")
-    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd reference")
-    p.add_argument("--no-peaks", action="store_true",
-                   help="skip measuring the FP32 FMA peak (bitttt bench peak) and the %% of peak column")
-    p.add_argument("--ref-grad-max-tokens", type=int, default=8192,
-                   help="run the reference's forward+backward only up to B*T tokens (it is slow; default 8192)")
-    p.add_argument("--quick", action="store_true", help="B=1, T=512 and 2048 only")
-    p.add_argument("--json", help="also write the results to this file")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                   help="where the op and the reference run (default cpu; cuda: CUDA-event timing)")
-    return p
 
 
 def _run_bench_ttt(args: argparse.Namespace) -> int:

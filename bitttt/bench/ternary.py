@@ -497,10 +497,9 @@ def run(config: TernaryBenchConfig, out: TextIO = sys.stdout) -> Report:
     Leaves torch's thread count and the active ISA as they were.
     """
     config.validate()
-    if config.device == "cuda":
-        from bitttt.bench import ternary_cuda
-
-        return ternary_cuda.run(config, out)
+    if config.device != "cpu":  # bitttt/bench/ternary_cuda.py builds on this module, not under it
+        raise ConfigError(f"bench.ternary.run times the CPU kernels; for device {config.device!r} "
+                          "use bitttt.bench.ternary_cuda.run")
     isas = resolve_isas(config.isas)
     config = dataclasses.replace(config, isas=isas)  # the report records what ran
     meta = info.collect()

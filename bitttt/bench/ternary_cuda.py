@@ -192,6 +192,7 @@ def run(config: TernaryBenchConfig, out: TextIO) -> Report:
     Raises ConfigError without CUDA kernels or device (before any work) and
     BenchValidationError when the kernel is wrong.
     """
+    config.validate()
     require_cuda()
     meta = info.collect()
     meta["cuda_device"] = device_info()  # beside info.collect()'s "cuda" (build, devices)

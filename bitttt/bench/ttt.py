@@ -34,7 +34,7 @@ from collections.abc import Callable
 import torch
 
 from bitttt import _C, _native, ops, reference
-from bitttt.bench import peak
+from bitttt.bench import peak, ttt_flags
 from bitttt.errors import ConfigError
 
 VALIDATE_TOKENS = 64  # tokens compared before timing
@@ -295,10 +295,8 @@ def add_peak_pct(row: dict, peaks: peak.Peaks, isa: str, threads: int) -> None:
 
 
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    from bitttt.cli import add_bench_ttt_arguments
-
-    return add_bench_ttt_arguments(p or argparse.ArgumentParser(prog="bitttt bench ttt",
-                                                                 description=__doc__.splitlines()[0]))
+    return ttt_flags.add_arguments(p or argparse.ArgumentParser(prog="bitttt bench ttt",
+                                                                description=__doc__.splitlines()[0]))
 
 
 def run(args: argparse.Namespace, out=sys.stdout) -> dict:

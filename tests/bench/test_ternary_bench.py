@@ -136,3 +136,9 @@ def test_cuda_bench_refuses_without_device(capsys):
     err = captured.err.strip()
     assert err.startswith("bitttt: error: bench ternary: --device cuda") and "\n" not in err
     assert "Traceback" not in captured.err + captured.out
+
+
+def test_cpu_run_refuses_a_cuda_config():
+    # The CUDA rows live in bench/ternary_cuda.py, which builds on this module; the CLI picks.
+    with pytest.raises(ConfigError, match="ternary_cuda"):
+        ternary.run(tiny_config(device="cuda", threads=[1], baselines=["fp32"], regimes=["hot"]), out=io.StringIO())
