@@ -34,6 +34,13 @@ SHAPE_2B = dict(vocab_size=128256, hidden_size=2560, intermediate_size=6912, num
                 quantization_config={"quant_method": "bitnet", "linear_class": "bitlinear",
                                      "quantization_mode": "offline"})
 GGUF_FILE = "model.gguf"
+# OpenMP wait policies a child runs under (issue 11: decode pays a thread wake-up per op when
+# the pool sleeps). passive: what every bitttt command sets. spin: wait briefly before sleeping,
+# ~30k pause loops in libgomp (torch's Linux OpenMP), 1 ms in LLVM's libomp (macOS).
+WAIT_POLICIES = {"passive": {"OMP_WAIT_POLICY": "PASSIVE"},
+                 "spin": {"GOMP_SPINCOUNT": "30000", "KMP_BLOCKTIME": "1"}}
+OMP_WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+BUSY_LOOP = "while True: pass"  # one busy CPU, as another program on a shared machine
 NEEDS = {"llama.cpp": "llama_cpp", "transformers": "transformers"}  # the engines' optional packages
 
 
@@ -202,7 +209,8 @@ def run_engine(engine: str, folder: str, threads: int, prompt: int, new_tokens: 
     e = make_engine(engine, folder, threads)
     load_s = time.perf_counter() - t0
     out: dict[str, Any] = {"engine": engine, "threads": threads, "load_s": load_s,
-                           "decode_bytes_per_token": e.bytes_per_token}
+                           "decode_bytes_per_token": e.bytes_per_token,
+                           "omp_env": {k: os.environ[k] for k in OMP_WAIT_VARS if k in os.environ}}
     with torch.no_grad():
         e.prefill(ids[:16])  # warm: first-call allocations and thread start
         for T in prefill:
@@ -232,30 +240,55 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
                                      "(default: a temporary one)")
     ap.add_argument("--lock", help="hold this file's lock around each timed case (e.g. /work/bench.lock)")
     ap.add_argument("--json", help="write the results here (rows are added to an existing file's)")
+    ap.add_argument("--wait-policy", nargs="+", default=["passive"], choices=list(WAIT_POLICIES),
+                    help="OpenMP wait policies to run each child under (default: passive, as bitttt runs)")
+    ap.add_argument("--busy", type=int, default=0, metavar="N",
+                    help="keep N other processes spinning while children run (a busy machine)")
     return ap
 
 
-def run_child(args: argparse.Namespace, engine: str, threads: int, folder: str) -> dict[str, Any]:
+def child_env(policy: str) -> dict[str, str]:
+    """This process's environment with only `policy`'s OpenMP wait settings."""
+    env = {k: v for k, v in os.environ.items() if k not in OMP_WAIT_VARS}
+    return {**env, **WAIT_POLICIES[policy]}
+
+
+@contextlib.contextmanager
+def busy_processes(n: int):
+    """n processes that each keep a CPU busy until the block ends."""
+    procs = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(n)]
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def run_child(args: argparse.Namespace, engine: str, threads: int, folder: str,
+              policy: str = "passive") -> dict[str, Any]:
     n = args.hf_tokens if engine == "transformers" else args.new_tokens
     cmd = [sys.executable, "-m", "bitttt.bench.bitnet", "--_engine", engine, "--folder", folder,
            "--threads", str(threads), "--prompt", str(args.prompt), "--new-tokens", str(n),
            "--prefill", *map(str, args.prefill)] + (["--lock", args.lock] if args.lock else [])
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=child_env(policy))
     if done.returncode:
-        raise RuntimeError(f"{engine} x{threads} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"{engine} x{threads} ({policy}) failed:\n{done.stderr[-3000:]}")
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    return {**row, "wait_policy": policy, "busy": args.busy}
 
 
 def format_table(rows: list[dict[str, Any]], prefill: list[int]) -> str:
     """engine x threads: decode tok/s, roofline tok/s and %, prefill tok/s, RSS."""
-    lines = [f"{'engine':<14}{'thr':>4}{'decode tok/s':>13}{'roofline':>10}{'% roof':>8}"
+    lines = [f"{'engine':<14}{'thr':>4}{'wait':>8}{'decode tok/s':>13}{'roofline':>10}{'% roof':>8}"
              + "".join(f"{f'prefill {T}':>12}" for T in prefill) + f"{'RSS GiB':>9}{'load':>6}"]
     float_bytes = {r["threads"]: r["decode_bytes_per_token"] for r in rows if r["engine"] == "bitttt"}
     for r in rows:
         b = r["decode_bytes_per_token"] or float_bytes.get(r["threads"]) or next(iter(float_bytes.values()), None)
         roof = r["read_bandwidth_bytes_per_s"] / b if b else float("nan")
         r["roofline_tokens_per_s"], r["roofline_fraction"] = roof, r["decode_tokens_per_s"] / roof
-        lines.append(f"{r['engine']:<14}{r['threads']:>4}{r['decode_tokens_per_s']:>13.2f}{roof:>10.2f}"
+        lines.append(f"{r['engine']:<14}{r['threads']:>4}{r.get('wait_policy', 'passive'):>8}"
+                     f"{r['decode_tokens_per_s']:>13.2f}{roof:>10.2f}"
                      f"{100 * r['roofline_fraction']:>7.0f}%"
                      + "".join(f"{r.get(f'prefill_{T}_tokens_per_s', float('nan')):>12.1f}" for T in prefill)
                      + f"{r['rss_bytes'] / 2**30:>9.2f}{r['loadavg']:>6.1f}")
@@ -279,7 +312,6 @@ def run(args: argparse.Namespace) -> int:
     import importlib.util
     import tempfile
 
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as every bitttt command runs
     missing = [e for e in args.engines if importlib.util.find_spec(NEEDS.get(e, "bitttt")) is None]
     for e in missing:
         print(f"{e}: skipped ({NEEDS[e]} is not installed; pip install 'bitttt[llama]' or 'bitttt[hf]')",
@@ -291,13 +323,17 @@ def run(args: argparse.Namespace) -> int:
         if not os.path.isfile(os.path.join(folder, GGUF_FILE)):
             write_folder(folder, args.layers)
         rows = []
-        for threads in args.threads:
-            for engine in args.engines:
-                rows.append(run_child(args, engine, threads, folder))
-                print(f"{engine} x{threads}: {rows[-1]['decode_tokens_per_s']:.2f} tok/s decode", file=sys.stderr)
+        with busy_processes(args.busy):
+            for threads in args.threads:
+                for engine in args.engines:
+                    for policy in args.wait_policy:  # innermost: the policies interleave
+                        rows.append(run_child(args, engine, threads, folder, policy))
+                        print(f"{engine} x{threads} {policy}: {rows[-1]['decode_tokens_per_s']:.2f} tok/s decode",
+                              file=sys.stderr)
     print(format_table(rows, args.prefill))
-    print(f"layers {args.layers}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; "
-          f"roofline = read bandwidth / bytes per decoded token")
+    print(f"layers {args.layers}; {args.busy} busy processes beside; wait policies: "
+          + "; ".join(f"{p} = {' '.join(f'{k}={v}' for k, v in WAIT_POLICIES[p].items())}" for p in args.wait_policy)
+          + "; roofline = read bandwidth / bytes per decoded token")
     if args.json:
         from bitttt import info
 
@@ -307,7 +343,7 @@ def run(args: argparse.Namespace) -> int:
                 old = json.load(f).get("rows", [])
         env = {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "GOMP_", "KMP_"))}
         settings = {k: getattr(args, k) for k in ("layers", "threads", "engines", "prompt", "new_tokens",
-                                                   "hf_tokens", "prefill", "lock")}
+                                                   "hf_tokens", "prefill", "lock", "wait_policy", "busy")}
         with open(args.json, "w") as f:
             json.dump({"rows": old + rows, "args": settings, "env": env, "machine": info.collect()}, f, indent=2)
     return 0

@@ -67,3 +67,25 @@ def test_one_token_attention_is_sdpa_with_gqa(dtype):
     want = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), enable_gqa=True)
     tol = 1e-5 if dtype == torch.float32 else 2e-2  # bf16: the q k^T product and the output round to bf16
     torch.testing.assert_close(one_token_attention(q, k, v).float(), want, rtol=tol, atol=tol)
+
+
+def test_each_wait_policy_reaches_the_child(tmp_path, monkeypatch):
+    from bitttt.hf.gguf import write_gguf
+
+    folder = str(tmp_path / "hf")
+    write_folder(folder)
+    write_gguf(load_bitnet(folder), os.path.join(folder, bitnet.GGUF_FILE))
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the caller's own setting must not leak into a child
+    args = build_parser().parse_args(["bench", "bitnet", "--threads", "1", "--prompt", "4", "--new-tokens", "2",
+                                      "--prefill", "4", "--wait-policy", "passive", "spin", "--busy", "1"])
+    rows = [bitnet.run_child(args, "bitttt", 1, folder, policy) for policy in args.wait_policy]
+    assert rows[0]["omp_env"] == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert rows[1]["omp_env"] == {"GOMP_SPINCOUNT": "30000", "KMP_BLOCKTIME": "1"}
+    assert [(r["wait_policy"], r["busy"]) for r in rows] == [("passive", 1), ("spin", 1)]
+    assert "spin" in bitnet.format_table(rows, [4]).splitlines()[2]
+
+
+def test_busy_processes_run_until_the_block_ends():
+    with bitnet.busy_processes(2) as procs:
+        assert len(procs) == 2 and all(p.poll() is None for p in procs)
+    assert all(p.poll() is not None for p in procs)
