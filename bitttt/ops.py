@@ -22,6 +22,7 @@ __all__ = [
     "quantize_weight",
     "ternary_linear",
     "ternary_matmul_int8",
+    "int8_matmul",
     "TTTState",
     "ttt_linear",
     "ttt_linear_decode_",
@@ -149,6 +150,14 @@ def ternary_matmul_int8(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
     return torch.ops.bitttt.ternary_matmul_int8(x, packed)
 
 
+def int8_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Exact int32 [M, N] = x @ w.T for int8 x [M, K] and w [N, K], K < 2**17 (the int8 LM head).
+
+    CPU only (the schema has no CUDA kernel); torch._int_mm(x, w.T) computes the same sums.
+    """
+    return torch.ops.bitttt.int8_matmul(x, w)
+
+
 def _check_packed_fits(packed: torch.Tensor, K: int) -> None:
     torch._check(packed.dim() == 2, lambda: "packed must be 2-D [N, Kp/4]")
     torch._check(packed.dtype == torch.uint8, lambda: f"packed must be uint8, got {packed.dtype}")
@@ -189,6 +198,16 @@ def _ternary_matmul_int8_fake(x, packed):
     torch._check(x.dtype == torch.int8 and x.dim() == 2, lambda: "x must be int8 [M, K]")
     _check_packed_fits(packed, x.shape[1])
     return x.new_empty((x.shape[0], packed.shape[0]), dtype=torch.int32)
+
+
+@torch.library.register_fake("bitttt::int8_matmul")
+def _int8_matmul_fake(x, w):
+    _check_defined("int8_matmul", x=x, w=w)
+    _check_same_device("int8_matmul", "x", x, w=w)
+    torch._check(x.dtype == torch.int8 and w.dtype == torch.int8, lambda: "int8_matmul: x and w must be int8")
+    torch._check(x.dim() == 2 and w.dim() == 2 and x.shape[1] == w.shape[1],
+                 lambda: "int8_matmul: x must be [M, K] and w [N, K]")
+    return x.new_empty((x.shape[0], w.shape[0]), dtype=torch.int32)
 
 
 # Gradient for x (and bias) only: packed weights are frozen. The activation quantization

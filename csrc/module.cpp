@@ -25,6 +25,9 @@ STABLE_TORCH_LIBRARY(bitttt, m) {
   m.def("ternary_linear(Tensor x, Tensor packed, Tensor w_scale, Tensor? bias=None) -> Tensor");
   // Exact int32 [M, N] = x_q @ q.T for int8 x_q [M, K]: the integer core of ternary_linear.
   m.def("ternary_matmul_int8(Tensor x, Tensor packed) -> Tensor");
+  // Exact int32 [M, N] = x @ w.T for int8 x [M, K], w [N, K] (csrc/int8/): the int8 LM head
+  // at decode (bitttt.hf.bitnet.Int8Linear). CPU only; CUDA tensors take torch's path.
+  m.def("int8_matmul(Tensor x, Tensor w) -> Tensor");
 
   // docs/design.md §3. q, k, v [B,H,T,D]; lr [B,H,T]; token_scale [b]; state W, gW [B,H,D,D],
   // c, gc [B,H,D] at absolute position pos; ln_w, ln_b [H,D]; float32 or float64, all alike.

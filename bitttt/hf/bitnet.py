@@ -101,9 +101,10 @@ class Int8Linear(nn.Module):
     """A float linear as int8 with one scale per output row, for the LM head at decode (it reads
     the whole [V, C] matrix every token): W ≈ w_q * scale[:, None], scale = max|W_row| / 127.
     Activations are quantized per token as the ternary layers do (design §2: s_x = 127 / absmax)
-    and meet w_q in an exact int8 GEMM (torch._int_mm, int32 sums):
-    y = (x_q @ w_q.T) * scale / s_x.  torch's weight-only int8 GEMM (_weight_int8pack_mm) was
-    3x slower than float32 at M=1 on the 2B head, and its bfloat16 path is wrong for small K."""
+    and meet w_q in an exact int8 GEMM (bitttt's int8_matmul on CPU, int32 sums):
+    y = (x_q @ w_q.T) * scale / s_x. On the 2B head at M=1 and 2 threads int8_matmul reads at
+    the DRAM's speed (10-16 ms); torch._int_mm took 35-120 ms there and torch's weight-only int8
+    GEMM (_weight_int8pack_mm) was 3x slower than float32, its bfloat16 path wrong for small K."""
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
@@ -128,7 +129,7 @@ class Int8Linear(nn.Module):
         s_x = torch.full_like(xf[:, :1], 127.0) / xf.abs().amax(dim=-1, keepdim=True).clamp(min=1e-5)  # [M, 1]
         x_q = torch.round(xf * s_x).clamp(-128, 127).to(torch.int8)
         if xf.device.type == "cpu":
-            acc = torch._int_mm(x_q, self.w_q.T).float()  # exact int32 sums
+            acc = ops.int8_matmul(x_q, self.w_q).float()  # exact int32 sums
         else:  # CUDA's _int_mm wants M > 16 and multiples of 8; float32 holds these sums exactly
             acc = x_q.float() @ self.w_q.float().T
         y = acc * self.scale / s_x  # [M, N]

@@ -25,15 +25,16 @@ from ddplib import (JOB_TIMEOUT_S, SEQ_LEN, job_command, job_env, read_events, r
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 # Two ranks x batch 2 against one process x batch 4 sum the same float32 terms in another order
-# (per-rank means, then an all-reduce, vs one mean). In 4 steps the losses differ by < 1e-6
-# relative (measured); a changed token moves them by ~1e-2. Longer runs drift apart: a weight
-# that rounds to another ternary code amplifies rounding (~1e-4 relative by step 20).
+# (per-rank means, then an all-reduce, vs one mean). In 4 steps the losses differed by < 1e-6
+# relative here, and by 1.5e-5 at step 4 (attention) on a CI machine: a weight that rounds to
+# another ternary code amplifies the rounding (~1e-4 relative by step 20). A changed token moves
+# them by ~1e-2, so 1e-4 keeps a 100x margin on both sides.
 # The weights after 4 steps: up to 3e-5 apart in 5 of 16384 elements of one matrix (ttt_linear
 # with the AVX-512 TTT kernels, whose outputs are bit-equal per sequence: only the parameter
 # gradients' sums over the batch are ordered differently). One AdamW step moves a weight by
-# ~lr = 3e-3, so a wrong share of the batch would still be 30x past this bound.
-LOSS_RTOL = 1e-5
-WEIGHT_ATOL = 1e-4
+# ~lr = 3e-3, so a wrong share of the batch would still be 10x past this bound.
+LOSS_RTOL = 1e-4
+WEIGHT_ATOL = 3e-4
 PER_RANK_BATCH, WORLD = 2, 2
 
 # mixer -> grad_accum: every mixer, with and without gradient accumulation (no_sync on the
