@@ -220,7 +220,8 @@ class Attention(nn.Module):
         k = k.view(B, T, Hkv, D).transpose(1, 2)  # [B, Hkv, T, D]
         v = v.view(B, T, Hkv, D).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        k, v = append_kv(None if state is None else state[0], k), append_kv(None if state is None else state[1], v)
+        if state is not None:  # a prefill keeps its k, v as they are; the first decode step makes the buffer
+            k, v = append_kv(state[0], k), append_kv(state[1], v)
         past = k.shape[2] - T
         if past == 0:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)

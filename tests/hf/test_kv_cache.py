@@ -11,10 +11,11 @@ def test_forked_cache_branches_match_full_forwards(tiny):
     prompt = torch.tensor([[1, 5, 9, 2, 7]])
     with torch.no_grad():
         base = model(prompt, use_cache=True).cache
-        a = model(torch.tensor([[3]]), cache=base)  # writes position 5 in the shared buffer
+        base = model(torch.tensor([[8]]), cache=base).cache  # the first decode step makes the buffer
+        a = model(torch.tensor([[3]]), cache=base)  # writes position 6 in place
         b = model(torch.tensor([[4]]), cache=base)  # the same position again: must not overwrite a's
         a2 = model(torch.tensor([[6]]), cache=a.cache)
-        want_a2 = model(torch.tensor([[1, 5, 9, 2, 7, 3, 6]])).logits[:, -1]
-        want_b = model(torch.tensor([[1, 5, 9, 2, 7, 4]])).logits[:, -1]
+        want_a2 = model(torch.tensor([[1, 5, 9, 2, 7, 8, 3, 6]])).logits[:, -1]
+        want_b = model(torch.tensor([[1, 5, 9, 2, 7, 8, 4]])).logits[:, -1]
     torch.testing.assert_close(a2.logits[:, -1], want_a2, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(b.logits[:, -1], want_b, rtol=1e-4, atol=1e-4)
