@@ -32,7 +32,7 @@ from typing import Any
 SEED = int(os.environ.get("BITTTT_FUZZ_SEED", "1212"))
 SCALE = float(os.environ.get("BITTTT_FUZZ_SCALE", "1"))
 # Cases per op at scale 1: about a minute for all ops together on a 2-core CI machine.
-CASES_PER_OP = {"ternary_linear": 700, "ternary_matmul_int8": 500, "ttt_linear": 300,
+CASES_PER_OP = {"ternary_linear": 700, "ternary_matmul_int8": 500, "int8_matmul": 300, "ttt_linear": 300,
                 "ttt_linear_backward": 200, "ttt_linear_decode_": 300, "ttt_mlp": 200, "ttt_mlp_backward": 150,
                 "ttt_mlp_decode_": 200, "fake_quant_activations": 300, "fake_quant_weight": 300}
 CASE_TIMEOUT_S = 60  # a hang bound, not a speed test: the slowest good case takes < 1 s
@@ -71,6 +71,12 @@ def base_ternary_matmul_int8(rng: random.Random) -> dict:
     M, K, N = rng.choice([0, 1, 4, 5, 70]), rng.choice([0, 1, 100, 256, 300]), rng.choice([0, 1, 3, 17])
     return {"op": "ternary_matmul_int8", "args": {
         "x": tensor([M, K], "int8", "int8"), "packed": tensor([N, pad(K) // 4], "uint8", "bt2")}}
+
+
+def base_int8_matmul(rng: random.Random) -> dict:
+    M, K, N = rng.choice([0, 1, 2, 4, 5, 9]), rng.choice([0, 1, 31, 32, 64, 100, 300]), rng.choice([0, 1, 3, 65, 130])
+    x_fill = rng.choice(["int8", "int8q"])  # int8q: no -128, the AVX2 kernel's range
+    return {"op": "int8_matmul", "args": {"x": tensor([M, K], "int8", x_fill), "w": tensor([N, K], "int8", "int8")}}
 
 
 def _ttt_tensors(rng: random.Random, one_token: bool) -> tuple[dict, dict]:
@@ -173,6 +179,7 @@ def base_fake_quant_weight(rng: random.Random) -> dict:
 
 
 BASES = {"ternary_linear": base_ternary_linear, "ternary_matmul_int8": base_ternary_matmul_int8,
+         "int8_matmul": base_int8_matmul,
          "ttt_linear": base_ttt_linear, "ttt_linear_backward": base_ttt_linear_backward,
          "ttt_linear_decode_": base_ttt_linear_decode_, "ttt_mlp": base_ttt_mlp,
          "ttt_mlp_backward": base_ttt_mlp_backward, "ttt_mlp_decode_": base_ttt_mlp_decode_,
@@ -313,6 +320,8 @@ def _fill(fill: str, n: int, spec: dict, gen, torch):
         return (torch.rand(n, generator=gen, dtype=f) + 0.05) * (0.2 if fill == "lr" else 1.0)
     if fill == "int8":
         return torch.randint(-128, 128, (n,), generator=gen)
+    if fill == "int8q":
+        return torch.randint(-127, 128, (n,), generator=gen)
     if fill == "bt2":  # codes 0, 1, 2 in every field
         codes = torch.randint(0, 3, (n, 4), generator=gen)
         return (codes[:, 0] | codes[:, 1] << 2 | codes[:, 2] << 4 | codes[:, 3] << 6)
@@ -389,10 +398,14 @@ def check_reference(case: dict, args: list, out: list, torch) -> str | None:
     """None if the canonical (contiguous CPU) result matches the reference, else why not."""
     from bitttt import reference
     op, fills = case["op"], {n: a["fill"] for n, a in case["args"].items() if isinstance(a, dict) and "fill" in a}
-    plain = all(f in ("randn", "small", "scale", "lr", "int8", "bt2", "bytes", "zeros") for f in fills.values())
+    plain = all(f in ("randn", "small", "scale", "lr", "int8", "int8q", "bt2", "bytes", "zeros") for f in fills.values())
     if op == "ternary_matmul_int8":
         x, packed = args
         expected = x.long() @ _bt2_weights(packed, x.shape[1], torch).T
+        return None if torch.equal(out[0].long(), expected) else "differs from the int64 reference"
+    if op == "int8_matmul":
+        x, w = args
+        expected = x.long() @ w.long().T
         return None if torch.equal(out[0].long(), expected) else "differs from the int64 reference"
     if op == "ternary_linear":
         x, packed, w_scale, bias = args
