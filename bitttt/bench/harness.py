@@ -292,7 +292,7 @@ class Hosts:
             return contenders
         child = Child(factory, kwargs, policy, threads)
         self.children.append(child)
-        return {case: child.contender(case, case) for case in child.info["cases"]}
+        return {case: child.contender(case, name) for case, name in child.info["cases"].items()}
 
     def close(self) -> None:
         while self.children:
@@ -315,7 +315,7 @@ def serve(factory: str, kwargs: dict[str, Any], threads: int, stdin: TextIO, std
         os.dup2(2, 1)
     contenders = load_factory(factory)(**kwargs)
     env = {k: os.environ[k] for k in OMP_WAIT_VARS if k in os.environ}
-    hello = {"load_s": time.perf_counter() - t0, "cases": list(contenders),
+    hello = {"load_s": time.perf_counter() - t0, "cases": {case: c.name for case, c in contenders.items()},
              "extra": {"omp_env": env}}
     print(json.dumps(hello), file=stdout, flush=True)
     for line in stdin:
@@ -425,20 +425,21 @@ def time_case(case: Case, settings: Settings, on_round: Callable[[int, list[str]
                 best = min(best, time_once(c, timer))
             per_round += best if best < math.inf else 0.0
         rounds = choose_rounds(settings, per_round) if settings.warmup else settings.rounds
-        times: dict[str, list[float]] = {c.name: [] for c in case.contenders}
+        # By position: one engine under two wait policies is two contenders with one name.
+        times: list[list[float]] = [[] for _ in case.contenders]
         for r in range(rounds):
-            order = [case.contenders[i] for i in rotation(len(case.contenders), r)]
+            order = rotation(len(case.contenders), r)
             if on_round:
-                on_round(r, [c.name for c in order])
-            for c in order:
-                times[c.name].append(time_once(c, timer))
+                on_round(r, [case.contenders[i].name for i in order])
+            for i in order:
+                times[i].append(time_once(case.contenders[i], timer))
     finally:
         torch.set_num_threads(old_threads)
     policy = case.wait_policy or current_wait_policy()
     out = []
-    for c in case.contenders:
-        med, lo, hi = summarize(times[c.name], case.unit, case.work)
-        out.append(Result(case.name, c.name, case.threads, c.wait_policy or policy, med, lo, hi, case.unit, len(times[c.name]),
+    for c, ts in zip(case.contenders, times, strict=True):
+        med, lo, hi = summarize(ts, case.unit, case.work)
+        out.append(Result(case.name, c.name, case.threads, c.wait_policy or policy, med, lo, hi, case.unit, len(ts),
                           {**case.extra, **c.extra}))
     return out
 
