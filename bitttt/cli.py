@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Sequence
 
 from bitttt import __version__
-from bitttt.events import safe_print
+from bitttt.events import error_line, safe_print
 from bitttt.errors import (  # noqa: F401 (EXIT_* re-exported for scripts and tests)
     EXIT_CONFIG, EXIT_DATA, EXIT_DIVERGED, EXIT_ERROR, EXIT_OK, EXIT_OOM, BitttError, ConfigError, DataError)
 
@@ -35,6 +35,22 @@ def _subparser(sub: argparse._SubParsersAction, name: str, help: str, examples: 
 # ---------------------------------------------------------------------------------------
 # Argument types: a bad value exits 2 with argparse's usage line
 # ---------------------------------------------------------------------------------------
+
+
+MAX_EVAL_SEQ_LEN = 1 << 20  # eval scores 16 windows at once: 16 x 1M tokens of logits is already tens of GB
+
+
+def int_in(low: int, high: int):
+    """An argparse type for a whole number in [low, high] (eval --seq-len 0 was silently the default)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not low <= v <= high:
+            raise argparse.ArgumentTypeError(f"expected a whole number in [{low}, {high}], got {text}")
+        return v
+    return parse
 
 
 def int_list(text: str) -> list[int]:
@@ -433,9 +449,11 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     _add_model_args(p)
     p.add_argument("--data", nargs="+", metavar="PATH", help="text to evaluate, all of it (default: the held-out "
                                                                "split of the model's training data)")
-    p.add_argument("--seq-len", type=int, help="window length (default: the training one)")
-    p.add_argument("--max-tokens", type=int, help="tokens evaluated at most (default: the run's --eval-tokens on "
-                                                  "its held-out set, as its eval events; 65536 with --data)")
+    p.add_argument("--seq-len", type=int_in(1, MAX_EVAL_SEQ_LEN), metavar="N",
+                   help="window length (default: the training one)")
+    p.add_argument("--max-tokens", type=int_in(1, 2**63 - 1), metavar="N",
+                   help="tokens evaluated at most (default: the run's --eval-tokens on its held-out set, as its "
+                        "eval events; 65536 with --data)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_run_eval)
 
@@ -570,10 +588,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _oom_types() -> tuple[type[BaseException], ...]:
-    import torch  # loaded already by `import bitttt`
-
-    return (MemoryError, torch.OutOfMemoryError)
+def _is_oom(e: BaseException) -> bool:
+    """Out of memory however it is raised: MemoryError, torch's CUDA OutOfMemoryError, or the
+    CPU allocator's RuntimeError ("DefaultCPUAllocator: can't allocate memory")."""
+    torch = sys.modules.get("torch")
+    if isinstance(e, MemoryError) or torch is not None and isinstance(e, torch.OutOfMemoryError):
+        return True
+    return isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -590,14 +611,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except BitttError as e:
-        safe_print(f"bitttt: error: {e}" + (f" (hint: {e.hint})" if e.hint else ""))
+        safe_print(error_line(e, e.hint))
         return e.exit_code
     except KeyboardInterrupt:
         safe_print(f"bitttt: {args.command}: interrupted")
         return 130
     except Exception as e:
-        if isinstance(e, _oom_types()):
-            safe_print(f"bitttt: error: {args.command}: out of memory: {e} (hint: use smaller sizes)")
+        if _is_oom(e):
+            first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            safe_print(error_line(f"{args.command}: out of memory: {first}", "use smaller sizes"))
             return EXIT_OOM
         safe_print(traceback.format_exc().rstrip())
         safe_print(f"bitttt: error: {args.command}: unexpected {type(e).__name__}: {e}")
