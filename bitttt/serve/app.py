@@ -30,7 +30,6 @@ from bitttt.generate import MAX_NEW_TOKENS, SamplingParams, chat_stop_strings, c
 from bitttt.serve.engine import Engine, Event, PromptTooLong, QueueFull, Request as EngineRequest
 from bitttt.serve.protocol import ChatCompletionRequest, CompletionRequest, error_body, usage_dict
 
-DISCONNECT_POLL_S = 0.25  # a non-streaming request checks this often whether its client is still there
 
 
 @dataclass
@@ -54,8 +53,9 @@ def _error_response(e: APIError) -> JSONResponse:
 
 
 class BodyLimit:
-    """ASGI middleware: a request body over max_bytes is answered 413 before a route reads it
-    (by its Content-Length, or while a chunked body arrives)."""
+    """ASGI middleware: a request body over max_bytes is answered 413 before any route sees it
+    (by its Content-Length, or while a chunked body arrives: the body is read here, at most
+    max_bytes of it, and handed on whole)."""
 
     def __init__(self, app: Any, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -67,31 +67,25 @@ class BodyLimit:
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             return await _error_response(too_big)(scope, receive, send)
-        seen, started = 0, False
-
-        async def limited_receive() -> dict:
-            nonlocal seen
+        body, more = bytearray(), True
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _BodyTooLarge
-            return message
+            if message["type"] != "http.request":  # the client left while sending
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                return await _error_response(too_big)(scope, receive, send)
+        replayed = False
 
-        async def tracking_send(message: dict) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()  # after the body: the disconnect, when it comes
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await _error_response(too_big)(scope, receive, send)
-
-
-class _BodyTooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 class _EngineCollector:
@@ -272,20 +266,15 @@ def create_app(engine: Engine, config: AppConfig) -> FastAPI:
             return StreamingResponse(_stream(request, handle, events, shape, include_usage),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         pieces = []
+        watcher = asyncio.ensure_future(_cancel_on_disconnect(request, handle))
         try:
-            while True:
-                try:
-                    ev = await asyncio.wait_for(events.get(), DISCONNECT_POLL_S)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        handle.cancel()
-                        return Response(status_code=499)
-                    continue
-                if ev.kind == "done":
-                    break
+            while (ev := await events.get()).kind != "done":
                 pieces.append(ev.text)
         finally:
+            watcher.cancel()
             handle.cancel()  # a no-op once done; frees the slot if this task was cancelled
+        if ev.finish_reason == "cancelled":
+            return Response(status_code=499)  # the client is gone: nobody reads this
         if ev.finish_reason == "error":
             raise APIError(500, f"generation failed: {ev.text}", type="server_error")
         return JSONResponse(shape.whole("".join(pieces), ev))
@@ -339,16 +328,12 @@ async def _stream(request: Request, handle: Any, events: asyncio.Queue, shape: _
     """SSE chunks until the engine's done event; a client that goes away cancels the request
     (the slot is freed at the engine's next step)."""
     usage_null = {"usage": None} if include_usage else {}
+    watcher = asyncio.ensure_future(_cancel_on_disconnect(request, handle))
     try:
         if shape.chat:
             yield _sse({**shape.chunk("", role=True), **usage_null})
         while True:
-            try:
-                ev = await asyncio.wait_for(events.get(), DISCONNECT_POLL_S)
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    return
-                continue
+            ev = await events.get()
             if ev.kind == "token":
                 if ev.text:
                     yield _sse({**shape.chunk(ev.text), **usage_null})
@@ -364,7 +349,16 @@ async def _stream(request: Request, handle: Any, events: asyncio.Queue, shape: _
             yield "data: [DONE]\n\n"
             return
     finally:
+        watcher.cancel()
         handle.cancel()
+
+
+async def _cancel_on_disconnect(request: Request, handle: Any) -> None:
+    """Waits for the client to hang up, then cancels its request: the engine frees the slot at
+    its next step (uvicorn does not fail a write to a closed connection, so only this sees it)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    handle.cancel()
 
 
 def build_app(engine: Engine, config: AppConfig) -> Any:

@@ -244,6 +244,7 @@ class Engine:
             if slot is not None:
                 self._slots.append(slot)
         if not self._slots:
+            self._stats.batch_size = 0
             return
         going = [s for s in self._slots if self._advance(s)]
         self._stats.batch_size = len(self._slots)
