@@ -1,5 +1,5 @@
 """Training throughput: tokens/s of full training steps of bitttt models against a plain fp32
-nanoGPT-style transformer of the same width and depth (benchmarks/nanogpt_baseline.py).
+nanoGPT-style transformer of the same width and depth (bitttt/bench/nanogpt.py).
 
     flock /work/bench.lock python benchmarks/bench_train_step.py [--preset tiny] [--threads 2]
         [--batch-size 16] [--seq-len 128] [--rounds 3] [--steps 2] [--contenders baseline,attn_fp32,...]
@@ -31,10 +31,8 @@ from types import SimpleNamespace  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nanogpt_baseline import BaselineConfig, NanoGPT  # noqa: E402
-
 from bitttt import config as cfg  # noqa: E402
+from bitttt.bench.nanogpt import BaselineConfig, NanoGPT  # noqa: E402
 from bitttt import distributed  # noqa: E402
 from bitttt.model import BitTTTForCausalLM, preset_config  # noqa: E402
 from bitttt.train import Trainer, make_optimizer  # noqa: E402
