@@ -70,9 +70,10 @@ def test_percent_of_peak(monkeypatch):
     isas = [i for i in ("scalar", "avx2", "avx512") if i in _C.available_isas()]
     huge = {"read_gbs": {1: 1e6}, "int8_avx2_gmacs": {1: 1e6}, "int8_avx512_gmacs": {1: 1e6}}
     monkeypatch.setattr(harness, "measure_peaks", lambda threads, quick=False: huge)
-    report = ternary.run(tiny_config(tokens=[1, 3], regimes=["hot"], isas=isas, baselines=["fp32"], peaks=True),
-                         out=io.StringIO())
-    decode, prefill = by_case(report).values()
+    report = ternary.run(tiny_config(tokens=[1, 3], regimes=["hot", "cold"], isas=isas, baselines=["fp32"],
+                                     peaks=True), out=io.StringIO())
+    hot_decode, _, decode, prefill = by_case(report).values()
+    assert all("pct_of_peak" not in r.extra for r in hot_decode.values())  # cache, not DRAM
     for isa in isas:
         name = ternary.contender_name(isa, isas)
         assert decode[name].extra["pct_of_peak"] == pytest.approx(100 * decode[name].extra["gbps"] / 1e6)
