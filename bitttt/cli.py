@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Sequence
 
 from bitttt import __version__
-from bitttt.events import safe_print
+from bitttt.events import error_line, safe_print
 from bitttt.errors import (  # noqa: F401 (EXIT_* re-exported for scripts and tests)
     EXIT_CONFIG, EXIT_DATA, EXIT_DIVERGED, EXIT_ERROR, EXIT_OK, EXIT_OOM, BitttError, ConfigError, DataError)
 
@@ -35,6 +35,22 @@ def _subparser(sub: argparse._SubParsersAction, name: str, help: str, examples: 
 # ---------------------------------------------------------------------------------------
 # Argument types: a bad value exits 2 with argparse's usage line
 # ---------------------------------------------------------------------------------------
+
+
+MAX_EVAL_SEQ_LEN = 1 << 20  # eval scores 16 windows at once: 16 x 1M tokens of logits is already tens of GB
+
+
+def int_in(low: int, high: int):
+    """An argparse type for a whole number in [low, high] (eval --seq-len 0 was silently the default)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not low <= v <= high:
+            raise argparse.ArgumentTypeError(f"expected a whole number in [{low}, {high}], got {text}")
+        return v
+    return parse
 
 
 def int_list(text: str) -> list[int]:
@@ -426,16 +442,71 @@ def add_chat_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_chat)
 
 
+def _chat_format(args: argparse.Namespace, info: dict) -> bool:
+    """--format: chat if asked, or (auto) if the model's training data had chat messages."""
+    return args.format == "chat" or (args.format == "auto" and info["sections"].get("data", {}).get("chat", False))
+
+
 def _run_chat(args: argparse.Namespace) -> int:
     from bitttt import chat_server, generate
 
     params = _sampling(args)
     model, tokenizer, info = _load(args)
-    chat = args.format == "chat" or (args.format == "auto" and info["sections"].get("data", {}).get("chat", False))
+    chat = _chat_format(args, info)
     session = generate.ChatSession(model, tokenizer, chat, params)
     if args.protocol == "jsonl":
         return chat_server.chat_jsonl(session, sys.stdin, sys.stdout, args.state_dir, info["path"])
     return generate.chat_text(session, sys.stdin, sys.stdout)
+
+
+def add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = _subparser(sub, "serve", "serve a model over OpenAI's HTTP API (continuous batching, TTT state cache)", """\
+  bitttt serve --model runs/my-run                       # http://127.0.0.1:8000/v1
+  bitttt serve --model export/ --port 8080 --max-batch 16 --threads 2
+  BITTTT_API_KEY=secret bitttt serve --model runs/my-run --host 0.0.0.0   # every interface: set a key
+  (needs the serve extra: pip install 'bitttt[serve]'; docs/serve.md)
+""")
+    _add_model_args(p)
+    p.add_argument("--lm-head", choices=["float", "int8"], default="float", help="(default: float)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="(default: 8000)")
+    p.add_argument("--api-key", help="clients must send 'Authorization: Bearer KEY' (default: $BITTTT_API_KEY; "
+                   "none if unset)")
+    p.add_argument("--model-name", help="the model id clients use (default: the model folder's name)")
+    p.add_argument("--format", default="auto", choices=["auto", "chat", "plain"], help="as bitttt chat's")
+    p.add_argument("--max-batch", type=int, default=8, help="requests decoded together (default: 8)")
+    p.add_argument("--max-queue", type=int, default=64, help="requests waiting for a slot; more get 429 (default: 64)")
+    p.add_argument("--state-cache-mb", type=float, default=256.0,
+                   help="memory for conversation states that later requests resume from; 0 = off (default: 256)")
+    p.add_argument("--max-prompt-tokens", type=int, default=8192, help="longer prompts get 413 (default: 8192)")
+    p.add_argument("--max-body", type=byte_size, default=4 * 2**20, metavar="SIZE",
+                   help="bigger request bodies get 413 (default: 4M)")
+    p.add_argument("--default-max-tokens", type=int, default=512,
+                   help="tokens generated when a request names no max_tokens (default: 512)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from bitttt.serve import server
+    from bitttt.serve.engine import EngineConfig
+
+    if (missing := server.missing_extra()) is not None:  # before the model loads
+        raise ConfigError(f"serve: {missing} not installed", hint="pip install 'bitttt[serve]'")
+    if not 0 <= args.port < 65536:
+        raise ConfigError(f"serve: --port must be in 0..65535, got {args.port}")
+    engine_config = EngineConfig(max_batch=args.max_batch, max_queue=args.max_queue,
+                                 state_cache_mb=args.state_cache_mb, max_prompt_tokens=args.max_prompt_tokens)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
+    model, tokenizer, info = _load(args)
+    chat = _chat_format(args, info)
+    options = server.ServeOptions(host=args.host, port=args.port, api_key=args.api_key, model_name=args.model_name,
+                                  chat_format=chat, max_body_bytes=args.max_body,
+                                  default_max_tokens=args.default_max_tokens)
+    return server.serve(model, tokenizer, info["path"], engine_config, options)
 
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
@@ -446,9 +517,11 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     _add_model_args(p)
     p.add_argument("--data", nargs="+", metavar="PATH", help="text to evaluate, all of it (default: the held-out "
                                                                "split of the model's training data)")
-    p.add_argument("--seq-len", type=int, help="window length (default: the training one)")
-    p.add_argument("--max-tokens", type=int, help="tokens evaluated at most (default: the run's --eval-tokens on "
-                                                  "its held-out set, as its eval events; 65536 with --data)")
+    p.add_argument("--seq-len", type=int_in(1, MAX_EVAL_SEQ_LEN), metavar="N",
+                   help="window length (default: the training one)")
+    p.add_argument("--max-tokens", type=int_in(1, 2**63 - 1), metavar="N",
+                   help="tokens evaluated at most (default: the run's --eval-tokens on its held-out set, as its "
+                        "eval events; 65536 with --data)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_run_eval)
 
@@ -606,6 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_generate_parser(sub)
     add_chat_parser(sub)
+    add_serve_parser(sub)
     add_eval_parser(sub)
     add_export_parser(sub)
     add_info_parser(sub)
@@ -613,10 +687,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _oom_types() -> tuple[type[BaseException], ...]:
-    import torch  # loaded already by `import bitttt`
-
-    return (MemoryError, torch.OutOfMemoryError)
+def _is_oom(e: BaseException) -> bool:
+    """Out of memory however it is raised: MemoryError, torch's CUDA OutOfMemoryError, or the
+    CPU allocator's RuntimeError ("DefaultCPUAllocator: can't allocate memory")."""
+    torch = sys.modules.get("torch")
+    if isinstance(e, MemoryError) or torch is not None and isinstance(e, torch.OutOfMemoryError):
+        return True
+    return isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -633,14 +710,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except BitttError as e:
-        safe_print(f"bitttt: error: {e}" + (f" (hint: {e.hint})" if e.hint else ""))
+        safe_print(error_line(e, e.hint))
         return e.exit_code
     except KeyboardInterrupt:
         safe_print(f"bitttt: {args.command}: interrupted")
         return 130
     except Exception as e:
-        if isinstance(e, _oom_types()):
-            safe_print(f"bitttt: error: {args.command}: out of memory: {e} (hint: use smaller sizes)")
+        if _is_oom(e):
+            first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            safe_print(error_line(f"{args.command}: out of memory: {first}", "use smaller sizes"))
             return EXIT_OOM
         safe_print(traceback.format_exc().rstrip())
         safe_print(f"bitttt: error: {args.command}: unexpected {type(e).__name__}: {e}")
