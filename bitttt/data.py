@@ -30,6 +30,7 @@ SUFFIXES = (".txt", ".md", ".jsonl")
 DEFAULT_CORPUS = "pydoc_data.topics"
 VAL_BLOCK = 4096  # the validation split is every ~1/val_fraction-th block of this many tokens
 CACHE_VERSION = 1
+CACHE_DIR = "data"  # the token cache's folder in a run directory
 
 
 @dataclass
@@ -235,6 +236,18 @@ def prepare(cache_dir: str, paths: list[str] | None, tokenizer: Tokenizer, val_f
     shutil.rmtree(cache_dir, ignore_errors=True)
     os.replace(tmp, cache_dir)
     return _open_cache(cache_dir, meta, min_tokens)
+
+
+def remove_leftovers(run_dir: str) -> None:
+    """Removes half-built token caches (`data.tmp-PID`) that killed processes left in run_dir. Only
+    for the run's owner (train.own_run): no other process writes there. Best effort."""
+    try:
+        entries = os.listdir(run_dir)
+    except OSError:
+        return
+    for entry in entries:
+        if entry.startswith(f"{CACHE_DIR}.tmp-") and entry != f"{CACHE_DIR}.tmp-{os.getpid()}":
+            shutil.rmtree(os.path.join(run_dir, entry), ignore_errors=True)
 
 
 def _write_tokens(path: str, paths: list[str] | None, tokenizer: Tokenizer, dtype: type,

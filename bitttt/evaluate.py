@@ -12,6 +12,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,18 +57,24 @@ class Score:
 
 
 @torch.no_grad()
-def score(model: torch.nn.Module, held: HeldOut, device: torch.device, world: Any = None) -> Score:
+def score(model: torch.nn.Module, held: HeldOut, device: torch.device, world: Any = None,
+          check: Callable[[], None] | None = None) -> Score:
     """The model's loss on the held-out windows (eval mode; the mode it had is restored). Under
-    data parallel (`world`, a distributed.World) each rank scores its share and the sums are added."""
+    data parallel (`world`, a distributed.World) each rank scores its share and the sums are added.
+    check (if given) is called between batches; what it raises (a stop) ends the scoring."""
     was_training = model.training
     model.eval()
     total = 0.0
     starts = world.eval_share(held.starts) if world is not None else held.starts
-    for i in range(0, len(starts), EVAL_BATCH):
-        x, y = data_mod.window_batch(held.tokens, starts[i:i + EVAL_BATCH], held.seq_len, device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            total += model(x, labels=y).loss.item() * len(x)
-    model.train(was_training)
+    try:
+        for i in range(0, len(starts), EVAL_BATCH):
+            if check:
+                check()
+            x, y = data_mod.window_batch(held.tokens, starts[i:i + EVAL_BATCH], held.seq_len, device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                total += model(x, labels=y).loss.item() * len(x)
+    finally:
+        model.train(was_training)
     if world is not None:
         total = world.sum(total)
     loss = total / len(held.starts)
