@@ -1,10 +1,10 @@
 """Where a training step's time goes (issue 26): torch.profiler over full `Trainer.train_step`s
 of bitttt models and the plain transformer, one table per contender, forward and backward apart.
 
-    python benchmarks/profile_train_step.py [--contenders ttt_linear,attn_fp32,baseline]
+    python benchmarks/profile_train_step.py [--contenders ttt_linear-ternary,attention-float,nanogpt]
         [--threads 2] [--steps 2] [--top 25] [--json PATH]
 
-Each contender is built as benchmarks/bench_train_step.py builds it (the trainer's own step:
+Each contender is built as `bitttt bench train` builds it (bitttt/bench/train.py: the trainer's own step:
 forward, backward, grad clipping, AdamW), warmed up with one step, then profiled over --steps
 steps. The table: op, calls per step, self CPU ms per step, share of the step, and its phase:
 backward (inside an autograd engine node), optimizer (AdamW's step, zero_grad) or forward
@@ -23,16 +23,13 @@ import bisect  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 from collections import defaultdict  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train_step import CONTENDERS, make_contender  # noqa: E402
-
 from bitttt import config as cfg  # noqa: E402
+from bitttt.bench.train import contender_names, make_trainer  # noqa: E402
 
 
 class Intervals:
@@ -53,14 +50,13 @@ class Intervals:
         return i >= 0 and t <= self.ends[i]
 
 
-def profile_contender(c, steps: int) -> dict:
+def profile_contender(name: str, trainer, steps: int) -> dict:
     """Per-op calls and self CPU time per step, by phase: forward (and loss, clipping reads),
     backward (under an autograd engine node), optimizer (under Optimizer.step)."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(steps):
-            c.step += 1
+        for step in range(2, 2 + steps):
             with record_function("## train_step"):
-                c.trainer.train_step(c.step)
+                trainer.train_step(step)
     events = prof.events()
     span = lambda pred: Intervals([(e.time_range.start, e.time_range.end) for e in events if pred(e.name)])  # noqa: E731
     backward = span(lambda n: n.startswith("autograd::engine::evaluate_function"))
@@ -83,7 +79,7 @@ def profile_contender(c, steps: int) -> dict:
     for r in rows:
         per_phase[r["phase"]] += r["self_ms_per_step"]
         calls_phase[r["phase"]] += r["calls_per_step"]
-    return {"contender": c.name, "step_ms": step_us / 1e3, "self_ms_by_phase": dict(per_phase),
+    return {"contender": name, "step_ms": step_us / 1e3, "self_ms_by_phase": dict(per_phase),
             "calls_by_phase": dict(calls_phase), "ops": rows}
 
 
@@ -100,7 +96,7 @@ def print_table(p: dict, top: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--contenders", default="ttt_linear,attn_fp32,baseline")
+    ap.add_argument("--contenders", default="ttt_linear-ternary,attention-float,nanogpt")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=128)
@@ -109,18 +105,18 @@ def main() -> None:
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args()
     names = args.contenders.split(",")
-    unknown = set(names) - set(CONTENDERS)
+    unknown = set(names) - set(contender_names())
     if unknown:
-        ap.error(f"unknown contenders {sorted(unknown)}; choose from {', '.join(CONTENDERS)}")
+        ap.error(f"unknown contenders {sorted(unknown)}; choose from {', '.join(contender_names())}")
     torch.set_num_threads(args.threads)
     t = cfg.TrainConfig(preset=args.preset, batch_size=args.batch_size, seq_len=args.seq_len, steps=10_000)
     tokens = np.random.default_rng(0).integers(0, 256, size=1 << 20, dtype=np.uint16)
     load_before = list(os.getloadavg())
     results = []
     for name in names:
-        c = make_contender(name, args.preset, t, tokens)
-        c.run(1)  # warm up
-        p = profile_contender(c, args.steps)
+        trainer = make_trainer(name, args.preset, t, tokens)
+        trainer.train_step(1)  # warm up
+        p = profile_contender(name, trainer, args.steps)
         print_table(p, args.top)
         results.append(p)
     if args.json:

@@ -145,20 +145,27 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
   bitttt bench ternary --quick
   bitttt bench ttt --quick
   bitttt bench peak --quick
+  bitttt bench train --quick
   bitttt bench ternary --help
+
+Every bench validates its contenders before timing, interleaves them over >= 5 rounds and
+reports medians with min-max; --json writes one record shape (bitttt/bench/harness.py).
 """)
     benches = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
     add_bench_ternary_parser(benches)
     add_bench_ttt_parser(benches)
     add_bench_bitnet_parser(benches)
     add_bench_peak_parser(benches)
+    add_bench_train_parser(benches)
+    add_bench_serve_parser(benches)
 
 
 def add_bench_ternary_parser(sub: argparse._SubParsersAction) -> None:
     from bitttt.bench.shapes import TERNARY_SHAPES, TERNARY_TOKENS
 
-    p = _subparser(sub, "ternary", "ternary_linear (packed, float32 in/out) vs F.linear in float32 and bfloat16", """\
-  bitttt bench ternary --quick                         # one shape, < 30 s
+    p = _subparser(sub, "ternary", "ternary_linear (packed, float32 in/out) vs F.linear fp32/bf16 and torch's int8 "
+                   "GEMMs", """\
+  bitttt bench ternary --quick                         # one shape, seconds
   bitttt bench ternary                                 # every default row, a few minutes
   bitttt bench ternary --shapes 4096x14336 --tokens 1 --regimes cold --json decode.json
   bitttt bench ternary --isa scalar,avx2 --baselines fp32   # kernel sets side by side
@@ -174,17 +181,23 @@ def add_bench_ternary_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--isa", type=name_list(None), metavar="ISA,...",
                    help="ternary kernel set(s) to time, e.g. scalar,avx2 (default: the active one; "
                         "bitttt info lists those available)")
-    p.add_argument("--baselines", type=name_list(("fp32", "bf16", "fp16")), metavar="fp32,bf16",
-                   help="F.linear dtypes to compare with (default fp32,bf16; cuda: bf16,fp16,fp32)")
+    p.add_argument("--baselines", type=name_list(("fp32", "bf16", "fp16", "int8pack", "int8dyn")),
+                   metavar="fp32,bf16,...",
+                   help="contenders beside bitttt: F.linear fp32/bf16(/fp16 on cuda), int8pack "
+                        "(aten._weight_int8pack_mm), int8dyn (quantize_dynamic Linear) "
+                        "(default fp32,bf16,int8pack,int8dyn; cuda: bf16,fp16,fp32)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cpu (default) or cuda: CUDA-event timing, own default shapes "
                         "(BitNet 2B: 2560x2560,6912x2560,2560x6912,13824x2560) and tokens (1,8,128,512,2048)")
-    p.add_argument("--reps", type=int, metavar="N", help="repetitions per row (default: adaptive, about 1 s per row)")
+    p.add_argument("--reps", type=int, metavar="N",
+                   help="interleaved rounds per row (default: adaptive, >= --rounds, about 1 s per row)")
+    p.add_argument("--rounds", type=int, metavar="N", help="at least this many interleaved rounds per row (default 5)")
+    p.add_argument("--shared", action="store_true", help="record that other work shared the machine meanwhile")
     p.add_argument("--quick", action="store_true",
-                   help="one shape, 1 thread, short rows: under 30 s (other flags given still apply)")
+                   help="one shape, 1 thread, short rows: seconds (other flags given still apply)")
     p.add_argument("--no-peaks", action="store_true",
                    help="skip measuring the machine's peaks (bitttt bench peak) and the %% of peak column")
-    p.add_argument("--json", metavar="PATH", help="also write the results and machine info as JSON")
+    p.add_argument("--json", metavar="PATH", help="also write the result record (bitttt/bench/harness.py) as JSON")
     p.set_defaults(func=_run_bench_ternary)
 
 
@@ -196,7 +209,8 @@ def _run_bench_ternary(args: argparse.Namespace) -> int:
     config = ternary.TernaryBenchConfig.for_device(args.device, quick=args.quick)
     overrides = {"shapes": args.shapes, "tokens": args.tokens, "threads": args.threads,
                  "regimes": args.regimes, "isas": args.isa, "baselines": args.baselines, "reps": args.reps,
-                 "peaks": False if args.no_peaks else None}
+                 "rounds": args.rounds, "peaks": False if args.no_peaks else None,
+                 "shared_machine": True if args.shared else None}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if args.json:
         _check_writable(args.json)  # before minutes of timing, not after
@@ -568,7 +582,35 @@ def add_bench_ttt_parser(sub: argparse._SubParsersAction) -> None:
 def _run_bench_ttt(args: argparse.Namespace) -> int:
     from bitttt.bench import ttt
 
+    if args.json:
+        _check_writable(args.json)
     ttt.run(args)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------
+# bitttt bench train (issue 26; its logic lives in bitttt/bench/train.py)
+# ---------------------------------------------------------------------------------------
+
+
+def add_bench_train_parser(sub: argparse._SubParsersAction) -> None:
+    p = _subparser(sub, "train", "tokens/s of bitttt train's step vs a plain fp32 nanoGPT-style transformer", """\
+  bitttt bench train --quick                          # tiny shapes, 1 thread, seconds
+  bitttt bench train --threads 2 1 --json train.json  # issue 26's comparison
+  bitttt bench train --contenders ttt_mlp-ternary attention-ternary --profile 15
+""")
+    from bitttt.bench.train_flags import add_arguments  # torch-free: --help stays fast
+
+    add_arguments(p)
+    p.set_defaults(func=_run_bench_train)
+
+
+def _run_bench_train(args: argparse.Namespace) -> int:
+    from bitttt.bench import train
+
+    if args.json:
+        _check_writable(args.json)
+    train.run(args)
     return EXIT_OK
 
 
@@ -612,7 +654,9 @@ def add_bench_peak_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--read-bytes", type=byte_size, metavar="SIZE",
                    help="buffer of the read bandwidth, far above L3 (default 1G; --quick 256M)")
     p.add_argument("--quick", action="store_true", help="shorter runs and a 256M read: a few seconds")
-    p.add_argument("--json", metavar="PATH", help="also write the results and the machine line as JSON")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved passes over every kernel (default 5)")
+    p.add_argument("--shared", action="store_true", help="record that other work shared the machine meanwhile")
+    p.add_argument("--json", metavar="PATH", help="also write the result record (bitttt/bench/harness.py) as JSON")
     p.set_defaults(func=_run_bench_peak)
 
 
@@ -622,7 +666,34 @@ def _run_bench_peak(args: argparse.Namespace) -> int:
     threads = [t for group in args.threads for t in group] if args.threads else [1, 2]
     if args.json:
         _check_writable(args.json)
-    peak.run(threads, args.read_bytes, args.quick, args.json)
+    peak.run(threads, args.read_bytes, args.quick, args.json, rounds=args.rounds, shared=args.shared)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------
+# bitttt bench serve (issue 29; its logic lives in bitttt/bench/serve.py)
+# ---------------------------------------------------------------------------------------
+
+
+def add_bench_serve_parser(sub: argparse._SubParsersAction) -> None:
+    from bitttt.bench import serve  # no torch at import: --help stays fast
+
+    p = _subparser(sub, "serve", "bitttt serve's engine: aggregate decode tokens/s at 1-16 streams, and the "
+                   "time to first token of a TTT conversation's 10th turn with and without the state cache", """\
+  bitttt bench serve --quick                         # tiny model, under a minute
+  bitttt bench serve --models base --json benchmarks/results/<machine>/serve_base.json
+  bitttt bench serve --models 2b --layers 30 --streams 1 4 8 --rounds 2
+""")
+    serve.add_arguments(p)
+    p.set_defaults(func=_run_bench_serve)
+
+
+def _run_bench_serve(args: argparse.Namespace) -> int:
+    from bitttt.bench import serve
+
+    if args.json:
+        _check_writable(args.json)
+    serve.run(args)
     return EXIT_OK
 
 

@@ -1,9 +1,10 @@
-"""A plain fp32 nanoGPT-style transformer: the training-speed baseline for bitttt (issue 15).
+"""A plain fp32 nanoGPT-style transformer: the training-speed baseline of `bitttt bench train`.
 
 What a user would write instead of bitttt, at the width and depth of bitttt's `tiny` preset
 (4 layers x 256, 4 heads): learned positions, pre-LayerNorm blocks, GELU MLP 4x wide,
 `scaled_dot_product_attention`, no biases, LM head tied to the embedding (about 3.25 M
-parameters at the byte vocabulary). Written from scratch; nothing here imports bitttt.
+parameters at the byte vocabulary). Written from scratch; nothing here imports bitttt (it ships
+in the package so `bitttt bench train` runs from a wheel; benchmarks/nanogpt_baseline.py re-exports it).
 """
 
 from __future__ import annotations
