@@ -56,6 +56,10 @@ from bitttt.bench.shapes import (
 from bitttt.errors import BitttError, ConfigError
 
 BASELINES = ("fp32", "bf16")
+# A pseudo kernel set for --isa: ternary_linear_lut16, the table-lookup decode path over its
+# load-time layout (csrc/ternary/lut16.h), run with the AVX2 kernels.
+LUT16 = "lut16"
+LUT16_ISA = "avx2"
 CUDA_BASELINES = ("bf16", "fp16", "fp32")  # --device cuda (bitttt/bench/ternary_cuda.py)
 DEVICES = ("cpu", "cuda")
 REGIMES = ("hot", "cold")
@@ -206,6 +210,7 @@ class ShapeWeights:
     w_scale: torch.Tensor  # float32 [N]
     fp32: list[torch.Tensor]
     bf16: list[torch.Tensor]
+    lut16: list[torch.Tensor] = field(default_factory=list)  # uint8 lut16 layouts of packed[0]
 
     def bytes_per_copy(self, kind: str) -> int:
         return {"bitttt": self.packed[0].numel(), "fp32": 4 * self.N * self.K, "bf16": 2 * self.N * self.K}[kind]
@@ -226,7 +231,10 @@ def make_weights(N: int, K: int, config: TernaryBenchConfig, kinds: list[str]) -
     sw = ShapeWeights(N, K, [packed], w_scale,
                       fp32=[w] if "fp32" in kinds else [], bf16=[w.bfloat16()] if "bf16" in kinds else [])
     if "cold" not in config.regimes:
+        if LUT16 in kinds:
+            sw.lut16 = [torch.ops.bitttt.ternary_repack_lut16(packed)]
         return sw
+    kinds = [k for k in kinds if k != LUT16]
     need = {k: copies_needed(sw.bytes_per_copy(k), config.cold_bytes) for k in kinds}
     total = sum(n * sw.bytes_per_copy(k) for k, n in need.items())
     if total > config.max_cold_bytes:
@@ -237,6 +245,9 @@ def make_weights(N: int, K: int, config: TernaryBenchConfig, kinds: list[str]) -
     store = {"bitttt": sw.packed, "fp32": sw.fp32, "bf16": sw.bf16}
     for kind, n in need.items():
         store[kind].extend(store[kind][0].clone() for _ in range(n - 1))
+    if LUT16 in kinds:  # as many distinct copies as the BT2 contenders cycle through
+        layout = torch.ops.bitttt.ternary_repack_lut16(packed)
+        sw.lut16 = [layout] + [layout.clone() for _ in range(len(sw.packed) - 1)]
     return sw
 
 
@@ -258,9 +269,12 @@ def validate(x: torch.Tensor, sw: ShapeWeights, isa: str | None) -> float:
     Returns max |err| / tolerance (< 1). Raises BenchValidationError when it is >= 1.
     """
     if isa is not None:
-        _C.set_isa(isa)
+        _C.set_isa(LUT16_ISA if isa == LUT16 else isa)
     kernels = isa or x.device.type
-    y = ops.ternary_linear(x, sw.packed[0], sw.w_scale)  # [M, N]
+    if isa == LUT16:
+        y = torch.ops.bitttt.ternary_linear_lut16(x, sw.lut16[0], sw.w_scale)  # [M, N]
+    else:
+        y = ops.ternary_linear(x, sw.packed[0], sw.w_scale)  # [M, N]
     rows, cols = _ends(x.shape[0], VALIDATE_TOKENS), _ends(sw.N, VALIDATE_ROWS)
     q = ops.unpack_ternary(sw.packed[0][cols], sw.K)  # [n, K]
     expected = reference.ternary_linear(x[rows], q, sw.w_scale[cols])  # [m, n]
@@ -306,6 +320,11 @@ def make_contenders(sw: ShapeWeights, M: int, regime: str, isas: list[str], base
 
     out = []
     for isa in isas:
+        if isa == LUT16:
+            weights = [(layout, sw.w_scale) for layout in pick(sw.lut16)]
+            out.append(Contender(contender_name(isa, isas), torch.ops.bitttt.ternary_linear_lut16, x, weights,
+                                 sw.bytes_per_copy("bitttt"), isa=LUT16_ISA, prewarm=prewarm("bitttt")))
+            continue
         weights = [(p, sw.w_scale) for p in pick(sw.packed)]
         out.append(Contender(contender_name(isa, isas), ops.ternary_linear, x, weights,
                              sw.bytes_per_copy("bitttt"), isa=isa, prewarm=prewarm("bitttt")))
@@ -373,7 +392,8 @@ def peak_pct(timings: dict[str, Timing], M: int, threads: int, isas: list[str],
     out: dict[str, float | None] = {}
     for isa in isas:
         t = timings[contender_name(isa, isas)]
-        rate, ref = (t.gbps, peaks.read_gbs(threads)) if M == 1 else (t.gops / 2, peaks.int8(isa, threads))
+        kernels = LUT16_ISA if isa == LUT16 else isa
+        rate, ref = (t.gbps, peaks.read_gbs(threads)) if M == 1 else (t.gops / 2, peaks.int8(kernels, threads))
         out[contender_name(isa, isas)] = 100 * rate / ref if ref else None
     return out
 
@@ -483,6 +503,8 @@ def resolve_isas(requested: list[str] | None) -> list[str]:
             return [_C.isa()]
         except RuntimeError as e:  # a bad BITTTT_ISA; the message says what to do
             raise ConfigError(f"bench ternary: {str(e).removeprefix('bitttt: ')}") from None
+    if LUT16_ISA in available:
+        available.append(LUT16)
     bad = [i for i in requested if i not in available]
     if bad:
         raise ConfigError(f"bench ternary: ISA {', '.join(bad)} not available here "
@@ -532,7 +554,7 @@ def run(config: TernaryBenchConfig, out: TextIO = sys.stdout) -> Report:
 def run_shape(N: int, K: int, config: TernaryBenchConfig, isas: list[str], cache_bytes: int,
               table: Table, peaks: peak.Peaks | None = None) -> list[Row]:
     """Every row of one shape: weights made once, each (M, threads) validated, then timed."""
-    sw = make_weights(N, K, config, ["bitttt", *config.baselines])
+    sw = make_weights(N, K, config, ["bitttt", *config.baselines, *([LUT16] if LUT16 in isas else [])])
     rows = []
     for M in config.tokens:
         for threads in config.threads:
