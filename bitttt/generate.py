@@ -22,6 +22,10 @@ from bitttt.tokenizer import Tokenizer
 
 
 MAX_NEW_TOKENS = 100_000  # the most one request may ask for (a reply can always be cancelled)
+# temperature (other than 0) and repetition_penalty divide or multiply logits: past these bounds
+# a logit overflows float32 (1e-300 made every logit inf and softmax NaN); no sampler needs more.
+SCALE_RANGE = (1e-4, 1e4)
+MAX_POSITION = 2**40  # a conversation position past this is a damaged memory file, not a long chat
 
 
 @dataclass
@@ -46,11 +50,15 @@ class SamplingParams:
                 raise ConfigError(f"{name} must be a number, got {v!r}")
         if self.max_new_tokens > MAX_NEW_TOKENS:
             raise ConfigError(f"max_new_tokens must be <= {MAX_NEW_TOKENS}, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1 or self.repetition_penalty <= 0:
-            raise ConfigError(f"top_p must be in (0, 1] and repetition_penalty > 0, got {self.top_p}, "
+        low, high = SCALE_RANGE
+        if self.temperature != 0 and not low <= self.temperature <= high:
+            raise ConfigError(f"temperature must be 0 (greedy) or in [{low:g}, {high:g}], got {self.temperature}",
+                              hint="use 0 for greedy decoding")
+        if not low <= self.repetition_penalty <= high:
+            raise ConfigError(f"repetition_penalty must be in [{low:g}, {high:g}] (1 = off), got "
                               f"{self.repetition_penalty}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
                                       or not 0 <= self.seed < 2**63):
             raise ConfigError(f"seed must be a whole number in [0, 2**63) or null, got {self.seed!r}")
@@ -337,8 +345,29 @@ class ChatSession:
         or old pickled one) raises MemoryFileError and keeps the current memory."""
         p = chat_memory.resolve_state_path(str(path))
         cache, history = chat_memory.read_memory(p, self.model, self.cache)
+        check_positions(cache, p)
         self.cache, self.history, self._last_weights = cache, history, None
         return p
+
+
+def check_positions(cache: Any, path: Path) -> None:
+    """MemoryFileError unless every position in a loaded cache (ModelCache.pos and the layers'
+    own) is a whole number in [0, MAX_POSITION]: a `pos` of 2**64 loaded fine, then failed every
+    generate after it."""
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, bool) or isinstance(node, (torch.Tensor, str, float)) or node is None:
+            return
+        if isinstance(node, int):
+            if not 0 <= node <= MAX_POSITION:
+                raise chat_memory.MemoryFileError(f"{path}: {where} is {node}, outside [0, 2**40]",
+                                                  hint=chat_memory.STATE_HINT)
+        elif isinstance(node, (list, tuple)):
+            for i, v in enumerate(node):
+                walk(v, f"{where}.{i}")
+        elif dataclasses.is_dataclass(node):
+            for f in dataclasses.fields(node):
+                walk(getattr(node, f.name), f"{where}.{f.name}")
+    walk(cache, "cache")
 
 
 CHAT_HELP = """commands: /reset (forget the conversation, restore the initial state), /save PATH, /load PATH,
@@ -346,6 +375,8 @@ CHAT_HELP = """commands: /reset (forget the conversation, restore the initial st
 
 
 def chat_text(session: ChatSession, stdin: TextIO, stdout: TextIO) -> int:
+    if hasattr(stdin, "reconfigure"):
+        stdin.reconfigure(errors="replace")  # bytes that are not UTF-8 become U+FFFD, not an exit 1
     stdout.write(f"chatting with the model; {CHAT_HELP}\n")
     while True:
         stdout.write("you> ")

@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bitttt import ops, reference
+from bitttt import ops
 from bitttt.nn.bitlinear import BitLinear
+from bitttt.nn.ttt_mlp_torch import ttt_mlp_torch
 
 
 @dataclass
@@ -212,8 +213,8 @@ class TTTLinear(_TTTBase):
 
 class TTTMLP(_TTTBase):
     """TTT layer with a 2-layer MLP inner model, hidden 4·D, on the C++ op `bitttt.ops.ttt_mlp`
-    (CPU). The op has no CUDA kernel yet: on other devices the layer runs the pure-torch
-    reference (`bitttt.reference.ttt_mlp`), with the same state (an ops.TTTMLPState)."""
+    (CPU). The op has no CUDA kernel yet: on other devices the layer runs its plain-torch
+    composition (`bitttt.nn.ttt_mlp_torch`), with the same state (an ops.TTTMLPState)."""
 
     def __init__(self, hidden_size: int, num_heads: int, **kw) -> None:
         super().__init__(hidden_size, num_heads, **kw)
@@ -230,8 +231,7 @@ class TTTMLP(_TTTBase):
         if q.device.type == "cpu":
             out, state = ops.ttt_mlp(*args, state=state)
         else:
-            out, state = reference.ttt_mlp(*args, state=state)
-            state = ops.TTTMLPState(*state)
+            out, state = ttt_mlp_torch(*args, state=state)
         return out.to(q.dtype), state
 
     def _inner_step(self, q, k, v, lr, state):
