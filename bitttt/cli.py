@@ -157,6 +157,7 @@ reports medians with min-max; --json writes one record shape (bitttt/bench/harne
     add_bench_bitnet_parser(benches)
     add_bench_peak_parser(benches)
     add_bench_train_parser(benches)
+    add_bench_serve_parser(benches)
 
 
 def add_bench_ternary_parser(sub: argparse._SubParsersAction) -> None:
@@ -666,6 +667,33 @@ def _run_bench_peak(args: argparse.Namespace) -> int:
     if args.json:
         _check_writable(args.json)
     peak.run(threads, args.read_bytes, args.quick, args.json, rounds=args.rounds, shared=args.shared)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------
+# bitttt bench serve (issue 29; its logic lives in bitttt/bench/serve.py)
+# ---------------------------------------------------------------------------------------
+
+
+def add_bench_serve_parser(sub: argparse._SubParsersAction) -> None:
+    from bitttt.bench import serve  # no torch at import: --help stays fast
+
+    p = _subparser(sub, "serve", "bitttt serve's engine: aggregate decode tokens/s at 1-16 streams, and the "
+                   "time to first token of a TTT conversation's 10th turn with and without the state cache", """\
+  bitttt bench serve --quick                         # tiny model, under a minute
+  bitttt bench serve --models base --json benchmarks/results/<machine>/serve_base.json
+  bitttt bench serve --models 2b --layers 30 --streams 1 4 8 --rounds 2
+""")
+    serve.add_arguments(p)
+    p.set_defaults(func=_run_bench_serve)
+
+
+def _run_bench_serve(args: argparse.Namespace) -> int:
+    from bitttt.bench import serve
+
+    if args.json:
+        _check_writable(args.json)
+    serve.run(args)
     return EXIT_OK
 
 

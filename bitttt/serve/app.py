@@ -9,14 +9,18 @@ Everything else (slots, batching, the state cache) is the engine's (bitttt.serve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
+import signal
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -364,3 +368,20 @@ async def _cancel_on_disconnect(request: Request, handle: Any) -> None:
 def build_app(engine: Engine, config: AppConfig) -> Any:
     """The ASGI app to serve: create_app behind the body size limit."""
     return BodyLimit(create_app(engine, config), config.max_body_bytes)
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, but Ctrl-C and SIGTERM are a normal stop (exit 0, as for every bitttt
+    command): uvicorn re-raises the signal after its graceful shutdown, which kills the process."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+            yield
+            return
+        old = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)

@@ -48,7 +48,7 @@ def serve(model: torch.nn.Module, tokenizer, model_path: str, engine_config: Eng
         raise ConfigError(f"serve: {missing} not installed", hint="pip install 'bitttt[serve]'")
     import uvicorn
 
-    from bitttt.serve.app import AppConfig, build_app
+    from bitttt.serve.app import AppConfig, Server, build_app
 
     api_key = options.api_key if options.api_key is not None else os.environ.get(API_KEY_ENV) or None
     name = options.model_name or model_name_of(model_path)
@@ -59,9 +59,10 @@ def serve(model: torch.nn.Module, tokenizer, model_path: str, engine_config: Eng
     print(f"bitttt serve: {name} at {url} (batch {engine_config.max_batch}, queue {engine_config.max_queue}, "
           f"state cache {engine_config.state_cache_mb:g} MB, {'API key required' if api_key else 'no API key'})",
           file=sys.stderr, flush=True)
+    server = Server(uvicorn.Config(app, host=options.host, port=options.port, log_level=options.log_level,
+                                   timeout_graceful_shutdown=5))
     try:
-        uvicorn.run(app, host=options.host, port=options.port, log_level=options.log_level,
-                    timeout_graceful_shutdown=5)
+        server.run()
     finally:
         engine.close()
     return 0

@@ -111,6 +111,10 @@ def test_torch_path_equals_the_reference_composition(dtype):
     x[2, 4] = -float("inf")
     x[3] = 1e-7
     x[4] = torch.arange(33) - 16.0  # .5 ties
+    # s_x = 127 / 1.97028017 as a true division, where 127 * (1 / t) is one ulp off: that
+    # rounds x_q of -1.85392499 (x * s_x near -119.5) the other way
+    x[5] = 0.0
+    x[5, :2] = torch.tensor([1.9702801704406738, -1.8539249897003174])
     x = x.to(dtype).requires_grad_()
     w = ((torch.randn(8, 33) * 0.02).to(dtype)).requires_grad_()
     if dtype == torch.float32:
