@@ -244,10 +244,11 @@ def read_meta(p: Path) -> dict[str, Any] | None:
         raise MemoryFileError(f"{p}: no such file", hint=STATE_HINT)
     try:
         with open(p, "rb") as f:
-            magic = f.read(4)
+            head = f.read(9)
+            size = os.fstat(f.fileno()).st_size
     except OSError as e:
         raise MemoryFileError(f"{p}: cannot read ({e.strerror or e})", hint=STATE_HINT) from None
-    if magic.startswith(b"PK") or magic[:1] == b"\x80":
+    if not _safetensors_head(head, size) and (head.startswith(b"PK") or head[:1] == b"\x80"):
         raise MemoryFileError(f"{p}: an old pickled memory file; bitttt no longer unpickles files (a crafted one "
                               "runs code)", hint="start the conversation again and save it with this version")
     try:
@@ -265,6 +266,16 @@ def read_meta(p: Path) -> dict[str, Any] | None:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise MemoryFileError(f"{p}: not a chat memory file", hint=STATE_HINT)
     return meta
+
+
+def _safetensors_head(head: bytes, size: int) -> bool:
+    """Whether a file starts like safetensors: a little-endian u64 header length that fits the
+    file, then a JSON object. Checked before the pickle signatures: the length's low byte can be
+    0x80, pickle's first byte (a header of 3712 bytes is 0x0E80)."""
+    if len(head) < 9:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 8 + n <= size and head[8:9] == b"{"
 
 
 def read_memory(p: Path, model: BitTTTForCausalLM, like: ModelCache) -> tuple[ModelCache, list[dict[str, str]]]:

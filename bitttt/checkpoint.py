@@ -6,15 +6,16 @@ and fsynced in a temporary sibling `.tmp-NAME-PID`, an existing NAME is renamed 
 `.old-NAME-PID`, the new folder renamed into place, and the old one removed through a
 `.del-NAME-PID` rename; the parent folder is fsynced after each rename. A folder under its own
 name is therefore always complete, and in the one instant where NAME is missing its previous
-version is complete under `.old-NAME-PID`: the loader takes it, and `recover` (run by the
-trainer at start-up and by `resolve`) puts it back or removes what a killed save left.
-`resolve` turns a run directory, a checkpoint folder or an export into the folder to load.
+version is complete under `.old-NAME-PID`: the loader takes it. Only writers recover (put it back
+or remove what a killed save left): the trainer holding the run's lock (`recover_run`) and
+`write_folder` for the NAME it writes; loaders only read. `resolve` turns a run directory, a checkpoint folder or an export into the folder to load.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import shutil
@@ -114,6 +115,7 @@ def write_folder(path: str, model: BitTTTForCausalLM, tokenizer: Tokenizer, conf
         raise ConfigError(f"cannot write a {type(model).__name__} as a bitttt checkpoint", hint="use the folder as it is")
     parent, name = os.path.split(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
+    recover_folder(parent, name)  # the writer of NAME finishes or undoes what killed saves of NAME left
     tmp = os.path.join(parent, f".tmp-{name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -188,14 +190,27 @@ def recover_folder(folder: str, name: str | None = None) -> None:
             pass
 
 
-def recover(path: str) -> None:
-    """Recovery for everything a load or resume of `path` may read: its own leftovers beside
-    it and, for a run directory, those in it and in its checkpoints/."""
-    path = os.path.abspath(path)
-    recover_folder(os.path.dirname(path), os.path.basename(path))
-    if os.path.isdir(path):
-        recover_folder(path)
-        recover_folder(os.path.join(path, "checkpoints"))
+def recover_run(run_dir: str) -> None:
+    """Recovery of a run directory and its checkpoints/: only for the process that holds the
+    run's lock (train.own_run). Readers never recover: on a run directory shared by several
+    machines, a pid that is dead here may be a live saver on another host."""
+    recover_folder(run_dir)
+    recover_folder(os.path.join(run_dir, "checkpoints"))
+
+
+def complete_version(path: str) -> str | None:
+    """path if it is a complete checkpoint; else its previous version that a save renamed aside
+    (`.old-NAME-PID`, complete); else None."""
+    return _complete(*os.path.split(os.path.abspath(path)))
+
+
+def after_recovery(path: str) -> str:
+    """Where a checkpoint found as `.old-NAME-PID` is once recovery put it back as NAME."""
+    parent, name = os.path.split(path)
+    m = LEFTOVER.match(name)
+    if m and m.group(1) == "old" and not os.path.lexists(path) and is_checkpoint(os.path.join(parent, m.group(2))):
+        return os.path.join(parent, m.group(2))
+    return path
 
 
 def _complete(folder: str, name: str) -> str | None:
@@ -254,8 +269,7 @@ def is_checkpoint(path: str) -> bool:
 
 def resolve(path: str, prefer_final: bool = True) -> str:
     """A checkpoint/export folder, or a run directory -> the folder to load (final, else the latest step).
-    Recovers what killed saves left first (module docstring)."""
-    recover(path)
+    Reads only: where a save was killed (or is running) it finds the complete previous version."""
     if is_checkpoint(path):
         return path
     previous = _complete(*os.path.split(os.path.abspath(path)))  # while a live save replaces it
@@ -292,9 +306,30 @@ def read_trainer_state(ckpt: str) -> dict[str, Any]:
                 raise ValueError(f"{key} is {state.get(key)!r}, not a step number")
         if "step" not in state:
             raise ValueError("no step")
+        _check_state_fields(state)
         return state
     except (OSError, ValueError) as e:
         raise ConfigError(f"{path}: unreadable trainer state ({e})", hint=BAD_CHECKPOINT_HINT) from None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_state_fields(state: dict[str, Any]) -> None:
+    """ValueError unless the fields the trainer reads have their types: numbers or null, and
+    lr_decay null or {"from_step": a step, "from_lr": a number >= 0} (design §5)."""
+    for key in ("lr", "val_loss", "best_val_loss", "tokens_seen", "time"):
+        value = state.get(key)
+        if value is not None and not (_number(value) or key != "lr" and isinstance(value, float)):  # a NaN loss is one
+            raise ValueError(f"{key} is {str(value)[:40]}, not a number")
+    decay = state.get("lr_decay")
+    if decay is None:
+        return
+    if not (isinstance(decay, dict) and set(decay) == {"from_step", "from_lr"}
+            and isinstance(decay["from_step"], int) and not isinstance(decay["from_step"], bool)
+            and decay["from_step"] >= 0 and _number(decay["from_lr"]) and decay["from_lr"] >= 0):
+        raise ValueError(f"lr_decay is {str(decay)[:60]}, not null or {{from_step, from_lr}}")
 
 
 def load_optimizer_state(ckpt: str) -> dict[str, Any]:
@@ -304,7 +339,8 @@ def load_optimizer_state(ckpt: str) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ConfigError(f"{path}: unreadable optimizer state ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+        first_line = (str(e).splitlines() or [""])[0][:200]  # a 0-byte file's error has no message
+        raise ConfigError(f"{path}: unreadable optimizer state ({type(e).__name__}: {first_line})",
                           hint=BAD_CHECKPOINT_HINT) from None
     rng = state.get("torch_rng") if isinstance(state, dict) else None
     if not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8 and isinstance(state.get("optimizer"), dict)):

@@ -30,6 +30,10 @@ SUFFIXES = (".txt", ".md", ".jsonl")
 DEFAULT_CORPUS = "pydoc_data.topics"
 VAL_BLOCK = 4096  # the validation split is every ~1/val_fraction-th block of this many tokens
 CACHE_VERSION = 1
+CACHE_DIR = "data"  # the token cache's folder in a run directory
+TEXT_PIECE = 1 << 20  # characters of a text file read (and tokenized) at a time
+MAX_CARRY = 4 * TEXT_PIECE  # a line longer than this is cut where the piece ends
+COPY_TOKENS = 1 << 22  # tokens copied at a time when the cache is split
 
 
 @dataclass
@@ -37,6 +41,7 @@ class Document:
     text: str | None  # plain text, or
     messages: list | None  # a chat: [{"role": ..., "content": ...}, ...]
     source: str  # file[:line], for error messages
+    ends: bool = True  # False for a piece of a long text file that goes on in the next Document
 
 
 # ---------------------------------------------------------------------------------------
@@ -99,7 +104,7 @@ def read_documents(files: list[str]) -> Iterator[Document]:
         try:
             with _open_text(path) as f:
                 if not is_jsonl:
-                    yield Document(f.read(), None, path)
+                    yield from _text_pieces(f, path)
                     continue
                 for line_no, line in enumerate(f, start=1):
                     if line.strip():
@@ -109,6 +114,26 @@ def read_documents(files: list[str]) -> Iterator[Document]:
             raise DataError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})", hint="save the file as UTF-8") from None
         except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:  # zlib.error: a damaged gzip stream
             raise DataError(f"{path}: cannot read ({e})", hint="check that the file exists, is readable and not damaged") from None
+
+
+def _text_pieces(f, path: str) -> Iterator[Document]:
+    """A text file as Documents of about TEXT_PIECE characters, cut after a line break where there
+    is one (a long line is cut anyway at MAX_CARRY): memory stays bounded whatever the file's
+    size, and a stop is looked at between pieces. Only the last piece `ends` the document."""
+    carry = ""
+    while True:
+        chunk = f.read(TEXT_PIECE)
+        if not chunk:
+            yield Document(carry, None, path)
+            return
+        text = carry + chunk
+        cut = text.rfind("\n") + 1
+        if cut == 0 and len(text) < MAX_CARRY:
+            carry = text
+            continue
+        cut = cut or len(text)
+        yield Document(text[:cut], None, path, ends=False)
+        carry = text[cut:]
 
 
 def _jsonl_document(line: str, where: str) -> Document:
@@ -195,7 +220,7 @@ def fingerprint(paths: list[str] | None, tokenizer: Tokenizer, val_fraction: flo
 def prepare(cache_dir: str, paths: list[str] | None, tokenizer: Tokenizer, val_fraction: float,
             min_tokens: int, check: Callable[[], None] | None = None) -> TokenData:
     """Tokenizes the sources into cache_dir (once; reused while they are unchanged). check (if
-    given) is called per document; what it raises ends the tokenizing (no cache is left)."""
+    given) is called per document piece; what it raises ends the tokenizing (no cache is left)."""
     fp = fingerprint(paths, tokenizer, val_fraction)
     meta_path = os.path.join(cache_dir, "meta.json")
     if os.path.isfile(meta_path):
@@ -206,41 +231,61 @@ def prepare(cache_dir: str, paths: list[str] | None, tokenizer: Tokenizer, val_f
                 return _open_cache(cache_dir, meta, min_tokens)
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache is rebuilt
+    return _open_cache(cache_dir, build_cache(cache_dir, paths, tokenizer, val_fraction, min_tokens, check, fp),
+                       min_tokens)
+
+
+def build_cache(cache_dir: str, paths: list[str] | None, tokenizer: Tokenizer, val_fraction: float,
+                min_tokens: int, check: Callable[[], None] | None = None, fp: str | None = None) -> dict:
+    """Writes the token cache (all.bin, then train.bin and val.bin) into a temporary sibling
+    `CACHE_DIR.tmp-PID` renamed to cache_dir; returns its meta. Memory stays bounded whatever the
+    corpus size: text is read in pieces, tokens are written as they come and split by copying
+    chunks of at most COPY_TOKENS. Any failure or stop removes the temporary folder."""
     tmp = f"{cache_dir}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     dtype = np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32
     try:
-        n_tokens, chat, n_docs = _write_tokens(os.path.join(tmp, "all.bin"), paths, tokenizer, dtype, check)
+        all_path = os.path.join(tmp, "all.bin")
+        n_tokens, chat, n_docs = _write_tokens(all_path, paths, tokenizer, dtype, check)
+        if n_tokens < 2 * min_tokens:
+            raise DataError(f"{', '.join(paths) if paths else DEFAULT_CORPUS}: only {n_tokens} tokens of text, "
+                            f"need at least {2 * min_tokens} for a training and a validation window",
+                            hint="add more text or lower --seq-len")
+        val_ranges = _val_ranges(n_tokens, val_fraction, min_tokens)
+        val_counts = _split(all_path, tmp, dtype, val_ranges, check)
+        os.remove(all_path)
+        meta = {"fingerprint": fp or fingerprint(paths, tokenizer, val_fraction), "dtype": np.dtype(dtype).name,
+                "n_tokens": n_tokens, "n_docs": n_docs, "n_val": sum(b - a for a, b in val_ranges),
+                "val_bytes": _bytes_of_counts(val_counts, tokenizer), "chat": chat,
+                "sources": paths or [DEFAULT_CORPUS], "tokenizer": tokenizer.kind}
+        with open(os.path.join(tmp, "meta.json"), "w") as f:
+            json.dump(meta, f, indent=2)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if n_tokens < 2 * min_tokens:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise DataError(f"{', '.join(paths) if paths else DEFAULT_CORPUS}: only {n_tokens} tokens of text, "
-                        f"need at least {2 * min_tokens} for a training and a validation window",
-                        hint="add more text or lower --seq-len")
-    all_tokens = np.memmap(os.path.join(tmp, "all.bin"), dtype=dtype, mode="r")
-    is_val = _val_mask(n_tokens, val_fraction, min_tokens)
-    for name, sel in (("train", ~is_val), ("val", is_val)):
-        all_tokens[sel].tofile(os.path.join(tmp, f"{name}.bin"))
-    val_bytes = _count_bytes(all_tokens[is_val], tokenizer)
-    del all_tokens
-    os.remove(os.path.join(tmp, "all.bin"))
-    meta = {"fingerprint": fp, "dtype": np.dtype(dtype).name, "n_tokens": n_tokens, "n_docs": n_docs,
-            "n_val": int(is_val.sum()), "val_bytes": val_bytes, "chat": chat,
-            "sources": paths or [DEFAULT_CORPUS], "tokenizer": tokenizer.kind}
-    with open(os.path.join(tmp, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=2)
     shutil.rmtree(cache_dir, ignore_errors=True)
     os.replace(tmp, cache_dir)
-    return _open_cache(cache_dir, meta, min_tokens)
+    return meta
+
+
+def remove_leftovers(run_dir: str) -> None:
+    """Removes half-built token caches (`data.tmp-PID`) that killed processes left in run_dir. Only
+    for the run's owner (train.own_run): no other process writes there. Best effort."""
+    try:
+        entries = os.listdir(run_dir)
+    except OSError:
+        return
+    for entry in entries:
+        if entry.startswith(f"{CACHE_DIR}.tmp-") and entry != f"{CACHE_DIR}.tmp-{os.getpid()}":
+            shutil.rmtree(os.path.join(run_dir, entry), ignore_errors=True)
 
 
 def _write_tokens(path: str, paths: list[str] | None, tokenizer: Tokenizer, dtype: type,
                   check: Callable[[], None] | None) -> tuple[int, bool, int]:
-    """Every document's tokens and an end-of-text, to path. Returns (tokens, any chat, documents)."""
-    n_tokens, chat, n_docs = 0, False, 0
+    """Every document's tokens and an end-of-text (none for an empty document), to path, piece by
+    piece. Returns (tokens, any chat, documents)."""
+    n_tokens, chat, n_docs, in_doc = 0, False, 0, 0
     eos = np.asarray([tokenizer.eos_id], dtype=dtype).tobytes()
     with open(path, "wb") as out:
         for doc in documents(paths):
@@ -248,11 +293,13 @@ def _write_tokens(path: str, paths: list[str] | None, tokenizer: Tokenizer, dtyp
                 check()
             arr = _encode_document(tokenizer, doc, dtype)
             chat = chat or doc.messages is not None
-            if not len(arr):
-                continue
             out.write(arr.tobytes())
-            out.write(eos)
-            n_tokens, n_docs = n_tokens + len(arr) + 1, n_docs + 1
+            in_doc += len(arr)
+            if doc.ends and in_doc:
+                out.write(eos)
+                n_tokens, n_docs = n_tokens + in_doc + 1, n_docs + 1
+            if doc.ends:
+                in_doc = 0
     return n_tokens, chat, n_docs
 
 
@@ -265,24 +312,52 @@ def _encode_document(tokenizer: Tokenizer, doc: Document, dtype) -> np.ndarray:
     return np.asarray(ids, dtype=dtype)
 
 
-def _val_mask(n: int, val_fraction: float, min_tokens: int) -> np.ndarray:
-    """Every k-th block of VAL_BLOCK tokens, spread evenly; the tail if there are few blocks."""
-    mask = np.zeros(n, dtype=bool)
+def _val_ranges(n: int, val_fraction: float, min_tokens: int) -> list[tuple[int, int]]:
+    """The validation split as sorted [start, end) token ranges: every k-th block of VAL_BLOCK
+    tokens, spread evenly; the tail if there are few blocks."""
     n_blocks = n // VAL_BLOCK
     k = round(n_blocks * val_fraction)
     if k >= 1 and n_blocks - k >= 1:
-        for i in range(k):
-            b = int((i + 0.5) * n_blocks / k)
-            mask[b * VAL_BLOCK:(b + 1) * VAL_BLOCK] = True
-    else:
-        n_val = min(max(int(n * val_fraction), min_tokens), n - min_tokens)
-        mask[n - n_val:] = True
-    return mask
+        blocks = sorted({int((i + 0.5) * n_blocks / k) for i in range(k)})
+        return [(b * VAL_BLOCK, (b + 1) * VAL_BLOCK) for b in blocks]
+    n_val = min(max(int(n * val_fraction), min_tokens), n - min_tokens)
+    return [(n - n_val, n)]
+
+
+def _split(all_path: str, folder: str, dtype: type, val_ranges: list[tuple[int, int]],
+           check: Callable[[], None] | None) -> dict[int, int]:
+    """Copies all.bin into train.bin and val.bin by ranges, COPY_TOKENS at most at a time.
+    Returns token id -> count over the validation tokens."""
+    item = np.dtype(dtype).itemsize
+    counts: dict[int, int] = {}
+    n = os.path.getsize(all_path) // item
+    with open(all_path, "rb") as src, open(os.path.join(folder, "train.bin"), "wb") as train, \
+            open(os.path.join(folder, "val.bin"), "wb") as val:
+        pos = 0
+        for start, end in [*val_ranges, (n, n)]:
+            for out, a, b in ((train, pos, start), (val, start, end)):
+                while a < b:
+                    if check:
+                        check()
+                    m = min(b - a, COPY_TOKENS)
+                    chunk = src.read(m * item)
+                    out.write(chunk)
+                    if out is val:
+                        ids, c = np.unique(np.frombuffer(chunk, dtype=dtype), return_counts=True)
+                        for i, k in zip(ids.tolist(), c.tolist()):
+                            counts[i] = counts.get(i, 0) + k
+                    a += m
+            pos = end
+    return counts
+
+
+def _bytes_of_counts(counts: dict[int, int], tokenizer: Tokenizer) -> int:
+    return sum(len(tokenizer.token_bytes(i)) * c for i, c in counts.items())
 
 
 def _count_bytes(tokens: np.ndarray, tokenizer: Tokenizer) -> int:
     ids, counts = np.unique(tokens, return_counts=True)
-    return int(sum(len(tokenizer.token_bytes(int(i))) * int(c) for i, c in zip(ids, counts)))
+    return _bytes_of_counts(dict(zip(ids.tolist(), counts.tolist())), tokenizer)
 
 
 def _open_cache(cache_dir: str, meta: dict, min_tokens: int) -> TokenData:
@@ -316,10 +391,15 @@ def get_batch(tokens: np.ndarray, batch_size: int, seq_len: int, seed: int, step
 
 
 def eval_windows(tokens: np.ndarray, seq_len: int, max_tokens: int) -> np.ndarray:
-    """Start offsets of non-overlapping windows over the split, evenly thinned to max_tokens."""
-    starts = np.arange(0, len(tokens) - seq_len - 1 + 1, seq_len)
-    n = max(1, min(len(starts), max_tokens // seq_len))
-    return starts[np.linspace(0, len(starts) - 1, n).round().astype(np.int64)]
+    """Start offsets of non-overlapping windows over the split (0, seq_len, 2 seq_len, ... while
+    a window and its next token fit), evenly thinned to max_tokens; computed without listing
+    every window of a large split."""
+    if len(tokens) < seq_len + 1:
+        raise DataError(f"{len(tokens)} tokens: a window of {seq_len} needs {seq_len + 1}",
+                        hint="use more text or a shorter sequence length")
+    n_windows = (len(tokens) - seq_len - 1) // seq_len + 1
+    n = max(1, min(n_windows, max_tokens // seq_len))
+    return np.linspace(0, n_windows - 1, n).round().astype(np.int64) * seq_len
 
 
 def window_batch(tokens: np.ndarray, starts: np.ndarray, seq_len: int, device: torch.device):

@@ -8,10 +8,14 @@ bytes of exactly the tokens scored. Both report how many tokens they used.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import shutil
+import signal
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,29 +63,42 @@ class Score:
 
 
 @torch.no_grad()
-def score(model: torch.nn.Module, held: HeldOut, device: torch.device, world: Any = None) -> Score:
+def score(model: torch.nn.Module, held: HeldOut, device: torch.device, world: Any = None,
+          check: Callable[[], None] | None = None) -> Score:
     """The model's loss on the held-out windows (eval mode; the mode it had is restored). Under
-    data parallel (`world`, a distributed.World) each rank scores its share and the sums are added."""
+    data parallel (`world`, a distributed.World) each rank scores its share and the sums are added.
+    check (if given) is called between batches; what it raises (a stop) ends the scoring."""
     was_training = model.training
     model.eval()
     total = 0.0
     starts = world.eval_share(held.starts) if world is not None else held.starts
-    for i in range(0, len(starts), EVAL_BATCH):
-        x, y = data_mod.window_batch(held.tokens, starts[i:i + EVAL_BATCH], held.seq_len, device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            total += model(x, labels=y).loss.item() * len(x)
-    model.train(was_training)
+    try:
+        for i in range(0, len(starts), EVAL_BATCH):
+            if check:
+                check()
+            x, y = data_mod.window_batch(held.tokens, starts[i:i + EVAL_BATCH], held.seq_len, device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                total += model(x, labels=y).loss.item() * len(x)
+    finally:
+        model.train(was_training)
     if world is not None:
         total = world.sum(total)
     loss = total / len(held.starts)
     return Score(loss, loss * held.n_tokens / max(held.n_bytes, 1) / LN2, held.n_tokens, held.n_bytes)
 
 
+EVAL_TMP_PREFIX = "bitttt-eval-"  # temporary folders: bitttt-eval-PID-XXXX in the system's temp folder
+
+
 def evaluate(path: str, paths: list[str] | None = None, device: str | torch.device = "cpu", pack: bool = True,
              seq_len: int | None = None, max_tokens: int | None = None) -> dict[str, Any]:
     """`bitttt eval`. Without paths: the held-out set of the model's own run (its training data's
     validation split, its seq_len and eval_tokens), the same measure as the run's last `eval`
-    event. With paths: all of that text, up to max_tokens (default 65536)."""
+    event. With paths: all of that text, up to max_tokens (default 65536).
+
+    The tokens go to a temporary folder (memory stays bounded whatever the text's size), removed
+    at the end, on an error, on Ctrl-C and on SIGTERM; one a killed eval left is removed by the
+    next eval."""
     device = torch.device(device)
     ternary = ckpt_io.model_config_of(path).ternary
     model, tokenizer, info = ckpt_io.load_model(path, device, pack=pack if ternary else None)
@@ -89,34 +106,68 @@ def evaluate(path: str, paths: list[str] | None = None, device: str | torch.devi
     train_seq_len = int(training.get("seq_len", 256))
     seq_len = seq_len or train_seq_len
     t0 = time.time()
-    if paths:
-        tokens = _all_tokens(paths, tokenizer, seq_len)
-        max_tokens = max_tokens or 65536
-    else:
-        tokens = _validation_split(training, tokenizer, train_seq_len)
-        max_tokens = max_tokens or int(training.get("eval_tokens", 65536))
-    held = HeldOut.build(tokens, seq_len, max_tokens, tokenizer)
-    s = score(model, held, device)
+    remove_stale_tmp()
+    with _terminate_unwinds(), tempfile.TemporaryDirectory(prefix=f"{EVAL_TMP_PREFIX}{os.getpid()}-") as tmp:
+        if paths:
+            tokens = _all_tokens(paths, tokenizer, seq_len, tmp)
+            max_tokens = max_tokens or 65536
+        else:
+            tokens = _validation_split(training, tokenizer, train_seq_len, tmp)
+            max_tokens = max_tokens or int(training.get("eval_tokens", 65536))
+        held = HeldOut.build(tokens, seq_len, max_tokens, tokenizer)
+        s = score(model, held, device)
+        del held, tokens  # the memory maps, before their folder goes
     return {"model": info["path"], "loss": s.loss, "bits_per_byte": s.bits_per_byte,
             "perplexity": math.exp(min(s.loss, 700.0)), "tokens": s.tokens, "bytes": s.bytes,
             "held_out": not paths, "seconds": time.time() - t0, "packed": model.is_packed}
 
 
-def _validation_split(training: dict[str, Any], tokenizer: Tokenizer, train_seq_len: int) -> np.ndarray:
-    """The run's validation tokens, made by the same data.prepare as training made them."""
-    with tempfile.TemporaryDirectory(prefix="bitttt-eval-") as tmp:
-        split = data_mod.prepare(os.path.join(tmp, "data"), training.get("data"), tokenizer,
-                                 float(training.get("val_fraction", 0.1)), train_seq_len + 2)
-        return np.array(split.val, dtype=np.int64)  # a copy: the memory map goes with the folder
+@contextlib.contextmanager
+def _terminate_unwinds() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt inside the block, as Ctrl-C does, so `with` blocks clean up
+    (the default action ends the process on the spot and leaves the temporary folder)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
-def _all_tokens(paths: list[str], tokenizer: Tokenizer, seq_len: int) -> np.ndarray:
-    ids: list[int] = []
-    for doc in data_mod.documents(paths):
-        piece = tokenizer.encode(doc.text) if doc.text is not None else tokenizer.encode_chat(doc.messages)
-        if piece:
-            ids += piece + [tokenizer.eos_id]
-    if len(ids) < seq_len + 2:
-        raise DataError(f"{', '.join(paths)}: only {len(ids)} tokens",
+def remove_stale_tmp() -> None:
+    """Removes the temporary folders of evals whose process is gone (killed with SIGKILL)."""
+    import psutil
+
+    root = tempfile.gettempdir()
+    try:
+        entries = os.listdir(root)
+    except OSError:
+        return
+    for entry in entries:
+        pid = entry[len(EVAL_TMP_PREFIX):].partition("-")[0]
+        if entry.startswith(EVAL_TMP_PREFIX) and pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
+
+
+def _validation_split(training: dict[str, Any], tokenizer: Tokenizer, train_seq_len: int, tmp: str) -> np.ndarray:
+    """The run's validation tokens (a memory map in tmp), made by the same data.prepare as training made them."""
+    split = data_mod.prepare(os.path.join(tmp, "data"), training.get("data"), tokenizer,
+                             float(training.get("val_fraction", 0.1)), train_seq_len + 2)
+    return split.val
+
+
+def _all_tokens(paths: list[str], tokenizer: Tokenizer, seq_len: int, tmp: str) -> np.ndarray:
+    """Every document's tokens and an end-of-text, written to tmp as they come (a memory map)."""
+    path = os.path.join(tmp, "tokens.bin")
+    dtype = np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32
+    n, _, _ = data_mod._write_tokens(path, paths, tokenizer, dtype, None)
+    if n < seq_len + 2:
+        raise DataError(f"{', '.join(paths)}: only {n} tokens",
                         hint=f"evaluate on at least {seq_len + 2} tokens of text, or lower --seq-len")
-    return np.asarray(ids, dtype=np.int64)
+    return np.memmap(path, dtype=dtype, mode="r")

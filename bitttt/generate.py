@@ -133,6 +133,20 @@ def run_model(model: BitTTTForCausalLM, ids: list[list[int]], cache: ModelCache 
         return model(torch.tensor(ids, device=device), cache=cache, use_cache=use_cache)
 
 
+def decode_rows(model: BitTTTForCausalLM, tokens: list[int], caches: list[ModelCache]) -> tuple[torch.Tensor, list[ModelCache]]:
+    """One token for each of B independent sequences in one forward (bitttt serve's batch): row
+    i feeds tokens[i] after caches[i], a batch-1 cache at its own position. Returns the logits
+    [B, V] float32 and the rows' new caches. Every linear runs once with M = B rows; each
+    mixer's position-dependent core (attention over the row's past, the TTT inner step) runs
+    row by row (a ModelCache whose pos is a list: bitttt.model.ModelCache). The caches passed
+    in are consumed as by a one-token step (TTT states are updated in place)."""
+    n_layers, B = len(caches[0].states), len(caches)
+    rows = ModelCache([[c.states[i] for c in caches] for i in range(n_layers)], [c.pos for c in caches])
+    out = run_model(model, [[t] for t in tokens], rows)
+    new = [ModelCache([out.cache.states[i][r] for i in range(n_layers)], caches[r].pos + 1) for r in range(B)]
+    return out.logits[:, -1], new
+
+
 @torch.no_grad()
 def generate_ids(model: BitTTTForCausalLM, prompt_ids: list[int], p: SamplingParams,
                  cache: ModelCache | None = None, eos_ids: int | Collection[int] = (), state: dict | None = None,
@@ -169,33 +183,53 @@ def generate_ids(model: BitTTTForCausalLM, prompt_ids: list[int], p: SamplingPar
         state.update(cache=out.cache, pending=None)
 
 
+class StopText:
+    """The text of generated tokens as it becomes safe to show: feed(token) returns the new
+    text and whether a stop string appeared (the stop string and what follows are never
+    returned); text that could still be the start of a stop string is held back until it
+    cannot, and flush() returns the rest at the end."""
+
+    def __init__(self, tokenizer: Tokenizer, stops: list[str] | None) -> None:
+        self.dec = tokenizer.stream_decoder()
+        self.stops = [s for s in (stops or []) if s]
+        self.hold = max((len(s) for s in self.stops), default=1) - 1  # chars kept back while a stop may be forming
+        self.text, self.emitted = "", 0
+
+    def feed(self, token: int) -> tuple[str, bool]:
+        self.text += self.dec.feed(token)
+        cut = min((i for i in (self.text.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            piece = self.text[self.emitted:cut] if cut > self.emitted else ""
+            self.emitted = len(self.text)
+            return piece, True
+        upto = max(self.emitted, len(self.text) - self.hold)
+        piece, self.emitted = self.text[self.emitted:upto], upto
+        return piece, False
+
+    def flush(self) -> str:
+        self.text += self.dec.flush()
+        piece, self.emitted = self.text[self.emitted:], len(self.text)
+        return piece
+
+
 def stream_text(model: BitTTTForCausalLM, tokenizer: Tokenizer, prompt_ids: list[int], p: SamplingParams,
                 cache: ModelCache | None = None, result: dict | None = None,
                 should_stop: Callable[[], bool] | None = None) -> Iterator[str]:
     """Text pieces as they complete; stops at a stop string (not included). result gets
     "ids" (generated), "cache", "pending" (see generate_ids) and "n_tokens"."""
-    dec = tokenizer.stream_decoder()
-    text, emitted, ids = "", 0, []
-    stops = [s for s in (p.stop or []) if s]
-    hold = max((len(s) for s in stops), default=1) - 1  # chars kept back while a stop may be forming
+    out, ids = StopText(tokenizer, p.stop), []
     result = result if result is not None else {}
     result.update(ids=ids, n_tokens=0)
     for token in generate_ids(model, prompt_ids, p, cache, tokenizer.eos_ids, result, should_stop):
         ids.append(token)
         result["n_tokens"] = len(ids)
-        text += dec.feed(token)
-        cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-        if cut >= 0:
-            if cut > emitted:
-                yield text[emitted:cut]
+        piece, stopped = out.feed(token)
+        if piece:
+            yield piece
+        if stopped:
             return
-        upto = max(emitted, len(text) - hold)
-        if upto > emitted:
-            yield text[emitted:upto]
-            emitted = upto
-    text += dec.flush()
-    if len(text) > emitted:
-        yield text[emitted:]
+    if rest := out.flush():
+        yield rest
 
 
 def generate_text(model: BitTTTForCausalLM, tokenizer: Tokenizer, prompt: str, max_new_tokens: int,
@@ -207,6 +241,21 @@ def generate_text(model: BitTTTForCausalLM, tokenizer: Tokenizer, prompt: str, m
 # ---------------------------------------------------------------------------------------
 # Chat
 # ---------------------------------------------------------------------------------------
+
+
+def chat_turn_ids(tokenizer: Tokenizer, messages: list[dict[str, str]], chat_format: bool) -> list[int]:
+    """The tokens of new chat turns, ending where the assistant's reply starts (no leading bos).
+    chat_format: the tokenizer's chat template (<|user|>... or an HF folder's); otherwise plain
+    "User: ..." / "Assistant:" lines for models trained on plain text."""
+    if chat_format:
+        return tokenizer.encode_chat(messages, add_assistant=True)
+    text = "".join(f"\n{m.get('role', 'user').capitalize()}: {m['content']}\n" for m in messages)
+    return tokenizer.encode(text + "Assistant:")
+
+
+def chat_stop_strings(chat_format: bool) -> list[str]:
+    """Where a reply ends besides the end-of-text token: the next "User:" line in plain text."""
+    return [] if chat_format else ["\nUser:"]
 
 
 @dataclass
@@ -253,13 +302,10 @@ class ChatSession:
         return report
 
     def _turn_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        if self.chat_format:
-            return self.tokenizer.encode_chat(messages, add_assistant=True)
-        text = "".join(f"\n{m.get('role', 'user').capitalize()}: {m['content']}\n" for m in messages)
-        return self.tokenizer.encode(text + "Assistant:")
+        return chat_turn_ids(self.tokenizer, messages, self.chat_format)
 
     def stop_strings(self) -> list[str]:
-        return [] if self.chat_format else ["\nUser:"]
+        return chat_stop_strings(self.chat_format)
 
     def reply(self, messages: list[dict[str, str]], p: SamplingParams | None = None,
               should_stop: Callable[[], bool] | None = None, max_prompt_tokens: int | None = None) -> Iterator[str]:

@@ -8,11 +8,13 @@ The run directory is created only once the settings, the device and the --data p
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -33,6 +35,7 @@ from bitttt.stop import StopFlag, StopRequested
 from bitttt.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 
 OOM_HINT = "use a smaller --batch-size or --seq-len (with --grad-accum to keep the batch), or a smaller model"
+TMP_INFIX = ".tmp-"  # write_atomic's temporary files: .NAME.tmp-PID
 PER_INVOCATION = ("stop_after", "log_format", "run_dir")  # not inherited by --resume
 
 
@@ -65,6 +68,35 @@ def resumed_decay(state: dict[str, Any], t: cfg.TrainConfig) -> dict[str, Any] |
     return {"from_step": step, "from_lr": float(last_lr)}
 
 
+def write_atomic(path: str, write: Callable[[str], None]) -> None:
+    """write(tmp) into a temporary sibling, then renamed over path: a reader (the launcher) sees
+    the old file or the new one, never half of one. A killed write leaves `.NAME.tmp-PID`, which
+    the run's next owner removes (own_run)."""
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}{TMP_INFIX}{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def remove_stale_writes(run_dir: str) -> None:
+    """Removes the temporary files of killed write_atomic calls (only for the run's owner)."""
+    try:
+        entries = os.listdir(run_dir)
+    except OSError:
+        return
+    for entry in entries:
+        if entry.startswith(".") and TMP_INFIX in entry and not entry.endswith(f"{TMP_INFIX}{os.getpid()}") \
+                and os.path.isfile(os.path.join(run_dir, entry)):
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(run_dir, entry))
+
+
 def every(interval: int, step: int) -> bool:
     """True on multiples of interval; an interval of 0 means never."""
     return interval > 0 and step % interval == 0
@@ -74,6 +106,8 @@ def every(interval: int, step: int) -> bool:
 # The run
 # ---------------------------------------------------------------------------------------
 
+SAMPLING = {"temperature": 0.8, "top_k": 40}  # the samples' settings (and the run's seed + step)
+MAX_ABS_WEIGHT = 1e8  # trained weights here are O(1); one this large has diverged (float32 overflows soon after)
 DIVERGED_HINT = ("lower --lr (it is {lr:g}; try {lower:g}) or check the data; the last good checkpoint is kept: "
                  "continue from it with --resume and a lower --lr")
 
@@ -110,7 +144,7 @@ class Trainer:
         with self.world.rank0_first():  # rank 0 writes the tokenizer and token cache; the others reuse them
             self.tokenizer = self._tokenizer()
             check()
-            self.data = data_mod.prepare(os.path.join(self.run_dir, "data"), t.data, self.tokenizer, t.val_fraction,
+            self.data = data_mod.prepare(os.path.join(self.run_dir, data_mod.CACHE_DIR), t.data, self.tokenizer, t.val_fraction,
                                          t.seq_len + 2, check=self.stop.poll)
         check()
         self.config = BitTTTConfig(vocab_size=self.tokenizer.vocab_size, **self.model_keys)
@@ -136,7 +170,7 @@ class Trainer:
         else:
             tok = data_mod.train_bpe(self.t.data, self.t.bpe_vocab_size, check=self.stop.poll)
         if self.world.is_main:
-            tok.save(path)
+            write_atomic(path, tok.save)
         return tok
 
     def _load(self, path: str) -> None:
@@ -162,6 +196,8 @@ class Trainer:
             group["lr"] = lr
         total = 0.0
         for micro in range(t.grad_accum):
+            if micro and not self.world.is_distributed:  # a stop inside a long accumulation (ranks agree per step)
+                self.stop.poll()
             x, y = data_mod.get_batch(self.data.train, t.batch_size, t.seq_len, t.seed, step, micro, self.device,
                                       *self.world.batch_share)
             with self.world.sync_grads(micro == t.grad_accum - 1):  # DDP all-reduces on the last micro-step
@@ -177,21 +213,53 @@ class Trainer:
                                 f"{grad_norm}", hint=DIVERGED_HINT.format(lr=t.lr, lower=t.lr / 10))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self._check_weights(step)
         return total, grad_norm
 
+    def _check_weights(self, step: int) -> None:
+        """DivergedError unless every weight is finite and below MAX_ABS_WEIGHT: a step can turn
+        finite gradients into weights that overflow at the next forward (--lr 1e30)."""
+        params = [p.detach() for p in self.model.parameters()]
+        largest = torch.stack(torch._foreach_norm(params, float("inf"))).max().item()
+        if not largest <= MAX_ABS_WEIGHT:  # NaN compares False too
+            raise DivergedError(f"training diverged at step {step}: a weight reached {largest:.3g} (the loss was "
+                                "finite before it)", hint=DIVERGED_HINT.format(lr=self.t.lr, lower=self.t.lr / 10))
+
+    def _check_usable(self) -> None:
+        """DivergedError unless the weights in memory give a finite loss on held-out windows: what a
+        checkpoint is saved from must load and evaluate finite (the last good one is then kept)."""
+        held = self.held_out
+        x, y = data_mod.window_batch(held.tokens, held.starts[:2], held.seq_len, self.device)
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            loss = self.model(x, labels=y).loss.item()
+        self.model.train(was_training)
+        if not math.isfinite(loss):
+            raise DivergedError(f"training diverged at step {self.step}: the weights give a held-out loss of {loss}",
+                                hint=DIVERGED_HINT.format(lr=self.t.lr, lower=self.t.lr / 10))
+
     def evaluate(self) -> eval_mod.Score:
-        return eval_mod.score(self.model, self.held_out, self.device, self.world)
+        check = None if self.world.is_distributed else self.stop.poll  # ranks agree on stops between steps
+        return eval_mod.score(self.model, self.held_out, self.device, self.world, check=check)
 
     def sample(self) -> str:
-        from bitttt.generate import generate_text
+        """The sample text; StopRequested if a stop is asked for while it is generated."""
+        from bitttt.generate import SamplingParams, stream_text
 
+        p = SamplingParams(max_new_tokens=self.t.sample_tokens, **SAMPLING, seed=self.t.seed + self.step)
+        ids = self.tokenizer.encode(self.t.sample_prompt) or [self.tokenizer.bos_id]
         self.model.eval()
-        text = generate_text(self.model, self.tokenizer, self.t.sample_prompt, self.t.sample_tokens,
-                             temperature=0.8, top_k=40, seed=self.t.seed + self.step)
-        self.model.train()
+        try:
+            text = "".join(stream_text(self.model, self.tokenizer, ids, p,
+                                       should_stop=lambda: self.stop.requested() is not None))
+        finally:
+            self.model.train()
+        self.stop.check()
         return text
 
     def save(self, final: bool = False) -> str:
+        self._check_usable()  # never a checkpoint that does not evaluate finite
         path = os.path.join(self.run_dir, "final") if final else \
             os.path.join(self.run_dir, "checkpoints", ckpt_io.step_dir_name(self.step))
         state = {"step": self.step, "total_steps": self.t.steps, "val_loss": self.val_loss,
@@ -224,13 +292,17 @@ class Trainer:
                   start_step=self.step, resumed_from=self.resume_ckpt, world_size=self.world.size,
                   global_batch_size=self.t.batch_size * self.t.grad_accum * self.world.size)
         if self.step == 0:
-            self._eval_event()
+            self._eval_event()  # a stop during it: StopRequested, nothing trained (the caller's start-up stop)
         t0, first_step, last_log_step = time.time(), self.step, self.step
         train_s = since_log_s = 0.0  # time in train steps only (not evals, samples, saves)
         while self.step < t.steps:
             self.world.inject_test_fault(self.step + 1)
             t_step = time.time()
-            loss, grad_norm = self.train_step(self.step + 1)
+            try:
+                loss, grad_norm = self.train_step(self.step + 1)
+            except StopRequested as why:  # inside the accumulation: that step is dropped
+                self.optimizer.zero_grad(set_to_none=True)
+                return self._stopped(str(why))
             self.step += 1  # only now: a failed step is not a step the run made
             dt = time.time() - t_step
             train_s, since_log_s = train_s + dt, since_log_s + dt
@@ -241,20 +313,30 @@ class Trainer:
                           eta_s=train_s / (self.step - first_step) * (t.steps - self.step),
                           mem_bytes=mem_bytes(self.device))
                 last_log_step, since_log_s = self.step, 0.0
-            if every(t.eval_every, self.step) or self.step == t.steps:
-                self._eval_event()
-            if every(t.sample_every, self.step) and self.world.is_main:
-                self.emit("sample", step=self.step, prompt=t.sample_prompt, text=self.sample())
+            try:
+                if every(t.eval_every, self.step) or self.step == t.steps:
+                    self._eval_event()
+                if every(t.sample_every, self.step) and self.world.is_main:
+                    self.emit("sample", step=self.step, prompt=t.sample_prompt, text=self.sample())
+            except StopRequested as why:  # an evaluation or a sample cut short: the step itself is done
+                return self._stopped(str(why))
             if every(t.save_every, self.step) and self.step < t.steps:
                 self.save()
             why = self.world.agree_stop(self.stop) or ("--stop-after" if t.stop_after and self.step - first_step >= t.stop_after else None)
             if why and self.step < t.steps:
-                if not (self.last_ckpt and self.last_ckpt.endswith(ckpt_io.step_dir_name(self.step))):
-                    self.save()
-                self.emit("warning", message=f"stopping at step {self.step}: {why}")
-                return "stopped"
+                return self._stopped(why)
         self.save(final=True)
         return "completed"
+
+    def _stopped(self, why: str) -> str:
+        """A stop after at least one step: the last step is saved (once), then "stopped". Before
+        the first step of a new run nothing was trained: StopRequested, as in start-up."""
+        if self.step == 0:
+            raise StopRequested(why)
+        if not (self.last_ckpt and self.last_ckpt.endswith(ckpt_io.step_dir_name(self.step))):
+            self.save()
+        self.emit("warning", message=f"stopping at step {self.step}: {why}")
+        return "stopped"
 
     def _eval_event(self) -> None:
         s = self.evaluate()
@@ -267,9 +349,12 @@ class Trainer:
 
 
 def find_resume(path: str) -> tuple[str, str]:
-    """--resume PATH (a run directory or a checkpoint) -> (checkpoint, its run directory),
-    after recovering what killed saves left (checkpoint.recover)."""
-    ckpt_io.recover(path)
+    """--resume PATH (a run directory or a checkpoint) -> (checkpoint, its run directory). Reads
+    only: what killed saves left is recovered by the run's owner once it holds the lock
+    (own_run); until then a checkpoint being replaced is read from its previous version."""
+    if not ckpt_io.is_checkpoint(path):
+        previous = ckpt_io.complete_version(path)  # NAME renamed aside by a killed or live save
+        path = previous or path
     if ckpt_io.is_checkpoint(path):
         ckpt = os.path.abspath(path)
         parent = os.path.dirname(ckpt)
@@ -277,13 +362,23 @@ def find_resume(path: str) -> tuple[str, str]:
         return ckpt, run_dir
     if not os.path.isdir(path):
         raise ConfigError(f"--resume {path}: no such run directory or checkpoint", hint="check the path")
-    found = [(s, p) for s, p in ckpt_io.list_step_checkpoints(path)]
-    final = os.path.join(path, "final")
-    if ckpt_io.is_checkpoint(final):
-        found.append((ckpt_io.read_trainer_state(final)["step"], final))
+    found = [(s, False, p) for s, p in ckpt_io.list_step_checkpoints(path)]
+    final = ckpt_io.complete_version(os.path.join(path, "final"))
+    if final:
+        found.append((ckpt_io.read_trainer_state(final)["step"], True, final))  # final wins a tie
     if not found:
         raise ConfigError(f"--resume {path}: no checkpoint in this run directory", hint="start a new run instead")
-    return os.path.abspath(max(found, key=lambda sp: (sp[0], sp[1].endswith("final")))[1]), os.path.abspath(path)
+    return os.path.abspath(max(found)[2]), os.path.abspath(path)
+
+
+def own_run(run_dir: str, argv: list[str]) -> None:
+    """Makes this process the run's one writer (runlock.acquire: RunLocked, and nothing touched,
+    while another live process trains it), then, as its owner, removes what killed processes
+    left in it: half saves (checkpoint.recover_run) and half token caches (data.remove_leftovers)."""
+    runlock.acquire(run_dir, argv)
+    ckpt_io.recover_run(run_dir)  # all best effort: they never raise
+    data_mod.remove_leftovers(run_dir)
+    remove_stale_writes(run_dir)
 
 
 def _resume_settings(ckpt: str) -> dict[str, Any]:
@@ -340,29 +435,32 @@ def _run(flags: dict[str, Any], argv: list[str], stop: StopFlag) -> int:
         world.start(pick_device(t.device), t.dist_timeout)
         t.run_dir = world.share(_check_inputs(flags, t, resume_ckpt, resume_run))
     except BitttError as e:  # no run directory yet: the event goes to stdout only
-        if flags.get("log_format") == "jsonl":
-            early = Emitter("jsonl")
-            early.emit("error", kind=e.kind, message=str(e), hint=e.hint)
-            early.emit("done", step=0, reason="error", path=None)
+        _early_error(flags, e)
         raise
     if stop.requested():  # asked for before there was a run: nothing to save or clean up
         Emitter(t.log_format).emit("done", step=0, reason="stopped", path=None)
         return EXIT_OK
     os.makedirs(t.run_dir, exist_ok=True)
+    owner = False
     if world.is_main:
-        ckpt_io.recover(t.run_dir)
+        try:
+            own_run(t.run_dir, argv)  # one writer per run: nothing above wrote into it (design §5)
+        except BitttError as e:
+            _early_error(flags, e)
+            raise
+        owner = True
+        resume_ckpt = ckpt_io.after_recovery(resume_ckpt) if resume_ckpt else None
     emitter = Emitter(t.log_format, events_path=os.path.join(t.run_dir, "events.jsonl") if world.is_main else None)
     stop.watch(t.run_dir)
     trainer = None
-    if world.is_main:
-        runlock.write_lock(t.run_dir, argv)  # lets a launcher find and follow this run (docs/design.md §5)
     try:
         trainer = Trainer(model_keys, t, t.run_dir, emitter, argv, resume_ckpt, stop, world)
         trainer.start_up()
         from bitttt.model import save_config
 
         if world.is_main:
-            save_config(trainer.config, os.path.join(t.run_dir, "config.json"), trainer.config_extra())
+            write_atomic(os.path.join(t.run_dir, "config.json"),
+                         lambda p: save_config(trainer.config, p, trainer.config_extra()))
         reason = trainer.run()
         world.barrier()  # every rank ends the loop together before the group is torn down (a rank leaving
         # while rank 0 still saves made gloo abort it: "terminate called without an active exception")
@@ -388,21 +486,44 @@ def _run(flags: dict[str, Any], argv: list[str], stop: StopFlag) -> int:
     finally:
         emitter.close()
         world.close()
-        if world.is_main:
-            runlock.remove_lock(t.run_dir)
+        if owner:
+            runlock.release(t.run_dir)
+
+
+def _early_error(flags: dict[str, Any], e: BitttError) -> None:
+    """An error before this process owns a run directory: on stdout only, never in a run's events."""
+    if flags.get("log_format") == "jsonl":
+        early = Emitter("jsonl")
+        early.emit("error", kind=e.kind, message=str(e), hint=e.hint)
+        early.emit("done", step=0, reason="error", path=None)
 
 
 def _check_inputs(flags: dict[str, Any], t: cfg.TrainConfig, resume_ckpt: str | None, resume_run: str | None) -> str:
     """The run directory to use, once what can fail before training is known to be fine: the
     folder is free (or resumed), the device exists, the --data paths name text files."""
     run_dir = os.path.abspath(flags.get("run_dir") or resume_run or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
+    owner = runlock.live_owner(run_dir)
+    if owner is not None:  # before anything is written there (own_run takes the lock atomically later)
+        raise runlock.RunLocked(run_dir, owner)
     if not resume_ckpt and (ckpt_io.list_step_checkpoints(run_dir) or os.path.exists(os.path.join(run_dir, "final"))):
         raise ConfigError(f"--run-dir {run_dir} already holds a run",
                           hint="pass --resume to continue it, or another --run-dir")
     pick_device(t.device)
     if t.data:
         data_mod.expand_sources(t.data)
+    _check_late_settings(t)
     return run_dir
+
+
+def _check_late_settings(t: cfg.TrainConfig) -> None:
+    """Settings that are first used deep in the run (the samples' generation limits) checked
+    now, so a mistake costs no training: the checks of the code that uses them, as flags."""
+    from bitttt.generate import SamplingParams
+
+    try:
+        SamplingParams(max_new_tokens=t.sample_tokens, **SAMPLING, seed=t.seed + t.steps)
+    except ConfigError as e:
+        raise ConfigError(f"--sample-tokens {t.sample_tokens}: {e}", hint="ask for fewer sample tokens") from None
 
 
 def _fail(emitter: Emitter, trainer: Trainer | None, kind: str, message: str, hint: str, code: int,

@@ -11,7 +11,6 @@ import argparse
 import collections
 import os
 import queue
-import shutil
 import sys
 import tkinter as tk
 from pathlib import Path
@@ -174,6 +173,10 @@ class App:
         if self.training_running():
             return "a training run is already in progress"
         run_dir = command.run_dir_for(settings, self.workspace)
+        busy = runs.owned_elsewhere(run_dir)   # one writer per run: never a second trainer beside it
+        if busy:
+            self.set_status("error", busy)
+            return busy
         if (run_dir / "events.jsonl").exists() and not settings.resume:
             msg = self._free_run_name(run_dir)
             if msg:
@@ -204,11 +207,7 @@ class App:
             return f"{run_dir.name} already holds a run with a checkpoint: choose another run name, or resume it from the Runs tab."
         if not self.confirm("Replace run?", f"{run_dir.name} never saved a checkpoint. Delete it and start again?"):
             return f"{run_dir.name} is taken: choose another run name."
-        try:
-            shutil.rmtree(run_dir)
-        except OSError as e:
-            return f"Could not delete {run_dir}: {e}"
-        return None
+        return runs.delete_run(run_dir)   # refuses a run another process trains (its lock is live)
 
     def attach_running(self) -> Path | None:
         """Follow a run that is still training without this window (its launcher was closed or

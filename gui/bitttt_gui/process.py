@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bitttt.runlock import live_trainer
+from bitttt.runlock import describe, live_owner, live_trainer, this_host
 
 IS_WINDOWS = os.name == "nt"
 STOP_GRACE_S = 60.0   # a checkpoint save of a base model on a slow disk fits in this
@@ -62,6 +62,15 @@ class _Stoppable:
     def _signal_group(self, terminate: bool):
         raise NotImplementedError
 
+    def _is_ours(self, owner: dict) -> bool:
+        """Whether the run's lock record names the process this object started or attached to."""
+        raise NotImplementedError
+
+    def _foreign_owner(self) -> dict | None:
+        """The run's live owner when it is another process than ours: a STOP file would stop it."""
+        owner = live_owner(self.run_dir) if self.run_dir is not None else None
+        return owner if owner is not None and not self._is_ours(owner) else None
+
     def stop(self, grace_s: float = STOP_GRACE_S, term_s: float = TERM_GRACE_S,
              kill_s: float = KILL_WAIT_S, write_stop_file: bool = True) -> None:
         """Start the stop sequence on a thread (returns at once; a second call is ignored)."""
@@ -76,6 +85,11 @@ class _Stoppable:
         self.out.put(Output("stage", text, source=self.name))
 
     def _stop_sequence(self, grace_s, term_s, kill_s, write_stop_file):
+        foreign = self._foreign_owner()
+        if foreign is not None:   # STOP would reach that trainer: only our own process is stopped
+            self._stage("stopping", f"{self.run_dir.name} is trained by another process ({describe(foreign)}), "
+                                    "not by this window's: no STOP file; stopping this window's process only.")
+            write_stop_file, grace_s = False, 0
         if write_stop_file and self.run_dir is not None:
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -190,6 +204,19 @@ class ChildProcess(_Stoppable):
             return False
 
     # -- stop (the sequence is _Stoppable's) -----------------------------------------------
+    def _is_ours(self, owner: dict) -> bool:
+        """Our child, or a process under it (rank 0 of a --nproc job holds the lock)."""
+        if self.proc is None or owner.get("host") not in (None, this_host()):
+            return False
+        if owner.get("pid") == self.proc.pid:
+            return True
+        try:
+            import psutil
+
+            return owner.get("pid") in {c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)}
+        except Exception:   # psutil.Error: our child is gone
+            return False
+
     def _signal_group(self, terminate: bool):
         p = self.proc
         if p is None or p.poll() is not None and self._exited.is_set():
@@ -277,9 +304,16 @@ class AttachedRun(_Stoppable):
         self._exited.set()
         self.out.put(Output("exit", code=self.returncode, source=self.name))
 
+    def _is_ours(self, owner: dict) -> bool:
+        return owner.get("pid") == self.pid and owner.get("create_time") == self.lock.get("create_time") \
+            and owner.get("host") == self.lock.get("host")
+
     def _signal_group(self, terminate: bool):
         pid = self.pid
         if not pid or self._exited.is_set():
+            return
+        now = live_trainer(self.run_dir)
+        if now is None or not self._is_ours(now):   # ended: the pid may be another process's by now
             return
         sig = signal.SIGTERM if terminate else getattr(signal, "SIGKILL", signal.SIGTERM)
         try:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from bitttt.runlock import live_trainer
+from bitttt.runlock import RunLocked, acquire, describe, live_owner, live_trainer, release
 
 from .events import num, read_events
 
@@ -116,6 +117,33 @@ def read_run(run_dir: str | os.PathLike, running: bool = False) -> RunInfo:
     if error is not None and info.status == "failed":
         info.message = str(error.get("message", ""))
     return info
+
+
+def owned_elsewhere(run_dir: str | os.PathLike) -> str | None:
+    """Why the launcher must not train, delete or replace ``run_dir``: another live process trains
+    it (``bitttt.runlock``); None when nobody does."""
+    owner = live_owner(run_dir)
+    if owner is None:
+        return None
+    return (f"{Path(run_dir).name} is being trained by another process ({describe(owner)}): it is left alone. "
+            "Choose another run name, or wait for that run to end.")
+
+
+def delete_run(run_dir: str | os.PathLike) -> str | None:
+    """Deletes a run folder unless another live process trains it; an error sentence, or None.
+    The launcher takes the run's lock first, so no trainer can start in it while it goes."""
+    try:
+        acquire(run_dir, ["bitttt-gui", "delete", str(run_dir)])
+    except RunLocked:
+        return owned_elsewhere(run_dir) or f"{Path(run_dir).name} is being trained by another process."
+    except OSError as e:
+        return f"Could not delete {run_dir}: {e}"
+    try:
+        shutil.rmtree(run_dir)
+    except OSError as e:
+        release(run_dir)
+        return f"Could not delete {run_dir}: {e}"
+    return None
 
 
 def scan_runs(workspace: str | os.PathLike, running: set[str] | frozenset = frozenset(),

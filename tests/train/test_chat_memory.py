@@ -110,6 +110,32 @@ def test_old_pickle_is_refused_and_not_run(session, tmp_path, monkeypatch):
     assert not (tmp_path / "pwned").exists()
 
 
+def test_every_header_length_loads(session, tmp_path):
+    """Issue 27: a header length whose low byte is 0x80 (pickle's first byte) was taken for a
+    pickle. Saved files (safetensors pads headers to 8 bytes: 32 residues) and hand-built
+    headers of every length mod 256 all load."""
+    _say(session, "hi")
+    residues = set()
+    for k in range(300):  # the history grows a byte at a time: the header through every padded residue
+        path = tmp_path / f"m{k}.safetensors"
+        chat_memory.write_memory(path, session.model, session.cache, [{"role": "user", "content": "x" * k}])
+        residues.add(int.from_bytes(path.read_bytes()[:8], "little") % 256)
+        cache, history = chat_memory.read_memory(path, session.model, session.cache)
+        assert _same(cache, session.cache) and history[0]["content"] == "x" * k
+        path.unlink()
+    assert residues == set(range(0, 256, 8))
+    session.save(tmp_path / "base.safetensors")
+    raw = (tmp_path / "base.safetensors").read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header, data = raw[8:8 + n].rstrip(b" "), raw[8 + n:]
+    for r in range(256):
+        h = header + b" " * ((r - len(header)) % 256)
+        path = tmp_path / f"r{r}.safetensors"
+        path.write_bytes(len(h).to_bytes(8, "little") + h + data)
+        assert chat_memory.read_meta(path)["format"] == chat_memory.FORMAT, r
+        session.load(path)
+
+
 def test_save_refuses_model_folders_and_other_files(session, tiny_model, tmp_path):
     before = {f: (os.path.join(tiny_model, f), open(os.path.join(tiny_model, f), "rb").read())
               for f in os.listdir(tiny_model)}

@@ -13,7 +13,6 @@ from safetensors.torch import load_file, save_file
 
 from bitttt import checkpoint as ckpt_io
 from bitttt import cli
-from bitttt import train as train_mod
 
 from ckptlib import folder_digest, leftovers
 
@@ -71,6 +70,8 @@ def test_start_up_puts_back_a_folder_renamed_aside(micro_run, tmp_path):
     dead = _dead_pid()
     os.rename(run_dir / "final", run_dir / f".old-final-{dead}")
     os.makedirs(run_dir / f".tmp-final-{dead}")  # the half-written new one
+    assert ckpt_io.resolve(str(run_dir)) == str(run_dir / f".old-final-{dead}")  # a reader reads it there
+    ckpt_io.recover_run(str(run_dir))  # the trainer's start-up, once it holds the lock
     assert ckpt_io.resolve(str(run_dir)) == str(run_dir / "final")
     assert folder_digest(run_dir / "final") == digest
     assert leftovers(run_dir) == []
@@ -84,7 +85,7 @@ def test_stale_leftovers_are_removed_and_a_live_saver_is_left_alone(micro_run, t
     shutil.copytree(ckdir / "step-000040", ckdir / f".old-step-000040-{dead}")  # step-40 exists: stale
     os.makedirs(ckdir / f".tmp-step-000080-{dead}")
     os.makedirs(ckdir / f".tmp-step-000100-{alive}")  # another process saving now
-    train_mod.find_resume(str(run_dir))
+    ckpt_io.recover_run(str(run_dir))
     assert leftovers(ckdir) == [str(ckdir / f".tmp-step-000100-{alive}")]
 
 

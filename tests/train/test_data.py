@@ -93,6 +93,29 @@ def test_default_corpus_split():
     tok = ByteTokenizer()
     docs = list(data.default_documents())
     assert len(docs) > 50 and sum(len(d.text) for d in docs) > 100_000
-    mask = data._val_mask(400_000, 0.1, 66)
+    mask = _mask_of(data._val_ranges(400_000, 0.1, 66), 400_000)
     assert 0.08 < mask.mean() < 0.12 and not mask[:4096].all()
     del tok
+
+
+def _mask_of(ranges, n):
+    mask = np.zeros(n, dtype=bool)
+    for a, b in ranges:
+        mask[a:b] = True
+    return mask
+
+
+@pytest.mark.parametrize("n,frac,min_tokens", [(400_000, 0.1, 66), (5000, 0.1, 66), (4096 * 7 + 5, 0.3, 10),
+                                               (10_000_000, 0.01, 258), (9000, 0.45, 4000)])
+def test_val_ranges_are_the_blocks_of_the_mask_they_replace(n, frac, min_tokens):
+    """The split as ranges (issue 27: no whole-corpus boolean mask) selects the tokens the mask did."""
+    mask = np.zeros(n, dtype=bool)  # the mask of the first cache version, the oracle
+    n_blocks = n // data.VAL_BLOCK
+    k = round(n_blocks * frac)
+    if k >= 1 and n_blocks - k >= 1:
+        for i in range(k):
+            b = int((i + 0.5) * n_blocks / k)
+            mask[b * data.VAL_BLOCK:(b + 1) * data.VAL_BLOCK] = True
+    else:
+        mask[n - min(max(int(n * frac), min_tokens), n - min_tokens):] = True
+    assert np.array_equal(_mask_of(data._val_ranges(n, frac, min_tokens), n), mask)

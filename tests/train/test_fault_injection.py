@@ -139,8 +139,9 @@ def _check_recovered(root, before: dict[str, str], after: dict[str, str], where:
     """After a killed save and start-up recovery: every folder is its previous or its new
     version, whole; one present before and after is still there; no leftover stays."""
     run_dir = root / "run"
-    ckpt, _ = train_mod.find_resume(str(run_dir))  # the trainer's start-up
-    ckpt_io.resolve(str(root / "export"))  # a load's start-up
+    ckpt_io.recover_run(str(run_dir))  # the trainer's start-up, once it holds the lock
+    ckpt, _ = train_mod.find_resume(str(run_dir))
+    ckpt_io.recover_folder(str(root), "export")  # the next export's start (write_folder)
     assert leftovers(root, run_dir, run_dir / "checkpoints") == [], where
     now = _state(root)
     for name, digest in now.items():

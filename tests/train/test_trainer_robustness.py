@@ -4,6 +4,7 @@ divergence, missing data, and one held-out measure shared with `bitttt eval`."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -196,10 +197,25 @@ def test_stop_file_is_honoured_after_stdout_closes(tmp_path):
 # ---------------------------------------------------------------------------------------
 
 
+def _held_out_loss(path) -> float:
+    """The loss of a checkpoint on a fixed text: the oracle that it 'loads and evaluates finite'."""
+    from bitttt.checkpoint import load_model
+
+    model, tok, _ = load_model(str(path))
+    ids = torch.tensor([tok.encode("The quick brown fox jumps over the lazy dog. " * 3)])
+    with torch.no_grad():
+        return model(ids, labels=ids).loss.item()
+
+
+@pytest.mark.parametrize("lr", ["1e8", "1e30"])
 @pytest.mark.parametrize("log_format", ["text", "jsonl"])
-def test_divergence_is_its_own_error_and_keeps_the_last_good_checkpoint(tmp_path, log_format, capsys):
+def test_divergence_is_its_own_error_and_keeps_the_last_good_checkpoint(tmp_path, log_format, lr, capsys):
+    """Issue 27's repro: `--resume run --lr 1e30` kept a step whose weights were finite but ~1e29
+    (NaN at the next forward). The kept checkpoint must load and evaluate finite."""
     run_dir = tmp_path / "run"
-    code = train(run_dir, "--steps", "20", *DIVERGE, "--log-format", log_format)
+    assert train(run_dir, "--steps", "20", "--stop-after", "2", "--warmup", "0", "--eval-every", "0",
+                 "--sample-every", "0") == 0  # stopped at step 2: the same total resumes the same schedule
+    code = cli.main(["train", "--resume", str(run_dir), *DIVERGE, "--log-format", log_format, "--lr", lr])
     out = capsys.readouterr()
     assert code == cli.EXIT_DIVERGED == 5
     events = read_events(run_dir)
@@ -211,8 +227,10 @@ def test_divergence_is_its_own_error_and_keeps_the_last_good_checkpoint(tmp_path
     saved = list_step_checkpoints(str(run_dir))
     assert saved and done["path"] == saved[-1][1] and done["step"] == saved[-1][0]
     assert not (run_dir / "final").exists()
-    for _, path in saved:  # every checkpoint on disk is finite: none was written after the NaN
-        assert all(torch.isfinite(t).all() for t in load_file(os.path.join(path, "model.safetensors")).values())
+    for _, path in saved:  # every checkpoint on disk is finite and sane: none was written after the blow-up
+        weights = load_file(os.path.join(path, "model.safetensors")).values()
+        assert all(torch.isfinite(t).all() and t.abs().max() < 1e6 for t in weights if t.is_floating_point())
+    assert math.isfinite(_held_out_loss(done["path"]))
     assert "Traceback" not in out.err and "this is a bug" not in out.out + out.err
     if log_format == "text":
         assert out.err.startswith("bitttt: error: ") and "error (" not in out.out  # one form on a terminal
