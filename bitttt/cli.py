@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Sequence
 
 from bitttt import __version__
-from bitttt.events import safe_print
+from bitttt.events import error_line, safe_print
 from bitttt.errors import (  # noqa: F401 (EXIT_* re-exported for scripts and tests)
     EXIT_CONFIG, EXIT_DATA, EXIT_DIVERGED, EXIT_ERROR, EXIT_OK, EXIT_OOM, BitttError, ConfigError, DataError)
 
@@ -35,6 +35,22 @@ def _subparser(sub: argparse._SubParsersAction, name: str, help: str, examples: 
 # ---------------------------------------------------------------------------------------
 # Argument types: a bad value exits 2 with argparse's usage line
 # ---------------------------------------------------------------------------------------
+
+
+MAX_EVAL_SEQ_LEN = 1 << 20  # eval scores 16 windows at once: 16 x 1M tokens of logits is already tens of GB
+
+
+def int_in(low: int, high: int):
+    """An argparse type for a whole number in [low, high] (eval --seq-len 0 was silently the default)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not low <= v <= high:
+            raise argparse.ArgumentTypeError(f"expected a whole number in [{low}, {high}], got {text}")
+        return v
+    return parse
 
 
 def int_list(text: str) -> list[int]:
@@ -129,20 +145,27 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
   bitttt bench ternary --quick
   bitttt bench ttt --quick
   bitttt bench peak --quick
+  bitttt bench train --quick
   bitttt bench ternary --help
+
+Every bench validates its contenders before timing, interleaves them over >= 5 rounds and
+reports medians with min-max; --json writes one record shape (bitttt/bench/harness.py).
 """)
     benches = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
     add_bench_ternary_parser(benches)
     add_bench_ttt_parser(benches)
     add_bench_bitnet_parser(benches)
     add_bench_peak_parser(benches)
+    add_bench_train_parser(benches)
+    add_bench_serve_parser(benches)
 
 
 def add_bench_ternary_parser(sub: argparse._SubParsersAction) -> None:
     from bitttt.bench.shapes import TERNARY_SHAPES, TERNARY_TOKENS
 
-    p = _subparser(sub, "ternary", "ternary_linear (packed, float32 in/out) vs F.linear in float32 and bfloat16", """\
-  bitttt bench ternary --quick                         # one shape, < 30 s
+    p = _subparser(sub, "ternary", "ternary_linear (packed, float32 in/out) vs F.linear fp32/bf16 and torch's int8 "
+                   "GEMMs", """\
+  bitttt bench ternary --quick                         # one shape, seconds
   bitttt bench ternary                                 # every default row, a few minutes
   bitttt bench ternary --shapes 4096x14336 --tokens 1 --regimes cold --json decode.json
   bitttt bench ternary --isa scalar,avx2 --baselines fp32   # kernel sets side by side
@@ -158,17 +181,23 @@ def add_bench_ternary_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--isa", type=name_list(None), metavar="ISA,...",
                    help="ternary kernel set(s) to time, e.g. scalar,avx2 (default: the active one; "
                         "bitttt info lists those available)")
-    p.add_argument("--baselines", type=name_list(("fp32", "bf16", "fp16")), metavar="fp32,bf16",
-                   help="F.linear dtypes to compare with (default fp32,bf16; cuda: bf16,fp16,fp32)")
+    p.add_argument("--baselines", type=name_list(("fp32", "bf16", "fp16", "int8pack", "int8dyn")),
+                   metavar="fp32,bf16,...",
+                   help="contenders beside bitttt: F.linear fp32/bf16(/fp16 on cuda), int8pack "
+                        "(aten._weight_int8pack_mm), int8dyn (quantize_dynamic Linear) "
+                        "(default fp32,bf16,int8pack,int8dyn; cuda: bf16,fp16,fp32)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cpu (default) or cuda: CUDA-event timing, own default shapes "
                         "(BitNet 2B: 2560x2560,6912x2560,2560x6912,13824x2560) and tokens (1,8,128,512,2048)")
-    p.add_argument("--reps", type=int, metavar="N", help="repetitions per row (default: adaptive, about 1 s per row)")
+    p.add_argument("--reps", type=int, metavar="N",
+                   help="interleaved rounds per row (default: adaptive, >= --rounds, about 1 s per row)")
+    p.add_argument("--rounds", type=int, metavar="N", help="at least this many interleaved rounds per row (default 5)")
+    p.add_argument("--shared", action="store_true", help="record that other work shared the machine meanwhile")
     p.add_argument("--quick", action="store_true",
-                   help="one shape, 1 thread, short rows: under 30 s (other flags given still apply)")
+                   help="one shape, 1 thread, short rows: seconds (other flags given still apply)")
     p.add_argument("--no-peaks", action="store_true",
                    help="skip measuring the machine's peaks (bitttt bench peak) and the %% of peak column")
-    p.add_argument("--json", metavar="PATH", help="also write the results and machine info as JSON")
+    p.add_argument("--json", metavar="PATH", help="also write the result record (bitttt/bench/harness.py) as JSON")
     p.set_defaults(func=_run_bench_ternary)
 
 
@@ -180,7 +209,8 @@ def _run_bench_ternary(args: argparse.Namespace) -> int:
     config = ternary.TernaryBenchConfig.for_device(args.device, quick=args.quick)
     overrides = {"shapes": args.shapes, "tokens": args.tokens, "threads": args.threads,
                  "regimes": args.regimes, "isas": args.isa, "baselines": args.baselines, "reps": args.reps,
-                 "peaks": False if args.no_peaks else None}
+                 "rounds": args.rounds, "peaks": False if args.no_peaks else None,
+                 "shared_machine": True if args.shared else None}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if args.json:
         _check_writable(args.json)  # before minutes of timing, not after
@@ -413,16 +443,71 @@ def add_chat_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_chat)
 
 
+def _chat_format(args: argparse.Namespace, info: dict) -> bool:
+    """--format: chat if asked, or (auto) if the model's training data had chat messages."""
+    return args.format == "chat" or (args.format == "auto" and info["sections"].get("data", {}).get("chat", False))
+
+
 def _run_chat(args: argparse.Namespace) -> int:
     from bitttt import chat_server, generate
 
     params = _sampling(args)
     model, tokenizer, info = _load(args)
-    chat = args.format == "chat" or (args.format == "auto" and info["sections"].get("data", {}).get("chat", False))
+    chat = _chat_format(args, info)
     session = generate.ChatSession(model, tokenizer, chat, params)
     if args.protocol == "jsonl":
         return chat_server.chat_jsonl(session, sys.stdin, sys.stdout, args.state_dir, info["path"])
     return generate.chat_text(session, sys.stdin, sys.stdout)
+
+
+def add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = _subparser(sub, "serve", "serve a model over OpenAI's HTTP API (continuous batching, TTT state cache)", """\
+  bitttt serve --model runs/my-run                       # http://127.0.0.1:8000/v1
+  bitttt serve --model export/ --port 8080 --max-batch 16 --threads 2
+  BITTTT_API_KEY=secret bitttt serve --model runs/my-run --host 0.0.0.0   # every interface: set a key
+  (needs the serve extra: pip install 'bitttt[serve]'; docs/serve.md)
+""")
+    _add_model_args(p)
+    p.add_argument("--lm-head", choices=["float", "int8"], default="float", help="(default: float)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="(default: 8000)")
+    p.add_argument("--api-key", help="clients must send 'Authorization: Bearer KEY' (default: $BITTTT_API_KEY; "
+                   "none if unset)")
+    p.add_argument("--model-name", help="the model id clients use (default: the model folder's name)")
+    p.add_argument("--format", default="auto", choices=["auto", "chat", "plain"], help="as bitttt chat's")
+    p.add_argument("--max-batch", type=int, default=8, help="requests decoded together (default: 8)")
+    p.add_argument("--max-queue", type=int, default=64, help="requests waiting for a slot; more get 429 (default: 64)")
+    p.add_argument("--state-cache-mb", type=float, default=256.0,
+                   help="memory for conversation states that later requests resume from; 0 = off (default: 256)")
+    p.add_argument("--max-prompt-tokens", type=int, default=8192, help="longer prompts get 413 (default: 8192)")
+    p.add_argument("--max-body", type=byte_size, default=4 * 2**20, metavar="SIZE",
+                   help="bigger request bodies get 413 (default: 4M)")
+    p.add_argument("--default-max-tokens", type=int, default=512,
+                   help="tokens generated when a request names no max_tokens (default: 512)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from bitttt.serve import server
+    from bitttt.serve.engine import EngineConfig
+
+    if (missing := server.missing_extra()) is not None:  # before the model loads
+        raise ConfigError(f"serve: {missing} not installed", hint="pip install 'bitttt[serve]'")
+    if not 0 <= args.port < 65536:
+        raise ConfigError(f"serve: --port must be in 0..65535, got {args.port}")
+    engine_config = EngineConfig(max_batch=args.max_batch, max_queue=args.max_queue,
+                                 state_cache_mb=args.state_cache_mb, max_prompt_tokens=args.max_prompt_tokens)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
+    model, tokenizer, info = _load(args)
+    chat = _chat_format(args, info)
+    options = server.ServeOptions(host=args.host, port=args.port, api_key=args.api_key, model_name=args.model_name,
+                                  chat_format=chat, max_body_bytes=args.max_body,
+                                  default_max_tokens=args.default_max_tokens)
+    return server.serve(model, tokenizer, info["path"], engine_config, options)
 
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
@@ -433,9 +518,11 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     _add_model_args(p)
     p.add_argument("--data", nargs="+", metavar="PATH", help="text to evaluate, all of it (default: the held-out "
                                                                "split of the model's training data)")
-    p.add_argument("--seq-len", type=int, help="window length (default: the training one)")
-    p.add_argument("--max-tokens", type=int, help="tokens evaluated at most (default: the run's --eval-tokens on "
-                                                  "its held-out set, as its eval events; 65536 with --data)")
+    p.add_argument("--seq-len", type=int_in(1, MAX_EVAL_SEQ_LEN), metavar="N",
+                   help="window length (default: the training one)")
+    p.add_argument("--max-tokens", type=int_in(1, 2**63 - 1), metavar="N",
+                   help="tokens evaluated at most (default: the run's --eval-tokens on its held-out set, as its "
+                        "eval events; 65536 with --data)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_run_eval)
 
@@ -495,7 +582,35 @@ def add_bench_ttt_parser(sub: argparse._SubParsersAction) -> None:
 def _run_bench_ttt(args: argparse.Namespace) -> int:
     from bitttt.bench import ttt
 
+    if args.json:
+        _check_writable(args.json)
     ttt.run(args)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------
+# bitttt bench train (issue 26; its logic lives in bitttt/bench/train.py)
+# ---------------------------------------------------------------------------------------
+
+
+def add_bench_train_parser(sub: argparse._SubParsersAction) -> None:
+    p = _subparser(sub, "train", "tokens/s of bitttt train's step vs a plain fp32 nanoGPT-style transformer", """\
+  bitttt bench train --quick                          # tiny shapes, 1 thread, seconds
+  bitttt bench train --threads 2 1 --json train.json  # issue 26's comparison
+  bitttt bench train --contenders ttt_mlp-ternary attention-ternary --profile 15
+""")
+    from bitttt.bench.train_flags import add_arguments  # torch-free: --help stays fast
+
+    add_arguments(p)
+    p.set_defaults(func=_run_bench_train)
+
+
+def _run_bench_train(args: argparse.Namespace) -> int:
+    from bitttt.bench import train
+
+    if args.json:
+        _check_writable(args.json)
+    train.run(args)
     return EXIT_OK
 
 
@@ -539,7 +654,9 @@ def add_bench_peak_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--read-bytes", type=byte_size, metavar="SIZE",
                    help="buffer of the read bandwidth, far above L3 (default 1G; --quick 256M)")
     p.add_argument("--quick", action="store_true", help="shorter runs and a 256M read: a few seconds")
-    p.add_argument("--json", metavar="PATH", help="also write the results and the machine line as JSON")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved passes over every kernel (default 5)")
+    p.add_argument("--shared", action="store_true", help="record that other work shared the machine meanwhile")
+    p.add_argument("--json", metavar="PATH", help="also write the result record (bitttt/bench/harness.py) as JSON")
     p.set_defaults(func=_run_bench_peak)
 
 
@@ -549,7 +666,34 @@ def _run_bench_peak(args: argparse.Namespace) -> int:
     threads = [t for group in args.threads for t in group] if args.threads else [1, 2]
     if args.json:
         _check_writable(args.json)
-    peak.run(threads, args.read_bytes, args.quick, args.json)
+    peak.run(threads, args.read_bytes, args.quick, args.json, rounds=args.rounds, shared=args.shared)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------
+# bitttt bench serve (issue 29; its logic lives in bitttt/bench/serve.py)
+# ---------------------------------------------------------------------------------------
+
+
+def add_bench_serve_parser(sub: argparse._SubParsersAction) -> None:
+    from bitttt.bench import serve  # no torch at import: --help stays fast
+
+    p = _subparser(sub, "serve", "bitttt serve's engine: aggregate decode tokens/s at 1-16 streams, and the "
+                   "time to first token of a TTT conversation's 10th turn with and without the state cache", """\
+  bitttt bench serve --quick                         # tiny model, under a minute
+  bitttt bench serve --models base --json benchmarks/results/<machine>/serve_base.json
+  bitttt bench serve --models 2b --layers 30 --streams 1 4 8 --rounds 2
+""")
+    serve.add_arguments(p)
+    p.set_defaults(func=_run_bench_serve)
+
+
+def _run_bench_serve(args: argparse.Namespace) -> int:
+    from bitttt.bench import serve
+
+    if args.json:
+        _check_writable(args.json)
+    serve.run(args)
     return EXIT_OK
 
 
@@ -563,6 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_generate_parser(sub)
     add_chat_parser(sub)
+    add_serve_parser(sub)
     add_eval_parser(sub)
     add_export_parser(sub)
     add_info_parser(sub)
@@ -570,10 +715,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _oom_types() -> tuple[type[BaseException], ...]:
-    import torch  # loaded already by `import bitttt`
-
-    return (MemoryError, torch.OutOfMemoryError)
+def _is_oom(e: BaseException) -> bool:
+    """Out of memory however it is raised: MemoryError, torch's CUDA OutOfMemoryError, or the
+    CPU allocator's RuntimeError ("DefaultCPUAllocator: can't allocate memory")."""
+    torch = sys.modules.get("torch")
+    if isinstance(e, MemoryError) or torch is not None and isinstance(e, torch.OutOfMemoryError):
+        return True
+    return isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -590,14 +738,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except BitttError as e:
-        safe_print(f"bitttt: error: {e}" + (f" (hint: {e.hint})" if e.hint else ""))
+        safe_print(error_line(e, e.hint))
         return e.exit_code
     except KeyboardInterrupt:
         safe_print(f"bitttt: {args.command}: interrupted")
         return 130
     except Exception as e:
-        if isinstance(e, _oom_types()):
-            safe_print(f"bitttt: error: {args.command}: out of memory: {e} (hint: use smaller sizes)")
+        if _is_oom(e):
+            first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            safe_print(error_line(f"{args.command}: out of memory: {first}", "use smaller sizes"))
             return EXIT_OOM
         safe_print(traceback.format_exc().rstrip())
         safe_print(f"bitttt: error: {args.command}: unexpected {type(e).__name__}: {e}")

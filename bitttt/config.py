@@ -15,11 +15,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from bitttt.errors import ConfigError
+from bitttt.errors import ConfigError, OutOfMemoryError
 
 MIXERS = ("ttt_linear", "ttt_mlp", "attention")
 MODEL_TYPE = "bitttt"
 MAX_INT = 2**63 - 1  # what numpy and torch take as a seed or a size; larger is a mistake
+# The largest BPE vocabulary to train: Llama 3's is 128k, Gemma's 256k. tokenizers' trainer
+# aborts the whole process (a Rust allocation failure, exit 134, no event) at 100M.
+MAX_BPE_VOCAB = 2**20
 
 # Presets: small overrides of the model defaults below (training overrides: TRAIN_PRESETS).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -144,7 +147,7 @@ RULES: dict[str, Accepts] = {
     "keep_last": COUNT, "sample_every": COUNT, "sample_tokens": POSITIVE_INT, "sample_prompt": Accepts(str, low=1),
     "log_every": POSITIVE_INT, "val_fraction": _num(0, True, 0.5, True),
     "device": Accepts(str, choices=("auto", "cpu", "cuda")), "threads": COUNT, "seed": _int(0, 2**32 - 1),
-    "tokenizer": Accepts(str, choices=("byte", "bpe")), "bpe_vocab_size": _int(261, 2**31 - 1),
+    "tokenizer": Accepts(str, choices=("byte", "bpe")), "bpe_vocab_size": _int(261, MAX_BPE_VOCAB),
     "compile": BOOL, "stop_after": COUNT, "log_format": Accepts(str, choices=("text", "jsonl")),
     "dist_timeout": POSITIVE,
 }
@@ -241,6 +244,77 @@ class BitTTTConfig:
             raise ConfigError(f"{source}: unknown model config key(s) {', '.join(unknown)}; "
                               f"valid keys: {', '.join(cls.field_names())}", hint="fix or remove those keys")
         return cls(**d)
+
+
+# ---------------------------------------------------------------------------------------
+# Memory: refuse a run that cannot fit before allocating it
+# ---------------------------------------------------------------------------------------
+
+BYTES_PER_PARAM = 16  # float32 weight + gradient + AdamW's two moments
+
+
+def vocab_of(t: TrainConfig) -> int:
+    """The model's vocabulary as the tokenizer will make it: the byte one's 320, or the BPE's size
+    padded to 64 (bitttt.tokenizer.padded_vocab)."""
+    return 320 if t.tokenizer == "byte" else -(-t.bpe_vocab_size // 64) * 64
+
+
+def training_bytes_lower_bound(model: dict[str, Any], t: TrainConfig, vocab_size: int) -> dict[str, int]:
+    """A lower bound on what training this model takes, in bytes: parameters (weight, gradient,
+    two AdamW moments), and activations (the logits and their gradient, one [B, T, C] tensor per
+    block). Only what surely gets allocated is counted, so a run refused by it cannot fit."""
+    C, L, V = model["n_embd"], model["n_layer"], vocab_size
+    ttt = model["mixer"] != "attention"
+    # mixer projections: q, k, v, o (a TTT conv shares q/k; a gate adds one), then SwiGLU's three
+    projections = 4 - (ttt and model["conv_kernel"] > 0) + (ttt and model["use_gate"])
+    per_block = projections * C * C + 3 * C * swiglu_width(C, model["intermediate_size"])
+    if ttt:  # token_scale offsets, and the fast weights W0 (TTT-MLP: W1 and W2, 4x wide)
+        per_block += model["mini_batch"] + C * (C // model["n_head"]) * (8 if model["mixer"] == "ttt_mlp" else 1)
+    params = V * C * (1 if model["tie_embeddings"] else 2) + L * per_block
+    tokens = t.batch_size * t.seq_len
+    return {"parameters": params * BYTES_PER_PARAM, "activations": 2 * tokens * V * 4 + L * tokens * C * 4}
+
+
+def available_memory(device_type: str) -> int | None:
+    """Bytes free for a new run on this device: CUDA's free memory, or on CPU the system's
+    MemAvailable plus free swap, capped by a cgroup limit; None where it cannot be told."""
+    if device_type == "cuda":
+        import torch  # only here: this module stays torch-free at import
+
+        return int(torch.cuda.mem_get_info()[0])
+    try:
+        with open("/proc/meminfo") as f:
+            info = {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in f if ":" in line)}
+        free = info["MemAvailable"] + info.get("SwapFree", 0)
+    except (OSError, KeyError, ValueError):
+        return None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read().strip())
+        if limit != "max":
+            free = min(free, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return free
+
+
+def check_memory(model: dict[str, Any], t: TrainConfig, device_type: str) -> None:
+    """OutOfMemoryError (exit 4) before anything is allocated when the run surely cannot fit
+    on the device: `--n-embd 1000000` was a CPU allocation failure reported as a bug (exit 1),
+    or the kernel's OOM killer with no event at all."""
+    need = training_bytes_lower_bound(model, t, vocab_of(t))
+    have = available_memory(device_type)
+    total = sum(need.values())
+    if have is not None and total > have:
+        gib = 2**30
+        raise OutOfMemoryError(
+            f"this run needs at least {total / gib:,.1f} GiB ({need['parameters'] / gib:,.1f} GiB for "
+            f"parameters, gradients and optimizer, {need['activations'] / gib:,.1f} GiB for activations); "
+            f"{device_type} has {have / gib:,.1f} GiB free",
+            hint="use a smaller model (--n-embd, --n-layer, intermediate_size, --mini-batch, --vocab-size) "
+                 "or fewer tokens per micro-batch (--batch-size, --seq-len)")
 
 
 def preset_config(name: str, **overrides: Any) -> BitTTTConfig:
@@ -375,6 +449,24 @@ def read_config_file(path: str) -> dict[str, Any]:
     return check_settings(d, source)
 
 
+def check_run_dir(path: str) -> None:
+    """ConfigError unless a run can be written at path: an existing folder, or a new one whose
+    nearest existing ancestor is a writable folder (a file there was a traceback, exit 1)."""
+    import os
+
+    full = os.path.abspath(os.path.expanduser(path))
+    if os.path.exists(full) and not os.path.isdir(full):
+        raise ConfigError(f"--run-dir {path}: is a file, not a folder", hint="give a folder (new or a run's)")
+    ancestor = full
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise ConfigError(f"--run-dir {path}: cannot be made, {ancestor} is a file", hint="give a folder path")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"--run-dir {path}: cannot be made, {ancestor} is not writable",
+                          hint="give a folder you can write to")
+
+
 def resolve(flags: dict[str, Any], resume_from: dict[str, Any] | None = None) -> tuple[dict, TrainConfig]:
     """flags: the options given on the command line (None = not given) plus "config" and
     "resume". Returns (model keys, TrainConfig), or raises ConfigError naming the bad setting."""
@@ -393,6 +485,8 @@ def resolve(flags: dict[str, Any], resume_from: dict[str, Any] | None = None) ->
         preset = given.get("preset") or from_file.get("preset") or TrainConfig.preset
         merged = {**defaults(preset), **from_file, **given}
     train = TrainConfig(**{k: merged[k] for k in TrainConfig.field_names() if k in merged})
+    if train.run_dir:
+        check_run_dir(train.run_dir)
     model = {k: merged[k] for k in MODEL_KEYS}
     BitTTTConfig(**model)  # checks the model's cross-field rules (n_embd a multiple of n_head)
     return model, train

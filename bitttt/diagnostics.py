@@ -13,7 +13,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from bitttt import reference
+from bitttt import ops
 from bitttt.nn.bitlinear import BitLinear
 
 
@@ -38,7 +38,7 @@ class TernaryMonitor:
         for name, m in model.named_modules():
             if not isinstance(m, BitLinear) or m.is_packed:
                 continue
-            q, s_w = reference.quantize_weight_ternary(m.weight.detach().float())
+            q, s_w = ops.ternarize_weight(m.weight)
             q = q.to(torch.int8)
             g = group_name(name)
             zeros[g] += int((q == 0).sum())

@@ -40,6 +40,13 @@ class DataError(BitttError):
     kind = "data"
 
 
+class OutOfMemoryError(BitttError):
+    """The work cannot fit in the device's memory, found before allocating it (exit code 4)."""
+
+    exit_code = EXIT_OOM
+    kind = "oom"
+
+
 class DivergedError(BitttError):
     """The training loss or gradient norm became NaN or infinite (exit code 5)."""
 

@@ -42,6 +42,9 @@ class HeldOut:
 
     @classmethod
     def build(cls, tokens: np.ndarray, seq_len: int, max_tokens: int, tokenizer: Tokenizer) -> HeldOut:
+        if len(tokens) < seq_len + 1:  # no window fits (eval --seq-len 10**9 was an IndexError)
+            raise DataError(f"only {len(tokens)} tokens to score, less than one window of {seq_len} + 1",
+                            hint="lower --seq-len, or evaluate on more text (--data)")
         starts = data_mod.eval_windows(tokens, seq_len, max_tokens)
         targets = np.concatenate([np.asarray(tokens[s + 1:s + seq_len + 1]) for s in starts])
         return cls(tokens, starts, seq_len, data_mod._count_bytes(targets, tokenizer))

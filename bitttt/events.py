@@ -144,6 +144,11 @@ def _silence(stream: TextIO) -> None:
         pass
 
 
+def error_line(message: Any, hint: Any = None) -> str:
+    """How bitttt writes an error on a terminal (stderr), whichever part found it."""
+    return f"bitttt: error: {message}" + (f" (hint: {hint})" if hint else "")
+
+
 def safe_print(text: str, stream: TextIO | None = None) -> bool:
     """Writes a line to stream (stderr by default); False, and the stream silenced, if it is gone."""
     stream = stream or sys.stderr
@@ -181,7 +186,13 @@ class Emitter:
         line = json.dumps(event, default=str)
         if self._file is not None:
             self._file.write(line + "\n")
-        if self.stream_ok:
+        if self.log_format == "text" and name == ERROR:
+            # on a terminal every error reads the same, the CLI's form on stderr (design §6)
+            if self._bar_open and self.stream_ok:
+                self._write_out("\n")
+                self._bar_open = False
+            safe_print(error_line(event.get("message"), event.get("hint")))
+        elif self.stream_ok:
             self._write_out(line + "\n" if self.log_format == "jsonl" else self._text(event))
         return event
 

@@ -22,6 +22,10 @@ from bitttt.tokenizer import Tokenizer
 
 
 MAX_NEW_TOKENS = 100_000  # the most one request may ask for (a reply can always be cancelled)
+# temperature (other than 0) and repetition_penalty divide or multiply logits: past these bounds
+# a logit overflows float32 (1e-300 made every logit inf and softmax NaN); no sampler needs more.
+SCALE_RANGE = (1e-4, 1e4)
+MAX_POSITION = 2**40  # a conversation position past this is a damaged memory file, not a long chat
 
 
 @dataclass
@@ -46,11 +50,15 @@ class SamplingParams:
                 raise ConfigError(f"{name} must be a number, got {v!r}")
         if self.max_new_tokens > MAX_NEW_TOKENS:
             raise ConfigError(f"max_new_tokens must be <= {MAX_NEW_TOKENS}, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1 or self.repetition_penalty <= 0:
-            raise ConfigError(f"top_p must be in (0, 1] and repetition_penalty > 0, got {self.top_p}, "
+        low, high = SCALE_RANGE
+        if self.temperature != 0 and not low <= self.temperature <= high:
+            raise ConfigError(f"temperature must be 0 (greedy) or in [{low:g}, {high:g}], got {self.temperature}",
+                              hint="use 0 for greedy decoding")
+        if not low <= self.repetition_penalty <= high:
+            raise ConfigError(f"repetition_penalty must be in [{low:g}, {high:g}] (1 = off), got "
                               f"{self.repetition_penalty}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
                                       or not 0 <= self.seed < 2**63):
             raise ConfigError(f"seed must be a whole number in [0, 2**63) or null, got {self.seed!r}")
@@ -125,6 +133,20 @@ def run_model(model: BitTTTForCausalLM, ids: list[list[int]], cache: ModelCache 
         return model(torch.tensor(ids, device=device), cache=cache, use_cache=use_cache)
 
 
+def decode_rows(model: BitTTTForCausalLM, tokens: list[int], caches: list[ModelCache]) -> tuple[torch.Tensor, list[ModelCache]]:
+    """One token for each of B independent sequences in one forward (bitttt serve's batch): row
+    i feeds tokens[i] after caches[i], a batch-1 cache at its own position. Returns the logits
+    [B, V] float32 and the rows' new caches. Every linear runs once with M = B rows; each
+    mixer's position-dependent core (attention over the row's past, the TTT inner step) runs
+    row by row (a ModelCache whose pos is a list: bitttt.model.ModelCache). The caches passed
+    in are consumed as by a one-token step (TTT states are updated in place)."""
+    n_layers, B = len(caches[0].states), len(caches)
+    rows = ModelCache([[c.states[i] for c in caches] for i in range(n_layers)], [c.pos for c in caches])
+    out = run_model(model, [[t] for t in tokens], rows)
+    new = [ModelCache([out.cache.states[i][r] for i in range(n_layers)], caches[r].pos + 1) for r in range(B)]
+    return out.logits[:, -1], new
+
+
 @torch.no_grad()
 def generate_ids(model: BitTTTForCausalLM, prompt_ids: list[int], p: SamplingParams,
                  cache: ModelCache | None = None, eos_ids: int | Collection[int] = (), state: dict | None = None,
@@ -161,33 +183,53 @@ def generate_ids(model: BitTTTForCausalLM, prompt_ids: list[int], p: SamplingPar
         state.update(cache=out.cache, pending=None)
 
 
+class StopText:
+    """The text of generated tokens as it becomes safe to show: feed(token) returns the new
+    text and whether a stop string appeared (the stop string and what follows are never
+    returned); text that could still be the start of a stop string is held back until it
+    cannot, and flush() returns the rest at the end."""
+
+    def __init__(self, tokenizer: Tokenizer, stops: list[str] | None) -> None:
+        self.dec = tokenizer.stream_decoder()
+        self.stops = [s for s in (stops or []) if s]
+        self.hold = max((len(s) for s in self.stops), default=1) - 1  # chars kept back while a stop may be forming
+        self.text, self.emitted = "", 0
+
+    def feed(self, token: int) -> tuple[str, bool]:
+        self.text += self.dec.feed(token)
+        cut = min((i for i in (self.text.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            piece = self.text[self.emitted:cut] if cut > self.emitted else ""
+            self.emitted = len(self.text)
+            return piece, True
+        upto = max(self.emitted, len(self.text) - self.hold)
+        piece, self.emitted = self.text[self.emitted:upto], upto
+        return piece, False
+
+    def flush(self) -> str:
+        self.text += self.dec.flush()
+        piece, self.emitted = self.text[self.emitted:], len(self.text)
+        return piece
+
+
 def stream_text(model: BitTTTForCausalLM, tokenizer: Tokenizer, prompt_ids: list[int], p: SamplingParams,
                 cache: ModelCache | None = None, result: dict | None = None,
                 should_stop: Callable[[], bool] | None = None) -> Iterator[str]:
     """Text pieces as they complete; stops at a stop string (not included). result gets
     "ids" (generated), "cache", "pending" (see generate_ids) and "n_tokens"."""
-    dec = tokenizer.stream_decoder()
-    text, emitted, ids = "", 0, []
-    stops = [s for s in (p.stop or []) if s]
-    hold = max((len(s) for s in stops), default=1) - 1  # chars kept back while a stop may be forming
+    out, ids = StopText(tokenizer, p.stop), []
     result = result if result is not None else {}
     result.update(ids=ids, n_tokens=0)
     for token in generate_ids(model, prompt_ids, p, cache, tokenizer.eos_ids, result, should_stop):
         ids.append(token)
         result["n_tokens"] = len(ids)
-        text += dec.feed(token)
-        cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-        if cut >= 0:
-            if cut > emitted:
-                yield text[emitted:cut]
+        piece, stopped = out.feed(token)
+        if piece:
+            yield piece
+        if stopped:
             return
-        upto = max(emitted, len(text) - hold)
-        if upto > emitted:
-            yield text[emitted:upto]
-            emitted = upto
-    text += dec.flush()
-    if len(text) > emitted:
-        yield text[emitted:]
+    if rest := out.flush():
+        yield rest
 
 
 def generate_text(model: BitTTTForCausalLM, tokenizer: Tokenizer, prompt: str, max_new_tokens: int,
@@ -199,6 +241,21 @@ def generate_text(model: BitTTTForCausalLM, tokenizer: Tokenizer, prompt: str, m
 # ---------------------------------------------------------------------------------------
 # Chat
 # ---------------------------------------------------------------------------------------
+
+
+def chat_turn_ids(tokenizer: Tokenizer, messages: list[dict[str, str]], chat_format: bool) -> list[int]:
+    """The tokens of new chat turns, ending where the assistant's reply starts (no leading bos).
+    chat_format: the tokenizer's chat template (<|user|>... or an HF folder's); otherwise plain
+    "User: ..." / "Assistant:" lines for models trained on plain text."""
+    if chat_format:
+        return tokenizer.encode_chat(messages, add_assistant=True)
+    text = "".join(f"\n{m.get('role', 'user').capitalize()}: {m['content']}\n" for m in messages)
+    return tokenizer.encode(text + "Assistant:")
+
+
+def chat_stop_strings(chat_format: bool) -> list[str]:
+    """Where a reply ends besides the end-of-text token: the next "User:" line in plain text."""
+    return [] if chat_format else ["\nUser:"]
 
 
 @dataclass
@@ -245,13 +302,10 @@ class ChatSession:
         return report
 
     def _turn_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        if self.chat_format:
-            return self.tokenizer.encode_chat(messages, add_assistant=True)
-        text = "".join(f"\n{m.get('role', 'user').capitalize()}: {m['content']}\n" for m in messages)
-        return self.tokenizer.encode(text + "Assistant:")
+        return chat_turn_ids(self.tokenizer, messages, self.chat_format)
 
     def stop_strings(self) -> list[str]:
-        return [] if self.chat_format else ["\nUser:"]
+        return chat_stop_strings(self.chat_format)
 
     def reply(self, messages: list[dict[str, str]], p: SamplingParams | None = None,
               should_stop: Callable[[], bool] | None = None, max_prompt_tokens: int | None = None) -> Iterator[str]:
@@ -291,8 +345,29 @@ class ChatSession:
         or old pickled one) raises MemoryFileError and keeps the current memory."""
         p = chat_memory.resolve_state_path(str(path))
         cache, history = chat_memory.read_memory(p, self.model, self.cache)
+        check_positions(cache, p)
         self.cache, self.history, self._last_weights = cache, history, None
         return p
+
+
+def check_positions(cache: Any, path: Path) -> None:
+    """MemoryFileError unless every position in a loaded cache (ModelCache.pos and the layers'
+    own) is a whole number in [0, MAX_POSITION]: a `pos` of 2**64 loaded fine, then failed every
+    generate after it."""
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, bool) or isinstance(node, (torch.Tensor, str, float)) or node is None:
+            return
+        if isinstance(node, int):
+            if not 0 <= node <= MAX_POSITION:
+                raise chat_memory.MemoryFileError(f"{path}: {where} is {node}, outside [0, 2**40]",
+                                                  hint=chat_memory.STATE_HINT)
+        elif isinstance(node, (list, tuple)):
+            for i, v in enumerate(node):
+                walk(v, f"{where}.{i}")
+        elif dataclasses.is_dataclass(node):
+            for f in dataclasses.fields(node):
+                walk(getattr(node, f.name), f"{where}.{f.name}")
+    walk(cache, "cache")
 
 
 CHAT_HELP = """commands: /reset (forget the conversation, restore the initial state), /save PATH, /load PATH,
@@ -300,6 +375,8 @@ CHAT_HELP = """commands: /reset (forget the conversation, restore the initial st
 
 
 def chat_text(session: ChatSession, stdin: TextIO, stdout: TextIO) -> int:
+    if hasattr(stdin, "reconfigure"):
+        stdin.reconfigure(errors="replace")  # bytes that are not UTF-8 become U+FFFD, not an exit 1
     stdout.write(f"chatting with the model; {CHAT_HELP}\n")
     while True:
         stdout.write("you> ")

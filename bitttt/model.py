@@ -27,7 +27,9 @@ class ModelCache:
     """What a model carries between calls: per-layer mixer states and the next position."""
 
     states: list[Any]
-    pos: int = 0
+    # A row batch (bitttt.generate.decode_rows) has pos a list, one position per row, and
+    # states[layer] a list of per-row states: B independent sequences, one token each.
+    pos: int | list[int] = 0
 
 
 @dataclass
@@ -35,6 +37,10 @@ class CausalLMOutput:
     logits: torch.Tensor  # [B, T, V] float32
     loss: torch.Tensor | None = None  # mean cross entropy over labels != -100
     cache: ModelCache | None = None
+
+
+def next_positions(pos: int | list[int], T: int) -> int | list[int]:
+    return [p + T for p in pos] if isinstance(pos, list) else pos + T
 
 
 def make_mixer(config: BitTTTConfig) -> nn.Module:
@@ -92,7 +98,7 @@ class BitTTTForCausalLM(nn.Module):
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
-        new_cache = ModelCache(new_states, pos + input_ids.shape[1]) if use_cache else None
+        new_cache = ModelCache(new_states, next_positions(pos, input_ids.shape[1])) if use_cache else None
         return CausalLMOutput(logits, loss, new_cache)
 
     @torch.no_grad()

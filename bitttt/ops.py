@@ -12,13 +12,13 @@ from typing import NamedTuple
 import torch
 
 from bitttt import _native  # noqa: F401  (loads _C and _C_cuda: registers torch.ops.bitttt.*)
-from bitttt import reference
 
 __all__ = [
     "BT2_PAD_K",
     "pack_ternary",
     "unpack_ternary",
     "validate_packed",
+    "ternarize_weight",
     "quantize_weight",
     "ternary_linear",
     "ternary_matmul_int8",
@@ -114,11 +114,27 @@ def validate_packed(packed: torch.Tensor) -> None:
             "the file is corrupt or not a bitttt export: re-export or re-pack the weights")
 
 
+ABSMAX_FLOOR = 1e-5  # the smallest scale divisor: an all-zero token or weight quantizes to zeros
+
+
+def ternarize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Absmean ternary codes of a float weight w [N, K] (design §2), unpacked.
+
+    Returns (q int8 [N, K] in {-1, 0, 1}, w_scale float32 [N]): q = round(w / s).clamp(-1, 1)
+    with one scale s = max(mean|w|, 1e-5) for the tensor, repeated per output row so that
+    matrices fused along N keep their own scales.
+    """
+    wf = w.detach().float()
+    scale = wf.abs().mean().clamp(min=ABSMAX_FLOOR)
+    q = (wf / scale).round().clamp(-1, 1).to(torch.int8)
+    return q, scale.expand(w.shape[0]).contiguous()
+
+
 def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Ternary-quantizes and packs a float weight [N, K]: returns (packed uint8, w_scale float32 [N])."""
     if w.dim() != 2 or not w.is_floating_point():
         raise ValueError(f"quantize_weight: w must be a float [N, K] matrix, got {w.dtype} {tuple(w.shape)}")
-    q, w_scale = reference.quantize_weight_ternary(w)
+    q, w_scale = ternarize_weight(w)
     return pack_ternary(q), w_scale
 
 
@@ -429,8 +445,8 @@ torch.library.register_autograd("bitttt::ttt_linear", _ttt_linear_backward, setu
 #
 # BitLinear trains on the quantize-dequantize of its input and weight with straight-through
 # gradients (identity). On the CPU in float32 each is one C++ pass; other devices and dtypes
-# (CUDA autocast's bfloat16) take the torch composition of the reference, which gives the
-# same values up to float rounding.
+# (CUDA autocast's bfloat16) take the torch compositions below, which compute in float32 as
+# the kernels do and give the same values.
 # ---------------------------------------------------------------------------------------
 
 
@@ -438,24 +454,40 @@ def _uses_fake_quant_kernel(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype == torch.float32
 
 
+def _fake_quant_activations_torch(x: torch.Tensor) -> torch.Tensor:
+    """The torch composition of fake_quant_activations, for devices and dtypes without the kernel."""
+    xf = x.detach().float()
+    finite = torch.isfinite(xf).all(dim=-1, keepdim=True)   # [..., 1]
+    absmax = torch.where(finite, xf, 0.0).abs().amax(dim=-1, keepdim=True) if xf.shape[-1] else \
+        xf.new_zeros((*xf.shape[:-1], 1))
+    # 127 / t as a true float32 division (torch.full_like), as the kernels round it
+    s_x = torch.full_like(absmax, 127.0) / absmax.clamp(min=ABSMAX_FLOOR)
+    x_dq = (xf * s_x).round().clamp(-128, 127) / s_x
+    x_dq = torch.where(finite, x_dq, float("nan")).to(x.dtype)  # a non-finite token: all NaN
+    return x + (x_dq - x).detach()
+
+
+def _fake_quant_weight_torch(w: torch.Tensor) -> torch.Tensor:
+    """The torch composition of fake_quant_weight, for devices and dtypes without the kernel."""
+    q, w_scale = ternarize_weight(w)
+    w_dq = (q.float() * w_scale.unsqueeze(1)).to(w.dtype)
+    return w + (w_dq - w).detach()
+
+
 def fake_quant_activations(x: torch.Tensor) -> torch.Tensor:
     """Per-token int8 absmax quantize-dequantize of x [..., K], straight-through gradient."""
     if _uses_fake_quant_kernel(x):
         return torch.ops.bitttt.fake_quant_activations(x)
-    x_q, s_x = reference.quantize_activations(x)
-    x_dq = (x_q.float() / s_x.unsqueeze(-1)).to(x.dtype)
-    return x + (x_dq - x).detach()
+    return _fake_quant_activations_torch(x)
 
 
 def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
     """Absmean ternary quantize-dequantize of a weight w [N, K], straight-through gradient."""
     if _uses_fake_quant_kernel(w):
-        # the scale as reference.quantize_weight_ternary takes it (torch's mean, to the bit)
-        scale = w.detach().abs().mean().clamp(min=reference.ABSMAX_FLOOR)
+        # the scale as ternarize_weight takes it (torch's mean, to the bit)
+        scale = w.detach().abs().mean().clamp(min=ABSMAX_FLOOR)
         return torch.ops.bitttt.fake_quant_weight(w, scale)
-    q, s_w = reference.quantize_weight_ternary(w)
-    w_dq = (q.float() * s_w.unsqueeze(1)).to(w.dtype)
-    return w + (w_dq - w).detach()
+    return _fake_quant_weight_torch(w)
 
 
 # The fakes refuse what csrc/quant/fake_quant_cpu.cpp refuses, with its messages.
@@ -514,7 +546,7 @@ class TTTMLPState(NamedTuple):
     W1 [B,H,D,F], b1 [B,H,F], W2 [B,H,F,D], b2 [B,H,D]: fast weights at the start of the
     current mini-batch (F = 4·D in nn.TTTMLP); gW1, gb1, gW2, gb2: lr-weighted inner gradients
     summed inside it (zero on a boundary), same shapes; pos: absolute position of the next token.
-    Field order is reference.ttt_mlp's state tuple, so either converts to the other.
+    Field order is bitttt.reference.ttt_mlp's state tuple, so either converts to the other.
     """
 
     W1: torch.Tensor
@@ -532,7 +564,7 @@ def _ttt_mlp_check_cpu(op: str, *tensors: torch.Tensor) -> None:
     for t in tensors:
         if t.device.type not in ("cpu", "meta"):
             raise RuntimeError(f"{op}: TTT-MLP has no {t.device.type} kernel yet (CPU only); "
-                               "nn.TTTMLP runs bitttt.reference.ttt_mlp on other devices")
+                               "nn.TTTMLP runs its torch composition on other devices")
 
 
 def ttt_mlp(q, k, v, lr, token_scale, W1, b1, W2, b2, ln_w, ln_b, state: TTTMLPState | None = None,

@@ -431,6 +431,7 @@ def _run(flags: dict[str, Any], argv: list[str], stop: StopFlag) -> int:
         if flags.get("print_config"):
             print(json.dumps({**model_keys, **t.to_dict()}, indent=2))
             return EXIT_OK
+        cfg.check_memory(model_keys, t, pick_device(t.device).type)  # exit 4 before allocating what cannot fit
         world.start(pick_device(t.device), t.dist_timeout)
         t.run_dir = world.share(_check_inputs(flags, t, resume_ckpt, resume_run))
     except BitttError as e:  # no run directory yet: the event goes to stdout only

@@ -25,6 +25,12 @@ STABLE_TORCH_LIBRARY(bitttt, m) {
   m.def("ternary_linear(Tensor x, Tensor packed, Tensor w_scale, Tensor? bias=None) -> Tensor");
   // Exact int32 [M, N] = x_q @ q.T for int8 x_q [M, K]: the integer core of ternary_linear.
   m.def("ternary_matmul_int8(Tensor x, Tensor packed) -> Tensor");
+  // The lut16 load-time layout of BT2 (csrc/ternary/lut16.h) for table-lookup decode kernels:
+  // packed uint8 [N, Kp/4] -> layout uint8 [N rounded up to 16, Kp/4]. Never written to disk.
+  m.def("ternary_repack_lut16(Tensor packed) -> Tensor");
+  // ternary_linear and ternary_matmul_int8 over a lut16 layout (N from w_scale, or given).
+  m.def("ternary_linear_lut16(Tensor x, Tensor layout, Tensor w_scale, Tensor? bias=None) -> Tensor");
+  m.def("ternary_matmul_int8_lut16(Tensor x, Tensor layout, int N) -> Tensor");
   // Exact int32 [M, N] = x @ w.T for int8 x [M, K], w [N, K] (csrc/int8/): the int8 LM head
   // at decode (bitttt.hf.bitnet.Int8Linear). CPU only; CUDA tensors take torch's path.
   m.def("int8_matmul(Tensor x, Tensor w) -> Tensor");
@@ -144,6 +150,8 @@ PYBIND11_MODULE(_C, mod) {
   mod.def("available_isas", &bitttt::ternary::available_isas, "Kernel sets this CPU can run, best last.");
   mod.def("isa", [] { return std::string(bitttt::ternary::active_kernels().name); },
           "The ternary kernel set in use (BITTTT_ISA or the best available).");
+  mod.def("lut16_isa", [] { return std::string(bitttt::ternary::active_lut16_kernels().name); },
+          "The lut16 (table-lookup decode) kernel set that goes with the active ternary one.");
   mod.def("set_isa", &bitttt::ternary::set_isa, py::arg("name"),
           "Force a ternary kernel set: 'scalar', 'avx2', 'avx512', 'neon', 'neon_dotprod' or 'auto'.");
   // Peak throughput (csrc/peak/peak.h; bitttt/bench/peak.py measures and checks with these).

@@ -3,12 +3,13 @@ bitttt (BT2 kernels, float or int8 LM head) against transformers' own BitNet pat
 packed HF folder) and llama.cpp through llama-cpp-python (a GGUF of the same weights, TQ2_0,
 written by bitttt.hf.gguf; its graph differs as that module says, its linear bytes do not).
 
-Each engine and thread count runs in its own process (clean resident memory), in the order
-threads x engines, so the contenders interleave. A child loads, then times each case
-(prefill T, decode) holding --lock if given, so a shared machine times one thing at a time.
-Prefill keeps only the last position's logits in every engine (as llama.cpp does).
-The roofline: bytes one decoded token reads over this machine's read bandwidth (a streaming
-float32 sum over 512 MiB at the same thread count, measured in the same run).
+Timing and the record are bitttt/bench/harness.py's: per thread count, every (engine, OpenMP
+wait policy) pair gets its own child process (clean resident memory, and the policy set before
+OpenMP starts), and each case (prefill T, decode) interleaves all of them over --rounds rounds
+in rotating order; medians with min-max. A child times each call itself, holding --lock if
+given, so a shared machine times one thing at a time. Prefill keeps only the last position's
+logits in every engine (as llama.cpp does). The roofline: bytes one decoded token reads over
+the read bandwidth measured in the same run (bitttt bench peak's kernel, best of two passes).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import contextlib
 import fcntl
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -34,12 +34,9 @@ SHAPE_2B = dict(vocab_size=128256, hidden_size=2560, intermediate_size=6912, num
                 quantization_config={"quant_method": "bitnet", "linear_class": "bitlinear",
                                      "quantization_mode": "offline"})
 GGUF_FILE = "model.gguf"
-# OpenMP wait policies a child runs under (issue 11: decode pays a thread wake-up per op when
-# the pool sleeps). passive: what every bitttt command sets. spin: wait briefly before sleeping,
-# ~30k pause loops in libgomp (torch's Linux OpenMP), 1 ms in LLVM's libomp (macOS).
-WAIT_POLICIES = {"passive": {"OMP_WAIT_POLICY": "PASSIVE"},
-                 "spin": {"GOMP_SPINCOUNT": "30000", "KMP_BLOCKTIME": "1"}}
-OMP_WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+# OpenMP wait policies: bitttt/bench/harness.py's (passive, active, spin); issue 11: decode pays a
+# thread wake-up per op when the pool sleeps.
+WAIT_POLICIES = ("passive", "active", "spin")
 BUSY_LOOP = "while True: pass"  # one busy CPU, as another program on a shared machine
 NEEDS = {"llama.cpp": "llama_cpp", "transformers": "transformers"}  # the engines' optional packages
 
@@ -78,16 +75,6 @@ def write_folder(path: str, layers: int) -> dict[str, int]:
     with open(os.path.join(path, "gguf_sizes.json"), "w") as f:
         json.dump(sizes, f)
     return sizes
-
-
-def read_bandwidth(threads: int) -> float:
-    """Bytes/s of a float32 sum over 512 MiB (best of 3): the streaming read decode cannot beat."""
-    import torch
-
-    torch.set_num_threads(threads)
-    x = torch.ones(2**27)
-    x.sum()
-    return x.nbytes / min(_timed(x.sum) for _ in range(3))
 
 
 def _timed(fn) -> float:
@@ -194,35 +181,43 @@ def make_engine(engine: str, folder: str, threads: int):
     return LlamaCpp(folder, threads) if engine == "llama.cpp" else Transformers(folder, threads)
 
 
-def run_engine(engine: str, folder: str, threads: int, prompt: int, new_tokens: int, prefill: list[int],
-               lock: str | None = None) -> dict[str, Any]:
-    """One engine in this process: load, prefill at each length, decode new_tokens after `prompt`."""
-    import psutil
+def engine_contenders(engine: str, folder: str, threads: int, prompt: int, new_tokens: int, prefill: list[int],
+                      lock: str | None = None) -> dict[str, Any]:
+    """The harness's factory (run in a child, bitttt/bench/harness.py): load `engine`, then one
+    self-timed contender per case, each call returning seconds per token.
+
+    Cases: "prefill T" (T prompt tokens, keeping the last logits) and "decode" (new_tokens steps
+    after a `prompt`-token prompt). Each check runs its case once with one token (decode) or
+    its full length (prefill): an engine that cannot run it stops the bench before any timing.
+    """
     import torch
+
+    from bitttt.bench.harness import Contender
 
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(1)
     with open(os.path.join(folder, "config.json")) as f:
         vocab = json.load(f)["vocab_size"]
     ids = torch.randint(0, vocab, (max(prefill + [prompt]),), generator=g).tolist()
-    t0 = time.perf_counter()
     e = make_engine(engine, folder, threads)
-    load_s = time.perf_counter() - t0
-    out: dict[str, Any] = {"engine": engine, "threads": threads, "load_s": load_s,
-                           "decode_bytes_per_token": e.bytes_per_token,
-                           "omp_env": {k: os.environ[k] for k in OMP_WAIT_VARS if k in os.environ}}
-    with torch.no_grad():
-        e.prefill(ids[:16])  # warm: first-call allocations and thread start
-        for T in prefill:
-            with held(lock):
-                out[f"prefill_{T}_tokens_per_s"] = T / _timed(lambda: e.prefill(ids[:T]))
-        with held(lock):
-            out["decode_tokens_per_s"] = new_tokens / e.decode(ids[:prompt], new_tokens)
-    out.update(new_tokens=new_tokens, prompt=prompt, rss_bytes=psutil.Process().memory_info().rss,
-               peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-               loadavg=os.getloadavg()[0])
-    with held(lock):
-        out["read_bandwidth_bytes_per_s"] = read_bandwidth(threads)
+    import psutil
+
+    extra = {"engine": engine, "decode_bytes_per_token": e.bytes_per_token,
+             "rss_bytes_after_load": psutil.Process().memory_info().rss}
+
+    def prefill_case(T: int) -> Contender:
+        def call() -> float:
+            with held(lock), torch.no_grad():
+                return _timed(lambda: e.prefill(ids[:T])) / T
+        return Contender(engine, call, check=call, self_timed=True, extra=extra)
+
+    def decode(n: int) -> float:
+        with held(lock), torch.no_grad():
+            return e.decode(ids[:prompt], n) / n
+
+    out = {f"prefill {T}": prefill_case(T) for T in prefill}
+    out["decode"] = Contender(engine, lambda: decode(new_tokens), check=lambda: decode(1), self_timed=True,
+                              extra=extra)
     return out
 
 
@@ -239,18 +234,18 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--folder", help="the model folder: written here if it has no config.json, else reused "
                                      "(default: a temporary one)")
     ap.add_argument("--lock", help="hold this file's lock around each timed case (e.g. /work/bench.lock)")
-    ap.add_argument("--json", help="write the results here (rows are added to an existing file's)")
-    ap.add_argument("--wait-policy", nargs="+", default=["passive"], choices=list(WAIT_POLICIES),
-                    help="OpenMP wait policies to run each child under (default: passive, as bitttt runs)")
+    ap.add_argument("--json", help="write the result record here (bitttt/bench/harness.py's shape)")
+    ap.add_argument("--wait-policy", nargs="+", default=["passive", "active"], choices=WAIT_POLICIES,
+                    help="OpenMP wait policies, one child each, interleaved (default: passive active; "
+                         "spin = a short spin, then sleep)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per case (default 5)")
+    ap.add_argument("--no-peaks", dest="peaks", action="store_false",
+                    help="skip measuring the read bandwidth (and the roofline column)")
+    ap.add_argument("--shared", action="store_true",
+                    help="say in the record that the machine was shared with other work")
     ap.add_argument("--busy", type=int, default=0, metavar="N",
                     help="keep N other processes spinning while children run (a busy machine)")
     return ap
-
-
-def child_env(policy: str) -> dict[str, str]:
-    """This process's environment with only `policy`'s OpenMP wait settings."""
-    env = {k: v for k, v in os.environ.items() if k not in OMP_WAIT_VARS}
-    return {**env, **WAIT_POLICIES[policy]}
 
 
 @contextlib.contextmanager
@@ -265,87 +260,88 @@ def busy_processes(n: int):
             p.wait()
 
 
-def run_child(args: argparse.Namespace, engine: str, threads: int, folder: str,
-              policy: str = "passive") -> dict[str, Any]:
+def engine_kwargs(args: argparse.Namespace, engine: str, threads: int, folder: str) -> dict[str, Any]:
     n = args.hf_tokens if engine == "transformers" else args.new_tokens
-    cmd = [sys.executable, "-m", "bitttt.bench.bitnet", "--_engine", engine, "--folder", folder,
-           "--threads", str(threads), "--prompt", str(args.prompt), "--new-tokens", str(n),
-           "--prefill", *map(str, args.prefill)] + (["--lock", args.lock] if args.lock else [])
-    done = subprocess.run(cmd, capture_output=True, text=True, env=child_env(policy))
-    if done.returncode:
-        raise RuntimeError(f"{engine} x{threads} ({policy}) failed:\n{done.stderr[-3000:]}")
-    row = json.loads(done.stdout.strip().splitlines()[-1])
-    return {**row, "wait_policy": policy, "busy": args.busy}
+    return {"engine": engine, "folder": folder, "threads": threads, "prompt": args.prompt, "new_tokens": n,
+            "prefill": list(args.prefill), "lock": args.lock}
 
 
-def format_table(rows: list[dict[str, Any]], prefill: list[int]) -> str:
-    """engine x threads: decode tok/s, roofline tok/s and %, prefill tok/s, RSS."""
-    lines = [f"{'engine':<14}{'thr':>4}{'wait':>8}{'decode tok/s':>13}{'roofline':>10}{'% roof':>8}"
-             + "".join(f"{f'prefill {T}':>12}" for T in prefill) + f"{'RSS GiB':>9}{'load':>6}"]
-    float_bytes = {r["threads"]: r["decode_bytes_per_token"] for r in rows if r["engine"] == "bitttt"}
-    for r in rows:
-        b = r["decode_bytes_per_token"] or float_bytes.get(r["threads"]) or next(iter(float_bytes.values()), None)
-        roof = r["read_bandwidth_bytes_per_s"] / b if b else float("nan")
-        r["roofline_tokens_per_s"], r["roofline_fraction"] = roof, r["decode_tokens_per_s"] / roof
-        lines.append(f"{r['engine']:<14}{r['threads']:>4}{r.get('wait_policy', 'passive'):>8}"
-                     f"{r['decode_tokens_per_s']:>13.2f}{roof:>10.2f}"
-                     f"{100 * r['roofline_fraction']:>7.0f}%"
-                     + "".join(f"{r.get(f'prefill_{T}_tokens_per_s', float('nan')):>12.1f}" for T in prefill)
-                     + f"{r['rss_bytes'] / 2**30:>9.2f}{r['loadavg']:>6.1f}")
+def roofline(results: list[Any], peaks: Any) -> None:
+    """Adds, to each decode entry, the tokens/s the read bandwidth allows (bytes per token over
+    the read peak measured in this run) and the share of it reached (harness.Peaks.percent:
+    never over 100%). Engines that report no bytes (transformers) use bitttt's float head's."""
+    float_bytes = {r.threads: r.extra.get("decode_bytes_per_token") for r in results
+                   if r.contender == "bitttt" and r.case == "decode"}
+    for r in results:
+        b = r.extra.get("decode_bytes_per_token") or float_bytes.get(r.threads)
+        read = peaks.get("read_gbs", r.threads) if peaks else None
+        if r.case != "decode" or not b or not read:
+            continue
+        r.extra["roofline_tok_s"] = read * 1e9 / b
+        r.extra["pct_of_roofline"] = peaks.percent(r.median * b / 1e9, "read_gbs", r.threads)
+
+
+def format_table(results: list[Any]) -> str:
+    """case x engine x threads x wait policy: median tok/s [min-max], % of the roofline (decode)."""
+    lines = [f"{'case':<13}{'engine':<14}{'thr':>4}{'wait':>9}{'tok/s':>10}{'min-max':>18}{'% roof':>8}"]
+    for r in results:
+        pct = r.extra.get("pct_of_roofline")
+        lines.append(f"{r.case:<13}{r.contender:<14}{r.threads:>4}{r.wait_policy:>9}{r.median:>10.2f}"
+                     f"{f'{r.min:.2f}-{r.max:.2f}':>18}" + (f"{pct:>7.0f}%" if pct is not None else f"{'-':>8}"))
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = add_arguments(argparse.ArgumentParser(description=__doc__,
                                                formatter_class=argparse.RawDescriptionHelpFormatter))
-    ap.add_argument("--_engine", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args._engine:  # a child: one engine, one thread count
-        print(json.dumps(run_engine(args._engine, args.folder, args.threads[0], args.prompt, args.new_tokens,
-                                    args.prefill, args.lock)))
-        return 0
-    return run(args)
+    return run(ap.parse_args(argv))
 
 
 def run(args: argparse.Namespace) -> int:
-    """The whole benchmark (add_arguments' flags): write or reuse the folder, run every child, print the table."""
+    """The whole benchmark (add_arguments' flags): write or reuse the folder; per thread count,
+    one child per (engine, wait policy), all cases interleaved by the harness; print the table."""
     import importlib.util
     import tempfile
+
+    from bitttt.bench import harness
 
     missing = [e for e in args.engines if importlib.util.find_spec(NEEDS.get(e, "bitttt")) is None]
     for e in missing:
         print(f"{e}: skipped ({NEEDS[e]} is not installed; pip install 'bitttt[llama]' or 'bitttt[hf]')",
               file=sys.stderr)
     args.engines = [e for e in args.engines if e not in missing]
-
+    settings = harness.Settings(rounds=args.rounds, warmup=1)
+    record = harness.Record("bitnet", {k: getattr(args, k) for k in (
+        "layers", "threads", "engines", "prompt", "new_tokens", "hf_tokens", "prefill", "lock", "wait_policy",
+        "busy", "rounds")} | {"wait_policy_env": {p: harness.WAIT_POLICIES[p] for p in args.wait_policy},
+                              "shared_machine": args.shared})
+    peaks = harness.Peaks(list(args.threads), quick=args.layers < 30) if args.peaks else None
+    record.peaks = peaks
+    results = []
     with contextlib.ExitStack() as stack:
         folder = args.folder or stack.enter_context(tempfile.TemporaryDirectory(prefix="bitnet2b-"))
         if not os.path.isfile(os.path.join(folder, GGUF_FILE)):
             write_folder(folder, args.layers)
-        rows = []
         with busy_processes(args.busy):
-            for threads in args.threads:
-                for engine in args.engines:
-                    for policy in args.wait_policy:  # innermost: the policies interleave
-                        rows.append(run_child(args, engine, threads, folder, policy))
-                        print(f"{engine} x{threads} {policy}: {rows[-1]['decode_tokens_per_s']:.2f} tok/s decode",
-                              file=sys.stderr)
-    print(format_table(rows, args.prefill))
+            for threads in args.threads:  # one thread count's children at a time: memory
+                with harness.Hosts() as hosts:
+                    built = [hosts.build("bitttt.bench.bitnet:engine_contenders",
+                                         engine_kwargs(args, engine, threads, folder), policy, threads, isolate=True)
+                             for engine in args.engines for policy in args.wait_policy]
+                    cases = [harness.Case(name, [b[name] for b in built], threads=threads, unit="tok/s", work=1,
+                                          extra={"layers": args.layers, "busy": args.busy})
+                             for name in built[0]]
+                    results += harness.run_cases(cases, settings, out=sys.stderr)
+    roofline(results, peaks)
+    record.finish(results)
+    print(format_table(results))
     print(f"layers {args.layers}; {args.busy} busy processes beside; wait policies: "
-          + "; ".join(f"{p} = {' '.join(f'{k}={v}' for k, v in WAIT_POLICIES[p].items())}" for p in args.wait_policy)
-          + "; roofline = read bandwidth / bytes per decoded token")
+          + "; ".join(f"{p} = {' '.join(f'{k}={v}' for k, v in harness.WAIT_POLICIES[p].items())}"
+                      for p in args.wait_policy)
+          + "; roofline = read bandwidth (bitttt bench peak, this run) / bytes per decoded token")
     if args.json:
-        from bitttt import info
-
-        old = []
-        if os.path.isfile(args.json):
-            with open(args.json) as f:
-                old = json.load(f).get("rows", [])
-        env = {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "GOMP_", "KMP_"))}
-        settings = {k: getattr(args, k) for k in ("layers", "threads", "engines", "prompt", "new_tokens",
-                                                   "hf_tokens", "prefill", "lock", "wait_policy", "busy")}
-        with open(args.json, "w") as f:
-            json.dump({"rows": old + rows, "args": settings, "env": env, "machine": info.collect()}, f, indent=2)
+        record.write(args.json)
+        print(f"wrote {args.json}")
     return 0
 
 

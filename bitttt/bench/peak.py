@@ -14,13 +14,13 @@ Every run's checksum is compared with its closed form (csrc/peak/peak.h) before 
 believed: a kernel that skipped work fails instead of looking fast. A kernel whose ISA this
 CPU lacks is reported as "not on this CPU" and never run.
 
-`measure_peaks` is what other benchmarks call (the "% of peak" columns of `bitttt bench
-ternary` and `bitttt bench ttt`); `run` is `bitttt bench peak`.
+`measure_peaks` is what the harness calls for every record's machine peaks (bitttt/bench/harness.py
+`Peaks`: best of two passes, re-measured when a bench's rate exceeds one); `run` is `bitttt bench
+peak`, which interleaves the kernels over passes on the harness and writes the common record.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -28,6 +28,8 @@ from typing import Any, TextIO
 
 from bitttt import info
 from bitttt._native import _C
+from bitttt.bench import harness
+from bitttt.bench.harness import Case, Contender, Record, Result, Settings, run_cases
 from bitttt.errors import BitttError, ConfigError
 
 GiB = 2**30
@@ -235,27 +237,60 @@ class Table:
         print(f"{p.name:<17}{p.what:<25}{p.unit:<14}{cells}", file=self.out, flush=True)
 
 
+def peak_contenders(threads: int, read_bytes: int, run_s: float, reps: int) -> dict[str, list[Contender]]:
+    """Per kind ("int8", "fp32", "read"), one contender per kernel this CPU has, at `threads`.
+    Each call is the best of `reps` runs (of about run_s each; the read: of the whole buffer) and
+    returns its seconds per 10^9 units of work (MACs, FLOPs or bytes), so a case's rate is G/s.
+    Each check is one run whose checksum must be the closed form (PeakCheckError otherwise)."""
+    out: dict[str, list[Contender]] = {}
+    for kernel in _C.peak_kernels():
+        if not kernel["available"]:
+            continue
+        iters = calibrate(kernel, threads, run_s)
+        work = threads * iters * kernel["lanes_per_iter"] * kernel["ops_per_lane"]
+        out.setdefault(kernel["kind"], []).append(Contender(
+            kernel["name"], lambda k=kernel, i=iters, w=work: compute_run(k, threads, i, reps) / (w / 1e9),
+            check=lambda k=kernel, i=iters: compute_run(k, threads, i, 1), self_timed=True,
+            extra={"what": kernel["instruction"], "isa": kernel["isa"]}))
+    read_work = 8 * read_words(threads, read_bytes)
+    out["read"] = [Contender("read", lambda: measure_read(threads, read_bytes, reps).seconds / (read_work / 1e9),
+                             check=lambda: measure_read(threads, read_bytes, 1), self_timed=True,
+                             extra={"what": f"read {format_bytes(read_bytes)}, {_C.peak_read_kernel()}"})]
+    return out
+
+
+def record_peaks(results: list[Result]) -> dict[str, dict[int, float]]:
+    """The best pass of every (kernel, threads), keyed as harness.Peaks keys them."""
+    out: dict[str, dict[int, float]] = {}
+    for r in results:
+        kind = r.case.split()[0]
+        key = "read_gbs" if kind == "read" else f"{kind}_{r.extra['isa']}_{'gmacs' if kind == 'int8' else 'gflops'}"
+        out.setdefault(key, {})[r.threads] = r.max
+    return out
+
+
 def run(threads: list[int], read_bytes: int | None = None, quick: bool = False, json_path: str | None = None,
-        out: TextIO = sys.stdout) -> Peaks:
-    """`bitttt bench peak`: measures, prints the table (machine line first), writes JSON if asked."""
+        out: TextIO = sys.stdout, rounds: int = 5, shared: bool = False) -> Record:
+    """`bitttt bench peak`: every kernel at every thread count, interleaved over `rounds` passes by
+    the harness (bitttt/bench/harness.py); each pass is itself the best of REPS runs. Prints
+    median [min-max] per peak; the record's machine peaks are the best pass."""
     read_bytes = read_bytes or (QUICK_READ_BYTES if quick else READ_BYTES)
     run_s = QUICK_RUN_S if quick else RUN_S
     check_args(threads, read_bytes, run_s, REPS)
-    print(f"bitttt bench peak: kernels in bitttt._C on std::threads, best of {REPS} runs of >= {run_s:g} s "
-          f"(reads: {REPS} of {format_bytes(read_bytes)})", file=out)
-    print(f"machine: {machine_line(threads)}", file=out)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    busy = " (other processes are running: the multi-threaded peaks suffer)" if load > 0.5 else ""
-    print(f"load:    {load:.2f} (1-minute load average before the run){busy}", file=out, flush=True)
-    peaks = measure_peaks(threads, read_bytes, run_s, REPS, out=out)
-    peaks.load_before = load
+    print(f"bitttt bench peak: kernels in bitttt._C on std::threads; {rounds} interleaved passes, each the best "
+          f"of {REPS} runs of >= {run_s:g} s (reads: of {format_bytes(read_bytes)})", file=out)
+    print(f"machine: {machine_line(threads)}", file=out, flush=True)
+    record = Record("peak", {"threads": threads, "read_bytes": read_bytes, "run_s": run_s, "reps": REPS,
+                             "rounds": rounds, "quick": quick, "shared_machine": shared})
+    cases = []
+    for t in threads:
+        for kind, contenders in peak_contenders(t, read_bytes, run_s, REPS).items():
+            cases.append(Case(f"{kind} thr{t}", contenders, threads=t, unit=UNITS[kind], work=1))
+    results = run_cases(cases, Settings(rounds=rounds, warmup=0), out=out)
+    values = record_peaks(results)
+    record.peaks = harness.Peaks(threads, passes=1, measure=lambda t: values)
+    record.finish(results)
     if json_path:
-        write_json(peaks, json_path)
+        record.write(json_path)
         print(f"wrote {json_path}", file=out)
-    return peaks
-
-
-def write_json(peaks: Peaks, path: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(peaks.to_json(), f, indent=1)
-        f.write("\n")
+    return record

@@ -1,38 +1,40 @@
-"""Ternary linear benchmark: bitttt's packed kernel against F.linear in float32 and bfloat16.
+"""Ternary linear benchmark: bitttt's packed kernel against F.linear and torch's int8 paths.
 
-What is timed, per (shape N×K, tokens M, threads, regime):
+It only declares cases and contenders; bitttt/bench/harness.py validates, interleaves over
+rounds, takes medians with min-max and writes the record. Per (shape N×K, tokens M, threads,
+regime), the contenders are
 - `bitttt`: `ops.ternary_linear(x_fp32, packed, w_scale)`, end to end: float32 in, float32
   out, the per-token activation quantization included;
-- `fp32`, `bf16`: `F.linear(x, w)` with x and w [N, K] both in that dtype.
+- `fp32`, `bf16`: `F.linear(x, w)` with x and w [N, K] both in that dtype. Where the CPU has
+  no native bf16 (no AVX512-BF16 or AMX) the bf16 GEMM is emulated and fp32 is the fair
+  baseline: the preamble and the record's settings say which one the headline ratio uses;
+- `int8pack`: `torch.ops.aten._weight_int8pack_mm` (float32 x, int8 weights [N, K], one float32
+  scale per row): torch's weight-only int8 GEMM;
+- `int8dyn`: `torch.ao.quantization.quantize_dynamic`'s int8 `Linear` (activations quantized
+  per call, as bitttt's are).
 
-Contenders are interleaved: each repetition runs every contender once, in an order that
-rotates between repetitions, so drift (frequency, another process) hits all alike; the
-reported time is the median over repetitions. Two regimes:
-- hot: one weight matrix reused, as when a layer's weights stay in cache;
-- cold: each contender cycles through distinct copies of its weights totalling at least
-  `cold_bytes` in its own dtype (256 MB by default, far above a 32 MB L3), as in decoding a
-  model that does not fit in cache: every call reads its weights from memory.
+Regimes (harness.py): hot = one weight reused, with an untimed call before each timed one so
+the others' calls in between do not evict it when it fits in L3; cold = each contender cycles
+through distinct copies of its weights totalling at least `cold_bytes` (256 MB).
 
-Before timing, each (shape, M, threads, ISA) is checked against `reference.ternary_linear`
-on a slice of the output (llm.c's validate-then-time); a mismatch stops the run.
+Validation: the bitttt kernel on a slice of the output (first/last tokens × first/last rows)
+against `reference.ternary_linear`, with the tolerance of two rounding flips; each baseline
+against a float64 product of the same weights (norm-relative error under its dtype's tolerance).
 
-"% of peak" (unless `peaks=False`, `--no-peaks`): this machine's peaks are measured once at
-the start (bitttt/bench/peak.py, per thread count); a decode row (M = 1) shows its weight
-GB/s as a share of the streaming read bandwidth (hot rows read from cache and can pass 100%),
-a prefill row (M > 1) its int8 MAC/s (M*N*K per second) as a share of the int8 peak of the
-kernel set that ran (vpdpbusd for avx512, vpmaddubsw for avx2; none for scalar).
+"% of peak" (unless `peaks=False`, `--no-peaks`): the machine's peaks are measured in the same
+run (best of two passes); a cold decode row (M = 1) shows its weight GB/s as a share of the read
+bandwidth (a hot one reads from cache, which that peak does not bound), a prefill row (M > 1) its int8 MAC/s as a share of the int8 peak of the kernel set
+that ran. harness.Peaks.percent never reports more than 100% (it re-measures, then flags).
+With `--device cuda` bitttt/bench/ternary_cuda.py declares the GPU's cases on the same harness.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import math
-import os
-import statistics
 import sys
-import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -41,7 +43,8 @@ import torch
 import torch.nn.functional as F
 
 from bitttt import _C, info, ops, reference
-from bitttt.bench import peak
+from bitttt.bench import harness
+from bitttt.bench.harness import BenchValidationError, Case, Contender, Cycle
 from bitttt.bench.shapes import (
     TERNARY_CUDA_QUICK_SHAPES,
     TERNARY_CUDA_QUICK_TOKENS,
@@ -53,9 +56,11 @@ from bitttt.bench.shapes import (
     TERNARY_TOKENS,
     Shape,
 )
-from bitttt.errors import BitttError, ConfigError
+from bitttt.errors import ConfigError
 
-BASELINES = ("fp32", "bf16")
+__all__ = ["BenchValidationError", "TernaryBenchConfig", "Report", "run", "write_json"]
+
+BASELINES = ("fp32", "bf16", "int8pack", "int8dyn")
 CUDA_BASELINES = ("bf16", "fp16", "fp32")  # --device cuda (bitttt/bench/ternary_cuda.py)
 DEVICES = ("cpu", "cuda")
 REGIMES = ("hot", "cold")
@@ -68,10 +73,10 @@ VALIDATE_FLIPS = 2
 VALIDATE_RTOL = 1e-5  # float rounding of the epilogue (acc * w_scale / s_x, in either order)
 VALIDATE_ROWS = 64  # output features checked at each end of N (tails are where bugs hide)
 VALIDATE_TOKENS = 4  # tokens checked at each end of M
-
-
-class BenchValidationError(BitttError):
-    """The kernel's output disagrees with the reference: the timings would be meaningless."""
+# Baselines: ||y - x @ w.T|| / ||x @ w.T|| (float64 product) at most this. bf16 rounds x and w
+# to 8 bits of mantissa (~4e-3 relative each); int8 weights per row at 1/254 of the row's max,
+# int8dyn the activations as well. A wrong layout or a transposed weight is off by O(1).
+BASELINE_TOL = {"fp32": 1e-4, "fp16": 2e-3, "bf16": 2e-2, "int8pack": 3e-2, "int8dyn": 6e-2}
 
 
 @dataclass
@@ -82,25 +87,24 @@ class TernaryBenchConfig:
     regimes: list[str] = field(default_factory=lambda: list(REGIMES))
     isas: list[str] | None = None  # ternary kernel sets to time; None: the active one
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
-    reps: int | None = None  # fixed repetitions; None: as many as budget_s allows
+    rounds: int = 5  # at least this many interleaved rounds per row (harness.Settings)
+    reps: int | None = None  # fixed rounds (>= rounds); None: as many as budget_s allows
     budget_s: float = 1.0  # time per row when reps is None (80 default rows: a few minutes)
-    min_reps: int = 3  # floor for slow rows (4096x14336, M=512 in bf16 takes seconds)
     max_reps: int = 100
     warmup: int = 2  # calls per contender before each row (at least 1: it sizes the row)
-    cold_bytes: int = 256 * MB  # each contender's cold copies total at least this
+    cold_bytes: int = harness.COLD_BYTES  # each contender's cold copies total at least this
     max_cold_bytes: int = 4 * 2**30  # all cold copies of one shape together, at most
     seed: int = 0
     device: str = "cpu"  # "cuda": bitttt/bench/ternary_cuda.py (threads and isas do not apply)
     peaks: bool = True  # measure the machine's peaks first, for the "% of peak" column (CPU)
-    peak_run_s: float = peak.RUN_S  # one timed run of a compute peak
-    peak_read_bytes: int = peak.READ_BYTES  # the read-bandwidth buffer
+    quick_peaks: bool = False  # shorter peak runs and a 256 MB read (--quick)
+    shared_machine: bool = False  # recorded: other work ran on the machine meanwhile
 
     @classmethod
     def quick(cls) -> TernaryBenchConfig:
-        """A smoke run that finishes in well under 30 s on 2 cores."""
+        """A smoke run that finishes in seconds on 2 cores."""
         return cls(shapes=list(TERNARY_QUICK_SHAPES), tokens=list(TERNARY_QUICK_TOKENS),
-                   threads=[1], budget_s=0.25, warmup=1, peak_run_s=peak.QUICK_RUN_S,
-                   peak_read_bytes=peak.QUICK_READ_BYTES)
+                   threads=[1], budget_s=0.25, warmup=1, quick_peaks=True)
 
     @classmethod
     def for_device(cls, device: str, quick: bool = False) -> TernaryBenchConfig:
@@ -110,7 +114,7 @@ class TernaryBenchConfig:
         shapes, tokens = (TERNARY_CUDA_QUICK_SHAPES, TERNARY_CUDA_QUICK_TOKENS) if quick else \
             (TERNARY_CUDA_SHAPES, TERNARY_CUDA_TOKENS)
         return cls(shapes=list(shapes), tokens=list(tokens), threads=[1], baselines=list(CUDA_BASELINES),
-                   budget_s=0.25 if quick else 1.0, device="cuda")
+                   budget_s=0.25 if quick else 1.0, device="cuda", peaks=False)
 
     def validate(self) -> None:
         """Raises ConfigError for values the benchmark cannot run with."""
@@ -127,69 +131,35 @@ class TernaryBenchConfig:
         allowed = CUDA_BASELINES if self.device == "cuda" else BASELINES
         need(set(self.baselines) <= set(allowed), f"baselines must be among {allowed}, got {self.baselines}")
         need(self.reps is None or self.reps > 0, f"reps must be > 0, got {self.reps}")
-        need(0 < self.min_reps <= self.max_reps,
-             f"need 0 < min_reps <= max_reps, got {self.min_reps}, {self.max_reps}")
+        need(0 < self.rounds <= self.max_reps, f"need 0 < rounds <= max_reps, got {self.rounds}, {self.max_reps}")
 
-
-@dataclass
-class Timing:
-    """One contender in one row. Times are per call; rates use the median."""
-    median_us: float
-    min_us: float
-    max_us: float
-    reps: int
-    copies: int  # distinct weight copies cycled through (1 when hot)
-    weight_bytes: int  # weight bytes one call reads
-    gbps: float  # weight_bytes / median time
-    gops: float  # 2*M*N*K / median time
-
-
-@dataclass
-class Row:
-    N: int
-    K: int
-    M: int
-    threads: int
-    regime: str
-    timings: dict[str, Timing]  # by contender name
-    speedups: dict[str, float]  # "bitttt vs fp32": t_fp32 / t_bitttt
-    validation: dict[str, float]  # by bitttt contender: max |err| / tolerance (< 1 passes)
-    # By bitttt contender: % of the read bandwidth (M = 1) or of its ISA's int8 peak (M > 1);
-    # None where no peak applies (scalar, emulated) or none was measured.
-    peak_pct: dict[str, float | None] = field(default_factory=dict)
+    def settings(self) -> harness.Settings:
+        if self.reps is not None:
+            return harness.Settings(rounds=self.reps, max_rounds=max(self.reps, self.max_reps), warmup=self.warmup)
+        return harness.Settings(rounds=self.rounds, max_rounds=self.max_reps, budget_s=self.budget_s,
+                                warmup=max(self.warmup, 1))
 
 
 @dataclass
 class Report:
+    """What a run produced: the harness's record (machine, versions, load) and its results."""
     config: TernaryBenchConfig
-    info: dict[str, Any]
-    rows: list[Row]
-    peaks: peak.Peaks | None = None
+    record: harness.Record
+    results: list[harness.Result]
 
     def to_json(self) -> dict[str, Any]:
-        return {"benchmark": "ternary_linear", "time": time.time(), "argv": sys.argv,
-                "config": dataclasses.asdict(self.config), "info": self.info,
-                "peaks": self.peaks.to_json() if self.peaks else None,
-                "rows": [dataclasses.asdict(r) for r in self.rows]}
+        return self.record.to_json()
+
+    def rows(self) -> dict[str, dict[str, harness.Result]]:
+        """Case name -> contender -> result, in the order measured."""
+        out: dict[str, dict[str, harness.Result]] = {}
+        for r in self.results:
+            out.setdefault(r.case, {})[r.contender] = r
+        return out
 
 
-@dataclass
-class Contender:
-    """Something to time: fn(x, *weights[i]) on weight copy i."""
-    name: str
-    fn: Callable[..., torch.Tensor]
-    x: torch.Tensor
-    weights: list[tuple[torch.Tensor, ...]]
-    weight_bytes: int
-    isa: str | None = None  # the bitttt kernel set to force before each call
-    prewarm: bool = False  # hot regime: run once untimed right before each timed call
-    calls: int = 0
-
-    def __call__(self) -> None:
-        if self.isa is not None:
-            _C.set_isa(self.isa)  # an atomic store: free next to any call timed here
-        self.fn(self.x, *self.weights[self.calls % len(self.weights)])
-        self.calls += 1
+def write_json(report: Report, path: str) -> None:
+    report.record.write(path)
 
 
 # ---------------------------------------------------------------------------------------
@@ -197,46 +167,75 @@ class Contender:
 # ---------------------------------------------------------------------------------------
 
 
+def copies_needed(bytes_per_copy: int, cold_bytes: int) -> int:
+    return harness.copies_needed(bytes_per_copy, cold_bytes)
+
+
+def _dynamic_int8(w: torch.Tensor) -> torch.nn.Module:
+    lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+    lin.weight.data.copy_(w)
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated: it is still torch's CPU int8 Linear
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear},
+                                                      dtype=torch.qint8)
+
+
 @dataclass
 class ShapeWeights:
-    """One random weight [N, K] in each contender's format, with its cold copies."""
+    """One random weight [N, K] in each contender kind's format (its call's weight arguments),
+    with cold copies when asked."""
     N: int
     K: int
-    packed: list[torch.Tensor]  # uint8 [N, Kp/4]; [0] is the hot one
-    w_scale: torch.Tensor  # float32 [N]
-    fp32: list[torch.Tensor]
-    bf16: list[torch.Tensor]
+    w: torch.Tensor  # float32 [N, K]: what every format is made from, and the oracle's weight
+    args: dict[str, list[tuple[Any, ...]]]  # kind -> copies of its weight arguments; [0] is the hot one
+    nbytes: dict[str, int]  # kind -> weight bytes one call reads
 
-    def bytes_per_copy(self, kind: str) -> int:
-        return {"bitttt": self.packed[0].numel(), "fp32": 4 * self.N * self.K, "bf16": 2 * self.N * self.K}[kind]
-
-
-def copies_needed(bytes_per_copy: int, cold_bytes: int) -> int:
-    """Distinct copies whose total reaches cold_bytes (one copy that large is cold alone)."""
-    return max(1, math.ceil(cold_bytes / bytes_per_copy))
+    def packed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.args["bitttt"][0]
 
 
-def make_weights(N: int, K: int, config: TernaryBenchConfig, kinds: list[str]) -> ShapeWeights:
-    """Random weights for every kind in `kinds`; cold copies when the cold regime runs.
+def weight_args(kind: str, w: torch.Tensor) -> tuple[tuple[Any, ...], int]:
+    """(the call's weight arguments, their bytes) for one kind, from the float32 weight w [N, K]."""
+    N, K = w.shape
+    if kind == "bitttt":
+        packed, w_scale = ops.quantize_weight(w)
+        return (packed, w_scale), packed.numel()
+    if kind in ("fp32", "bf16", "fp16"):
+        t = w.to({"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[kind])
+        return (t,), t.numel() * t.element_size()
+    if kind == "int8pack":
+        scale = w.abs().amax(1).clamp_min(1e-12) / 127  # [N], symmetric per row
+        return ((w / scale[:, None]).round().clamp(-127, 127).to(torch.int8), scale), N * K
+    if kind == "int8dyn":
+        return (_dynamic_int8(w),), N * K
+    raise ConfigError(f"bench ternary: unknown contender kind {kind!r}")
+
+
+def clone_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    import copy
+
+    return tuple(a.clone() if isinstance(a, torch.Tensor) else copy.deepcopy(a) for a in args)
+
+
+def make_weights(N: int, K: int, config: TernaryBenchConfig, kinds: list[str], cold: bool) -> ShapeWeights:
+    """Random weights for every kind; with `cold`, copies of each totalling >= config.cold_bytes.
 
     Raises ConfigError when the cold copies of this shape would exceed max_cold_bytes.
     """
     w = torch.randn(N, K) * 0.02  # [N, K], the scale of a trained layer's weights
-    packed, w_scale = ops.quantize_weight(w)
-    sw = ShapeWeights(N, K, [packed], w_scale,
-                      fp32=[w] if "fp32" in kinds else [], bf16=[w.bfloat16()] if "bf16" in kinds else [])
-    if "cold" not in config.regimes:
+    hot = {k: weight_args(k, w) for k in kinds}
+    sw = ShapeWeights(N, K, w, {k: [a] for k, (a, _) in hot.items()}, {k: b for k, (_, b) in hot.items()})
+    if not cold:
         return sw
-    need = {k: copies_needed(sw.bytes_per_copy(k), config.cold_bytes) for k in kinds}
-    total = sum(n * sw.bytes_per_copy(k) for k, n in need.items())
+    need = {k: copies_needed(b, config.cold_bytes) for k, b in sw.nbytes.items()}
+    total = sum(n * sw.nbytes[k] for k, n in need.items())
     if total > config.max_cold_bytes:
         raise ConfigError(
             f"bench ternary: cold copies of {N}x{K} need {total / 2**30:.1f} GiB, over the "
             f"{config.max_cold_bytes / 2**30:.1f} GiB limit",
-            hint="drop that shape, run --regimes hot, or lower the fp32/bf16 baselines")
-    store = {"bitttt": sw.packed, "fp32": sw.fp32, "bf16": sw.bf16}
-    for kind, n in need.items():
-        store[kind].extend(store[kind][0].clone() for _ in range(n - 1))
+            hint="drop that shape, run --regimes hot, or fewer --baselines")
+    for k, n in need.items():
+        sw.args[k] += [clone_args(sw.args[k][0]) for _ in range(n - 1)]
     return sw
 
 
@@ -260,13 +259,16 @@ def validate(x: torch.Tensor, sw: ShapeWeights, isa: str | None) -> float:
     if isa is not None:
         _C.set_isa(isa)
     kernels = isa or x.device.type
-    y = ops.ternary_linear(x, sw.packed[0], sw.w_scale)  # [M, N]
+    packed, w_scale = sw.packed()
+    y = ops.ternary_linear(x, packed, w_scale)  # [M, N]
     rows, cols = _ends(x.shape[0], VALIDATE_TOKENS), _ends(sw.N, VALIDATE_ROWS)
-    q = ops.unpack_ternary(sw.packed[0][cols], sw.K)  # [n, K]
-    expected = reference.ternary_linear(x[rows], q, sw.w_scale[cols])  # [m, n]
-    got = y[rows][:, cols]
-    _, s_x = reference.quantize_activations(x[rows])  # [m]
-    tol = VALIDATE_RTOL * expected.abs() + VALIDATE_FLIPS * sw.w_scale[cols].unsqueeze(0) / s_x.unsqueeze(1)
+    q = ops.unpack_ternary(packed[cols.to(packed.device)], sw.K)  # [n, K]
+    xr = x[rows.to(x.device)].float()
+    expected = reference.ternary_linear(xr, q, w_scale[cols.to(w_scale.device)].float())  # [m, n]
+    got = y[rows.to(y.device)][:, cols.to(y.device)].float()
+    _, s_x = reference.quantize_activations(xr)  # [m]
+    ws = w_scale[cols.to(w_scale.device)].float()  # [n]
+    tol = VALIDATE_RTOL * expected.abs() + VALIDATE_FLIPS * ws.unsqueeze(0) / s_x.unsqueeze(1)
     ratio = ((got - expected).abs() / tol).nan_to_num(nan=math.inf)
     worst = float(ratio.max())
     if worst >= 1:
@@ -280,9 +282,35 @@ def validate(x: torch.Tensor, sw: ShapeWeights, isa: str | None) -> float:
     return worst
 
 
+def validate_baseline(kind: str, fn: Callable[..., torch.Tensor], x: torch.Tensor, sw: ShapeWeights) -> float:
+    """A baseline's full output against x @ w.T in float64; returns its norm-relative error.
+
+    Raises BenchValidationError above BASELINE_TOL[kind]."""
+    y = fn(x, *sw.args[kind][0]).double().cpu()
+    want = x.double().cpu() @ sw.w.double().T
+    err = float((y - want).norm() / want.norm().clamp_min(1e-30))
+    if not err <= BASELINE_TOL[kind]:
+        raise BenchValidationError(f"bench ternary: baseline {kind} is wrong for {sw.N}x{sw.K}, M={x.shape[0]}: "
+                                   f"relative error {err:.3g} > {BASELINE_TOL[kind]}")
+    return err
+
+
 # ---------------------------------------------------------------------------------------
-# Timing
+# Contenders and cases
 # ---------------------------------------------------------------------------------------
+
+
+def int8pack_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten._weight_int8pack_mm(x, w, scale)
+
+
+def dynamic_int8(x: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
+    return module(x)
+
+
+BASELINE_FNS: dict[str, Callable[..., torch.Tensor]] = {"fp32": F.linear, "bf16": F.linear, "fp16": F.linear,
+                                                        "int8pack": int8pack_mm, "int8dyn": dynamic_int8}
+X_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # the others take float32 x
 
 
 def contender_name(isa: str, isas: list[str]) -> str:
@@ -290,98 +318,67 @@ def contender_name(isa: str, isas: list[str]) -> str:
     return "bitttt" if len(isas) == 1 else f"bitttt-{isa}"
 
 
-def make_contenders(sw: ShapeWeights, M: int, regime: str, isas: list[str], baselines: list[str],
-                    cache_bytes: int) -> list[Contender]:
-    """The contenders for one row, with x [M, K] in each one's dtype."""
-    x = torch.randn(M, sw.K)  # [M, K]
+def make_contenders(sw: ShapeWeights, x: torch.Tensor, regime: str, isas: list[str], baselines: list[str],
+                    cache_bytes: int, device: str = "cpu") -> list[Contender]:
+    """The contenders of one row: x [M, K] float32 (each converts it once to its own dtype)."""
     cold = regime == "cold"
 
-    def pick(copies: list[torch.Tensor]) -> list[torch.Tensor]:
-        return copies if cold else copies[:1]
+    def args_of(kind: str) -> Cycle:
+        return Cycle(sw.args[kind] if cold else sw.args[kind][:1])
 
-    # Hot: the other contenders' calls in between may push these weights out of cache; an
-    # untimed call right before each timed one brings them back, if they fit at all.
+    # Hot: the others' calls in between may evict these weights; an untimed call before each
+    # timed one brings them back, if they fit at all.
     def prewarm(kind: str) -> bool:
-        return not cold and sw.bytes_per_copy(kind) < cache_bytes
+        return not cold and sw.nbytes[kind] < cache_bytes
+
+    def extra(kind: str, copies: int) -> dict[str, Any]:
+        return {"weight_bytes": sw.nbytes[kind], "copies": copies}
 
     out = []
+    xb = x.bfloat16() if device == "cuda" else x  # on the GPU bitttt takes bf16 in and out
     for isa in isas:
-        weights = [(p, sw.w_scale) for p in pick(sw.packed)]
-        out.append(Contender(contender_name(isa, isas), ops.ternary_linear, x, weights,
-                             sw.bytes_per_copy("bitttt"), isa=isa, prewarm=prewarm("bitttt")))
-    if "fp32" in baselines:
-        out.append(Contender("fp32", F.linear, x, [(w,) for w in pick(sw.fp32)],
-                             sw.bytes_per_copy("fp32"), prewarm=prewarm("fp32")))
-    if "bf16" in baselines:
-        out.append(Contender("bf16", F.linear, x.bfloat16(), [(w,) for w in pick(sw.bf16)],
-                             sw.bytes_per_copy("bf16"), prewarm=prewarm("bf16")))
+        cyc = args_of("bitttt")
+
+        def bitttt_call(cyc: Cycle = cyc, isa: str = isa) -> torch.Tensor:
+            if device == "cpu":
+                _C.set_isa(isa)  # an atomic store: free next to any call timed here
+            return ops.ternary_linear(xb, *cyc.next())  # hot: one copy, so a prewarm reads the timed one
+
+        out.append(Contender(contender_name(isa, isas), bitttt_call,
+                             check=lambda isa=isa: validate(xb, sw, isa if device == "cpu" else None),
+                             prewarm=prewarm("bitttt"), extra=extra("bitttt", len(cyc))))
+    for kind in baselines:
+        xk = x.to(X_DTYPES.get(kind, torch.float32))
+        fn, cyc = BASELINE_FNS[kind], args_of(kind)
+        out.append(Contender(kind, lambda fn=fn, xk=xk, cyc=cyc: fn(xk, *cyc.next()),
+                             check=lambda kind=kind, fn=fn, xk=xk: validate_baseline(kind, fn, xk, sw),
+                             prewarm=prewarm(kind), extra=extra(kind, len(cyc))))
     return out
 
 
-def timed_call(c: Contender) -> int:
-    """One timed call, in nanoseconds (after an untimed one when c.prewarm)."""
-    if c.prewarm:
-        c()
-        c.calls -= 1  # the timed call reads the very copy the untimed one just did
-    t0 = time.perf_counter_ns()
-    c()
-    return time.perf_counter_ns() - t0
+def case_name(N: int, K: int, M: int, regime: str) -> str:
+    return f"{N}x{K} M={M} {regime}"
 
 
-def warm_up(contenders: list[Contender], calls: int) -> int:
-    """Runs each contender `calls` times, unrecorded; returns the estimated ns of one
-    repetition (each contender's fastest call, twice for those that prewarm)."""
-    best = {c.name: min(timed_call(c) for _ in range(calls)) for c in contenders}
-    return sum(best[c.name] * (2 if c.prewarm else 1) for c in contenders)
-
-
-def choose_reps(per_rep_ns: int, config: TernaryBenchConfig) -> int:
-    """config.reps, or as many repetitions as fit budget_s, within [min_reps, max_reps]."""
-    if config.reps is not None:
-        return config.reps
-    return max(config.min_reps, min(config.max_reps, int(config.budget_s * 1e9 / max(per_rep_ns, 1))))
-
-
-def time_row(contenders: list[Contender], config: TernaryBenchConfig) -> dict[str, list[int]]:
-    """Interleaved timing: each repetition runs every contender once, order rotating."""
-    reps = choose_reps(warm_up(contenders, max(config.warmup, 1)), config)
-    times: dict[str, list[int]] = {c.name: [] for c in contenders}
-    n = len(contenders)
-    for r in range(reps):
-        for c in contenders[r % n:] + contenders[:r % n]:
-            times[c.name].append(timed_call(c))
-    return times
-
-
-def summarize(contenders: list[Contender], times: dict[str, list[int]], M: int, N: int, K: int) -> dict[str, Timing]:
-    out = {}
-    for c in contenders:
-        ts = times[c.name]
-        med_s = statistics.median(ts) / 1e9
-        out[c.name] = Timing(median_us=med_s * 1e6, min_us=min(ts) / 1e3, max_us=max(ts) / 1e3, reps=len(ts),
-                             copies=len(c.weights), weight_bytes=c.weight_bytes,
-                             gbps=c.weight_bytes / med_s / 1e9, gops=2 * M * N * K / med_s / 1e9)
-    return out
-
-
-def peak_pct(timings: dict[str, Timing], M: int, threads: int, isas: list[str],
-             peaks: peak.Peaks | None) -> dict[str, float | None]:
-    """% of peak per bitttt contender: weight GB/s of read GB/s (M = 1), else int8 MAC/s of
-    the int8 peak of the contender's kernel set (gops / 2: one MAC is two ops)."""
-    if peaks is None:
-        return {}
-    out: dict[str, float | None] = {}
-    for isa in isas:
-        t = timings[contender_name(isa, isas)]
-        rate, ref = (t.gbps, peaks.read_gbs(threads)) if M == 1 else (t.gops / 2, peaks.int8(isa, threads))
-        out[contender_name(isa, isas)] = 100 * rate / ref if ref else None
-    return out
-
-
-def speedups(timings: dict[str, Timing]) -> dict[str, float]:
-    """t_baseline / t_bitttt for every bitttt contender and baseline timed."""
-    return {f"{b} vs {f}": timings[f].median_us / timings[b].median_us
-            for b in timings if b.startswith("bitttt") for f in timings if f in BASELINES}
+def add_rates(results: list[harness.Result], M: int, N: int, K: int, isas: list[str],
+              peaks: harness.Peaks | None) -> None:
+    """Weight GB/s and GOPS (2MNK per call) at the median; % of peak for bitttt contenders:
+    weight GB/s of the read peak (M = 1), else int8 MAC/s of the int8 peak of its kernel set."""
+    for r in results:
+        med_s = r.median / 1e6
+        r.extra["gbps"] = r.extra["weight_bytes"] / med_s / 1e9
+        r.extra["gops"] = 2 * M * N * K / med_s / 1e9
+        isa = next((i for i in isas if contender_name(i, isas) == r.contender), None)
+        if isa is None or peaks is None:
+            continue
+        r.extra["kernel_isa"] = isa
+        if M == 1 and r.extra.get("regime") == "cold":
+            r.extra["pct_of_peak"] = peaks.percent(r.extra["gbps"], "read_gbs", r.threads)
+        elif M == 1:
+            continue  # hot weights come from cache: the DRAM read peak does not bound them
+        else:
+            key = "int8_avx512_gmacs" if isa == "avx512" else f"int8_{isa}_gmacs"
+            r.extra["pct_of_peak"] = peaks.percent(r.extra["gops"] / 2, key, r.threads)
 
 
 # ---------------------------------------------------------------------------------------
@@ -389,83 +386,41 @@ def speedups(timings: dict[str, Timing]) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------
 
 
-def _fmt_us(us: float) -> str:
-    return f"{us:.1f}" if us < 1000 else f"{us:.0f}"
+def headline_baseline(baselines: list[str], device: str = "cpu") -> str | None:
+    """The baseline the headline ratio uses: bf16 where this device has native bf16, else fp32."""
+    if device == "cpu" and not harness.native_bf16() and "fp32" in baselines:
+        return "fp32"
+    return "bf16" if "bf16" in baselines else (baselines[0] if baselines else None)
 
 
-def _fmt_rate(v: float) -> str:
-    return f"{v:.2f}" if v < 10 else f"{v:.1f}"
+def format_row(rows: dict[str, harness.Result], bitttt_names: list[str]) -> str:
+    """One row: each contender's median µs [min-max], bitttt's speedup over each baseline, % of peak."""
+    first = next(iter(rows.values()))
+    cells = "  ".join(f"{n} {r.median:.1f} [{r.min:.1f}-{r.max:.1f}]" for n, r in rows.items())
+    ratios = "  ".join(f"{b}/{f} {rows[f].median / rows[b].median:.2f}x" for b in bitttt_names
+                       for f in rows if f not in bitttt_names)
+    pct = "  ".join(f"{b} {rows[b].extra['pct_of_peak']:.0f}% of peak" for b in bitttt_names
+                    if rows[b].extra.get("pct_of_peak") is not None)
+    return f"{first.case:<22} thr {first.threads} | us: {cells} | speedup: {ratios}" + (f" | {pct}" if pct else "")
 
 
-def _label(name: str) -> str:
-    """Column label: "bitttt-avx2" shows as "avx2" when kernel sets are side by side."""
-    return name.removeprefix("bitttt-")
-
-
-class Table:
-    """Prints the header once and each row as it is measured (a full run takes minutes)."""
-
-    def __init__(self, names: list[str], ratios: list[str], out: TextIO, pct: list[str] | None = None) -> None:
-        self.names, self.ratios, self.out = names, ratios, out
-        self.pct = pct or []  # bitttt contenders with a "% of peak" cell
-        self.widths = [max(7, len(_label(n))) + 1 for n in names]
-        self.ratio_widths = [max(9, len(_label(r))) + 1 for r in ratios]
-        self.pct_widths = [max(6, len(_label(n))) + 1 for n in self.pct]
-
-    def _group(self, cells: list[str]) -> str:
-        return "".join(f"{c:>{w}}" for c, w in zip(cells, self.widths, strict=True))
-
-    def header(self) -> None:
-        span = sum(self.widths)
-        rspan = sum(self.ratio_widths)
-        pct_title = " | % of peak" if self.pct else ""
-        print(f"{'':<29}| {'time per call (us)':<{span}} | {'weight GB/s':<{span}} | "
-              f"{'GOPS':<{span}} | {'speedup':<{rspan}}{pct_title}", file=self.out)
-        names = self._group([_label(n) for n in self.names])
-        ratios = "".join(f"{_label(r):>{w}}" for r, w in zip(self.ratios, self.ratio_widths, strict=True))
-        pct = "".join(f"{_label(n):>{w}}" for n, w in zip(self.pct, self.pct_widths, strict=True))
-        print(f"{'shape':<12}{'M':>5}{'thr':>4} {'regime':<7}| {names} | {names} | {names} | {ratios}"
-              + (f" | {pct}" if self.pct else ""), file=self.out)
-
-    def row(self, r: Row) -> None:
-        t = [r.timings[n] for n in self.names]
-        ratios = "".join(f"{r.speedups[k]:>{w - 1}.2f}x" for k, w in zip(self.ratios, self.ratio_widths, strict=True))
-        pct = "".join(f"{r.peak_pct[n]:>{w - 1}.0f}%" if r.peak_pct.get(n) is not None else f"{'-':>{w}}"
-                      for n, w in zip(self.pct, self.pct_widths, strict=True))
-        print(f"{f'{r.N}x{r.K}':<12}{r.M:>5}{r.threads:>4} {r.regime:<7}| "
-              f"{self._group([_fmt_us(x.median_us) for x in t])} | "
-              f"{self._group([_fmt_rate(x.gbps) for x in t])} | "
-              f"{self._group([_fmt_rate(x.gops) for x in t])} | {ratios}" + (f" | {pct}" if self.pct else ""),
-              file=self.out, flush=True)
-
-
-def print_peaks(peaks: peak.Peaks, isas: list[str], out: TextIO) -> None:
-    """One line per thread count: the peaks the "% of peak" column divides by."""
-    for t in peaks.threads:
-        int8 = ", ".join(f"{isa} {v:.0f}" for isa in isas if (v := peaks.int8(isa, t)) is not None)
-        read = peaks.read_gbs(t)
-        print(f"peaks:   {t} thread{'s' if t > 1 else ''}: read {read:.1f} GB/s (the % of M=1 rows), int8 "
-              f"{int8 or '-'} G MAC/s (of M>1 rows)", file=out, flush=True)
-
-
-def print_preamble(config: TernaryBenchConfig, meta: dict[str, Any], isas: list[str], out: TextIO) -> None:
+def print_preamble(config: TernaryBenchConfig, isas: list[str], out: TextIO) -> None:
+    meta = info.collect()
     cpu, tern = meta["cpu"], meta["ternary"]
     l3 = f", L3 {cpu['l3_cache_bytes'] // 2**20} MiB" if cpu["l3_cache_bytes"] else ""
-    load = meta["load_before"]
-    busy = " (other processes are running: timings, above all multi-threaded ones, suffer)" if load > 0.5 else ""
-    reps = (f"{config.reps} per row" if config.reps else
-            f"adaptive, {config.budget_s:g} s per row, {config.min_reps}..{config.max_reps}")
+    head = headline_baseline(config.baselines)
+    bf16 = ("native bf16 (AVX512-BF16/AMX): the headline ratio is vs bf16" if harness.native_bf16() else
+            "no native bf16 on this CPU (bf16 GEMMs are emulated): the headline ratio is vs fp32")
     lines = [
         "bitttt bench ternary: ops.ternary_linear (float32 in/out, activation quantization included) "
-        "vs F.linear float32 and bfloat16",
-        f"device:  cpu, {cpu['model']}, {cpu['logical_cpus']} logical CPUs{l3}",
+        f"vs {', '.join(config.baselines)}",
+        f"device:  cpu, {cpu['model']}, {cpu['logical_cpus']} logical CPUs{l3}; {bf16}",
         f"ISA:     {', '.join(isas)} (available: {', '.join(tern['available_isas'])})",
         f"torch:   {meta['torch']['version']}, bitttt {meta['bitttt']['version']}",
-        f"load:    {load:.2f} (1-minute load average before the run){busy}",
-        f"threads: {', '.join(map(str, config.threads))} (torch.set_num_threads)",
-        f"regimes: hot = one weight matrix reused; cold = cycling copies of >= {config.cold_bytes // MB} MB "
-        "per contender",
-        f"reps:    {reps}; medians of interleaved calls; GB/s = weight bytes read per call / time",
+        f"load:    {', '.join(map(str, harness.load_average()))} (1, 5, 15-minute load average before the run)",
+        f"regimes: hot = one weight reused; cold = cycling copies of >= {config.cold_bytes // MB} MB per contender",
+        f"rounds:  >= {config.rounds}, interleaved in rotating order; median [min-max] microseconds per call"
+        + (f"; headline baseline {head}" if head else ""),
     ]
     print("\n".join(lines), file=out, flush=True)
 
@@ -490,69 +445,87 @@ def resolve_isas(requested: list[str] | None) -> list[str]:
     return requested
 
 
-def run(config: TernaryBenchConfig, out: TextIO = sys.stdout) -> Report:
-    """Validates, then times every (shape, M, threads, regime) row, printing the table.
+def record_settings(config: TernaryBenchConfig) -> dict[str, Any]:
+    d = dataclasses.asdict(config)
+    d["headline_baseline"] = headline_baseline(config.baselines, config.device)
+    return d
 
-    Raises ConfigError for a bad config and BenchValidationError when the kernel is wrong.
-    Leaves torch's thread count and the active ISA as they were.
+
+def run(config: TernaryBenchConfig, out: TextIO = sys.stdout) -> Report:
+    """Validates every row, then times them (harness.py), printing each row as it completes.
+
+    Raises ConfigError for a bad config and BenchValidationError when a contender is wrong
+    (before anything is timed). Leaves torch's thread count and the active ISA as they were.
     """
     config.validate()
     if config.device != "cpu":  # bitttt/bench/ternary_cuda.py builds on this module, not under it
         raise ConfigError(f"bench.ternary.run times the CPU kernels; for device {config.device!r} "
                           "use bitttt.bench.ternary_cuda.run")
     isas = resolve_isas(config.isas)
-    config = dataclasses.replace(config, isas=isas)  # the report records what ran
-    meta = info.collect()
-    # Another busy process skews timings (above all threads=2 on a 2-core machine): say so.
-    meta["load_before"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    cache_bytes = meta["cpu"]["l3_cache_bytes"] or 32 * 2**20
-    names = [contender_name(i, isas) for i in isas] + list(config.baselines)
-    print_preamble(config, meta, isas, out)
-    peaks = None
-    if config.peaks:  # before any torch thread spins up: the peaks' std::threads get the cores
-        peaks = peak.measure_peaks(config.threads, config.peak_read_bytes, config.peak_run_s)
-        print_peaks(peaks, isas, out)
-    table = Table(names, [f"{b} vs {f}" for b in names[:len(isas)] for f in config.baselines], out,
-                  pct=names[:len(isas)] if peaks else None)
-    table.header()
-    rows: list[Row] = []
+    config = dataclasses.replace(config, isas=isas)  # the record says what ran
+    for N, K in config.shapes:  # cold copies before any timing: a shape over the limit fails now
+        need = sum(copies_needed(b, config.cold_bytes) * b for b in
+                   (weight_bytes(k, N, K) for k in ["bitttt", *config.baselines]))
+        if "cold" in config.regimes and need > config.max_cold_bytes:
+            raise ConfigError(f"bench ternary: cold copies of {N}x{K} need {need / 2**30:.1f} GiB, over the "
+                              f"{config.max_cold_bytes / 2**30:.1f} GiB limit",
+                              hint="drop that shape, run --regimes hot, or fewer --baselines")
+    print_preamble(config, isas, out)
+    # Peaks before any torch thread spins up: the peaks' std::threads get the cores.
+    peaks = harness.Peaks(config.threads, quick=config.quick_peaks) if config.peaks else None
+    record = harness.Record("ternary", record_settings(config), peaks)
+    cache_bytes = info.l3_cache_bytes() or 32 * 2**20
     old_threads, old_isa = torch.get_num_threads(), info.active_isa()[0]
     torch.manual_seed(config.seed)
+    results: list[harness.Result] = []
+    names = [contender_name(i, isas) for i in isas]
     try:
         with torch.inference_mode():
+            check_all(config, isas, cache_bytes)
             for N, K in config.shapes:
-                rows += run_shape(N, K, config, isas, cache_bytes, table, peaks)
+                results += run_shape(N, K, config, isas, cache_bytes, peaks, names, out)
     finally:
         torch.set_num_threads(old_threads)
         if old_isa is not None:
             _C.set_isa(old_isa)
-    return Report(config, meta, rows, peaks)
+    return Report(config, record.finish(results), results)
+
+
+def weight_bytes(kind: str, N: int, K: int) -> int:
+    """Bytes of one copy of kind's weights (bitttt: BT2 pads K to a multiple of 256)."""
+    return {"bitttt": N * (-(-K // 256) * 256) // 4, "fp32": 4 * N * K, "bf16": 2 * N * K, "fp16": 2 * N * K,
+            "int8pack": N * K, "int8dyn": N * K}[kind]
+
+
+def check_all(config: TernaryBenchConfig, isas: list[str], cache_bytes: int) -> None:
+    """Every (shape, M, threads) row's contenders checked on warm weights, before any timing."""
+    for N, K in config.shapes:
+        sw = make_weights(N, K, config, ["bitttt", *config.baselines], cold=False)
+        for M in config.tokens:
+            x = torch.randn(M, K)
+            for threads in config.threads:
+                harness.check_case(Case(case_name(N, K, M, "hot"), make_contenders(
+                    sw, x, "hot", isas, config.baselines, cache_bytes), threads=threads))
+        del sw
+        gc.collect()
 
 
 def run_shape(N: int, K: int, config: TernaryBenchConfig, isas: list[str], cache_bytes: int,
-              table: Table, peaks: peak.Peaks | None = None) -> list[Row]:
-    """Every row of one shape: weights made once, each (M, threads) validated, then timed."""
-    sw = make_weights(N, K, config, ["bitttt", *config.baselines])
-    rows = []
-    for M in config.tokens:
-        for threads in config.threads:
-            torch.set_num_threads(threads)
+              peaks: harness.Peaks | None, names: list[str], out: TextIO) -> list[harness.Result]:
+    """Every row of one shape: weights made once per regime, each row interleaved by the harness."""
+    results = []
+    for regime in config.regimes:
+        sw = make_weights(N, K, config, ["bitttt", *config.baselines], cold=regime == "cold")
+        for M in config.tokens:
             x = torch.randn(M, K)
-            checked = {contender_name(i, isas): validate(x, sw, i) for i in isas}
-            for regime in config.regimes:
-                contenders = make_contenders(sw, M, regime, isas, config.baselines, cache_bytes)
-                times = time_row(contenders, config)
-                timings = summarize(contenders, times, M, N, K)
-                row = Row(N, K, M, threads, regime, timings, speedups(timings), checked,
-                          peak_pct(timings, M, threads, isas, peaks))
-                table.row(row)
-                rows.append(row)
-    del sw
-    gc.collect()
-    return rows
-
-
-def write_json(report: Report, path: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(report.to_json(), f, indent=1)
-        f.write("\n")
+            for threads in config.threads:
+                case = Case(case_name(N, K, M, regime),
+                            make_contenders(sw, x, regime, isas, config.baselines, cache_bytes),
+                            threads=threads, unit="us", extra={"N": N, "K": K, "M": M, "regime": regime})
+                rs = harness.time_case(case, config.settings())
+                add_rates(rs, M, N, K, isas, peaks)
+                print(format_row({r.contender: r for r in rs}, names), file=out, flush=True)
+                results += rs
+        del sw
+        gc.collect()
+    return results

@@ -1,44 +1,47 @@
-"""TTT-Linear benchmark: the C++ op against the pure-torch reference (design §3).
+"""TTT-Linear benchmark: the C++ op against the pure-torch reference, eager and compiled (design §3).
 
-Per (B, T) with H heads of size D and mini-batch b, in one run and on the same inputs:
-- prefill tokens/s: `ops.ttt_linear` vs `reference.ttt_linear` (eager) and the reference
-  with its per-mini-batch dual form `torch.compile`d (the Python loop over mini-batches
-  stays eager: compiling the whole loop unrolls T/b iterations);
+It only declares cases and contenders; bitttt/bench/harness.py validates, interleaves them over
+rounds in rotating order, takes medians with min-max and writes the record. Per (B, T) with H
+heads of size D and mini-batch b, on the same inputs:
+- prefill tokens/s: `ops.ttt_linear` vs `reference.ttt_linear` (eager) and the reference with
+  its per-mini-batch dual form `torch.compile`d (the Python loop over mini-batches stays
+  eager: compiling the whole loop unrolls T/b iterations). The compiled one is the fair
+  baseline; the eager one is what a plain PyTorch port runs;
 - decode µs/step: `ops.ttt_linear_decode_` (in place) vs the reference on one token;
-- forward+backward ms (loss = out.sum() + W.sum(), gradients of every input);
-- bytes saved for backward: unique storages that autograd keeps (saved_tensors_hooks);
-- peak memory of forward+backward: process RSS growth, sampled every millisecond.
+- forward+backward ms (loss = out.sum() + W.sum(), gradients of every input), op vs reference
+  up to --ref-grad-max-tokens;
+- beside the forward+backward entries: bytes saved for backward (unique storages autograd keeps)
+  and the peak memory (CPU: process RSS growth sampled every millisecond; CUDA: torch's peak
+  allocation).
 
-Each configuration is validated before timing (op vs reference on the first tokens).
+Checks before timing: the op's prefill and decode against the reference on the first tokens,
+the compiled reference against the eager one, the op's gradients against the reference's.
 "% of peak" (CPU, unless --no-peaks): the op's prefill GFLOP/s, counting the dual form's five
-matrix products (prefill_flops), as a share of the FP32 FMA peak of its kernel set (zmm for
-avx512, ymm for avx2) at --threads, measured once at the start (bitttt/bench/peak.py).
-With `--device cuda` the same contenders run on the GPU, timed with CUDA events, interleaved
-(op, reference, compiled reference in turn per repetition) and reported as medians; memory is
-torch's peak allocation of forward+backward.
-Run with `python -m bitttt.bench.ttt [--quick]`, `python benchmarks/ttt.py` or, once wired
-into the CLI, `bitttt bench ttt`.
+matrix products (prefill_flops), as a share of the FP32 FMA peak of its kernel set measured in
+the same run (harness.Peaks: never above 100%). `--device cuda` times with CUDA events.
+Run as `bitttt bench ttt [--quick]` or `python -m bitttt.bench.ttt`.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import json
-import statistics
 import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from bitttt import _C, _native, ops, reference
-from bitttt.bench import peak, ttt_flags
+from bitttt.bench import harness, ttt_flags
+from bitttt.bench.harness import BenchValidationError, Case, Contender
 from bitttt.errors import ConfigError
 
 VALIDATE_TOKENS = 64  # tokens compared before timing
 VALIDATE_TOL = 1e-3   # float32, LayerNorm outputs O(1)
+GRAD_TOL = 1e-3  # op vs reference gradients on VALIDATE_TOKENS tokens, float32, relative to each's max
 
 
 def prefill_flops(B: int, H: int, T: int, D: int, b: int) -> int:
@@ -69,35 +72,6 @@ def check_device(device: str) -> None:
     if not torch.cuda.is_available():
         raise ConfigError("bench ttt: --device cuda: no CUDA device is visible",
                           hint="run on a machine with an NVIDIA GPU, or use --device cpu")
-
-
-def cuda_time_interleaved(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
-    """Median seconds per call of each fn, timed with CUDA events. The fns take turns within each
-    repetition, so clock and thermal drift hit all of them alike; one warm-up call each first."""
-    for fn in fns.values():
-        fn()
-    events = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            events[name].append((start, end))
-    torch.cuda.synchronize()
-    return {name: statistics.median(s.elapsed_time(e) / 1e3 for s, e in ev) for name, ev in events.items()}
-
-
-def timeit(fn: Callable[[], object], repeat: int, min_time: float = 0.0) -> float:
-    """Median seconds per call over `repeat` calls (after one warm-up call)."""
-    fn()
-    times = []
-    start = time.perf_counter()
-    while len(times) < repeat or time.perf_counter() - start < min_time:
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def saved_bytes(fn: Callable[[], object]) -> int:
@@ -139,6 +113,16 @@ def peak_rss_growth(fn: Callable[[], object]) -> int:
     return max(peak[0], proc.memory_info().rss) - base
 
 
+def cuda_peak_bytes(fn: Callable[[], object]) -> int:
+    """Torch's peak CUDA allocation above the current one while fn runs."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
 def compiled_reference(b: int):
     """reference.ttt_linear with the per-mini-batch dual form compiled (None if compile fails)."""
     dual = torch.compile(reference.ttt_linear_dual_minibatch, dynamic=False)
@@ -156,142 +140,118 @@ def compiled_reference(b: int):
     return run
 
 
-def validate(args, b: int) -> None:
+def _close(name: str, got: torch.Tensor, want: torch.Tensor, tol: float) -> float:
+    err = float((got - want).abs().max())
+    scale = max(float(want.abs().max()), 1.0)
+    if not err <= tol * scale:
+        raise BenchValidationError(f"bench ttt: {name} differs from the reference by {err:.3g} > {tol * scale:.3g}")
+    return err
+
+
+def check_prefill(fn: Callable[..., Any], args: list[torch.Tensor], name: str) -> float:
+    """fn's output (and end state, when it returns one) against the reference on the first tokens."""
     n = min(VALIDATE_TOKENS, args[0].shape[2])
     part = [x[:, :, :n] for x in args[:4]] + args[4:]
-    out, st = ops.ttt_linear(*part)
+    out, st = fn(*part)
     out_r, st_r = reference.ttt_linear(*part)
-    err = max((out - out_r).abs().max().item(), (st.W - st_r[0]).abs().max().item())
-    if err > VALIDATE_TOL:
-        raise RuntimeError(f"bench ttt: the op differs from the reference by {err:.3g} > {VALIDATE_TOL}")
+    m = out.shape[2]  # the compiled reference returns only full mini-batches
+    err = _close(f"{name} output", out, out_r[:, :, :m], VALIDATE_TOL)
+    W = st.W if hasattr(st, "W") else st
+    return max(err, _close(f"{name} fast weights", W, st_r[0], VALIDATE_TOL)) if m == out_r.shape[2] else err
 
 
-def bench_config_cuda(B: int, T: int, H: int, D: int, b: int, repeat: int, with_compile: bool,
-                      ref_grad_max_tokens: int) -> dict:
-    """One row on the GPU: the op vs the reference (and the compiled reference), interleaved."""
-    args = make_inputs(B, H, T, D, b, device="cuda")
-    validate(args, b)
-    row: dict = {"B": B, "T": T, "H": H, "D": D, "b": b, "device": torch.cuda.get_device_name()}
-    reps = max(3, repeat)
+def check_grads(args: list[torch.Tensor]) -> float:
+    """The op's gradients of every input against the reference's, on the first tokens."""
+    n = min(VALIDATE_TOKENS, args[0].shape[2])
+    part = [x[:, :, :n] for x in args[:4]] + args[4:]
+    grads = []
+    for fn in (ops.ttt_linear, reference.ttt_linear):
+        leaves = [x.detach().clone().requires_grad_(x.is_floating_point()) for x in part]
+        out, st = fn(*leaves)
+        torch.autograd.backward([out.sum() + st[0].sum()])
+        grads.append([x.grad for x in leaves])
+    return max(_close(f"gradient {i}", g, r, GRAD_TOL) for i, (g, r) in enumerate(zip(*grads, strict=True))
+               if g is not None and r is not None)
+
+
+def cases(B: int, T: int, H: int, D: int, b: int, device: str, with_compile: bool,
+          ref_grad_max_tokens: int, threads: int = 1) -> list[Case]:
+    """The prefill, decode and forward+backward cases of one (B, T), with their contenders."""
+    args = make_inputs(B, H, T, D, b, device=device)
+    shape = {"B": B, "T": T, "H": H, "D": D, "b": b}
+    prefill = [Contender("op", lambda: ops.ttt_linear(*args), check=lambda: check_prefill(ops.ttt_linear, args, "op")),
+               Contender("reference", lambda: reference.ttt_linear(*args))]
+    if with_compile:
+        cref = compiled_reference(b)
+        prefill.append(Contender("reference-compiled", lambda: cref(*args),
+                                 check=lambda: check_prefill(cref, args, "compiled reference")))
+    p = 17  # decode at an unaligned position: the state after 17 tokens
     with torch.no_grad():
-        fns = {"prefill_op_s": lambda: ops.ttt_linear(*args), "prefill_ref_s": lambda: reference.ttt_linear(*args)}
-        if with_compile:
-            try:
-                cref = compiled_reference(b)
-                cref(*args)  # compile outside the timing
-                fns["prefill_ref_compiled_s"] = lambda: cref(*args)
-            except Exception as e:  # noqa: BLE001 - report and go on
-                row["prefill_ref_compiled_error"] = f"{type(e).__name__}: {e}"[:200]
-        row.update(cuda_time_interleaved(fns, reps))
-        p = 17  # decode at an unaligned position: the state after 17 tokens
         _, st = ops.ttt_linear(*[x[:, :, :p] for x in args[:4]], *args[4:])
-        st = ops.TTTState(*(x.contiguous() for x in st[:4]), st.pos)
-        tok = [x[:, :, p] for x in args[:4]]
-        tok1 = [x[:, :, p:p + 1] for x in args[:4]]
-        st_r = tuple(st)
-        row.update(cuda_time_interleaved({
-            "decode_op_s": lambda: ops.ttt_linear_decode_(*tok, args[4], st, args[7], args[8]),
-            "decode_ref_s": lambda: reference.ttt_linear(*tok1, *args[4:], state=st_r)}, 50))
+    st = ops.TTTState(*(x.contiguous() for x in st[:4]), st.pos)
+    st_r = tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in st)
+    tok = [x[:, :, p] for x in args[:4]]
+    tok1 = [x[:, :, p:p + 1] for x in args[:4]]
+
+    def check_decode() -> float:
+        s = ops.TTTState(*(x.clone() for x in st[:4]), st.pos)
+        out, _ = ops.ttt_linear_decode_(*tok, args[4], s, args[7], args[8])
+        out_r, _ = reference.ttt_linear(*tok1, *args[4:], state=st_r)
+        return _close("decode", out.reshape(out_r.shape), out_r, VALIDATE_TOL)
+
+    decode = [Contender("op", lambda: ops.ttt_linear_decode_(*tok, args[4], st, args[7], args[8]), check=check_decode),
+              Contender("reference", lambda: reference.ttt_linear(*tok1, *args[4:], state=st_r))]
     leaves = [x.clone().requires_grad_(x.is_floating_point()) for x in args]
 
-    def fwd_bwd(fn):
-        def run():
-            out, st = fn(*leaves)
-            torch.autograd.backward([out.sum() + st[0].sum()])
+    def fwd_bwd(fn: Callable[..., Any]) -> Callable[[], None]:
+        def run() -> None:
+            out, s = fn(*leaves)
+            torch.autograd.backward([out.sum() + s[0].sum()])
             for x in leaves:
                 x.grad = None
         return run
 
-    fns = {"fwd_bwd_op_s": fwd_bwd(ops.ttt_linear)}
+    def memory(fn: Callable[..., Any]) -> dict[str, int]:
+        if device == "cuda":
+            return {"peak_bytes": cuda_peak_bytes(fwd_bwd(fn))}
+        return {"saved_bytes": saved_bytes(lambda: fn(*leaves)), "peak_bytes": peak_rss_growth(fwd_bwd(fn))}
+
+    train = [Contender("op", fwd_bwd(ops.ttt_linear), check=lambda: check_grads(args), extra=memory(ops.ttt_linear))]
     if B * T <= ref_grad_max_tokens:
-        fns["fwd_bwd_ref_s"] = fwd_bwd(reference.ttt_linear)
-    row.update(cuda_time_interleaved(fns, max(3, repeat // 2)))
-    for name, fn in fns.items():
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        row[name.replace("fwd_bwd", "peak").replace("_s", "_bytes")] = torch.cuda.max_memory_allocated() - base
-    return row
+        train.append(Contender("reference", fwd_bwd(reference.ttt_linear), extra=memory(reference.ttt_linear)))
+    common = dict(threads=threads, device=device, extra=shape)
+    return [Case(f"prefill B={B} T={T}", prefill, unit="tok/s", work=B * T, **common),
+            Case(f"decode B={B} pos={p}", decode, unit="us", **common),
+            Case(f"fwd+bwd B={B} T={T}", train, unit="ms", **common)]
 
 
-def bench_config(B: int, T: int, H: int, D: int, b: int, repeat: int, with_compile: bool, ref_grad_max_tokens: int):
-    args = make_inputs(B, H, T, D, b)
-    validate(args, b)
-    row: dict = {"B": B, "T": T, "H": H, "D": D, "b": b}
-    with torch.no_grad():
-        row["prefill_op_s"] = timeit(lambda: ops.ttt_linear(*args), repeat)
-        row["prefill_ref_s"] = timeit(lambda: reference.ttt_linear(*args), max(1, repeat // 3))
-        if with_compile:
-            try:
-                cref = compiled_reference(b)
-                row["prefill_ref_compiled_s"] = timeit(lambda: cref(*args), max(1, repeat // 3))
-            except Exception as e:  # noqa: BLE001 - report and go on
-                row["prefill_ref_compiled_error"] = f"{type(e).__name__}: {e}"[:200]
-        # Decode at an unaligned position: state after 17 tokens.
-        p = 17
-        _, st = ops.ttt_linear(*[x[:, :, :p] for x in args[:4]], *args[4:])
-        tok = [x[:, :, p] for x in args[:4]]
-        row["decode_op_s"] = timeit(lambda: ops.ttt_linear_decode_(*tok, args[4], st, args[7], args[8]), 50, 0.2)
-        st_r = tuple(st)
-        tok1 = [x[:, :, p:p + 1] for x in args[:4]]
-        row["decode_ref_s"] = timeit(lambda: reference.ttt_linear(*tok1, *args[4:], state=st_r), 20, 0.2)
-    leaves = [x.clone().requires_grad_(x.is_floating_point()) for x in args]
-
-    def fwd_bwd(fn):
-        def run():
-            out, st = fn(*leaves)
-            torch.autograd.backward([out.sum() + st[0].sum()])
-            for x in leaves:
-                x.grad = None
-        return run
-
-    def fwd_only(fn):
-        return lambda: fn(*leaves)
-
-    row["fwd_bwd_op_s"] = timeit(fwd_bwd(ops.ttt_linear), max(1, repeat // 2))
-    row["saved_op_bytes"] = saved_bytes(fwd_only(ops.ttt_linear))
-    row["peak_op_bytes"] = peak_rss_growth(fwd_bwd(ops.ttt_linear))
-    if B * T <= ref_grad_max_tokens:
-        row["fwd_bwd_ref_s"] = timeit(fwd_bwd(reference.ttt_linear), 1)
-        row["saved_ref_bytes"] = saved_bytes(fwd_only(reference.ttt_linear))
-        row["peak_ref_bytes"] = peak_rss_growth(fwd_bwd(reference.ttt_linear))
-    return row
+def add_peak_pct(results: list[harness.Result], peaks: harness.Peaks | None, isa: str) -> None:
+    """Adds the op's prefill GFLOP/s (at its median) and its share of the FP32 FMA peak of `isa`."""
+    for r in results:
+        if r.contender != "op" or not r.case.startswith("prefill"):
+            continue
+        e = r.extra
+        r.extra["gflops"] = prefill_flops(1, e["H"], 1, e["D"], e["b"]) * r.median / 1e9  # per token x tok/s
+        if peaks is not None:
+            r.extra["pct_of_fp32_peak"] = peaks.percent(r.extra["gflops"], f"fp32_{isa}_gflops", r.threads)
 
 
-def format_row(r: dict) -> str:
-    """One table line; ratios are reference time / op time (above 1: the op is faster)."""
-    def pct(key):
-        return f"{r[key]:3.0f}%" if r.get(key) is not None else "   -"
-
-    def ratio(a, b_):
-        return f"{r[a] / r[b_]:6.1f}x" if a in r and b_ in r else "     -"
-
-    def mib(key):
-        return f"{r[key] / 2**20:8.1f}" if key in r else "       -"
-
-    tok = r["B"] * r["T"]
-    comp = f"{tok / r['prefill_ref_compiled_s']:9.0f}" if "prefill_ref_compiled_s" in r else "        -"
-    fb_ref = f"{1e3 * r['fwd_bwd_ref_s']:8.1f}" if "fwd_bwd_ref_s" in r else "       -"
-    peak_cell = f" ({pct('prefill_op_pct_fp32_peak')} of fp32 peak)" if "prefill_op_pct_fp32_peak" in r else ""
-    line = (f"B={r['B']} T={r['T']:5d} | prefill tok/s op {tok / r['prefill_op_s']:9.0f}{peak_cell} "
-            f"ref {tok / r['prefill_ref_s']:8.0f} ({ratio('prefill_ref_s', 'prefill_op_s')}) "
-            f"ref.compiled {comp} ({ratio('prefill_ref_compiled_s', 'prefill_op_s')})"
-            f" | decode us op {1e6 * r['decode_op_s']:7.1f} ref {1e6 * r['decode_ref_s']:7.1f} "
-            f"({ratio('decode_ref_s', 'decode_op_s')})"
-            f" | fwd+bwd ms op {1e3 * r['fwd_bwd_op_s']:8.1f} ref {fb_ref} ({ratio('fwd_bwd_ref_s', 'fwd_bwd_op_s')})")
-    if "saved_op_bytes" in r:
-        line += f" | saved MiB op {mib('saved_op_bytes')} ref {mib('saved_ref_bytes')}"
-    return line + f" | peak MiB op {mib('peak_op_bytes')} ref {mib('peak_ref_bytes')}"
-
-
-def add_peak_pct(row: dict, peaks: peak.Peaks, isa: str, threads: int) -> None:
-    """Adds the op's prefill GFLOP/s and its % of the FP32 FMA peak of `isa` (None: no such peak)."""
-    gflops = prefill_flops(row["B"], row["H"], row["T"], row["D"], row["b"]) / row["prefill_op_s"] / 1e9
-    fp32 = peaks.fp32(isa, threads)
-    row["prefill_op_gflops"] = gflops
-    row["prefill_op_pct_fp32_peak"] = 100 * gflops / fp32 if fp32 else None
+def format_results(results: list[harness.Result]) -> str:
+    """The harness's lines, then per case how the op compares with each reference (above 1: faster)."""
+    lines = [harness.format_results(results)]
+    by_case: dict[str, dict[str, harness.Result]] = {}
+    for r in results:
+        by_case.setdefault(r.case, {})[r.contender] = r
+    for case, rs in by_case.items():
+        op = rs["op"]
+        for name, r in rs.items():
+            if name != "op":
+                ratio = op.median / r.median if op.unit.endswith("/s") else r.median / op.median
+                lines.append(f"{case}: op is {ratio:.2f}x {name}")
+        if "pct_of_fp32_peak" in op.extra and op.extra["pct_of_fp32_peak"] is not None:
+            lines.append(f"{case}: op {op.extra['gflops']:.1f} GFLOP/s, "
+                         f"{op.extra['pct_of_fp32_peak']:.0f}% of fp32 peak")
+    return "\n".join(lines)
 
 
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -299,39 +259,36 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
                                                                 description=__doc__.splitlines()[0]))
 
 
-def run(args: argparse.Namespace, out=sys.stdout) -> dict:
+def run(args: argparse.Namespace, out=sys.stdout) -> harness.Record:
+    """`bitttt bench ttt`: declares the cases, the harness checks and times them; writes --json."""
     device = getattr(args, "device", "cpu")
     check_device(device)
-    torch.set_num_threads(args.threads)
     batches, tokens = ([1], [512, 2048]) if args.quick else (args.batch, args.tokens)
-    info = _C.build_info()
+    isa = _C.build_info()["ttt_isa"]
     where = (f"{torch.cuda.get_device_name()}, CUDA kernels {_native.C_cuda.build_info()['archs']}"
-             if device == "cuda" else f"{args.threads} threads, kernels {info['ttt_isa']}")
-    print(f"bitttt bench ttt: torch {torch.__version__}, {where}, "
-          f"H={args.heads} D={args.head_dim} b={args.mini_batch}", file=out)
-    peaks = None
-    if device == "cpu" and not getattr(args, "no_peaks", False):
-        peaks = peak.measure_peaks([args.threads], peak.QUICK_READ_BYTES if args.quick else peak.READ_BYTES,
-                                   peak.QUICK_RUN_S if args.quick else peak.RUN_S)
-        fp32 = peaks.fp32(info["ttt_isa"], args.threads)
-        print(f"peak:    FP32 FMA {info['ttt_isa']} {f'{fp32:.0f} GFLOP/s' if fp32 else '- (no FMA peak for this ISA)'} "
-              f"at {args.threads} threads (bitttt bench peak)", file=out, flush=True)
-    config = bench_config_cuda if device == "cuda" else bench_config
-    rows = []
+             if device == "cuda" else f"{args.threads} threads, kernels {isa}")
+    print(f"bitttt bench ttt: torch {torch.__version__}, {where}, H={args.heads} D={args.head_dim} "
+          f"b={args.mini_batch}; >= {args.rounds} interleaved rounds, median [min-max]", file=out, flush=True)
+    peaks = harness.Peaks([args.threads], quick=args.quick) if device == "cpu" and not args.no_peaks else None
+    settings = {k: getattr(args, k) for k in ("heads", "head_dim", "mini_batch", "threads", "rounds", "no_compile",
+                                              "ref_grad_max_tokens", "quick")}
+    record = harness.Record("ttt", {**settings, "batch": batches, "tokens": tokens, "device": device,
+                                    "ttt_isa": isa, "shared_machine": args.shared}, peaks)
+    results = []
     for B in batches:
         for T in tokens:
-            r = config(B, T, args.heads, args.head_dim, args.mini_batch, args.repeat, not args.no_compile,
-                       args.ref_grad_max_tokens)
-            if peaks is not None:
-                add_peak_pct(r, peaks, info["ttt_isa"], args.threads)
-            rows.append(r)
-            print(format_row(r), file=out, flush=True)
-    report = {"benchmark": "ttt_linear", "time": time.time(), "torch": torch.__version__, "threads": args.threads,
-              "isa": info["ttt_isa"], "device": device, "peaks": peaks.to_json() if peaks else None, "rows": rows}
+            cs = cases(B, T, args.heads, args.head_dim, args.mini_batch, device, not args.no_compile,
+                       args.ref_grad_max_tokens, args.threads)
+            rs = harness.run_cases(cs, harness.Settings(rounds=args.rounds))
+            add_peak_pct(rs, peaks, isa)
+            print(format_results(rs), file=out, flush=True)
+            results += rs
+            gc.collect()
+    record.finish(results)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-    return report
+        record.write(args.json)
+        print(f"wrote {args.json}", file=out)
+    return record
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,14 +14,16 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--head-dim", type=int, default=64, help="head size D (default 64)")
     p.add_argument("--mini-batch", type=int, default=16, help="TTT mini-batch b (default 16)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    p.add_argument("--repeat", type=int, default=3, help="timed calls of the op per measurement (default 3)")
+    p.add_argument("--rounds", "--repeat", type=int, default=5,
+                   help="interleaved rounds per case, every contender once per round (default 5)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd reference")
     p.add_argument("--no-peaks", action="store_true",
                    help="skip measuring the FP32 FMA peak (bitttt bench peak) and the %% of peak column")
     p.add_argument("--ref-grad-max-tokens", type=int, default=8192,
                    help="run the reference's forward+backward only up to B*T tokens (it is slow; default 8192)")
     p.add_argument("--quick", action="store_true", help="B=1, T=512 and 2048 only")
-    p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--json", help="also write the result record (bitttt/bench/harness.py) to this file")
+    p.add_argument("--shared", action="store_true", help="record that other work shared the machine meanwhile")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="where the op and the reference run (default cpu; cuda: CUDA-event timing)")
     return p

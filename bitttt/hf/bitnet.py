@@ -23,7 +23,7 @@ from torch import nn
 
 from bitttt import ops
 from bitttt.errors import ConfigError
-from bitttt.model import CausalLMOutput, ModelCache
+from bitttt.model import CausalLMOutput, ModelCache, next_positions
 
 MODEL_TYPE = "bitnet"
 
@@ -152,7 +152,7 @@ class RMSNorm(nn.Module):
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
     """cos, sin [T, D] for rotate-half RoPE (transformers' default rope), in dtype."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim)
-    freqs = positions.float()[:, None] * inv_freq[None, :]
+    freqs = positions.float()[..., None] * inv_freq  # [T, D/2], or [B, 1, 1, D/2] for positions [B, 1, 1]
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -220,6 +220,8 @@ class Attention(nn.Module):
         k = k.view(B, T, Hkv, D).transpose(1, 2)  # [B, Hkv, T, D]
         v = v.view(B, T, Hkv, D).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if isinstance(state, list):  # a row batch (bitttt.generate.decode_rows): one token and cache per row
+            return self._attend_rows(q, k, v, state)
         if state is not None:  # a prefill keeps its k, v as they are; the first decode step makes the buffer
             k, v = append_kv(state[0], k), append_kv(state[1], v)
         past = k.shape[2] - T
@@ -232,6 +234,20 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         y = y.transpose(1, 2).reshape(B, T, H * D)
         return self.o_proj(self.attn_sub_norm(y)), (k, v)
+
+    def _attend_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, states: list):
+        """q [B, H, 1, D], k, v [B, H_kv, 1, D]; row i attends over states[i] ((k, v) [1, H_kv, T_i, D]
+        or None) and its new token. The output projection runs once over all rows."""
+        B, H, _, D = q.shape
+        ys, new_states = [], []
+        for i, state in enumerate(states):
+            ki, vi = k[i:i + 1], v[i:i + 1]
+            if state is not None:
+                ki, vi = append_kv(state[0], ki), append_kv(state[1], vi)
+            ys.append(one_token_attention(q[i:i + 1], ki, vi))
+            new_states.append((ki, vi))
+        y = torch.cat(ys).transpose(1, 2).reshape(B, 1, H * D)
+        return self.o_proj(self.attn_sub_norm(y)), new_states
 
 
 class MLP(nn.Module):
@@ -301,7 +317,10 @@ class BitNetForCausalLM(nn.Module):
         pos = cache.pos if cache is not None else 0
         states = cache.states if cache is not None else [None] * len(self.layers)
         x = self.embed_tokens(input_ids)  # [B, T, C]
-        positions = torch.arange(pos, pos + input_ids.shape[1], device=x.device)
+        if isinstance(pos, list):  # a row batch: one token per row, each at its own position
+            positions = torch.tensor(pos, device=x.device).view(-1, 1, 1)  # cos, sin [B, 1, 1, D]
+        else:
+            positions = torch.arange(pos, pos + input_ids.shape[1], device=x.device)
         cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
         new_states = []
         for layer, state in zip(self.layers, states):
@@ -313,7 +332,7 @@ class BitNetForCausalLM(nn.Module):
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
-        return CausalLMOutput(logits, loss, ModelCache(new_states, pos + input_ids.shape[1]) if use_cache else None)
+        return CausalLMOutput(logits, loss, ModelCache(new_states, next_positions(pos, input_ids.shape[1])) if use_cache else None)
 
 
 def decode_bytes_per_token(model: nn.Module) -> dict[str, int]:

@@ -61,34 +61,91 @@ def is_hf_folder(path: str) -> bool:
     return isinstance(d, dict) and d.get("model_type") not in (None, BITTTT_TYPE)
 
 
+def _hf_rules() -> dict[str, Any]:
+    """What each config.json field bitttt reads accepts, in bitttt.config's terms (its own
+    config's checks): a bad type or range is one ConfigError naming field, value and expectation."""
+    from bitttt.config import BOOL, POSITIVE, POSITIVE_INT, Accepts
+
+    count = Accepts(int, 0, optional=True)
+    return {"vocab_size": POSITIVE_INT, "hidden_size": POSITIVE_INT, "intermediate_size": POSITIVE_INT,
+            "num_hidden_layers": POSITIVE_INT, "num_attention_heads": POSITIVE_INT,
+            "num_key_value_heads": Accepts(int, 1, optional=True), "head_dim": count,
+            "hidden_act": Accepts(str, choices=("relu2",), optional=True), "rms_norm_eps": Accepts(float, 0, 1, True, optional=True),
+            "rope_theta": Accepts(float, 0, open_low=True, optional=True), "max_position_embeddings": Accepts(int, 1, optional=True),
+            "tie_word_embeddings": Accepts(bool, optional=True), "attention_bias": Accepts(bool, optional=True),
+            "bos_token_id": count, "dtype": Accepts(str, optional=True), "torch_dtype": Accepts(str, optional=True)}
+
+
+def _checked(cfg_path: str, d: dict[str, Any], rules: dict[str, Any]) -> dict[str, Any]:
+    """d's fields that have a rule and a value, checked (and converted: 1e-5 stays a float, 64.0 -> 64)."""
+    out = {}
+    for key, rule in rules.items():
+        if key not in d:
+            continue
+        try:
+            out[key] = rule.check(d[key])
+        except ValueError:
+            text = repr(d[key])
+            raise ConfigError(f"{cfg_path}: {key}: expected {rule.describe()}, got "
+                              f"{text if len(text) <= 60 else text[:57] + '...'}", hint=HINT) from None
+    return out
+
+
+def _dict_field(cfg_path: str, d: dict[str, Any], key: str) -> dict[str, Any]:
+    value = d.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{cfg_path}: {key}: expected a JSON object or null, got {str(value)[:60]!r}", hint=HINT)
+    return value
+
+
+def _eos_ids(cfg_path: str, value: Any) -> Any:
+    ids = [value] if isinstance(value, int) else value
+    if value is not None and not (isinstance(ids, list) and all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids)):
+        raise ConfigError(f"{cfg_path}: eos_token_id: expected an id >= 0, a list of ids or null, "
+                          f"got {str(value)[:60]!r}", hint=HINT)
+    return value
+
+
 def read_config(path: str) -> BitNetConfig:
-    """config.json of an HF folder -> BitNetConfig; ConfigError for another model or an unsupported option."""
+    """config.json of an HF folder -> BitNetConfig; ConfigError for another model, an unsupported
+    option, or a field of the wrong type or range."""
     cfg_path = os.path.join(path, CONFIG_FILE)
     d = read_json(cfg_path)
     if d.get("model_type") != MODEL_TYPE:
-        raise ConfigError(f"{cfg_path}: model_type {d.get('model_type')!r} is not {MODEL_TYPE!r}",
+        raise ConfigError(f"{cfg_path}: model_type {str(d.get('model_type'))[:60]!r} is not {MODEL_TYPE!r}",
                           hint="bitttt loads BitNet b1.58 folders (model_type bitnet) and its own runs")
-    rope = d.get("rope_parameters") or {}
-    if d.get("rope_scaling") or rope.get("rope_type", "default") != "default":
-        raise ConfigError(f"{cfg_path}: rope scaling {d.get('rope_scaling') or rope} is not supported",
+    rope = _dict_field(cfg_path, d, "rope_parameters")
+    rope_scaling = d.get("rope_scaling")
+    if rope_scaling or rope.get("rope_type", "default") != "default":
+        raise ConfigError(f"{cfg_path}: rope scaling {str(rope_scaling or rope)[:100]} is not supported",
                           hint="only the default RoPE of BitNet b1.58 is implemented")
-    quant = d.get("quantization_config") or {}
+    quant = _dict_field(cfg_path, d, "quantization_config")
     if quant and (quant.get("quant_method") != "bitnet" or quant.get("use_rms_norm")
-                  or quant.get("linear_class", "bitlinear") not in ("bitlinear", "autobitlinear")):
-        raise ConfigError(f"{cfg_path}: quantization_config {quant} is not supported",
+                  or quant.get("linear_class", "bitlinear") not in ("bitlinear", "autobitlinear")
+                  or quant.get("quantization_mode", "offline") not in ("offline", "online")):
+        raise ConfigError(f"{cfg_path}: quantization_config {str(quant)[:200]} is not supported",
                           hint="expected quant_method bitnet, linear_class bitlinear|autobitlinear, no use_rms_norm")
-    names = {f for f in BitNetConfig.__dataclass_fields__} - {"rope_theta", "dtype", "quantization", "ternary"}
-    kwargs = {k: d[k] for k in names if d.get(k) is not None}
+    rules = _hf_rules()
+    fields = _checked(cfg_path, d, rules)
+    if "rope_theta" in rope:
+        fields["rope_theta"] = _checked(cfg_path, {"rope_parameters.rope_theta": rope["rope_theta"]},
+                                        {"rope_parameters.rope_theta": rules["rope_theta"]})["rope_parameters.rope_theta"]
+    names = set(BitNetConfig.__dataclass_fields__) - {"dtype", "quantization", "ternary"}
+    kwargs = {k: v for k, v in fields.items() if k in names and v is not None}
+    kwargs["eos_token_id"] = _eos_ids(cfg_path, d.get("eos_token_id"))
+    if "bos_token_id" in d:
+        kwargs["bos_token_id"] = fields["bos_token_id"]
     try:
-        config = BitNetConfig(**kwargs, rope_theta=float(rope.get("rope_theta", d.get("rope_theta", 500000.0))),
-                              dtype=str(d.get("dtype") or d.get("torch_dtype") or "bfloat16"), quantization=quant)
+        config = BitNetConfig(**kwargs, dtype=fields.get("dtype") or fields.get("torch_dtype") or "bfloat16",
+                              quantization=quant)
     except (TypeError, ValueError, ZeroDivisionError) as e:
         raise ConfigError(f"{cfg_path}: bad value ({e})", hint=HINT) from None
-    ints = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-            "num_key_value_heads", "head_dim")
-    bad = [k for k in ints if not isinstance(getattr(config, k), int) or getattr(config, k) <= 0]
-    if bad or config.num_attention_heads * config.head_dim != config.hidden_size:
-        raise ConfigError(f"{cfg_path}: bad sizes {bad or 'num_attention_heads * head_dim != hidden_size'}", hint=HINT)
+    if config.num_attention_heads * config.head_dim != config.hidden_size:
+        raise ConfigError(f"{cfg_path}: num_attention_heads * head_dim ({config.num_attention_heads} * "
+                          f"{config.head_dim}) != hidden_size ({config.hidden_size})", hint=HINT)
     return config
 
 

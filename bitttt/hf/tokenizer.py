@@ -6,8 +6,13 @@ when it is installed, else a plain "role: content" fallback.
 
 from __future__ import annotations
 
+import json
 import os
+import queue
 import re
+import subprocess
+import sys
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,6 +23,8 @@ from bitttt.tokenizer import Tokenizer, _byte_level_decoder_table
 
 GENERATION_CONFIG = "generation_config.json"
 BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")  # sentencepiece byte tokens
+TEMPLATE_DEADLINE_S = 5.0  # a chat template renders in milliseconds; one that takes seconds loops
+TEMPLATE_HINT = "the folder's chat_template rejected these messages or hit a limit; fix or remove it"
 
 
 def _token_text(value: Any) -> str | None:
@@ -43,6 +50,7 @@ class HFTokenizer(Tokenizer):
         self._eos_ids = frozenset((eos_id, *more_eos_ids))
         self.n_tokens = tok.get_vocab_size(with_added_tokens=True)
         self.chat_template, self.bos_text, self.eos_text = chat_template, bos_text, eos_text
+        self._renderer: TemplateRenderer | None = None  # started at the first chat turn
         specials = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
         table = _byte_level_decoder_table() if byte_level else None
         self._bytes = [b""] * self.n_tokens
@@ -75,7 +83,14 @@ class HFTokenizer(Tokenizer):
         return self._eos_ids
 
     def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False).ids
+        try:
+            return self.tok.encode(text, add_special_tokens=False).ids
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # tokenizers' own errors, and PanicException (a BaseException)
+            raise ConfigError(f"tokenizer.json cannot encode this text ({type(e).__name__}: {str(e)[:200]})",
+                              hint="the folder's tokenizer is damaged or incomplete (e.g. a WordLevel "
+                                   "vocabulary without its unk_token)") from None
 
     def token_bytes(self, token_id: int) -> bytes:
         return self._bytes[token_id] if 0 <= token_id < self.n_tokens else b""
@@ -94,8 +109,10 @@ class HFTokenizer(Tokenizer):
         if self.chat_template is None or not _have_jinja():
             text = "".join(f"{m['role'].capitalize()}: {m['content']}{self.eos_text}" for m in msgs)
             return text + ("Assistant: " if add_assistant else "")
-        return _render(self.chat_template, messages=msgs, add_generation_prompt=add_assistant,
-                       bos_token=self.bos_text, eos_token=self.eos_text)
+        if self._renderer is None:
+            self._renderer = TemplateRenderer()
+        return self._renderer.render(self.chat_template, dict(messages=msgs, add_generation_prompt=add_assistant,
+                                                              bos_token=self.bos_text, eos_token=self.eos_text))
 
     def save(self, path: str) -> None:
         self.tok.save(path)
@@ -109,20 +126,61 @@ def _have_jinja() -> bool:
     return True
 
 
-def _render(template: str, **context: Any) -> str:
-    """Renders a chat template as transformers does: sandboxed, trim_blocks and lstrip_blocks."""
-    from jinja2.exceptions import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+class TemplateRenderer:
+    """Renders chat templates in a child process (bitttt/hf/template_worker.py) with a deadline:
+    a template that loops or allocates without end is killed there and answered with a
+    ConfigError here; the next render starts a fresh child. One child per tokenizer, started at
+    the first render; it exits when this process closes its stdin (close(), or exit)."""
 
-    def raise_exception(message: str) -> None:
-        raise TemplateError(message)
+    def __init__(self, deadline_s: float = TEMPLATE_DEADLINE_S) -> None:
+        self.deadline_s = deadline_s
+        self._proc: subprocess.Popen | None = None
+        self._answers: queue.Queue = queue.Queue()
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = raise_exception
-    try:
-        return env.from_string(template).render(**context)
-    except TemplateError as e:
-        raise ConfigError(f"chat template: {e}", hint="the folder's chat_template rejected these messages") from None
+    def _start(self) -> subprocess.Popen:
+        worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "template_worker.py")
+        proc = subprocess.Popen([sys.executable, "-I", worker], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True, encoding="utf-8", bufsize=1)
+        answers = self._answers = queue.Queue()  # this child's own: a killed one's late lines go nowhere
+
+        def read() -> None:
+            for line in proc.stdout:
+                answers.put(line)
+            answers.put(None)
+        threading.Thread(target=read, name="chat-template", daemon=True).start()
+        return proc
+
+    def render(self, template: str, context: dict[str, Any]) -> str:
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = self._start()
+        try:
+            self._proc.stdin.write(json.dumps({"template": template, "context": context}) + "\n")
+            self._proc.stdin.flush()
+            line = self._answers.get(timeout=self.deadline_s)
+        except queue.Empty:
+            self.close()
+            raise ConfigError(f"chat template: rendering took longer than {self.deadline_s:g} s; stopped",
+                              hint="the folder's chat_template loops too long; fix or remove it") from None
+        except OSError as e:  # the child died under us (killed, or out of memory at start)
+            self.close()
+            raise ConfigError(f"chat template: the renderer stopped ({e})", hint=TEMPLATE_HINT) from None
+        answer = json.loads(line) if line else {"error": "the renderer exited"}
+        if line is None:
+            self.close()
+        if "error" in answer:
+            raise ConfigError(f"chat template: {answer['error']}", hint=TEMPLATE_HINT)
+        return answer["text"]
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()  # our own child, by its handle
+            proc.wait()
+            for f in (proc.stdin, proc.stdout):
+                try:
+                    f.close()
+                except OSError:
+                    pass
 
 
 def _chat_template(path: str, tok_config: dict[str, Any]) -> str | None:
@@ -131,8 +189,12 @@ def _chat_template(path: str, tok_config: dict[str, Any]) -> str | None:
         t = next((x.get("template") for x in t if isinstance(x, dict) and x.get("name") == "default"), None)
     jinja_file = os.path.join(path, "chat_template.jinja")
     if not isinstance(t, str) and os.path.isfile(jinja_file):
-        with open(jinja_file, encoding="utf-8") as f:
-            t = f.read()
+        try:
+            with open(jinja_file, encoding="utf-8") as f:
+                t = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{jinja_file}: unreadable ({type(e).__name__}: {str(e)[:120]})",
+                              hint="a chat template is UTF-8 text; fix or remove the file") from None
     return t if isinstance(t, str) and t.strip() else None
 
 
@@ -146,8 +208,10 @@ def load_hf_tokenizer(path: str, config: BitNetConfig) -> HFTokenizer:
         from tokenizers import Tokenizer as RustTokenizer
 
         tok = RustTokenizer.from_file(tok_path)
-    except Exception as e:
-        raise ConfigError(f"{tok_path}: not a tokenizer ({e})", hint=HINT) from None
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # also PanicException, a BaseException, from a tokenizer.json tokenizers chokes on
+        raise ConfigError(f"{tok_path}: not a tokenizer ({type(e).__name__}: {str(e)[:200]})", hint=HINT) from None
 
     def special(key: str, fallback_id: int | None) -> tuple[int | None, str]:
         text = _token_text(tok_config.get(key))

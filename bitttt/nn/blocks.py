@@ -38,8 +38,9 @@ class Rotary(nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x [..., T, D], positions [T] (int) -> x rotated, same dtype: each pair (x[2i], x[2i+1])
-        turned by the angle positions * inv_freq[i]."""
-        angles = positions.float()[:, None] * self.inv_freq[None, :]  # [T, D/2]
+        turned by the angle positions * inv_freq[i]. positions [B, 1, 1] rotates x [..., B, H, 1, D]
+        row by row (a row batch, one token per row)."""
+        angles = positions.float()[..., None] * self.inv_freq  # [T, D/2] ([B, 1, 1, D/2] for a row batch)
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         if x.dtype in (torch.float32, torch.float64) and x.stride(-1) == 1:
             # The pair as a complex number times cos + i sin: one op forward and backward where
@@ -90,6 +91,11 @@ class Attention(nn.Module):
                 pos: int = 0, use_cache: bool = False) -> tuple[torch.Tensor, tuple | None]:
         B, T, C = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # [3, B, H, T, D]
+        if isinstance(state, list):  # a row batch (bitttt.model.decode_rows): row i at pos[i], its own cache
+            positions = torch.tensor(pos, device=x.device).view(B, 1, 1)
+            q, k = self.rotary(qkv[:2], positions).unbind(0)
+            y, states = self._attend_rows(q, k, qkv[2], state)
+            return self.out(y), states
         positions = torch.arange(pos, pos + T, device=x.device)
         q, k = self.rotary(qkv[:2], positions).unbind(0)  # q and k in one rotation
         v = qkv[2]
@@ -105,6 +111,20 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.out(y), ((k, v) if use_cache else None)
+
+    @staticmethod
+    def _attend_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, states: list) -> tuple[torch.Tensor, list]:
+        """One new token per row, each row attending over its own past: q, k, v [B, H, 1, D],
+        states[i] = (k, v) [1, H, T_i, D] or None -> y [B, 1, H*D], the rows' new states."""
+        B, H, _, D = q.shape
+        ys, new_states = [], []
+        for i, state in enumerate(states):
+            ki, vi = k[i:i + 1], v[i:i + 1]
+            if state is not None:
+                ki, vi = torch.cat((state[0], ki), dim=2), torch.cat((state[1], vi), dim=2)
+            ys.append(F.scaled_dot_product_attention(q[i:i + 1], ki, vi))
+            new_states.append((ki, vi))
+        return torch.cat(ys).transpose(1, 2).reshape(B, 1, H * D), new_states
 
 
 # ---------------------------------------------------------------------------------------

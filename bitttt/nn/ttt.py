@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bitttt import ops, reference
+from bitttt import ops
 from bitttt.nn.bitlinear import BitLinear
+from bitttt.nn.ttt_mlp_torch import ttt_mlp_torch
 
 
 @dataclass
@@ -31,9 +32,10 @@ class TTTCache:
 
 
 def rope_cos_sin(pos: torch.Tensor, D: int, theta: float, dtype: torch.dtype):
-    """cos, sin [T, D] of rotary embeddings for integer positions pos [T] (rotate-half layout)."""
+    """cos, sin [T, D] of rotary embeddings for integer positions pos [T] (rotate-half layout);
+    any pos shape [...] gives [..., D]."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, D, 2, device=pos.device, dtype=torch.float32) / D))
-    freqs = pos.float()[:, None] * inv_freq[None, :]           # [T, D/2]
+    freqs = pos.float()[..., None] * inv_freq                 # [T, D/2] (or [..., D/2] for pos [...])
     emb = torch.cat((freqs, freqs), dim=-1)                   # [T, D]
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -110,23 +112,34 @@ class _TTTBase(nn.Module):
 
     def _project(self, x: torch.Tensor, cache: TTTCache | None):
         """q, k, v [B,H,T,D] and lr [B,H,T] for x [B,T,C]; advances the conv cache."""
-        B, T, C = x.shape
+        T = x.shape[1]
+        pos0 = cache.pos if cache is not None else 0
+        pos = torch.arange(T, device=x.device) + pos0  # [T]
+        q, k, v, lr, new_prev = self._project_at(x, cache.conv if cache is not None else None, pos)
+        if cache is not None and new_prev is not None:
+            cache.conv = new_prev.detach()
+        return q, k, v, lr
+
+    def _project_at(self, x: torch.Tensor, prev: torch.Tensor | None, pos: torch.Tensor):
+        """_project with the conv's previous inputs prev [B,K−1,C] (or None) and absolute
+        positions pos [T], or [B,1,1] for one token per row at its own position (step_rows).
+        Returns q, k, v, lr and the conv's next previous inputs (None without a conv)."""
+        new_prev = None
         if self.use_conv:
             qk = self.qk_proj(x)
-            prev = cache.conv if cache is not None else None
             q, new_prev = self.conv_q(qk, prev)
             k, _ = self.conv_k(qk, prev)
-            if cache is not None:
-                cache.conv = new_prev.detach()
         else:
             q, k = self.q_proj(x), self.k_proj(x)
         q, k, v = self._heads(q), self._heads(k), self._heads(self.v_proj(x))
-        pos0 = cache.pos if cache is not None else 0
-        pos = (torch.arange(T, device=x.device) + pos0) % self.mini_batch_size
-        cos, sin = rope_cos_sin(pos, self.head_dim, self.rope_theta, q.dtype)
+        cos, sin = rope_cos_sin(pos % self.mini_batch_size, self.head_dim, self.rope_theta, q.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        lr = self.base_lr * torch.sigmoid(self.lr_proj(x)).transpose(1, 2) / self.head_dim  # [B,H,T]
-        return q, k, v, lr
+        if pos.dim() == 3:  # a row batch: a float GEMM's rounding depends on M, and each row must get what it gets alone
+            lr_logit = torch.cat([self.lr_proj(x[i:i + 1]) for i in range(x.shape[0])])
+        else:
+            lr_logit = self.lr_proj(x)
+        lr = self.base_lr * torch.sigmoid(lr_logit).transpose(1, 2) / self.head_dim  # [B,H,T]
+        return q, k, v, lr, new_prev
 
     def _output(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
@@ -152,6 +165,30 @@ class _TTTBase(nn.Module):
         cache.pos += 1
         return self._output(x, out.unsqueeze(2))[:, 0]
 
+    @torch.no_grad()
+    def step_rows(self, x: torch.Tensor, caches: list[TTTCache]) -> torch.Tensor:
+        """One token for each of B independent sequences (bitttt serve's batch): x [B,C] -> [B,C],
+        row i continuing caches[i] (each a batch-1 cache at its own position, updated in place).
+        The projections run once over all rows (one ternary GEMM with M = B); the inner model,
+        whose mini-batch depends on each row's position, steps row by row on the row's state."""
+        B, C = x.shape
+        x = x.unsqueeze(1)  # [B,1,C]
+        pos = torch.tensor([c.pos for c in caches], device=x.device).view(B, 1, 1)  # cos, sin [B,1,1,D]
+        prev = None
+        if self.use_conv:
+            K1 = self.conv_q.kernel - 1
+            prev = torch.cat([c.conv if c.conv is not None else x.new_zeros(1, K1, C) for c in caches])
+        q, k, v, lr, new_prev = self._project_at(x, prev, pos)
+        outs = []
+        for i, cache in enumerate(caches):
+            out, cache.state = self._inner_step(q[i:i + 1, :, 0], k[i:i + 1, :, 0], v[i:i + 1, :, 0],
+                                                lr[i:i + 1, :, 0], cache.state)
+            outs.append(out)
+            cache.pos += 1
+            if new_prev is not None:
+                cache.conv = new_prev[i:i + 1].clone()  # its own tensor: the batch's is freed with the step
+        return self._output(x, torch.cat(outs).unsqueeze(2))[:, 0]
+
 
 class TTTLinear(_TTTBase):
     """TTT layer with a linear inner model (design §3) on the C++ op `bitttt.ops.ttt_linear`."""
@@ -176,8 +213,8 @@ class TTTLinear(_TTTBase):
 
 class TTTMLP(_TTTBase):
     """TTT layer with a 2-layer MLP inner model, hidden 4·D, on the C++ op `bitttt.ops.ttt_mlp`
-    (CPU). The op has no CUDA kernel yet: on other devices the layer runs the pure-torch
-    reference (`bitttt.reference.ttt_mlp`), with the same state (an ops.TTTMLPState)."""
+    (CPU). The op has no CUDA kernel yet: on other devices the layer runs its plain-torch
+    composition (`bitttt.nn.ttt_mlp_torch`), with the same state (an ops.TTTMLPState)."""
 
     def __init__(self, hidden_size: int, num_heads: int, **kw) -> None:
         super().__init__(hidden_size, num_heads, **kw)
@@ -194,8 +231,7 @@ class TTTMLP(_TTTBase):
         if q.device.type == "cpu":
             out, state = ops.ttt_mlp(*args, state=state)
         else:
-            out, state = reference.ttt_mlp(*args, state=state)
-            state = ops.TTTMLPState(*state)
+            out, state = ttt_mlp_torch(*args, state=state)
         return out.to(q.dtype), state
 
     def _inner_step(self, q, k, v, lr, state):

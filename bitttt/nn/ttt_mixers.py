@@ -4,7 +4,8 @@ Adapts a TTT layer (`layer(x, cache)` updating a TTTCache in place, `layer.step(
 one token) to the mixer call of bitttt.nn.blocks: `mixer(x, state, pos, use_cache) -> (y, state)`.
 Prefills work on a copy of the incoming cache object; one-token steps without autograd use
 the layer's in-place decode (`ttt_linear_decode_`), so the TTT state tensors of the cache
-passed in are consumed: keep a deep copy to go back to a state.
+passed in are consumed: keep a deep copy to go back to a state. A row batch (state a list of
+per-row caches, pos a list of their positions) steps independent sequences together.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ class TTTMixer(nn.Module):
                 use_cache: bool = False) -> tuple[torch.Tensor, TTTCache | None]:
         if state is None and not use_cache:
             return self.layer(x), None
+        if isinstance(state, list):  # a row batch (bitttt.model.decode_rows): one cache per row
+            caches = [dataclasses.replace(s) if s is not None else TTTCache(pos=p) for s, p in zip(state, pos)]
+            return self.layer.step_rows(x[:, 0], caches).unsqueeze(1), caches
         cache = dataclasses.replace(state) if state is not None else TTTCache(pos=pos)
         if x.shape[1] == 1 and not torch.is_grad_enabled():
             return self.layer.step(x[:, 0], cache).unsqueeze(1), cache

@@ -83,6 +83,14 @@ const Bt2Kernels& active_kernels() {
   return chosen;
 }
 
+const Lut16Kernels& active_lut16_kernels() {
+#if defined(BITTTT_X86)
+  const std::string name = active_kernels().name;
+  if (name == "avx2" || name == "avx512" || name == "avx512_emulated") return lut16_kernels_avx2();
+#endif
+  return lut16_kernels_scalar();
+}
+
 void set_isa(const std::string& name) { g_active.store(&choose(name), std::memory_order_release); }
 
 }  // namespace bitttt::ternary

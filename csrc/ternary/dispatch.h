@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "ternary/bt2.h"
+#include "ternary/lut16.h"
 
 namespace bitttt::ternary {
 
@@ -12,6 +13,10 @@ namespace bitttt::ternary {
 // or the CPU; throws std::runtime_error naming the choices if BITTTT_ISA asks for one this
 // CPU lacks.
 const Bt2Kernels& active_kernels();
+// The lut16 kernels (lut16.h) that go with the active kernel set: AVX2 lookups for avx2 and
+// avx512 (the CPU has AVX2; whether they beat the avx512 BT2 kernel is measured per shape),
+// the scalar reference otherwise.
+const Lut16Kernels& active_lut16_kernels();
 // Forces a kernel set by name ("scalar", "avx2", "avx512", "avx512_emulated", "neon",
 // "neon_dotprod", or "auto").
 void set_isa(const std::string& name);

@@ -80,7 +80,8 @@ Kernels kernels();
 }
 #endif
 
-// Name of the kernel set in use ("avx2" or "generic"; BITTTT_ISA=scalar forces generic).
+// Name of the kernel set in use: "avx2", or "generic" where the ternary ISA (BITTTT_ISA or
+// _C.set_isa) is "scalar" or the CPU has no AVX2.
 const char* active_isa();
 
 }  // namespace bitttt::ttt_mlp

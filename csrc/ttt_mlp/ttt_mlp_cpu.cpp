@@ -8,13 +8,14 @@
 #include <torch/csrc/stable/tensor.h>
 
 #include <algorithm>
-#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <tuple>
 #include <type_traits>
 #include <vector>
 
 #include "cpu_features.h"
+#include "ternary/dispatch.h"
 #include "ttt_mlp/ttt_mlp.h"
 
 namespace bitttt::ttt_mlp {
@@ -26,17 +27,17 @@ using torch::stable::Tensor;
 // Below this many multiply-adds a call stays on one thread: waking the pool costs more.
 constexpr int64_t kMinMacsPerThread = 1 << 20;
 
+// The kernel set for the ternary kernels' ISA (BITTTT_ISA or _C.set_isa, csrc/ternary/dispatch.h):
+// the AVX2 kernels serve avx2 and above, "scalar" (and every non-x86 set) the generic ones.
+// Asked on every call, so that set_isa switches these kernels too.
 const Kernels& active_kernels() {
-  static const Kernels k = [] {
+  static const Kernels generic_set = generic::kernels();
 #if defined(BITTTT_X86)
-    const char* env = std::getenv("BITTTT_ISA");
-    const bool force_scalar = env != nullptr && std::string(env) == "scalar";
-    const CpuFeatures& f = cpu_features();
-    if (!force_scalar && f.avx2 && f.fma) return avx2::kernels();
+  static const Kernels avx2_set = avx2::kernels();
+  const CpuFeatures& f = cpu_features();
+  if (f.avx2 && f.fma && std::strcmp(ternary::active_kernels().name, "scalar") != 0) return avx2_set;
 #endif
-    return generic::kernels();
-  }();
-  return k;
+  return generic_set;
 }
 
 template <typename T>

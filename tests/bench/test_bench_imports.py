@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 BENCH_MODULES = ["bitttt.bench.peak", "bitttt.bench.ternary", "bitttt.bench.ternary_cuda", "bitttt.bench.ttt",
-                 "bitttt.bench.bitnet", "bitttt.bench.ttt_flags"]
+                 "bitttt.bench.bitnet", "bitttt.bench.ttt_flags", "bitttt.bench.harness", "bitttt.bench.train",
+                 "bitttt.bench.train_flags", "bitttt.bench.nanogpt"]
 
 
 def test_bench_modules_and_their_parsers_load_without_the_cli():

@@ -124,19 +124,20 @@ def test_measure_peaks_in_process():
 
 @pytest.mark.integration
 def test_cli_quick_json(tmp_path):
+    from bitttt.bench import harness
+
     path = tmp_path / "peaks.json"
     r = subprocess.run([sys.executable, "-m", "bitttt", "bench", "peak", "--quick", "--read-bytes", "64M",
                         "--json", str(path)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    report = json.loads(path.read_text())
-    assert report["machine"].startswith(report["cpu"]["model"]) and "threads 1, 2" in report["machine"]
-    assert report["machine"] in r.stdout
-    assert [e["threads"] for e in report["entries"]] == [1, 2]
-    for entry in report["entries"]:
-        values = {name: p["value"] for name, p in entry["peaks"].items()}
-        assert set(values) == set(KERNELS) | {"read"}
-        assert all(values[n] > 0 for n in [*AVAILABLE, "read"]), values
-        assert all(values[n] is None and entry["peaks"][n]["note"] == peak.NOT_ON_CPU for n in MISSING)
+    record = json.loads(path.read_text())
+    assert harness.check_record(record) == [] and record["bench"] == "peak"
+    got = {(c["contender"], c["threads"]) for c in record["cases"]}
+    assert got == {(n, t) for n in [*AVAILABLE, "read"] for t in (1, 2)}
+    assert all(c["rounds"] == 5 and 0 < c["min"] <= c["median"] <= c["max"] for c in record["cases"])
+    # The machine's peaks are each kernel's best pass
+    best = {(c["contender"], c["threads"]): c["max"] for c in record["cases"]}
+    assert record["machine"]["peaks"]["read_gbs"] == {str(t): round(best["read", t], 3) for t in (1, 2)}
 
 
 def test_cli_help_needs_no_torch():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bitttt import _C, ops
-from bitttt.bench import ternary
+from bitttt.bench import harness, ternary
 from bitttt.bench.ternary import TernaryBenchConfig
 from bitttt.errors import ConfigError
 
@@ -16,9 +16,13 @@ MB = ternary.MB
 
 
 def tiny_config(**overrides) -> TernaryBenchConfig:
-    base = dict(shapes=[(64, 300)], tokens=[3], threads=[1], regimes=["hot", "cold"], reps=2, warmup=1,
+    base = dict(shapes=[(64, 300)], tokens=[3], threads=[1], regimes=["hot", "cold"], reps=5, warmup=1,
                 cold_bytes=MB, peaks=False)
     return TernaryBenchConfig(**{**base, **overrides})
+
+
+def by_case(report) -> dict:
+    return report.rows()
 
 
 def test_copies_needed():
@@ -30,17 +34,20 @@ def test_copies_needed():
 def test_run_hot_and_cold_rows():
     out = io.StringIO()
     report = ternary.run(tiny_config(), out=out)
-    hot, cold = report.rows
-    assert (hot.regime, cold.regime) == ("hot", "cold")
-    assert all(t.copies == 1 for t in hot.timings.values())
+    hot, cold = by_case(report).values()
+    assert {r.extra["regime"] for r in hot.values()} == {"hot"}
+    assert all(r.extra["copies"] == 1 for r in hot.values())
     # Each contender cycles through >= cold_bytes of its own weights: the packed ones are 16x
     # smaller than float32, so there are 16x as many copies (up to rounding).
     packed_bytes = 64 * 512 // 4  # K=300 pads to 512
-    assert cold.timings["bitttt"].copies == -(-MB // packed_bytes)
-    assert cold.timings["fp32"].copies == -(-MB // (4 * 64 * 300))
-    assert cold.timings["bf16"].copies == -(-MB // (2 * 64 * 300))
-    assert all(t.reps == 2 for r in report.rows for t in r.timings.values())
+    assert cold["bitttt"].extra["copies"] == -(-MB // packed_bytes)
+    assert cold["fp32"].extra["copies"] == -(-MB // (4 * 64 * 300))
+    assert cold["bf16"].extra["copies"] == -(-MB // (2 * 64 * 300))
+    assert cold["int8pack"].extra["copies"] == cold["int8dyn"].extra["copies"] == -(-MB // (64 * 300))
+    assert set(hot) == {"bitttt", "fp32", "bf16", "int8pack", "int8dyn"}
+    assert all(r.rounds == 5 for r in report.results)
     assert "64x300" in out.getvalue()
+    assert harness.check_record(report.to_json()) == []
 
 
 def test_run_restores_threads_and_isa():
@@ -53,26 +60,29 @@ def test_isas_side_by_side():
     report = ternary.run(tiny_config(isas=list(_C.available_isas()), regimes=["hot"], baselines=["fp32"]),
                          out=io.StringIO())
     names = {f"bitttt-{i}" for i in _C.available_isas()} if len(_C.available_isas()) > 1 else {"bitttt"}
-    assert set(report.rows[0].timings) == names | {"fp32"}
-    assert set(report.rows[0].speedups) == {f"{n} vs fp32" for n in names}
+    (row,) = by_case(report).values()
+    assert set(row) == names | {"fp32"}
 
 
-def test_percent_of_peak():
-    # Small peaks (a 1 MiB read sits in cache: a number, not a bandwidth); decode rows divide
-    # by the read, prefill rows by the int8 peak of the kernel set that ran.
+def test_percent_of_peak(monkeypatch):
+    # Fixed peaks (harness.Peaks is tested on its own): decode rows divide weight GB/s by the
+    # read peak, prefill rows int8 MAC/s by the int8 peak of the kernel set that ran.
     isas = [i for i in ("scalar", "avx2", "avx512") if i in _C.available_isas()]
-    out = io.StringIO()
-    report = ternary.run(tiny_config(tokens=[1, 3], regimes=["hot"], isas=isas, baselines=["fp32"], peaks=True,
-                                     peak_run_s=0.001, peak_read_bytes=MB), out=out)
-    assert report.peaks is not None and "% of peak" in out.getvalue()
-    decode, prefill = report.rows
+    huge = {"read_gbs": {1: 1e6}, "int8_avx2_gmacs": {1: 1e6}, "int8_avx512_gmacs": {1: 1e6}}
+    monkeypatch.setattr(harness, "measure_peaks", lambda threads, quick=False: huge)
+    report = ternary.run(tiny_config(tokens=[1, 3], regimes=["hot", "cold"], isas=isas, baselines=["fp32"],
+                                     peaks=True), out=io.StringIO())
+    hot_decode, _, decode, prefill = by_case(report).values()
+    assert all("pct_of_peak" not in r.extra for r in hot_decode.values())  # cache, not DRAM
     for isa in isas:
         name = ternary.contender_name(isa, isas)
-        assert decode.peak_pct[name] == pytest.approx(
-            100 * decode.timings[name].gbps / report.peaks.read_gbs(1))
-        int8 = report.peaks.int8(isa, 1)
-        assert prefill.peak_pct[name] == (pytest.approx(100 * prefill.timings[name].gops / 2 / int8) if int8 else None)
-    assert report.to_json()["peaks"]["entries"][0]["threads"] == 1
+        assert decode[name].extra["pct_of_peak"] == pytest.approx(100 * decode[name].extra["gbps"] / 1e6)
+        want = 100 * prefill[name].extra["gops"] / 2 / 1e6 if isa != "scalar" else None
+        assert prefill[name].extra.get("pct_of_peak") == (pytest.approx(want) if want else None)
+        # the rates come from the median time, not from anything else
+        d = decode[name]
+        assert d.extra["gbps"] == pytest.approx(d.extra["weight_bytes"] / d.median / 1e3)
+    assert report.to_json()["machine"]["peaks"]["read_gbs"] == {"1": 1e6}
 
 
 def test_wrong_kernel_fails_validation(monkeypatch):
@@ -84,6 +94,21 @@ def test_wrong_kernel_fails_validation(monkeypatch):
     monkeypatch.setattr(ternary.ops, "ternary_linear", off_by_one_row)
     with pytest.raises(ternary.BenchValidationError, match="ternary_linear .* is wrong for 64x300"):
         ternary.run(tiny_config(), out=io.StringIO())
+
+
+@pytest.mark.parametrize("kind", ["fp32", "bf16", "int8pack", "int8dyn"])
+def test_wrong_baseline_fails_validation(kind, monkeypatch):
+    real = ternary.BASELINE_FNS[kind]
+    monkeypatch.setitem(ternary.BASELINE_FNS, kind, lambda x, *w: real(x, *w).roll(1, dims=-1))
+    with pytest.raises(ternary.BenchValidationError, match=f"baseline {kind} is wrong"):
+        ternary.run(tiny_config(baselines=[kind], regimes=["hot"]), out=io.StringIO())
+
+
+def test_headline_baseline_is_fp32_without_native_bf16(monkeypatch):
+    monkeypatch.setattr(harness, "native_bf16", lambda: False)
+    assert ternary.headline_baseline(["fp32", "bf16"]) == "fp32"
+    monkeypatch.setattr(harness, "native_bf16", lambda: True)
+    assert ternary.headline_baseline(["fp32", "bf16"]) == "bf16"
 
 
 @pytest.mark.parametrize("overrides", [dict(tokens=[0]), dict(shapes=[]), dict(regimes=["warm"]),
@@ -120,6 +145,7 @@ def test_cuda_defaults_are_bitnet_2b_shapes():
     assert config.baselines == ["bf16", "fp16", "fp32"]
     config.validate()
     assert TernaryBenchConfig.for_device("cpu") == TernaryBenchConfig()
+    assert TernaryBenchConfig().baselines == ["fp32", "bf16", "int8pack", "int8dyn"]
 
 
 def test_fp16_baseline_is_cuda_only():

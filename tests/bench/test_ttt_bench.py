@@ -1,15 +1,18 @@
-"""bitttt bench ttt: the --device flag, and a clean refusal of --device cuda without a GPU."""
+"""bitttt bench ttt: its cases through the harness, validation before timing, FLOPs counted
+independently, the --device flag and a clean refusal of --device cuda without a GPU."""
 
 from __future__ import annotations
 
+import io
+import json
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from bitttt import _native, cli
-from bitttt.bench import ttt
+from bitttt import _native, cli, ops, reference
+from bitttt.bench import harness, ttt
 
 HAS_CUDA = _native.C_cuda is not None and torch.cuda.is_available()
 no_cuda_only = pytest.mark.skipif(HAS_CUDA, reason="this machine can run the CUDA benchmark")
@@ -43,28 +46,72 @@ def test_cuda_without_device_refuses_from_the_command_line():
     assert "bench ttt: --device cuda" in r.stderr
 
 
-def test_cpu_row_still_runs():
-    row = ttt.bench_config(1, 40, 2, 8, 16, repeat=1, with_compile=False, ref_grad_max_tokens=0)
-    assert row["prefill_op_s"] > 0 and "fwd_bwd_ref_s" not in row
-    assert "prefill tok/s op" in ttt.format_row(row)
+def tiny_args(**kw):
+    base = ["--batch", "1", "--tokens", "40", "--heads", "2", "--head-dim", "8", "--rounds", "5", "--threads", "1",
+            "--no-compile", "--no-peaks"]
+    return ttt.build_parser().parse_args(base + [str(a) for pair in kw.items() for a in pair])
+
+
+def test_cpu_cases_run_through_the_harness(tmp_path):
+    out = io.StringIO()
+    path = tmp_path / "ttt.json"
+    record = ttt.run(tiny_args(**{"--ref-grad-max-tokens": 0, "--json": path}), out=out)
+    got = {(r.case, r.contender) for r in record.results}
+    assert got == {("prefill B=1 T=40", "op"), ("prefill B=1 T=40", "reference"), ("decode B=1 pos=17", "op"),
+                   ("decode B=1 pos=17", "reference"), ("fwd+bwd B=1 T=40", "op")}
+    assert all(r.rounds == 5 and r.min <= r.median <= r.max for r in record.results)
+    units = {r.case.split()[0]: r.unit for r in record.results}
+    assert units == {"prefill": "tok/s", "decode": "us", "fwd+bwd": "ms"}
+    assert "op is" in out.getvalue()
+    d = json.loads(path.read_text())
+    assert harness.check_record(d) == [] and d["bench"] == "ttt"
+
+
+def test_a_wrong_op_stops_the_bench_before_timing(monkeypatch):
+    real = ops.ttt_linear
+    timed = []
+
+    def shifted(*a, **k):
+        out, st = real(*a, **k)
+        return out + 1e-2, st
+
+    monkeypatch.setattr(ttt.ops, "ttt_linear", shifted)
+    monkeypatch.setattr(harness, "time_case", lambda *a, **k: timed.append(a))
+    with pytest.raises(harness.BenchValidationError, match="op output differs from the reference"):
+        ttt.run(tiny_args(), out=io.StringIO())
+    assert timed == []
+
+
+def test_prefill_flops_against_a_hand_count():
+    # B=1, H=1, T=b=2, D=2: one mini-batch. MACs: k W_s [2,2]@[2,2] = 8, q W_s 8, (lr k)^T G
+    # [2,2]@[2,2] = 8, q k^T [2,2]@[2,2] = 8, attn G [2,2]@[2,2] = 8: 40 MACs = 80 FLOPs.
+    assert ttt.prefill_flops(1, 1, 2, 2, 2) == 80
+    # B=2, H=3, T=4, b=4, D=1: per mini-batch k W_s 4, q W_s 4, (lr k)^T G 4, q k^T 16,
+    # attn G 16 MACs = 44 MACs = 88 FLOPs, times B*H = 6 mini-batches.
+    assert ttt.prefill_flops(2, 3, 4, 1, 4) == 6 * 88
+
+
+def test_prefill_flops_match_torch_flop_counter_on_the_dual_form():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    B, H, b, D = 1, 2, 4, 8
+    q, k, v, lr, ts, W0, b0, ln_w, ln_b = ttt.make_inputs(B, H, b, D, b)
+    W, c = W0.expand(B, H, D, D), b0.expand(B, H, D)
+    with FlopCounterMode(display=False) as counter:
+        reference.ttt_linear_dual_minibatch(q, k, v, lr, ts, W, c, ln_w, ln_b)
+    assert counter.get_total_flops() == ttt.prefill_flops(B, H, b, D, b)
 
 
 def test_percent_of_fp32_peak():
-    from bitttt.bench import peak
-
-    # Dual form per token: k W, q W, (lr k)^T G at 2D^2 each, q k^T and attn G at 2bD each.
-    assert ttt.prefill_flops(1, 1, 1, 64, 16) == 6 * 64 * 64 + 4 * 16 * 64
-    peaks = peak.Peaks("m", {}, "avx512", [2], [peak.Peak("fp32_avx512", "fp32", "avx512", "vfmadd231ps zmm",
-                                                          "GFLOP/s", 2, 100.0, 0.1, 10**10)])
-    row = {"B": 1, "H": 2, "T": 160, "D": 64, "b": 16, "prefill_op_s": 1e-3}
-    ttt.add_peak_pct(row, peaks, "avx512", 2)
-    gflops = 2 * 160 * (6 * 64 * 64 + 4 * 16 * 64) / 1e-3 / 1e9
-    assert row["prefill_op_gflops"] == pytest.approx(gflops)
-    assert row["prefill_op_pct_fp32_peak"] == pytest.approx(100 * gflops / 100.0)
-    ttt.add_peak_pct(row, peaks, "scalar", 2)  # no FMA peak for the scalar kernels
-    assert row["prefill_op_pct_fp32_peak"] is None
-    assert "of fp32 peak" in ttt.format_row({**row, "prefill_ref_s": 1.0, "decode_op_s": 1e-5, "decode_ref_s": 1e-4,
-                                             "fwd_bwd_op_s": 1e-2})
+    peaks = harness.Peaks([2], measure=lambda t: {"fp32_avx512_gflops": {2: 100.0}})
+    r = harness.Result("prefill B=1 T=160", "op", 2, "passive", 1000.0, 900.0, 1100.0, "tok/s", 5,
+                       {"B": 1, "H": 2, "T": 160, "D": 64, "b": 16})
+    ttt.add_peak_pct([r], peaks, "avx512")
+    gflops = 2 * (6 * 64 * 64 + 4 * 16 * 64) * 1000.0 / 1e9  # FLOPs per token (both heads) x tokens/s
+    assert r.extra["gflops"] == pytest.approx(gflops)
+    assert r.extra["pct_of_fp32_peak"] == pytest.approx(100 * gflops / 100.0)
+    ttt.add_peak_pct([r], peaks, "scalar")  # no FMA peak for the scalar kernels
+    assert r.extra["pct_of_fp32_peak"] is None
 
 
 def test_no_peaks_flag_parses():

@@ -111,20 +111,18 @@ def test_python_m_bitttt_bad_args():
 @pytest.mark.integration
 def test_bench_ternary_json(tmp_path):
     out = tmp_path / "out.json"
-    r = run_bitttt(*BENCH_TINY, "--json", str(out))
+    r = run_bitttt(*BENCH_TINY, "--baselines", "fp32,bf16", "--json", str(out))
     assert r.returncode == 0, r.stderr
-    assert "bitttt vs fp32" in r.stdout  # the table's speedup column
+    assert "bitttt/fp32" in r.stdout  # the row's speedup cell
     report = json.loads(out.read_text())
-    assert report["benchmark"] == "ternary_linear"
-    assert report["info"]["ternary"]["isa"] in report["config"]["isas"]
-    rows = report["rows"]
-    assert [(r["N"], r["K"], r["M"], r["threads"], r["regime"]) for r in rows] == [
-        (256, 512, 1, 1, "hot"), (256, 512, 4, 1, "hot")]
-    for row in rows:
-        assert set(row["timings"]) == {"bitttt", "fp32", "bf16"}
-        for t in row["timings"].values():
-            assert t["reps"] == 3 and t["median_us"] > 0 and t["gbps"] > 0 and t["gops"] > 0
-        assert row["timings"]["bitttt"]["weight_bytes"] == 256 * 512 // 4  # K=512 is already a multiple of 256
-        assert row["timings"]["fp32"]["weight_bytes"] == 4 * 256 * 512
-        assert set(row["speedups"]) == {"bitttt vs fp32", "bitttt vs bf16"}
-        assert row["validation"]["bitttt"] < 1
+    assert report["schema"] == "bitttt-bench/1" and report["bench"] == "ternary"
+    assert report["machine"]["kernel_isa"] in report["settings"]["isas"]
+    cases = report["cases"]
+    assert [(c["N"], c["K"], c["M"], c["threads"], c["regime"], c["contender"]) for c in cases] == [
+        (256, 512, M, 1, "hot", n) for M in (1, 4) for n in ("bitttt", "fp32", "bf16")]
+    for c in cases:
+        assert c["rounds"] == 3 and c["unit"] == "us" and 0 < c["min"] <= c["median"] <= c["max"]
+        assert c["gbps"] > 0 and c["gops"] > 0
+    by = {(c["M"], c["contender"]): c for c in cases}
+    assert by[1, "bitttt"]["weight_bytes"] == 256 * 512 // 4  # K=512 is already a multiple of 256
+    assert by[1, "fp32"]["weight_bytes"] == 4 * 256 * 512

@@ -33,8 +33,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 # with the AVX-512 TTT kernels, whose outputs are bit-equal per sequence: only the parameter
 # gradients' sums over the batch are ordered differently). One AdamW step moves a weight by
 # ~lr = 3e-3, so a wrong share of the batch would still be 10x past this bound.
+# AdamW divides each gradient by its own running RMS, so an element whose gradient is ~0 moves by
+# up to ~lr per step on either side of the reordered sum, and a weight whose ternary code flips
+# moves its neighbours. Seen here (Xeon, AVX-512): 43 of 32768 elements of attention's gate_up
+# up to 1.4e-3 apart after 4 steps. Hence a share, not a bound on every
+# element: at most WEIGHT_OUTLIER_SHARE beyond WEIGHT_ATOL, and none beyond what STEPS AdamW
+# steps can move a weight at all (lr 3e-3 each). A wrong share of the batch moves most elements.
 LOSS_RTOL = 1e-4
 WEIGHT_ATOL = 3e-4
+WEIGHT_OUTLIER_SHARE = 1e-2
+WEIGHT_MAX_DIFF = 2 * 4 * 3e-3
 PER_RANK_BATCH, WORLD = 2, 2
 
 # mixer -> grad_accum: every mixer, with and without gradient accumulation (no_sync on the
@@ -71,6 +79,14 @@ def assert_close_losses(got: dict[int, float], want: dict[int, float]) -> None:
         assert got[step] == pytest.approx(want[step], rel=LOSS_RTOL), f"step {step}"
 
 
+def assert_close_weights(got: torch.Tensor, want: torch.Tensor, name: str) -> None:
+    diff = (got.float() - want.float()).abs()
+    outliers = int((diff > WEIGHT_ATOL).sum())
+    assert outliers <= WEIGHT_OUTLIER_SHARE * diff.numel(), \
+        f"{name}: {outliers} of {diff.numel()} elements differ by more than {WEIGHT_ATOL} (max {diff.max():.2e})"
+    assert float(diff.max()) <= WEIGHT_MAX_DIFF, f"{name}: max difference {diff.max():.2e} > {WEIGHT_MAX_DIFF}"
+
+
 def weights(ckpt) -> dict[str, torch.Tensor]:
     return load_file(os.path.join(ckpt, "model.safetensors"))
 
@@ -96,7 +112,7 @@ def test_two_processes_equal_one_with_the_global_batch(tmp_path, two_process_run
     got, want = weights(ddp_run / "final"), weights(tmp_path / "one" / "final")
     assert sorted(got) == sorted(want)
     for name in want:
-        torch.testing.assert_close(got[name], want[name], rtol=0, atol=WEIGHT_ATOL, msg=name)
+        assert_close_weights(got[name], want[name], name)
     # only rank 0 wrote: its events once on stdout and in events.jsonl, one set of checkpoints
     stdout = [json.loads(line) for line in (ddp_run / "stdout.txt").read_text().splitlines() if line.startswith("{")]
     assert stdout == events and sum(e["event"] == "start" for e in events) == 1

@@ -21,6 +21,7 @@
 #include "cpu_features.h"
 #include "ternary/bt2.h"
 #include "ternary/dispatch.h"
+#include "ternary/lut16.h"
 
 namespace {
 
@@ -402,6 +403,103 @@ void test_activation_edges() {
   }
 }
 
+// --- lut16 (lut16.h): the layout written here from the header's byte map, independently
+// of repack_bt2_to_lut16; every ISA's lut16 kernels against the int64 oracle and, for float
+// outputs, bit for bit against the scalar BT2 kernels.
+std::vector<uint8_t> pack_lut16(const Weights& w) {
+  const int64_t Kp = bt2_padded_k(w.K), Np = (w.N + 15) / 16 * 16, row = Kp / 4;
+  std::vector<uint8_t> out(Np * row, 0);
+  for (int64_t n = 0; n < Np; ++n)
+    for (int64_t k = 0; k < Kp; ++k) {
+      const int code = n < w.N && k < w.K ? w.q[n * w.K + k] + 1 : 1;
+      const int64_t q = k / 8, j = k % 8, h = (j / 2) % 2;
+      out[n / 16 * 16 * row + q * 32 + h * 16 + n % 16] |= static_cast<uint8_t>(code << (4 * (j / 4) + 2 * (j % 2)));
+    }
+  return out;
+}
+
+// One lut16 call over [0, M) x [0, N) in 64-row tasks, as ternary_linear_lut16_cpu.cpp does.
+Result run_lut16(const Lut16Kernels& k, const std::vector<uint8_t>& layout, Dtype dt, const std::vector<float>* x,
+                 const std::vector<int8_t>* xi, int64_t M, const Weights& w, bool bias) {
+  const int64_t K = w.K, Kp = bt2_padded_k(K);
+  std::vector<int8_t> xq(std::max<int64_t>(M * Kp, 1));
+  std::vector<uint8_t> tables(std::max<int64_t>(M * Kp * kLut16TableBytesPerK, 1));
+  std::vector<uint16_t> xb;
+  if (x)
+    for (float v : *x) xb.push_back(float_to_bf16(v));
+  Result r{std::vector<float>(M), std::vector<int32_t>(M), {}};
+  for (int64_t m = 0; m < M; ++m) {
+    if (xi)
+      k.layout_int8(xi->data() + m * K, K, Kp, xq.data() + m * Kp, &r.x_sum[m]);
+    else if (dt == Dtype::F32)
+      k.quantize_f32(x->data() + m * K, K, Kp, xq.data() + m * Kp, &r.x_scale[m], &r.x_sum[m]);
+    else
+      k.quantize_bf16(xb.data() + m * K, K, Kp, xq.data() + m * Kp, &r.x_scale[m], &r.x_sum[m]);
+    k.tables(xq.data() + m * Kp, Kp, tables.data() + m * Kp * kLut16TableBytesPerK);
+  }
+  const OutKind kind = xi ? OutKind::Int32 : dt == Dtype::F32 ? OutKind::Float32 : OutKind::BFloat16;
+  r.out.assign(M * w.N * (kind == OutKind::BFloat16 ? 2 : 4), 0xAB);
+  const Epilogue ep{kind, w.w_scale.data(), bias ? w.bias.data() : nullptr, r.x_scale.data(), r.x_sum.data(),
+                    r.out.data(), w.N};
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n0 = 0; n0 < w.N; n0 += 64)
+      k.gemv(xq.data(), tables.data() + m * Kp * kLut16TableBytesPerK, Kp, layout.data(), m, n0,
+             std::min(w.N, n0 + 64), ep);
+  return r;
+}
+
+void compare_lut16(const std::string& id, const Weights& w, const std::vector<float>& x, const std::vector<int8_t>& xi,
+                   int64_t M, const std::vector<int32_t>* expected = nullptr) {
+  const std::vector<uint8_t> layout = pack_lut16(w);
+  std::vector<uint8_t> repacked(layout.size(), 0xAB);
+  repack_bt2_to_lut16(w.packed.data(), w.N, bt2_padded_k(w.K), repacked.data(), 0, (w.N + 15) / 16 * 16);
+  check(repacked == layout, "repack_bt2_to_lut16 " + id);
+  const std::vector<int32_t> want = expected ? *expected : oracle_int8(xi, M, w);
+  std::vector<const Lut16Kernels*> sets{&lut16_kernels_scalar()};
+  for (const Isa& isa : g_isas) {
+    set_isa(isa.name);
+    sets.push_back(&active_lut16_kernels());
+  }
+  for (const Lut16Kernels* k : sets) {
+    const std::string name = std::string("lut16-") + k->name + " " + id;
+    check(as_int32(run_lut16(*k, layout, Dtype::F32, nullptr, &xi, M, w, false).out) == want, name + "-int8");
+    if (x.empty()) continue;
+    for (Dtype dt : {Dtype::F32, Dtype::BF16}) {
+      const Result ref = run_linear(*g_scalar, dt, x, M, w, true, 64, 64);
+      size_t at = 0;
+      check(same_output(dt, run_lut16(*k, layout, dt, &x, nullptr, M, w, true), ref, &at),
+            name + (dt == Dtype::F32 ? "-f32" : "-bf16") + " out[" + std::to_string(at) + "]");
+    }
+  }
+}
+
+void test_lut16() {
+  for (const auto& s : kShapes) {
+    const int64_t M = std::min<int64_t>(s[0], 7), K = s[1], N = s[2];
+    Rng rng{static_cast<uint64_t>(M * 31 + K * 7 + N)};
+    const Weights w = make_weights(N, K, rng);
+    std::vector<float> x = random_tokens(M, K, rng);
+    if (M > 1) x[K + K / 2] = NAN;  // token 1's row is NaN
+    std::vector<int8_t> xi(M * K);
+    for (auto& v : xi) v = rng.int8();
+    compare_lut16(shape_id(M, K, N), w, x, xi, M);
+  }
+  // The int16 worst case: every entry -512 (x = -128, code 2), 64 per lane per 256 weights.
+  for (int64_t K : {256, 2600, 4096})
+    for (int xv : {-128, 127})
+      for (int qv : {1, -1}) {
+        const int64_t M = 2, N = 70;
+        Rng rng{3};
+        const Weights w = make_weights(N, K, rng, [&](int64_t n, int64_t) { return n % 2 ? -qv : qv; });
+        const std::vector<int8_t> xi(M * K, static_cast<int8_t>(xv));
+        std::vector<int32_t> want(M * N);
+        for (int64_t i = 0; i < M * N; ++i) want[i] = static_cast<int32_t>((i % N) % 2 ? -xv * qv * K : xv * qv * K);
+        compare_lut16("extreme-x" + std::to_string(xv) + "-q" + std::to_string(qv) + "-K" + std::to_string(K), w, {},
+                      xi, M, &want);
+      }
+  set_isa("auto");
+}
+
 std::vector<std::string> split(const std::string& s) {
   std::vector<std::string> out;
   size_t start = 0;
@@ -439,6 +537,7 @@ int main(int argc, char** argv) {
   test_extreme_int8();
   test_saturated_float();
   test_activation_edges();
+  test_lut16();
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }

@@ -42,7 +42,7 @@ def test_prefill_then_step_equals_one_call(cls, kw, p):
 
 
 @pytest.mark.parametrize("cls", [TTTLinear, TTTMLP])
-def test_chunked_forward_with_cache_equals_one_call(cls):
+def test_chunked_forward_with_cache_equals_one_call(cls, isa):
     layer = make(cls, use_conv=True)
     x = torch.randn(1, 40, 32)
     with torch.no_grad():
@@ -53,7 +53,7 @@ def test_chunked_forward_with_cache_equals_one_call(cls):
 
 
 @pytest.mark.parametrize("cls", [TTTLinear, TTTMLP])
-def test_every_parameter_gets_a_gradient(cls):
+def test_every_parameter_gets_a_gradient(cls, isa):
     layer = make(cls, use_conv=True, use_gate=True)
     layer(torch.randn(2, 19, 32)).square().mean().backward()
     missing = [n for n, p in layer.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
@@ -79,6 +79,33 @@ def test_ttt_linear_matches_mlp_free_reference_gradients():
         assert ops.ttt_linear is orig
     for n, p in layer.named_parameters():
         torch.testing.assert_close(grads[n], p.grad, rtol=1e-3, atol=1e-4, msg=lambda m, n=n: f"{n}: {m}")
+
+
+def test_ttt_mlp_torch_path_matches_the_op(isa):
+    """TTTMLP's plain-torch path (what runs off the CPU) against the C++ op, values and grads,
+    from scratch and from a cache in the middle of a mini-batch."""
+    from bitttt.nn.ttt_mlp_torch import ttt_mlp_torch
+
+    layer = make(TTTMLP, ternary=False, mini_batch_size=4)
+    x = torch.randn(2, 19, 32)
+    results = []
+    for torch_path in (False, True):
+        if torch_path:
+            layer._inner = lambda q, k, v, lr, state: ttt_mlp_torch(  # noqa: E731
+                q, k, v, lr, layer.token_scale(), layer.W1, layer.b1, layer.W2, layer.b2, layer.ln_w, layer.ln_b,
+                state=state)
+        try:
+            cache = TTTCache()
+            y = torch.cat([layer(x[:, :6], cache), layer(x[:, 6:], cache)], 1)
+            y.square().sum().backward()
+        finally:
+            layer.__dict__.pop("_inner", None)
+        results.append((y.detach(), {n: p.grad.clone() for n, p in layer.named_parameters()}))
+        layer.zero_grad()
+    (y_op, g_op), (y_t, g_t) = results
+    torch.testing.assert_close(y_t, y_op, **TOL)
+    for n in g_op:
+        torch.testing.assert_close(g_t[n], g_op[n], rtol=1e-3, atol=1e-4, msg=lambda m, n=n: f"{n}: {m}")
 
 
 @pytest.mark.slow

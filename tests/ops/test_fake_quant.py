@@ -100,13 +100,34 @@ def test_straight_through_gradients():
     assert torch.equal(x2.grad, g2)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
-def test_other_dtypes_take_the_composition(dtype):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64, torch.float32])
+def test_torch_path_equals_the_reference_composition(dtype):
+    """Other dtypes and devices take ops' own torch composition (float32 calls it directly):
+    the reference's values to the bit, extremes included, and straight-through gradients."""
     torch.manual_seed(5)
-    x = torch.randn(4, 33).to(dtype)
-    w = (torch.randn(8, 33) * 0.02).to(dtype)
-    assert_same_bits(ops.fake_quant_activations(x), composed_activations(x))
-    assert_same_bits(ops.fake_quant_weight(w), composed_weight(w))
+    x = torch.randn(9, 33) * 3
+    x[0] = 0.0
+    x[1, 3] = float("nan")
+    x[2, 4] = -float("inf")
+    x[3] = 1e-7
+    x[4] = torch.arange(33) - 16.0  # .5 ties
+    # s_x = 127 / 1.97028017 as a true division, where 127 * (1 / t) is one ulp off: that
+    # rounds x_q of -1.85392499 (x * s_x near -119.5) the other way
+    x[5] = 0.0
+    x[5, :2] = torch.tensor([1.9702801704406738, -1.8539249897003174])
+    x = x.to(dtype).requires_grad_()
+    w = ((torch.randn(8, 33) * 0.02).to(dtype)).requires_grad_()
+    if dtype == torch.float32:
+        fq_x, fq_w = ops._fake_quant_activations_torch, ops._fake_quant_weight_torch
+    else:
+        fq_x, fq_w = ops.fake_quant_activations, ops.fake_quant_weight
+    y, v = fq_x(x), fq_w(w)
+    assert_same_bits(y.detach(), composed_activations(x.detach()))
+    assert_same_bits(v.detach(), composed_weight(w.detach()))
+    assert y[1].isnan().all() and y[2].isnan().all() and (y[0] == 0).all()
+    gy, gv = torch.randn(y.shape).to(dtype), torch.randn(v.shape).to(dtype)
+    torch.autograd.backward((y, v), (gy, gv))
+    assert torch.equal(x.grad, gy) and torch.equal(w.grad, gv)
 
 
 def test_kernel_refuses_other_dtypes():
@@ -114,3 +135,16 @@ def test_kernel_refuses_other_dtypes():
         torch.ops.bitttt.fake_quant_activations(torch.zeros(2, 3, dtype=torch.float64))
     with pytest.raises(RuntimeError, match="2-D"):
         torch.ops.bitttt.fake_quant_weight(torch.zeros(2, 3, 4), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 300), (0, 5)])
+def test_ternarize_weight_equals_the_reference(dtype, shape):
+    """ops.ternarize_weight (quantize_weight, the diagnostics and the torch fake quant use it)."""
+    torch.manual_seed(6)
+    for w in (torch.randn(shape) * 0.02, torch.zeros(shape)):
+        w = w.to(dtype)
+        q, s = ops.ternarize_weight(w)
+        q_r, s_r = reference.quantize_weight_ternary(w)
+        assert q.dtype == torch.int8 and s.dtype == torch.float32
+        assert torch.equal(q, q_r) and torch.equal(s, s_r)

@@ -183,3 +183,42 @@ def test_unpack_rejects_wrong_dtype_or_rank(packed):
 def test_quantize_weight_rejects_bad_input(w):
     with pytest.raises(ValueError, match=r"quantize_weight: w must be a float \[N, K\] matrix"):
         ops.quantize_weight(w)
+
+
+# ---------------------------------------------------------------------------------------
+# The lut16 load-time layout (csrc/ternary/lut16.h), decoded here from its definition
+# ---------------------------------------------------------------------------------------
+
+
+def decode_lut16(layout: torch.Tensor, N: int, K: int) -> torch.Tensor:
+    """int8 [N, K] weights from a lut16 layout, following the header's byte map: byte
+    h * 16 + r of quad q holds k = 8q + 2h, 8q + 2h + 1 in bits 0-1, 2-3 and k = 8q + 4 + 2h,
+    8q + 5 + 2h in bits 4-5, 6-7 for row r of a 16-row block."""
+    Np, Kp = layout.shape[0], layout.shape[1] * 4
+    b = layout.view(Np // 16, Kp // 8, 2, 16).long()  # [block, quad, h, r]
+    codes = torch.empty(Np // 16, Kp // 8, 8, 16, dtype=torch.long)  # [block, quad, j, r]
+    for h in range(2):
+        for hi in range(2):
+            for second in range(2):
+                codes[:, :, 4 * hi + 2 * h + second, :] = (b[:, :, h, :] >> (4 * hi + 2 * second)) & 3
+    q = codes.permute(0, 3, 1, 2).reshape(Np, Kp) - 1
+    return q[:N, :K].to(torch.int8), q[N:]
+
+
+@pytest.mark.parametrize("N,K", [(1, 1), (16, 256), (17, 300), (100, 2600), (64, 8)])
+def test_lut16_repack_holds_the_same_weights(N, K):
+    torch.manual_seed(N + K)
+    q = torch.randint(-1, 2, (N, K), dtype=torch.int8)
+    layout = torch.ops.bitttt.ternary_repack_lut16(ops.pack_ternary(q))
+    assert layout.dtype == torch.uint8
+    assert tuple(layout.shape) == ((N + 15) // 16 * 16, ops.bt2_padded_k(K) // 4)
+    weights, padding_rows = decode_lut16(layout, N, K)
+    assert torch.equal(weights, q)
+    assert (padding_rows == 0).all()  # rows added up to a multiple of 16 hold weight 0
+
+
+def test_lut16_repack_refuses_non_bt2():
+    with pytest.raises(RuntimeError, match=r"ternary_repack_lut16: packed has 100 bytes per row"):
+        torch.ops.bitttt.ternary_repack_lut16(torch.zeros(4, 100, dtype=torch.uint8))
+    with pytest.raises(RuntimeError, match=r"ternary_repack_lut16: packed must be uint8"):
+        torch.ops.bitttt.ternary_repack_lut16(torch.zeros(4, 64, dtype=torch.int8))

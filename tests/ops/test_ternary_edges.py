@@ -7,6 +7,10 @@ Expected values are closed forms (zeros, the bias) or the int64 reference, never
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -219,5 +223,30 @@ def test_validate_packed_non_contiguous():
         ops.validate_packed(packed.T.contiguous().T)
 
 
-def test_isa_fixture_restores(isa):
-    assert _C.isa() == isa
+def test_set_isa_switches_every_kernel_family_and_auto_restores():
+    """set_isa(name) switches the ternary, TTT-Linear and TTT-MLP kernels; 'auto' gives back
+    what a fresh process picks (the oracle: a subprocess without BITTTT_ISA); an unknown name
+    raises and changes nothing."""
+    env = {k: v for k, v in os.environ.items() if k != "BITTTT_ISA"}
+    fresh = subprocess.run([sys.executable, "-c", "from bitttt import _C; i = _C.build_info(); "
+                            "print(_C.isa(), i['ttt_isa'], i['ttt_mlp_isa'])"],
+                           capture_output=True, text=True, env=env, check=True).stdout.split()
+    seen = set()
+    try:
+        for name in _C.available_isas():
+            _C.set_isa(name)
+            info = _C.build_info()
+            assert _C.isa() == name
+            seen.add((info["ttt_isa"], info["ttt_mlp_isa"]))
+            if name == "scalar":
+                assert info["ttt_isa"] == "scalar" and info["ttt_mlp_isa"] == "generic"
+        _C.set_isa("auto")
+        info = _C.build_info()
+        assert [_C.isa(), info["ttt_isa"], info["ttt_mlp_isa"]] == fresh
+        with pytest.raises(RuntimeError, match="not available"):
+            _C.set_isa("no-such-isa")
+        assert _C.isa() == fresh[0]
+    finally:
+        _C.set_isa("auto")
+    if len(_C.available_isas()) > 1:  # more than one kernel set really ran
+        assert len(seen) > 1

@@ -521,3 +521,106 @@ def test_matmul_int8_bad_packed():
         ops.ternary_matmul_int8(x, torch.zeros(N_BAD, 128, dtype=torch.int8))
     with pytest.raises(RuntimeError, match=r"ternary_matmul_int8: packed must be contiguous"):
         ops.ternary_matmul_int8(x, torch.zeros(128, N_BAD, dtype=torch.uint8).T)
+
+
+# ---------------------------------------------------------------------------------------
+# lut16: the table-lookup decode path over its load-time layout (csrc/ternary/lut16.h)
+# ---------------------------------------------------------------------------------------
+# Every ISA's lut16 kernels give the exact int32 sums of the BT2 kernels, so ternary_linear_lut16
+# is bit-identical to ternary_linear under the same ISA, and both match the int64 reference.
+
+
+def lut16_layout(q: torch.Tensor) -> torch.Tensor:
+    return torch.ops.bitttt.ternary_repack_lut16(ops.pack_ternary(q))
+
+
+def lut16_matmul_int8(x_q: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    return torch.ops.bitttt.ternary_matmul_int8_lut16(x_q, lut16_layout(q), q.shape[0])
+
+
+@pytest.mark.parametrize("shape", SHAPES + [(1, 2560, 64), (3, 6912, 130), (1, 1, 1)], ids=shape_id)
+def test_lut16_matmul_int8_exact(isa, shape):
+    M, K, N = shape
+    torch.manual_seed(M * 31 + K * 7 + N)
+    x_q = torch.randint(-128, 128, (M, K), dtype=torch.int8)
+    q = random_ternary(N, K)
+    out = lut16_matmul_int8(x_q, q)
+    assert out.dtype == torch.int32 and tuple(out.shape) == (M, N)
+    assert torch.equal(out.long(), reference.ternary_matmul_int8(x_q, q))
+
+
+# The kernels' int16 partial sums are worst at x_q = -128 with every code 2 (q = +1): each
+# table entry is -512 and a lane adds 64 of them per 256 weights, exactly -32768. K = 256 and
+# 512 end on a widening boundary, 4096 spans many, 2600 ends in a partial block.
+@pytest.mark.parametrize("K", [256, 512, 2600, 4096])
+@pytest.mark.parametrize("pattern", list(EXTREME_PATTERNS), ids=list(EXTREME_PATTERNS))
+def test_lut16_matmul_int8_extreme_values(isa, pattern, K):
+    x_of, q_of = EXTREME_PATTERNS[pattern]
+    x_row = [x_of(k) for k in range(K)]
+    q_row = [q_of(k) for k in range(K)]
+    expected = sum(a * b for a, b in zip(x_row, q_row))  # Python ints: exact
+    N = 70  # a full 64-row task, then a partial 16-row block
+    x_q = torch.tensor([x_row] * 2, dtype=torch.int8)
+    q = torch.tensor([q_row] * N, dtype=torch.int8)
+    q[1::2] *= -1
+    out = lut16_matmul_int8(x_q, q)
+    assert torch.equal(out, torch.tensor([[expected, -expected] * (N // 2)] * 2, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
+def test_lut16_linear_equals_ternary_linear(isa, shape, dtype, bias):
+    M, K, N = shape
+    x, q, packed, w_scale, b = sample_inputs((M,), K, N, dtype, bias, seed=M * 31 + K * 7 + N)
+    y = torch.ops.bitttt.ternary_linear_lut16(x, torch.ops.bitttt.ternary_repack_lut16(packed), w_scale, b)
+    assert torch.equal(y, ops.ternary_linear(x, packed, w_scale, b))
+    assert_matches(y, expected_linear(x, q, w_scale, b))
+
+
+@pytest.mark.parametrize("make_x", list(NON_CONTIGUOUS.values()), ids=list(NON_CONTIGUOUS))
+def test_lut16_non_contiguous_x_and_nan_rows(isa, make_x):
+    torch.manual_seed(3)
+    x = make_x(torch.float32).clone() if make_x is _expanded else make_x(torch.float32)
+    K, N = x.shape[-1], 33
+    q = random_ternary(N, K)
+    w_scale = torch.rand(N) + 0.05
+    layout = lut16_layout(q)
+    y = torch.ops.bitttt.ternary_linear_lut16(x, layout, w_scale)
+    assert torch.equal(y, ops.ternary_linear(x, ops.pack_ternary(q), w_scale))
+    x_bad = x.contiguous().clone()
+    x_bad.view(-1, K)[0, K // 2] = math.nan
+    y_bad = torch.ops.bitttt.ternary_linear_lut16(x_bad, layout, w_scale).view(-1, N)
+    assert torch.isnan(y_bad[0]).all() and torch.isfinite(y_bad[1:]).all()
+
+
+def test_lut16_thread_count_does_not_change_result(isa):
+    x, q, packed, w_scale, b = sample_inputs((3,), 2600, 300, bias=True, seed=12)
+    layout = torch.ops.bitttt.ternary_repack_lut16(packed)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = torch.ops.bitttt.ternary_linear_lut16(x, layout, w_scale, b)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(torch.ops.bitttt.ternary_linear_lut16(x, layout, w_scale, b), one)
+
+
+BAD_LUT16 = {
+    "layout-rows": (lambda g: {"layout": g["layout"][:16].contiguous()}, r"ternary_linear_lut16: layout has 16 rows, N=17 needs 32"),
+    "layout-bt2": (lambda g: {"layout": g["packed"]}, r"ternary_linear_lut16: layout has 17 rows"),
+    "layout-int8": (lambda g: {"layout": g["layout"].view(torch.int8)}, r"ternary_linear_lut16: packed must be uint8"),
+    "K-mismatch": (lambda g: {"x": torch.randn(4, 600)}, r"ternary_linear_lut16: x\.shape\[-1\]=600 does not fit"),
+    "w_scale-2d": (lambda g: {"w_scale": torch.ones(N_BAD, 1)}, r"ternary_linear_lut16: w_scale must be float32 \[N\]"),
+    "bias-short": (lambda g: {"bias": torch.ones(N_BAD - 1)}, r"ternary_linear: bias must be \[N=17\]"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_LUT16), ids=list(BAD_LUT16))
+def test_lut16_bad_input(case):
+    good = _good()
+    good["layout"] = torch.ops.bitttt.ternary_repack_lut16(good["packed"])
+    make, message = BAD_LUT16[case]
+    args = {**good, **make(good)}
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.bitttt.ternary_linear_lut16(args["x"], args["layout"], args["w_scale"], args["bias"])

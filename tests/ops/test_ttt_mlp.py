@@ -1,16 +1,19 @@
 """TTT-MLP C++ op (design §3, csrc/ttt_mlp/) against the pure-torch reference.ttt_mlp:
-forward with and without state, odd shapes, chunking, decode, gradients, fakes, bad inputs."""
+forward with and without state, odd shapes, chunking, decode, gradients, fakes, bad inputs.
+Tests taking the `isa` fixture run once per kernel set (_C.set_isa: "scalar" runs the generic
+kernels, the x86 sets the AVX2 ones)."""
 
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from bitttt import ops, reference
+from bitttt import _C, ops, reference
 
 F64_TOL = dict(rtol=1e-9, atol=1e-10)
 F32_TOL = dict(rtol=2e-4, atol=2e-5)
@@ -60,7 +63,7 @@ SHAPES = [  # B, H, T, D, F, b
 
 
 @pytest.mark.parametrize("B,H,T,D,F,b", SHAPES)
-def test_forward_matches_reference_float64(B, H, T, D, F, b):
+def test_forward_matches_reference_float64(B, H, T, D, F, b, isa):
     args = mlp_inputs(B, H, T, D, F, b)
     out, st = ops.ttt_mlp(*args)
     out_r, st_r = reference.ttt_mlp(*args)
@@ -70,7 +73,7 @@ def test_forward_matches_reference_float64(B, H, T, D, F, b):
 
 
 @pytest.mark.parametrize("pos", [0, 3, 16, 21])
-def test_forward_from_a_state_matches_reference(pos):
+def test_forward_from_a_state_matches_reference(pos, isa):
     args = mlp_inputs(B=2, H=3, T=29, D=6, b=8)
     state = random_state(args, pos)
     out, st = ops.ttt_mlp(*args, state=state)
@@ -80,7 +83,7 @@ def test_forward_from_a_state_matches_reference(pos):
     assert st.pos == pos + 29
 
 
-def test_float32_matches_float64_reference():
+def test_float32_matches_float64_reference(isa):
     args = mlp_inputs(B=1, H=2, T=40, D=64, b=16)
     out_r, st_r = reference.ttt_mlp(*args)
     out, st = ops.ttt_mlp(*[a.float() for a in args])
@@ -101,7 +104,7 @@ def test_chunked_prefill_equals_one_call(cuts):
 
 
 @pytest.mark.parametrize("D", [6, 64])
-def test_decode_steps_equal_prefill(D):
+def test_decode_steps_equal_prefill(D, isa):
     """Prefill 11 tokens, then 25 in-place decode steps: the outputs and state of one call."""
     args = mlp_inputs(B=2, H=2, T=36, D=D, b=16)
     out_full, st_full = ops.ttt_mlp(*args)
@@ -168,7 +171,7 @@ def _through_state(pos, ckpt_every):
 
 
 @pytest.mark.parametrize("pos,ckpt_every", [(0, 1), (1, 2), (2, 100)])
-def test_gradcheck_every_input_and_the_state(pos, ckpt_every):
+def test_gradcheck_every_input_and_the_state(pos, ckpt_every, isa):
     """All 15 tensor inputs (q, k, v, lr, token_scale, the weights, the accumulators, ln_w, ln_b)
     against finite differences, through out and the whole outgoing state."""
     assert torch.autograd.gradcheck(_through_state(pos, ckpt_every), _grad_inputs(pos))
@@ -180,7 +183,7 @@ def test_gradcheck_from_the_initial_weights():
     assert torch.autograd.gradcheck(lambda *a: ops.ttt_mlp(*a, ckpt_every=1)[0], args)
 
 
-def test_gradients_match_autograd_through_the_reference():
+def test_gradients_match_autograd_through_the_reference(isa):
     args = mlp_inputs(B=1, H=2, T=37, D=8, b=16, seed=7)
     st = random_state(args, pos=5)
     ins = [*args[:5], *st[:8], args[9], args[10]]
@@ -197,6 +200,38 @@ def test_gradients_match_autograd_through_the_reference():
         grads.append(torch.autograd.grad(loss, x))
     for a, b_ in zip(*grads):
         torch.testing.assert_close(a, b_, **F64_TOL)
+
+
+def test_float32_backward_at_D64_matches_float64_reference(isa):
+    """The blocked float32 kernels training runs (D = 64, F = 256, two mini-batches and a tail,
+    from a mid-mini-batch state): every gradient against autograd through the float64 reference."""
+    args = mlp_inputs(B=1, H=2, T=40, D=64, b=16, seed=9)
+    st = random_state(args, pos=5, scale=0.02)
+    ins = [*args[:5], *st[:8], args[9], args[10]]
+    names = ["q", "k", "v", "lr", "token_scale", "W1", "b1", "W2", "b2", "gW1", "gb1", "gW2", "gb2", "ln_w", "ln_b"]
+    g = torch.Generator().manual_seed(10)
+    # random output gradients, so no term cancels by symmetry
+    weights = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in (args[0], *st[:8])]
+    grads = {}
+    for dtype in (torch.float64, torch.float32):
+        x = [a.detach().to(dtype).requires_grad_(True) for a in ins]
+        state = ops.TTTMLPState(*x[5:13], 5)
+        if dtype == torch.float32:
+            out, s = ops.ttt_mlp(*x[:5], None, None, None, None, x[13], x[14], state=state)
+        else:
+            out, s = reference.ttt_mlp(*x[:5], None, None, None, None, x[13], x[14], state=tuple(state))
+        loss = sum((t * w.to(dtype)).sum() for t, w in zip((out, *s[:8]), weights))
+        grads[dtype] = torch.autograd.grad(loss, x)
+    for name, got, want in zip(names, grads[torch.float32], grads[torch.float64]):
+        err = (got.double() - want).norm() / want.norm()
+        assert err < 1e-5, f"d{name}: relative error {err:.2e} of the float32 kernels ({_C.build_info()['ttt_mlp_isa']})"
+
+
+def test_kernel_set_follows_set_isa(isa):
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    cpu = _C.cpu_features()
+    expected = "avx2" if x86 and cpu["avx2"] and cpu["fma"] and isa != "scalar" else "generic"
+    assert _C.build_info()["ttt_mlp_isa"] == expected
 
 
 # --- the scalar copy, fakes, bad inputs -------------------------------------------------

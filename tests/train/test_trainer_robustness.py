@@ -233,7 +233,7 @@ def test_divergence_is_its_own_error_and_keeps_the_last_good_checkpoint(tmp_path
     assert math.isfinite(_held_out_loss(done["path"]))
     assert "Traceback" not in out.err and "this is a bug" not in out.out + out.err
     if log_format == "text":
-        assert "error (diverged)" in out.out
+        assert out.err.startswith("bitttt: error: ") and "error (" not in out.out  # one form on a terminal
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,0 +1,199 @@
+"""`bitttt bench serve`: what continuous batching and the conversation state cache buy.
+
+- Aggregate decode throughput at 1, 4, 8, 16 concurrent streams: N requests decode together
+  through the serving engine (bitttt.serve.engine; no HTTP), timed over steps where all N are
+  active, after a warm-up. Random-init models: `base` (BitTTT, TTT-Linear, 125M shape, byte
+  vocabulary) and `2b` (a BitNet b1.58 2B4T-shaped HF folder, random codes; --layers to shorten).
+- Time to first token of the 10th turn of a TTT conversation with the state cache and without
+  (the whole conversation prefilled again).
+
+Concurrency levels and cache/no-cache interleave over --rounds; the JSON is the bench record
+shape of COMMON.md / benchmarks/report.py ({"schema": "bitttt-bench/1", ...}).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+STREAMS = (1, 4, 8, 16)
+TURN_USER_TOKENS = 48  # tokens of each user message in the conversation bench
+TURN_REPLY_TOKENS = 32  # tokens of each reply
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--models", nargs="+", default=["base"], choices=["tiny", "base", "2b"],
+                   help="tiny/base: BitTTT presets (TTT-Linear); 2b: the BitNet 2B4T shape (default: base)")
+    p.add_argument("--streams", type=int, nargs="+", default=list(STREAMS), help="(default: 1 4 8 16)")
+    p.add_argument("--threads", type=int, default=2, help="(default: 2)")
+    p.add_argument("--steps", type=int, default=16, help="timed decode steps per case and round (default: 16)")
+    p.add_argument("--rounds", type=int, default=3, help="(default: 3)")
+    p.add_argument("--turns", type=int, default=10, help="the conversation turn whose first token is timed (default: 10)")
+    p.add_argument("--layers", type=int, default=30, help="2b: decoder layers (default: 30, the real depth)")
+    p.add_argument("--lm-head", choices=["float", "int8"], default="int8", help="(default: int8)")
+    p.add_argument("--folder", default=None, help="2b: where the random HF folder is kept (default: a temp dir)")
+    p.add_argument("--json", metavar="PATH", help="write the bench record here (benchmarks/results/<machine>/...)")
+    p.add_argument("--quick", action="store_true", help="tiny model, 1 and 4 streams, 1 round: a smoke test")
+    return p
+
+
+def load_model(name: str, args: argparse.Namespace):
+    """(model, tokenizer) on the CPU, packed, with the chosen LM head."""
+    import torch
+
+    from bitttt.hf.bitnet import Int8Linear
+    from bitttt.model import BitTTTForCausalLM, preset_config
+    from bitttt.tokenizer import ByteTokenizer
+
+    torch.manual_seed(0)
+    if name == "2b":
+        import tempfile
+
+        from bitttt.bench import bitnet
+        from bitttt.hf import load_bitnet
+
+        folder = args.folder or os.path.join(tempfile.gettempdir(), f"bitttt-bench-serve-2b-{args.layers}")
+        if not os.path.exists(os.path.join(folder, "config.json")):
+            bitnet.write_folder(folder, args.layers)
+        model = load_bitnet(folder, lm_head=args.lm_head)
+        tok = ByteTokenizer()  # ids < 320 are valid 2B ids too; the bench needs no real text
+        return model.eval(), tok
+    model = BitTTTForCausalLM(preset_config(name)).pack().eval()
+    if args.lm_head == "int8":
+        model.lm_head = Int8Linear(model.lm_head.weight)
+    return model, ByteTokenizer()
+
+
+def decode_throughput(engine, n: int, steps: int) -> float:
+    """Aggregate tokens/s of n streams decoding together, over `steps` steps after they all joined."""
+    from bitttt.generate import SamplingParams
+    from bitttt.serve.engine import Request
+
+    handles = [engine.submit(Request([65 + i % 26] * 8, SamplingParams(max_new_tokens=steps + 4, temperature=0)))
+               for i in range(n)]
+    engine.step()  # joins (prefills) and the first token
+    engine.step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        engine.step()
+    dt = time.perf_counter() - t0
+    for h in handles:
+        h.cancel()
+    while engine.busy:
+        engine.step()
+    return n * steps / dt
+
+
+def conversation_ttft(engine, turns: int) -> tuple[float, int, int]:
+    """Plays `turns` turns (user message, reply) and times the last turn's first token:
+    (seconds from submit to the first token, prompt tokens of that turn, cached tokens)."""
+    from bitttt.generate import SamplingParams
+    from bitttt.serve.engine import Request
+
+    ids: list[int] = []
+    for turn in range(1, turns + 1):
+        ids = ids + [97 + (turn + j) % 26 for j in range(TURN_USER_TOKENS)]
+        events: list[tuple[float, Any]] = []
+        t0 = time.perf_counter()
+        engine.submit(Request(list(ids), SamplingParams(max_new_tokens=TURN_REPLY_TOKENS, temperature=0)),
+                      sink=lambda ev: events.append((time.perf_counter(), ev)))
+        while engine.busy:
+            engine.step()
+        first = next(t for t, ev in events if ev.kind == "token")
+        done = events[-1][1]
+        ids = ids + [ev.token for _, ev in events if ev.kind == "token"]
+    return first - t0, done.usage.prompt_tokens, done.usage.cached_tokens
+
+
+def machine() -> dict[str, Any]:
+    from bitttt import _C, info
+
+    return {"cpu": info.cpu_model(), "isa": list(_C.available_isas()), "active_isa": info.active_isa()[0],
+            "cores": os.cpu_count(), "peaks": {}}
+
+
+def versions() -> dict[str, str]:
+    import torch
+
+    import bitttt
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(bitttt.__file__)), timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {"bitttt": commit or bitttt.__version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def case(name: str, contender: str, threads: int, values: list[float], unit: str, **extra) -> dict[str, Any]:
+    return {"case": name, "contender": contender, "threads": threads, "wait_policy": "passive",
+            "median": statistics.median(values), "min": min(values), "max": max(values), "unit": unit,
+            "rounds": len(values), **extra}
+
+
+def run(args: argparse.Namespace, out=sys.stdout) -> dict[str, Any]:
+    import torch
+
+    from bitttt.serve.engine import Engine, EngineConfig
+
+    if args.quick:
+        args.models, args.streams, args.rounds, args.steps, args.turns = ["tiny"], [1, 4], 1, 8, 4
+    torch.set_num_threads(args.threads)
+    load_before = list(os.getloadavg())
+    cases = []
+    for name in args.models:
+        model, tok = load_model(name, args)
+        batched = Engine(model, tok, EngineConfig(max_batch=max(args.streams), state_cache_mb=0))
+        batched.eos_ids = set()  # random weights: never end a stream early
+        tps: dict[int, list[float]] = {n: [] for n in args.streams}
+        decode_throughput(batched, max(args.streams), 2)  # warm-up
+        for _ in range(args.rounds):
+            for n in args.streams:  # interleaved: a load change hits every level alike
+                tps[n].append(decode_throughput(batched, n, args.steps))
+        for n in args.streams:
+            cases.append(case(f"{name} decode, {n} streams", "bitttt serve engine", args.threads, tps[n],
+                              "tokens/s", streams=n))
+            print(f"{name:5s} {n:3d} streams: {statistics.median(tps[n]):8.1f} tokens/s aggregate "
+                  f"({statistics.median(tps[n]) / statistics.median(tps[args.streams[0]]):.2f}x "
+                  f"{args.streams[0]} stream{'s' if args.streams[0] > 1 else ''})", file=out, flush=True)
+        if name != "2b":  # a TTT conversation: the state cache's case
+            ttft: dict[str, list[float]] = {"state cache": [], "no cache": []}
+            seen: dict[str, tuple[int, int]] = {}
+            for _ in range(args.rounds):
+                for label, mb in (("state cache", 64.0), ("no cache", 0.0)):
+                    e = Engine(model, tok, EngineConfig(state_cache_mb=mb))
+                    e.eos_ids = set()
+                    t, prompt, cached = conversation_ttft(e, args.turns)
+                    ttft[label].append(t)
+                    seen[label] = (prompt, cached)
+            for label, values in ttft.items():
+                cases.append(case(f"{name} TTFT of turn {args.turns}", label, args.threads, values, "s",
+                                  prompt_tokens=seen[label][0], cached_tokens=seen[label][1]))
+            speedup = statistics.median(ttft["no cache"]) / statistics.median(ttft["state cache"])
+            print(f"{name:5s} turn {args.turns} TTFT: {statistics.median(ttft['state cache']) * 1e3:.1f} ms with the "
+                  f"state cache ({seen['state cache'][1]} of {seen['state cache'][0]} prompt tokens cached), "
+                  f"{statistics.median(ttft['no cache']) * 1e3:.1f} ms without: {speedup:.1f}x", file=out, flush=True)
+        del model
+    record = {"schema": "bitttt-bench/1", "bench": "serve",
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "command": "bitttt " + " ".join(getattr(args, "argv", []) or ["bench", "serve"]),
+              "machine": machine(), "versions": versions(), "load_before": load_before,
+              "load_after": list(os.getloadavg()),
+              "settings": {"models": args.models, "streams": args.streams, "steps": args.steps, "rounds": args.rounds,
+                           "turns": args.turns, "user_tokens": TURN_USER_TOKENS, "reply_tokens": TURN_REPLY_TOKENS,
+                           "lm_head": args.lm_head, "layers_2b": args.layers if "2b" in args.models else None},
+              "cases": cases}
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(record, f, indent=1)
+        print(f"wrote {args.json}", file=out)
+    return record
