@@ -367,3 +367,18 @@ def test_a_diverged_run_says_so_with_its_hint():
     severity, text = explain_exit(5, {"kind": "diverged", "message": "training diverged at step 7",
                                       "hint": "lower --lr (it is 3:g; try 0.3)"})
     assert severity == "error" and text.startswith("Training diverged: training diverged at step 7. lower --lr")
+
+
+def test_more_settings_open_under_the_form_and_reach_the_command(make_app):
+    app = make_app()
+    train = app.tabs["train"]
+    assert not train.more_frame.winfo_ismapped()
+    train.more_btn.invoke()
+    settle(app.root, 0.3)
+    assert train.more_frame.winfo_ismapped()
+    train.set_value("min_lr", "0.0001")
+    train.set_value("compile", True)
+    train.set_value("sample_prompt", "Once ")
+    settle(app.root, 0.3)
+    preview = train.preview.get("1.0", "end")
+    assert "--min-lr 0.0001" in preview and "--compile" in preview and "--sample-prompt 'Once '" in preview
