@@ -8,18 +8,16 @@
   (the whole conversation prefilled again).
 
 Concurrency levels and cache/no-cache interleave over --rounds; the JSON is the bench record
-shape of COMMON.md / benchmarks/report.py ({"schema": "bitttt-bench/1", ...}).
+shape of bitttt.bench.harness (machine, versions, load before and after). These timings are
+not the harness's per-call contenders: a case is the engine stepping N streams for --steps.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
@@ -113,26 +111,6 @@ def conversation_ttft(engine, turns: int) -> tuple[float, int, int]:
     return first - t0, done.usage.prompt_tokens, done.usage.cached_tokens
 
 
-def machine() -> dict[str, Any]:
-    from bitttt import _C, info
-
-    return {"cpu": info.cpu_model(), "isa": list(_C.available_isas()), "active_isa": info.active_isa()[0],
-            "cores": os.cpu_count(), "peaks": {}}
-
-
-def versions() -> dict[str, str]:
-    import torch
-
-    import bitttt
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(bitttt.__file__)), timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return {"bitttt": commit or bitttt.__version__, "torch": torch.__version__, "python": platform.python_version()}
-
-
 def case(name: str, contender: str, threads: int, values: list[float], unit: str, **extra) -> dict[str, Any]:
     return {"case": name, "contender": contender, "threads": threads, "wait_policy": "passive",
             "median": statistics.median(values), "min": min(values), "max": max(values), "unit": unit,
@@ -142,12 +120,13 @@ def case(name: str, contender: str, threads: int, values: list[float], unit: str
 def run(args: argparse.Namespace, out=sys.stdout) -> dict[str, Any]:
     import torch
 
+    from bitttt.bench import harness
     from bitttt.serve.engine import Engine, EngineConfig
 
     if args.quick:
         args.models, args.streams, args.rounds, args.steps, args.turns = ["tiny"], [1, 4], 1, 8, 4
     torch.set_num_threads(args.threads)
-    load_before = list(os.getloadavg())
+    load_before = harness.load_average()
     cases = []
     for name in args.models:
         model, tok = load_model(name, args)
@@ -182,18 +161,16 @@ def run(args: argparse.Namespace, out=sys.stdout) -> dict[str, Any]:
                   f"state cache ({seen['state cache'][1]} of {seen['state cache'][0]} prompt tokens cached), "
                   f"{statistics.median(ttft['no cache']) * 1e3:.1f} ms without: {speedup:.1f}x", file=out, flush=True)
         del model
-    record = {"schema": "bitttt-bench/1", "bench": "serve",
+    record = {"schema": harness.SCHEMA, "bench": "serve",
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": "bitttt " + " ".join(getattr(args, "argv", []) or ["bench", "serve"]),
-              "machine": machine(), "versions": versions(), "load_before": load_before,
-              "load_after": list(os.getloadavg()),
+              "machine": harness.machine(None), "versions": harness.versions(), "load_before": load_before,
+              "load_after": harness.load_average(),
               "settings": {"models": args.models, "streams": args.streams, "steps": args.steps, "rounds": args.rounds,
                            "turns": args.turns, "user_tokens": TURN_USER_TOKENS, "reply_tokens": TURN_REPLY_TOKENS,
                            "lm_head": args.lm_head, "layers_2b": args.layers if "2b" in args.models else None},
               "cases": cases}
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(record, f, indent=1)
+        harness.write_json(record, args.json)
         print(f"wrote {args.json}", file=out)
     return record

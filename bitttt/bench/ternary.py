@@ -61,6 +61,10 @@ from bitttt.errors import ConfigError
 __all__ = ["BenchValidationError", "TernaryBenchConfig", "Report", "run", "write_json"]
 
 BASELINES = ("fp32", "bf16", "int8pack", "int8dyn")
+# A pseudo kernel set for --isa: ternary_linear_lut16, the table-lookup decode path over its
+# load-time layout (csrc/ternary/lut16.h), run with the AVX2 kernels.
+LUT16 = "lut16"
+LUT16_ISA = "avx2"
 CUDA_BASELINES = ("bf16", "fp16", "fp32")  # --device cuda (bitttt/bench/ternary_cuda.py)
 DEVICES = ("cpu", "cuda")
 REGIMES = ("hot", "cold")
@@ -203,6 +207,9 @@ def weight_args(kind: str, w: torch.Tensor) -> tuple[tuple[Any, ...], int]:
     if kind in ("fp32", "bf16", "fp16"):
         t = w.to({"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[kind])
         return (t,), t.numel() * t.element_size()
+    if kind == LUT16:  # the same quantized weight as "bitttt", repacked at load
+        packed, w_scale = ops.quantize_weight(w)
+        return (torch.ops.bitttt.ternary_repack_lut16(packed), w_scale), packed.numel()
     if kind == "int8pack":
         scale = w.abs().amax(1).clamp_min(1e-12) / 127  # [N], symmetric per row
         return ((w / scale[:, None]).round().clamp(-127, 127).to(torch.int8), scale), N * K
@@ -257,10 +264,13 @@ def validate(x: torch.Tensor, sw: ShapeWeights, isa: str | None) -> float:
     Returns max |err| / tolerance (< 1). Raises BenchValidationError when it is >= 1.
     """
     if isa is not None:
-        _C.set_isa(isa)
+        _C.set_isa(LUT16_ISA if isa == LUT16 else isa)
     kernels = isa or x.device.type
     packed, w_scale = sw.packed()
-    y = ops.ternary_linear(x, packed, w_scale)  # [M, N]
+    if isa == LUT16:
+        y = torch.ops.bitttt.ternary_linear_lut16(x, *sw.args[LUT16][0])  # [M, N]
+    else:
+        y = ops.ternary_linear(x, packed, w_scale)  # [M, N]
     rows, cols = _ends(x.shape[0], VALIDATE_TOKENS), _ends(sw.N, VALIDATE_ROWS)
     q = ops.unpack_ternary(packed[cols.to(packed.device)], sw.K)  # [n, K]
     xr = x[rows.to(x.device)].float()
@@ -337,16 +347,19 @@ def make_contenders(sw: ShapeWeights, x: torch.Tensor, regime: str, isas: list[s
     out = []
     xb = x.bfloat16() if device == "cuda" else x  # on the GPU bitttt takes bf16 in and out
     for isa in isas:
-        cyc = args_of("bitttt")
+        kind = LUT16 if isa == LUT16 else "bitttt"
+        cyc = args_of(kind)
 
         def bitttt_call(cyc: Cycle = cyc, isa: str = isa) -> torch.Tensor:
             if device == "cpu":
-                _C.set_isa(isa)  # an atomic store: free next to any call timed here
+                _C.set_isa(LUT16_ISA if isa == LUT16 else isa)  # an atomic store: free next to any timed call
+            if isa == LUT16:
+                return torch.ops.bitttt.ternary_linear_lut16(xb, *cyc.next())
             return ops.ternary_linear(xb, *cyc.next())  # hot: one copy, so a prewarm reads the timed one
 
         out.append(Contender(contender_name(isa, isas), bitttt_call,
                              check=lambda isa=isa: validate(xb, sw, isa if device == "cpu" else None),
-                             prewarm=prewarm("bitttt"), extra=extra("bitttt", len(cyc))))
+                             prewarm=prewarm(kind), extra=extra(kind, len(cyc))))
     for kind in baselines:
         xk = x.to(X_DTYPES.get(kind, torch.float32))
         fn, cyc = BASELINE_FNS[kind], args_of(kind)
@@ -377,7 +390,8 @@ def add_rates(results: list[harness.Result], M: int, N: int, K: int, isas: list[
         elif M == 1:
             continue  # hot weights come from cache: the DRAM read peak does not bound them
         else:
-            key = "int8_avx512_gmacs" if isa == "avx512" else f"int8_{isa}_gmacs"
+            kernels = LUT16_ISA if isa == LUT16 else isa
+            key = "int8_avx512_gmacs" if kernels == "avx512" else f"int8_{kernels}_gmacs"
             r.extra["pct_of_peak"] = peaks.percent(r.extra["gops"] / 2, key, r.threads)
 
 
@@ -433,6 +447,8 @@ def print_preamble(config: TernaryBenchConfig, isas: list[str], out: TextIO) -> 
 def resolve_isas(requested: list[str] | None) -> list[str]:
     """The kernel sets to time; ConfigError for one this CPU or build lacks."""
     available = list(_C.available_isas())
+    if LUT16_ISA in available:
+        available.append(LUT16)
     if requested is None:
         try:
             return [_C.isa()]
@@ -494,13 +510,14 @@ def run(config: TernaryBenchConfig, out: TextIO = sys.stdout) -> Report:
 def weight_bytes(kind: str, N: int, K: int) -> int:
     """Bytes of one copy of kind's weights (bitttt: BT2 pads K to a multiple of 256)."""
     return {"bitttt": N * (-(-K // 256) * 256) // 4, "fp32": 4 * N * K, "bf16": 2 * N * K, "fp16": 2 * N * K,
-            "int8pack": N * K, "int8dyn": N * K}[kind]
+            "int8pack": N * K, "int8dyn": N * K, LUT16: N * (-(-K // 256) * 256) // 4}[kind]
 
 
 def check_all(config: TernaryBenchConfig, isas: list[str], cache_bytes: int) -> None:
     """Every (shape, M, threads) row's contenders checked on warm weights, before any timing."""
     for N, K in config.shapes:
-        sw = make_weights(N, K, config, ["bitttt", *config.baselines], cold=False)
+        sw = make_weights(N, K, config, ["bitttt", *([LUT16] if LUT16 in isas else []), *config.baselines],
+                          cold=False)
         for M in config.tokens:
             x = torch.randn(M, K)
             for threads in config.threads:
@@ -515,7 +532,8 @@ def run_shape(N: int, K: int, config: TernaryBenchConfig, isas: list[str], cache
     """Every row of one shape: weights made once per regime, each row interleaved by the harness."""
     results = []
     for regime in config.regimes:
-        sw = make_weights(N, K, config, ["bitttt", *config.baselines], cold=regime == "cold")
+        kinds = ["bitttt", *([LUT16] if LUT16 in isas else []), *config.baselines]
+        sw = make_weights(N, K, config, kinds, cold=regime == "cold")
         for M in config.tokens:
             x = torch.randn(M, K)
             for threads in config.threads:

@@ -165,6 +165,11 @@ class Tensors:
             weight_map = read_json(index).get("weight_map")
             if not isinstance(weight_map, dict):
                 raise ConfigError(f"{index}: no weight_map", hint=HINT)
+            bad = [f for f in weight_map.values() if not isinstance(f, str) or not f or "\x00" in f
+                   or os.path.basename(f) != f or f in (".", "..")]
+            if bad:  # a shard is a file name in this folder: not a number, a path elsewhere, or empty
+                raise ConfigError(f"{index}: weight_map names {str(bad[0])[:80]!r}, not a file of this folder",
+                                  hint=HINT)
             files = sorted(set(weight_map.values()))
         elif os.path.isfile(os.path.join(path, SINGLE_FILE)):
             files = [SINGLE_FILE]

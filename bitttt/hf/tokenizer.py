@@ -29,7 +29,8 @@ TEMPLATE_HINT = "the folder's chat_template rejected these messages or hit a lim
 
 def _token_text(value: Any) -> str | None:
     """tokenizer_config.json writes a special token as a string or as {"content": ...}."""
-    return value.get("content") if isinstance(value, dict) else value if isinstance(value, str) else None
+    text = value.get("content") if isinstance(value, dict) else value
+    return text if isinstance(text, str) else None
 
 
 def _uses_byte_level(tokenizer_json: dict[str, Any]) -> bool:

@@ -228,7 +228,12 @@ class Engine:
                     self._wake.wait()
                 if self._closing:
                     return
-            self.step()
+            try:
+                self.step()
+            except Exception as e:  # a bug: what is running fails, the server keeps serving
+                for slot in self._slots:
+                    self._finish(slot, "error", f"{type(e).__name__}: {str(e)[:500]}", keep_state=False)
+                self._slots = []
 
     @torch.no_grad()
     def step(self) -> None:

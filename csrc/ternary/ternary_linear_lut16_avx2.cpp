@@ -13,13 +13,13 @@
 namespace bitttt::ternary {
 namespace {
 
-// Table entries a * x0 + b * x1 with codes a, b <= 2 (entries with a code 3 are never looked
-// up) and x in [-128, 127] lie in [-512, 508]. Each int16 accumulator lane adds 2 entries per
-// quad, so 32 quads (256 weights of K, one kBT2PadK block) reach at most 64 * 512 = 32768 in
-// magnitude: [-32768, 32512] fits int16 exactly, and the lanes are widened to int32 then.
-constexpr int64_t kQuadsPerWiden = 32;
-static_assert(2 * kQuadsPerWiden * 512 <= 32768 && 2 * kQuadsPerWiden * 508 <= 32767,
-              "int16 partial sums could overflow");
+// Table entries a * x0 + b * x1 with x in [-128, 127] lie in [-512, 508] for BT2 codes
+// a, b <= 2, and in [-768, 762] if a layout holds code 3 (never written by BT2; it reads
+// +2 as in every BT2 kernel). Each int16 accumulator lane adds 2 entries per quad, so 16
+// quads (128 weights of K) reach at most 32 * 768 = 24576 in magnitude: the lanes are
+// widened to int32 every 16 quads and never overflow.
+constexpr int64_t kQuadsPerWiden = 16;
+static_assert(2 * kQuadsPerWiden * 768 <= 32767, "int16 partial sums could overflow");
 static_assert(kBT2PadK % (kQuadsPerWiden * kLut16QuadK) == 0, "Kp holds whole widening blocks");
 
 // Blocks of 16 rows that share each table load: 4 blocks = 64 rows = one task of the op.

@@ -65,6 +65,19 @@ FIELDS: tuple[Field, ...] = (
     Field("eval_every", "--eval-every", "int", "Eval every", "Schedule", "Steps between validation losses (0 = never).", minimum=0),
     Field("save_every", "--save-every", "int", "Checkpoint every", "Schedule", "Steps between checkpoints (0 = only at the end).", minimum=0),
     Field("sample_every", "--sample-every", "int", "Sample every", "Schedule", "Steps between generated samples (0 = never).", minimum=0),
+    # Under "More settings…": what most runs leave at the preset's values.
+    Field("min_lr", "--min-lr", "float", "Final learning rate", "More", "Where the cosine decay ends.", minimum=0),
+    Field("weight_decay", "--weight-decay", "float", "Weight decay", "More", "AdamW weight decay.", minimum=0),
+    Field("grad_clip", "--grad-clip", "float", "Gradient clip", "More", "Gradient norm clip.", minimum=0),
+    Field("eval_tokens", "--eval-tokens", "int", "Eval tokens", "More", "Validation tokens per evaluation.", minimum=1),
+    Field("keep_last", "--keep-last", "int", "Keep checkpoints", "More", "Step checkpoints kept besides the best one.",
+          minimum=0),
+    Field("threads", "--threads", "int", "CPU threads", "More", "torch threads per process; 0 = one per core.",
+          minimum=0),
+    Field("compile", "--compile", "bool", "torch.compile", "More", "Compile the model (slow start, faster steps on "
+          "some machines)."),
+    Field("sample_prompt", "--sample-prompt", "text", "Sample prompt", "More", "The text the samples continue "
+          "(spaces kept)."),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 # What a resumed run cannot change: the architecture, its tokenizer, its data and its folder.
@@ -112,6 +125,14 @@ class TrainSettings:
     save_every: int = _DEFAULTS["save_every"]
     sample_every: int = _DEFAULTS["sample_every"]
     nproc: int = 1
+    min_lr: float = _DEFAULTS["min_lr"]
+    weight_decay: float = _DEFAULTS["weight_decay"]
+    grad_clip: float = _DEFAULTS["grad_clip"]
+    eval_tokens: int = _DEFAULTS["eval_tokens"]
+    keep_last: int = _DEFAULTS["keep_last"]
+    threads: int = _DEFAULTS["threads"]
+    compile: bool = _DEFAULTS["compile"]
+    sample_prompt: str = _DEFAULTS["sample_prompt"]
 
     @property
     def global_batch(self) -> int:
@@ -160,9 +181,13 @@ def _parse_value(field: Field, raw) -> object:
             raise ValueError("expected a finite number")
         if field.minimum is not None and v < field.minimum:
             raise ValueError(f"must be at least {field.minimum:g}")
-        if field.name == "lr" and v <= 0:
+        if field.name in ("lr", "grad_clip") and v <= 0:
             raise ValueError("must be greater than 0")
         return v
+    if field.name == "sample_prompt":   # its spaces are the prompt's ("The " continues a new word)
+        if not raw:
+            raise ValueError("required")
+        return str(raw)
     s = "" if raw is None else str(raw).strip()
     if field.kind == "choice" and s not in field.choices:
         raise ValueError(f"choose one of {', '.join(field.choices)}")

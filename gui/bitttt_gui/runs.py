@@ -65,7 +65,8 @@ def run_settings(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | Non
     out = {k: d[k] for k in ("mixer", "ternary", "n_layer", "n_embd", "n_head", "mini_batch") if k in d}
     out.update({k: training[k] for k in ("preset", "steps", "batch_size", "seq_len", "lr", "warmup", "grad_accum",
                                          "device", "seed", "eval_every", "save_every", "sample_every",
-                                         "tokenizer") if k in training})
+                                         "tokenizer", "min_lr", "weight_decay", "grad_clip", "eval_tokens",
+                                         "keep_last", "threads", "compile", "sample_prompt") if k in training})
     if training.get("tokenizer") == "bpe" and "bpe_vocab_size" in training:
         out["vocab_size"] = training["bpe_vocab_size"]
     elif training.get("tokenizer") == "byte":

@@ -56,3 +56,14 @@ def test_every_table_names_its_machine_date_and_file():
 def test_a_marker_without_a_renderer_is_an_error():
     with pytest.raises(KeyError, match="bench:nope has no renderer"):
         report.generate("<!-- bench:nope -->\nold\n<!-- /bench:nope -->\n")
+
+
+def test_the_first_screen_gives_two_commands_that_need_no_release():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    first = text[:text.index("\n## ", text.index("## Quick start"))]  # up to the section after it
+    blocks = re.findall(r"```bash\n(.*?)```", first, re.S)
+    assert len(blocks) == 2 and all(b.count("\n") == 1 for b in blocks), blocks  # one line each
+    install, tests = blocks
+    assert "pip install --no-build-isolation -e ." in install and "bitttt train" in install
+    assert "<!-- test-command -->\n```bash\n" + tests in first and "pytest" in tests
+    assert not re.search(r"pip install bitttt\b(?![-\[])", text)  # no wheel on PyPI yet

@@ -142,3 +142,66 @@ def test_fuzz_chat_protocol(tiny_model, tmp_path):
     assert _snapshot(Path(tiny_model)) == model_before
     assert not Path("/etc/escape.safetensors").exists() and not Path(os.path.expanduser("~/escape.safetensors")).exists()
     assert kinds.get("error", 0) > N_CASES // 3 and kinds.get("done", 0) > 10
+
+
+def _nested(rng: random.Random) -> bytes:
+    """A JSON line nested from a little to far past json's recursion limit; sometimes valid."""
+    depth = rng.choice([10, 900, 5000, 100_000, 300_000])
+    opener, closer = rng.choice([(b"[", b"]"), (b'{"a":', b"}"), (b'[{"x":', b"}]")])
+    body = opener * depth + b"1" + closer * depth
+    if rng.random() < 0.3:
+        body = body[: rng.randrange(1, len(body))]  # cut: not JSON at all
+    return rng.choice([body, b'{"op": "reset", "x": ' + body + b"}", b'{"op": "generate", "prompt": ' + body + b"}"])
+
+
+N_STREAMING = 30
+
+
+def test_fuzz_nested_json_while_streaming(endless_model):
+    """A nested line sent while a reply streams never kills it (it was a RecursionError in the
+    cancel check): the reply goes on until cancelled, then the line gets its own answer."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "bitttt", "chat", "--model", endless_model, "--protocol", "jsonl",
+                             "--format", "plain", "--temperature", "0"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    events: queue.Queue = queue.Queue()
+
+    def read():
+        for line in proc.stdout:
+            events.put(json.loads(line))
+        events.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    rng = random.Random(SEED + 27)
+    answers: dict[str, int] = {}
+    try:
+        assert events.get(timeout=120)["event"] == "ready"
+        for i in range(N_STREAMING):
+            proc.stdin.write(b'{"op": "generate", "prompt": "hi", "max_new_tokens": 100000}\n')
+            proc.stdin.flush()
+            assert events.get(timeout=CASE_TIMEOUT_S)["event"] == "token"
+            line = _nested(rng)
+            proc.stdin.write(line + b"\n")
+            proc.stdin.flush()
+            for _ in range(3):  # the reply goes on after the nested line
+                ev = events.get(timeout=CASE_TIMEOUT_S)
+                assert ev["event"] == "token", (i, ev, line[:80])
+            proc.stdin.write(b'{"op": "cancel"}\n')
+            proc.stdin.flush()
+            ev = events.get(timeout=CASE_TIMEOUT_S)
+            while ev["event"] == "token":
+                ev = events.get(timeout=CASE_TIMEOUT_S)
+            assert ev["event"] == "done" and ev["cancelled"], (i, ev)
+            ev = events.get(timeout=CASE_TIMEOUT_S)  # the nested line's own answer, in its turn
+            while ev["event"] == "token":
+                ev = events.get(timeout=CASE_TIMEOUT_S)
+            assert ev["event"] in ("ok", "error", "done") and ev.get("kind") != "internal", (i, ev, line[:80])
+            answers[ev["event"]] = answers.get(ev["event"], 0) + 1
+        proc.stdin.write(b'{"op": "stop"}\n')
+        proc.stdin.flush()
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    print(f"\nfuzz chat, nested JSON while streaming: {N_STREAMING} cases, answers {answers}")

@@ -181,10 +181,24 @@ CONFIG = [("missing", remove), ("empty", replace_with(b"")), ("garbage", garbage
 TOKENIZER = [("missing", remove), ("garbage", garbage), ("list", replace_with(b"[]")),
              ("bad-utf8", replace_with(b"\xff\xfe\xfd")), ("other-kind", replace_with(b'{"bitttt_tokenizer": "bpe"}')),
              ("hf-junk", replace_with(b'{"model": 1, "version": "1.0"}')), ("empty", replace_with(b""))]
+STATE_KEYS = ["step", "total_steps", "lr", "lr_decay", "val_loss", "best_val_loss", "tokens_seen", "time"]
+ODD_VALUES = [None, True, -1, 0, 2**70, 1.5, -0.5, "x", "", [], [1], {}, {"from_step": 1}, {"from_lr": 1.0},
+              {"from_step": -1, "from_lr": 0.1}, {"from_step": 1, "from_lr": -1.0}, {"a": {"b": [None]}}]
 STATE = [("missing", remove), ("garbage", garbage), ("list", replace_with(b"[]")), ("empty-object", replace_with(b"{}")),
          ("step-str", edit_json(step="abc")), ("step-negative", edit_json(step=-1)), ("step-float", edit_json(step=1.5)),
-         ("step-bool", edit_json(step=True)), ("total-str", edit_json(total_steps="x"))]
+         ("step-bool", edit_json(step=True)), ("total-str", edit_json(total_steps="x")),
+         ("zero-bytes", replace_with(b"")),  # issue 27: 0-byte and wrong-typed fields the trainer reads
+         ("lr_decay-int", edit_json(lr_decay=5)), ("lr_decay-empty", edit_json(lr_decay={})),
+         ("lr_decay-list", edit_json(lr_decay=[1, 2])),
+         ("lr_decay-str-step", edit_json(lr_decay={"from_step": "x", "from_lr": 0.1})),
+         ("lr_decay-null-lr", edit_json(lr_decay={"from_step": 1, "from_lr": None})),
+         ("lr_decay-extra", edit_json(lr_decay={"from_step": 1, "from_lr": 0.1, "x": 1})),
+         ("lr-str", edit_json(lr="fast")), ("lr-list", edit_json(lr=[1])), ("val_loss-str", edit_json(val_loss="x")),
+         ("best-dict", edit_json(best_val_loss={})), ("tokens-str", edit_json(tokens_seen="many"))]
+STATE += [(f"random-{i}", lambda path, rng: edit_json(**{rng.choice(STATE_KEYS): rng.choice(ODD_VALUES)})(path, rng))
+          for i in range(12)]
 OPTIMIZER = [("missing", remove), ("garbage", garbage), ("truncate", truncate_to(0.5)),
+             ("zero-bytes", replace_with(b"")), ("one-byte", truncate_to(1)),  # issue 27: IndexError at a 0-byte file
              ("list", torch_object(lambda: [1, 2])),
              ("no-rng", torch_object(lambda: {"optimizer": {"state": {}, "param_groups": []}})),
              ("rng-float", torch_object(lambda: {"optimizer": {"state": {}, "param_groups": []},

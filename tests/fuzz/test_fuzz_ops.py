@@ -34,7 +34,8 @@ SCALE = float(os.environ.get("BITTTT_FUZZ_SCALE", "1"))
 # Cases per op at scale 1: about a minute for all ops together on a 2-core CI machine.
 CASES_PER_OP = {"ternary_linear": 700, "ternary_matmul_int8": 500, "int8_matmul": 300, "ttt_linear": 300,
                 "ttt_linear_backward": 200, "ttt_linear_decode_": 300, "ttt_mlp": 200, "ttt_mlp_backward": 150,
-                "ttt_mlp_decode_": 200, "fake_quant_activations": 300, "fake_quant_weight": 300}
+                "ttt_mlp_decode_": 200, "fake_quant_activations": 300, "fake_quant_weight": 300,
+                "ternary_repack_lut16": 200, "ternary_linear_lut16": 500, "ternary_matmul_int8_lut16": 400}
 CASE_TIMEOUT_S = 60  # a hang bound, not a speed test: the slowest good case takes < 1 s
 WORKER_START_S = 120  # more time for the first answer of a worker: it imports torch
 # Address space of a worker (torch itself takes ~0.7 GB): a huge size fails to allocate at
@@ -71,6 +72,31 @@ def base_ternary_matmul_int8(rng: random.Random) -> dict:
     M, K, N = rng.choice([0, 1, 4, 5, 70]), rng.choice([0, 1, 100, 256, 300]), rng.choice([0, 1, 3, 17])
     return {"op": "ternary_matmul_int8", "args": {
         "x": tensor([M, K], "int8", "int8"), "packed": tensor([N, pad(K) // 4], "uint8", "bt2")}}
+
+
+def pad16(N: int) -> int:
+    return (N + 15) // 16 * 16
+
+
+# The lut16 ops (csrc/ternary/lut16.h): the layout argument is named "packed" in the recipes,
+# so the code-3 and width mutations reach it too.
+def base_ternary_repack_lut16(rng: random.Random) -> dict:
+    K, N = rng.choice([0, 1, 255, 256, 300, 600]), rng.choice([0, 1, 3, 16, 17, 70])
+    return {"op": "ternary_repack_lut16", "args": {"packed": tensor([N, pad(K) // 4], "uint8", "bt2")}}
+
+
+def base_ternary_linear_lut16(rng: random.Random) -> dict:
+    case = base_ternary_linear(rng)
+    case["op"] = "ternary_linear_lut16"
+    N, width = case["args"]["w_scale"]["shape"][0], case["args"]["packed"]["shape"][1]
+    case["args"]["packed"]["shape"] = [pad16(N), width]
+    return case
+
+
+def base_ternary_matmul_int8_lut16(rng: random.Random) -> dict:
+    M, K, N = rng.choice([0, 1, 4, 5, 70]), rng.choice([0, 1, 100, 256, 300]), rng.choice([0, 1, 3, 17, 64, 65])
+    return {"op": "ternary_matmul_int8_lut16", "args": {
+        "x": tensor([M, K], "int8", "int8"), "packed": tensor([pad16(N), pad(K) // 4], "uint8", "bt2"), "N": N}}
 
 
 def base_int8_matmul(rng: random.Random) -> dict:
@@ -183,7 +209,9 @@ BASES = {"ternary_linear": base_ternary_linear, "ternary_matmul_int8": base_tern
          "ttt_linear": base_ttt_linear, "ttt_linear_backward": base_ttt_linear_backward,
          "ttt_linear_decode_": base_ttt_linear_decode_, "ttt_mlp": base_ttt_mlp,
          "ttt_mlp_backward": base_ttt_mlp_backward, "ttt_mlp_decode_": base_ttt_mlp_decode_,
-         "fake_quant_activations": base_fake_quant_activations, "fake_quant_weight": base_fake_quant_weight}
+         "fake_quant_activations": base_fake_quant_activations, "fake_quant_weight": base_fake_quant_weight,
+         "ternary_repack_lut16": base_ternary_repack_lut16, "ternary_linear_lut16": base_ternary_linear_lut16,
+         "ternary_matmul_int8_lut16": base_ternary_matmul_int8_lut16}
 
 # Ops that update some of their inputs in place: those inputs are outputs too.
 IN_PLACE_INPUTS = {"ttt_linear_decode_": slice(5, 9), "ttt_mlp_decode_": slice(5, 13)}
@@ -394,11 +422,34 @@ def _bt2_weights(packed, K: int, torch):
     return codes.reshape(N, Kp)[:, :K] - 1
 
 
+def _lut16_weights(layout, N: int, K: int, torch):
+    """int64 weights [N, K] of a lut16 layout (lut16.h's byte map; code 3 reads +2 as in BT2)."""
+    Np, Kp = layout.shape[0], layout.shape[1] * 4
+    b = layout.reshape(Np // 16, Kp // 8, 2, 16).long()  # [block, quad, h, row]
+    codes = torch.empty(Np // 16, Kp // 8, 8, 16, dtype=torch.long)  # [block, quad, j, row]
+    for j in range(8):
+        codes[:, :, j, :] = (b[:, :, (j // 2) % 2, :] >> (4 * (j // 4) + 2 * (j % 2))) & 3
+    return codes.permute(0, 3, 1, 2).reshape(Np, Kp)[:N, :K] - 1
+
+
 def check_reference(case: dict, args: list, out: list, torch) -> str | None:
     """None if the canonical (contiguous CPU) result matches the reference, else why not."""
     from bitttt import reference
     op, fills = case["op"], {n: a["fill"] for n, a in case["args"].items() if isinstance(a, dict) and "fill" in a}
     plain = all(f in ("randn", "small", "scale", "lr", "int8", "int8q", "bt2", "bytes", "zeros") for f in fills.values())
+    if op == "ternary_repack_lut16":
+        (packed,) = args
+        N, Kp = packed.shape[0], packed.shape[1] * 4
+        same = torch.equal(_lut16_weights(out[0], N, Kp, torch), _bt2_weights(packed, Kp, torch))
+        return None if same else "the layout holds other weights than packed"
+    if op == "ternary_matmul_int8_lut16":
+        x, layout, N = args
+        expected = x.long() @ _lut16_weights(layout, N, x.shape[1], torch).T
+        return None if torch.equal(out[0].long(), expected) else "differs from the int64 reference"
+    if op == "ternary_linear_lut16":  # as ternary_linear, over the weights the layout holds
+        x, layout, w_scale, bias = args
+        packed = ops_pack(_lut16_weights(layout, w_scale.shape[0], x.shape[-1], torch), torch)
+        return check_reference({**case, "op": "ternary_linear"}, [x, packed, w_scale, bias], out, torch)
     if op == "ternary_matmul_int8":
         x, packed = args
         expected = x.long() @ _bt2_weights(packed, x.shape[1], torch).T
@@ -434,6 +485,16 @@ def check_reference(case: dict, args: list, out: list, torch) -> str | None:
         expected = w + (torch.round(w / s).clamp(-1, 1) * s - w)
         return None if _same_bits(out[0], expected, torch) else "differs from round(w / s).clamp(-1, 1) * s"
     return None
+
+
+def ops_pack(q, torch):
+    """BT2 bytes of int64 weights in [-1, 2] (+2: a code 3, kept as it is)."""
+    N, K = q.shape
+    Kp = pad(K)
+    codes = torch.ones(N, Kp, dtype=torch.long)
+    codes[:, :K] = q + 1
+    runs = codes.reshape(N, Kp // 128, 4, 32)
+    return (runs[:, :, 0] | runs[:, :, 1] << 2 | runs[:, :, 2] << 4 | runs[:, :, 3] << 6).reshape(N, Kp // 4).to(torch.uint8)
 
 
 def _check_ttt_mlp_reference(op: str, args: list, out: list, torch) -> str | None:

@@ -30,6 +30,14 @@ CHANGED = {
     "eval_every": (11, ["--eval-every", "11"]),
     "save_every": (22, ["--save-every", "22"]),
     "sample_every": (33, ["--sample-every", "33"]),
+    "min_lr": (0.0001, ["--min-lr", "0.0001"]),
+    "weight_decay": (0.05, ["--weight-decay", "0.05"]),
+    "grad_clip": (0.5, ["--grad-clip", "0.5"]),
+    "eval_tokens": (4096, ["--eval-tokens", "4096"]),
+    "keep_last": (1, ["--keep-last", "1"]),
+    "threads": (2, ["--threads", "2"]),
+    "compile": (True, ["--compile"]),
+    "sample_prompt": ("Once upon ", ["--sample-prompt", "Once upon "]),
 }
 
 
@@ -147,3 +155,25 @@ def test_global_batch_counts_every_process():
     s = dataclasses.replace(TrainSettings(), batch_size=8, grad_accum=2, nproc=3)
     assert s.global_batch == 48
     assert "--nproc" not in train_args(TrainSettings(), "r")   # one process: no flag at all
+
+
+def test_the_more_flags_are_the_trainers_own():
+    """Every flag the form sends is one ``bitttt train`` accepts (its own parser is the oracle)."""
+    import argparse
+
+    from bitttt.cli import add_train_parser
+
+    parser = argparse.ArgumentParser()
+    add_train_parser(parser.add_subparsers())
+    s = TrainSettings(**{name: value for name, (value, _) in CHANGED.items() if name != "nproc"})
+    args = parser.parse_args(train_args(s, "r"))
+    assert args.min_lr == 0.0001 and args.weight_decay == 0.05 and args.grad_clip == 0.5
+    assert args.eval_tokens == 4096 and args.keep_last == 1 and args.threads == 2 and args.compile is True
+    assert args.sample_prompt == "Once upon "
+
+
+def test_the_sample_prompt_keeps_its_spaces():
+    assert parse_settings({"sample_prompt": "The "}).sample_prompt == "The "
+    with pytest.raises(SettingsError) as e:
+        parse_settings({"sample_prompt": ""})
+    assert "sample_prompt" in e.value.errors

@@ -2,6 +2,7 @@
 
 import time
 import tkinter as tk
+from tkinter import font as tkfont
 from pathlib import Path
 
 import pytest
@@ -47,27 +48,85 @@ def test_log_scale_ticks_are_plain_numbers():
 
 
 def _bottom_visible(widget: tk.Misc, root: tk.Misc) -> bool:
-    """The widget is mapped, gets the height it asks for, and ends inside the window."""
+    """The widget is mapped, gets the size it asks for, and lies inside the window."""
     widget.update_idletasks()
-    inside = widget.winfo_rooty() + widget.winfo_height() <= root.winfo_rooty() + root.winfo_height()
-    return bool(widget.winfo_ismapped()) and widget.winfo_height() >= widget.winfo_reqheight() and inside
+    x, y, w, h = widget.winfo_rootx(), widget.winfo_rooty(), widget.winfo_width(), widget.winfo_height()
+    inside = x + w <= root.winfo_rootx() + root.winfo_width() and y + h <= root.winfo_rooty() + root.winfo_height()
+    return (bool(widget.winfo_ismapped()) and h >= widget.winfo_reqheight() and w >= widget.winfo_reqwidth()
+            and inside)
 
 
-@pytest.mark.parametrize("size", ["1180x820", "1180x728"])   # the default, and what 1366x768 gets
-def test_train_tab_is_unclipped(make_app, size, screenshot):
+def _grow_fonts(root: tk.Misc, factor: float) -> None:
+    """Scale Tk's named fonts, as a machine with larger or wider fonts (or a larger default) would."""
+    for name in ("TkDefaultFont", "TkTextFont", "TkFixedFont", "TkHeadingFont", "TkMenuFont"):
+        f = tkfont.nametofont(name, root=root)
+        size = int(f.cget("size"))
+        f.configure(size=round(size * factor))
+
+
+# The default, what a 1366x768 laptop gets, and the window's minimum; DejaVu's sizes and 30% larger.
+@pytest.mark.parametrize("fonts", [1.0, 1.3], ids=["fonts1.0", "fonts1.3"])
+@pytest.mark.parametrize("size", ["1180x820", "1180x728", "900x640"])
+def test_train_tab_is_unclipped(make_app, size, fonts, screenshot):
     app = make_app()
+    _grow_fonts(app.root, fonts)
     app.root.geometry(size)
     train = app.tabs["train"]
     pump(app.root, lambda: "unknown" not in train.verdict_label.cget("text"), what="the estimate")
+    # The biggest preset with a batch no computer has memory for: the longest estimate and the warning.
+    train.set_value("preset", "base")
+    train.set_value("batch_size", "4096")
+    pump(app.root, lambda: train.estimate_state == "too_big", what="the too-big warning")
     settle(app.root, 0.3)
-    for w in (train.verdict_label, train.estimate_label, train.start_btn, train.preview, app.status):
+    screenshot(f"train_tab_{size}_{fonts}")
+    for w in (train.verdict_label, train.estimate_label, train.start_btn, train.stop_btn, train.preview,
+              app.status):
         assert _bottom_visible(w, app.root), w
-    screenshot(f"train_tab_{size}")
+    line = tkfont.nametofont("TkFixedFont", root=app.root).metrics("linespace")
+    assert train.preview.winfo_height() >= 4 * line          # the command pane keeps its four lines
+    assert train.estimate_label.winfo_height() >= 4 * line   # and the estimate all of its own
+    # What the window cannot show of the form scrolls, and says so with a scrollbar.
+    form = train.form_area
+    assert form.scrolls() == bool(form.scrollbar.winfo_ismapped())
+    if size == "1180x728" and fonts == 1.0:
+        assert not form.scrolls()    # a laptop with the usual fonts sees the whole form
+
+
+def test_estimate_columns_never_run_together():
+    from bitttt_gui.tabs.train import estimate_columns
+
+    text = estimate_columns([("Parameters", "101.27M (84.93M ternary)"), ("Weights fp32", "386 MiB")],
+                            [("Activations", "12.4 GiB (32×1024)"), ("Runtime", "600 MiB")])
+    first, second = text.splitlines()
+    assert "ternary)   Activations" in first
+    assert first.index("Activations") == second.index("Runtime")   # the right column lines up
 
 
 def test_command_preview_wraps_at_spaces(make_app):
-    train = make_app().tabs["train"]
-    assert train.preview.cget("wrap") == "word"
+    app = make_app()
+    train = app.tabs["train"]
+    train.set_value("data", "/")
+    train.set_value("run_name", "run")
+    for name, value in (("steps", "123"), ("lr", "0.002"), ("warmup", "7"), ("seed", "9"), ("eval_every", "11"),
+                        ("save_every", "13"), ("sample_every", "17"), ("batch_size", "3")):
+        train.set_value(name, value)
+    settle(app.root, 0.4)
+    text = train.preview.get("1.0", "end-1c")
+    assert "\n" not in text and len(text) > 200
+    # Where each display line starts: only at the start or after a space, never inside a word.
+    starts, index = [], "1.0"
+    while train.preview.compare(index, "<", "end-1c"):
+        starts.append(int(train.preview.count("1.0", index, "chars")[0]) if index != "1.0" else 0)
+        nxt = train.preview.index(f"{index} +1 display lines display linestart")
+        if nxt == index or train.preview.compare(nxt, "<=", index):
+            break
+        index = nxt
+    assert len(starts) >= 3
+    longest_line = max(b - a for a, b in zip(starts, starts[1:] + [len(text)]))
+    for i in starts[1:]:
+        word = text[text.rfind(" ", 0, i) + 1:(text.find(" ", i) + 1 or len(text) + 1) - 1]
+        # A break inside a word only where the word is longer than a whole line (a long path).
+        assert text[i - 1] == " " or len(word) > longest_line, text[i - 20:i + 20]
 
 
 def test_a_killed_run_leaves_no_stale_panels(make_app, monkeypatch):
@@ -308,3 +367,18 @@ def test_a_diverged_run_says_so_with_its_hint():
     severity, text = explain_exit(5, {"kind": "diverged", "message": "training diverged at step 7",
                                       "hint": "lower --lr (it is 3:g; try 0.3)"})
     assert severity == "error" and text.startswith("Training diverged: training diverged at step 7. lower --lr")
+
+
+def test_more_settings_open_under_the_form_and_reach_the_command(make_app):
+    app = make_app()
+    train = app.tabs["train"]
+    assert not train.more_frame.winfo_ismapped()
+    train.more_btn.invoke()
+    settle(app.root, 0.3)
+    assert train.more_frame.winfo_ismapped()
+    train.set_value("min_lr", "0.0001")
+    train.set_value("compile", True)
+    train.set_value("sample_prompt", "Once ")
+    settle(app.root, 0.3)
+    preview = train.preview.get("1.0", "end")
+    assert "--min-lr 0.0001" in preview and "--compile" in preview and "--sample-prompt 'Once '" in preview

@@ -56,7 +56,7 @@ def test_eval_loss_equals_transformers(tiny, tmp_path, capsys):
     assert cli.main(["eval", "--model", tiny.packed, "--data", str(text), "--seq-len", "32", "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
     _, tok, _ = load(tiny.packed)
-    tokens = evaluate._all_tokens([str(text)], tok, 32)
+    tokens = evaluate._all_tokens([str(text)], tok, 32, str(tmp_path))
     starts = data.eval_windows(tokens, 32, 65536)
     x, y = data.window_batch(tokens, starts, 32, torch.device("cpu"))
     with torch.no_grad():

@@ -567,6 +567,19 @@ def test_lut16_matmul_int8_extreme_values(isa, pattern, K):
     assert torch.equal(out, torch.tensor([[expected, -expected] * (N // 2)] * 2, dtype=torch.int32))
 
 
+# Code 3 (never written by BT2) reads +2 in every BT2 kernel; a lut16 layout may hold it too
+# (it is any uint8 tensor), and its table entries (up to 768 in magnitude) must not overflow
+# the int16 sums either.
+@pytest.mark.parametrize("K", [256, 4096])
+@pytest.mark.parametrize("x_value", [-128, 127])
+def test_lut16_code3_reads_plus2(isa, K, x_value):
+    N = 20
+    layout = torch.full((32, ops.bt2_padded_k(K) // 4), 0xFF, dtype=torch.uint8)
+    x_q = torch.full((2, K), x_value, dtype=torch.int8)
+    out = torch.ops.bitttt.ternary_matmul_int8_lut16(x_q, layout, N)
+    assert torch.equal(out, torch.full((2, N), 2 * x_value * K, dtype=torch.int32))
+
+
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
 @pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
@@ -624,3 +637,13 @@ def test_lut16_bad_input(case):
     args = {**good, **make(good)}
     with pytest.raises(RuntimeError, match=message):
         torch.ops.bitttt.ternary_linear_lut16(args["x"], args["layout"], args["w_scale"], args["bias"])
+
+
+def test_lut16_opcheck():
+    x, q, packed, w_scale, b = sample_inputs((2, 3), 300, 17, bias=True)
+    layout = torch.ops.bitttt.ternary_repack_lut16(packed)
+    torch.library.opcheck(torch.ops.bitttt.ternary_repack_lut16.default, (packed,))
+    torch.library.opcheck(torch.ops.bitttt.ternary_linear_lut16.default, (x, layout, w_scale, b),
+                          test_utils=("test_schema", "test_faketensor"))
+    x_q = torch.randint(-128, 128, (5, 300), dtype=torch.int8)
+    torch.library.opcheck(torch.ops.bitttt.ternary_matmul_int8_lut16.default, (x_q, layout, 17))

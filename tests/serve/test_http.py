@@ -111,3 +111,14 @@ def test_health_and_metrics(http):
         assert name in text, name
     generated = [float(line.split()[-1]) for line in text.splitlines() if line.startswith("bitttt_generated_tokens_total")]
     assert generated and generated[0] >= 2
+
+
+def test_client_giving_up_on_a_non_streaming_request_frees_its_slot(server):
+    body = {"model": "tiny", "prompt": "go on forever", "max_tokens": 100_000, "temperature": 0}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/completions", json=body, timeout=1.0,
+                   headers={"Authorization": f"Bearer {server.api_key}"})
+    deadline = time.monotonic() + 10
+    while server.engine.busy:
+        assert time.monotonic() < deadline, "the abandoned request still holds a slot"
+        time.sleep(0.02)

@@ -33,9 +33,25 @@ def _corpus(path, n_bytes: int) -> str:
     return str(path)
 
 
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def kill_leftover_trainers():
+    """A test that fails while waiting must not leave its trainer running."""
+    yield
+    while STARTED:
+        p = STARTED.pop()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def _start(run_dir, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "bitttt", "train", *MICRO, "--run-dir", str(run_dir), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV)
+    p = subprocess.Popen([sys.executable, "-m", "bitttt", "train", *MICRO, "--run-dir", str(run_dir), *extra],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV)
+    STARTED.append(p)
+    return p
 
 
 def _wait_for_event(proc: subprocess.Popen, event: str) -> None:
@@ -163,6 +179,7 @@ def test_sigterm_to_eval_removes_its_temporary_folder(micro_run, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "bitttt", "eval", "--model", str(micro_run), "--data", corpus,
                              "--max-tokens", "10000000"], env={**ENV, "TMPDIR": str(tmpdir)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    STARTED.append(proc)
     end = time.monotonic() + WAIT_S
     while not os.listdir(tmpdir):
         assert time.monotonic() < end and proc.poll() is None, "eval made no temporary folder"

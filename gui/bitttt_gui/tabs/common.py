@@ -89,6 +89,62 @@ class Tooltip:
             self._tip = None
 
 
+class ScrolledFrame(ttk.Frame):
+    """A frame whose content (``inner``) asks for its whole size and scrolls vertically when the window
+    gives it less; the scrollbar shows only then, and the wheel scrolls it while the pointer is over it."""
+
+    def __init__(self, parent, **kw):
+        super().__init__(parent, **kw)
+        self.canvas = tk.Canvas(self, highlightthickness=0, borderwidth=0)
+        self.scrollbar = ttk.Scrollbar(self, orient="vertical", command=self.canvas.yview)
+        self.canvas.configure(yscrollcommand=self.scrollbar.set)
+        self.inner = ttk.Frame(self.canvas)
+        self._window = self.canvas.create_window(0, 0, window=self.inner, anchor="nw")
+        self.canvas.grid(row=0, column=0, sticky="nsew")
+        self.rowconfigure(0, weight=1)
+        self.columnconfigure(0, weight=1)
+        self.inner.bind("<Configure>", lambda e: self._fit())
+        self.canvas.bind("<Configure>", self._on_canvas)
+        self.bind("<<ThemeChanged>>", lambda e: self._match_theme())
+        self._match_theme()
+        for seq in ("<MouseWheel>", "<Button-4>", "<Button-5>"):
+            self.bind_all(seq, self._wheel, add="+")
+
+    def _match_theme(self):
+        bg = ttk.Style(self).lookup("TFrame", "background")
+        if bg:
+            self.canvas.configure(background=bg)
+
+    def _fit(self):
+        """Ask for the content's size; scroll over what the window cannot show."""
+        w, h = self.inner.winfo_reqwidth(), self.inner.winfo_reqheight()
+        if (int(self.canvas.cget("width")), int(self.canvas.cget("height"))) != (w, h):
+            self.canvas.configure(width=w, height=h, scrollregion=(0, 0, w, h))
+        self._show_scrollbar()
+
+    def _on_canvas(self, e):
+        self.canvas.itemconfigure(self._window, width=e.width)
+        self._show_scrollbar()
+
+    def scrolls(self) -> bool:
+        return self.inner.winfo_reqheight() > self.canvas.winfo_height() > 1
+
+    def _show_scrollbar(self):
+        if self.scrolls():
+            self.scrollbar.grid(row=0, column=1, sticky="ns")
+        else:
+            self.scrollbar.grid_remove()
+            self.canvas.yview_moveto(0)
+
+    def _wheel(self, e):
+        if not self.scrolls() or not str(e.widget).startswith(str(self)):
+            return
+        if isinstance(e.widget, (tk.Text, ttk.Combobox)):   # they scroll themselves
+            return
+        step = -1 if getattr(e, "num", 0) == 4 or getattr(e, "delta", 0) > 0 else 1
+        self.canvas.yview_scroll(step, "units")
+
+
 def scrolled_text(parent, **kw) -> tuple[ttk.Frame, tk.Text]:
     """A Text with a vertical scrollbar in a frame."""
     frame = ttk.Frame(parent)

@@ -12,11 +12,26 @@ from ..command import FIELDS, SettingsError, TrainSettings, parse_settings
 from ..estimate import estimate, verdict
 from ..events import fmt_bytes, fmt_count
 from ..runs import run_settings
-from .common import PAD, Context, Tooltip
+from .common import PAD, Context, ScrolledFrame, Tooltip
 
-SECTIONS = ("Run", "Model", "Optimisation", "Schedule")
-SECTION_TITLES = {"Run": "Run", "Model": "Model", "Optimisation": "Optimisation", "Schedule": "Device and schedule"}
+SECTIONS = ("Run", "Model", "Optimisation", "Schedule", "More")
+SECTION_TITLES = {"Run": "Run", "Model": "Model", "Optimisation": "Optimisation", "Schedule": "Device and schedule",
+                  "More": "More settings"}
+SECTION_PAIRS = {"Run": 2, "Model": 1, "Optimisation": 1, "Schedule": 1, "More": 3}   # label+field pairs a row
 LAST_CONFIG = Path(".bitttt-gui") / "last-config.json"
+
+
+def estimate_columns(left: list[tuple[str, str]], right: list[tuple[str, str]], gap: int = 3) -> str:
+    """Two key/value columns in a fixed font, each as wide as its longest entry plus a gap: a long value
+    (a big model's parameter count) never runs into the next column. Two columns keep the pane short."""
+    kw = max(len(k) for k, _ in left + right) + 1
+    vw = max(len(v) for _, v in left) + gap
+    return "\n".join(f"{lk:<{kw}}{lv:<{vw}}{rk:<{kw}}{rv}".rstrip() for (lk, lv), (rk, rv) in zip(left, right))
+
+
+def _set_wrap(label: ttk.Label, width: int) -> None:
+    if int(str(label.cget("wraplength")) or 0) != max(300, width):
+        label.configure(wraplength=max(300, width))
 
 
 class TrainTab(ttk.Frame):
@@ -39,75 +54,116 @@ class TrainTab(ttk.Frame):
 
     # -- layout --------------------------------------------------------------------------
     def _build(self):
-        self.columnconfigure(0, weight=1, uniform="col")
-        self.columnconfigure(1, weight=1, uniform="col")
+        # Packed bottom-up first: pack gives the button bar, the estimate with its verdict and the command
+        # their whole height before the form gets the rest, so they never shrink or vanish whatever the
+        # fonts and the window size; the form scrolls instead when the window is too short for it.
+        bar = ttk.Frame(self)
+        bar.pack(side="bottom", fill="x", padx=PAD, pady=(PAD, 0))
+        lower = ttk.Frame(self)
+        lower.pack(side="bottom", fill="both", expand=True)   # room to spare goes to the command
+        self.form_area = ScrolledFrame(self)
+        self.form_area.pack(side="top", fill="x")
+        self._build_form(self.form_area.inner)
+        self._build_lower(lower)
+        self._build_bar(bar)
+        self._validate()
+
+    def _build_form(self, form: ttk.Frame):
+        for c in range(3):
+            form.columnconfigure(c, weight=1, uniform="sections")
         frames = {}
-        for i, sec in enumerate(SECTIONS):
-            lf = ttk.LabelFrame(self, text=SECTION_TITLES[sec], padding=PAD)
-            lf.grid(row=i // 2, column=i % 2, sticky="nsew", padx=PAD, pady=PAD)
-            lf.columnconfigure(1, weight=1)
-            frames[sec] = lf
-        rows = dict.fromkeys(SECTIONS, 0)
+        for sec in SECTIONS:
+            frames[sec] = ttk.LabelFrame(form, text=SECTION_TITLES[sec], padding=PAD)
+            for pair in range(SECTION_PAIRS[sec]):
+                frames[sec].columnconfigure(2 * pair + 1, weight=1)
+        frames["Run"].grid(row=0, column=0, columnspan=3, sticky="nsew", padx=PAD, pady=PAD)
+        for c, sec in enumerate(("Model", "Optimisation", "Schedule")):
+            frames[sec].grid(row=1, column=c, sticky="nsew", padx=PAD, pady=PAD)
+        self.more_shown = tk.BooleanVar(value=False)
+        self.more_btn = ttk.Checkbutton(form, text="More settings…", variable=self.more_shown, style="Toolbutton",
+                                        command=self._show_more)
+        self.more_btn.grid(row=2, column=0, columnspan=3, sticky="w", padx=PAD)
+        self.more_frame = frames["More"]
+        counts = dict.fromkeys(SECTIONS, 0)
         for f in FIELDS:
             lf = frames[f.section]
-            r = rows[f.section]
-            rows[f.section] += 1
+            pairs = SECTION_PAIRS[f.section]
+            r, c = divmod(counts[f.section], pairs)
+            counts[f.section] += 1
+            col = 2 * c
             label = ttk.Label(lf, text=f.label)
-            label.grid(row=r, column=0, sticky="w", padx=(0, PAD), pady=1)
-            if f.kind == "bool":
-                var = tk.BooleanVar(value=getattr(self.settings, f.name))
-                w = ttk.Checkbutton(lf, variable=var, text="on")
-                w.grid(row=r, column=1, sticky="w", pady=1)
-            elif f.kind == "choice":
-                var = tk.StringVar(value=str(getattr(self.settings, f.name)))
-                w = ttk.Combobox(lf, textvariable=var, values=f.choices, state="readonly", width=14)
-                w.grid(row=r, column=1, sticky="ew", pady=1)
-            else:
-                var = tk.StringVar(value=str(getattr(self.settings, f.name)))
-                w = ttk.Entry(lf, textvariable=var, width=16)
-                w.grid(row=r, column=1, sticky="ew", pady=1)
-                if f.kind == "path":
-                    btns = ttk.Frame(lf)
-                    btns.grid(row=r, column=2, sticky="w", padx=(PAD, 0))
-                    if f.name == "data":
-                        ttk.Button(btns, text="File…", width=6, command=lambda v=var: self._pick(v, "file")).pack(side="left")
-                        ttk.Button(btns, text="Folder…", width=7, command=lambda v=var: self._pick(v, "dir")).pack(side="left")
-                    else:
-                        ttk.Button(btns, text="Browse…", width=8, command=lambda v=var: self._pick(v, "dir")).pack(side="left")
+            label.grid(row=r, column=col, sticky="w", padx=(PAD if c else 0, PAD), pady=1)
+            var, w = self._field_widget(lf, f)
+            w.grid(row=r, column=col + 1, sticky="w" if f.kind == "bool" else "ew", pady=1)
             Tooltip(label, f.tip)
             Tooltip(w, f.tip)
             self.vars[f.name] = var
-            self.widgets[f.name] = w
             var.trace_add("write", lambda *_a, n=f.name: self._changed(n))
+        rows = -(-counts["Run"] // SECTION_PAIRS["Run"])
         ttk.Label(frames["Run"], text="Empty data = the corpus that ships with bitttt.", style="Hint.TLabel").grid(
-            row=rows["Run"], column=0, columnspan=3, sticky="w", pady=(2, 0))
+            row=rows, column=0, columnspan=4, sticky="w", pady=(2, 0))
 
-        # Estimate and errors
-        est = ttk.LabelFrame(self, text="Estimate before launch", padding=PAD)
-        est.grid(row=2, column=0, sticky="nsew", padx=PAD, pady=PAD)
+    def _field_widget(self, parent, f) -> tuple[tk.Variable, tk.Misc]:
+        """The variable and the widget for one field; a path's widget is a frame (entry + pick buttons)."""
+        if f.kind == "bool":
+            var = tk.BooleanVar(value=getattr(self.settings, f.name))
+            w = self.widgets[f.name] = ttk.Checkbutton(parent, variable=var, text="on")
+            return var, w
+        var = tk.StringVar(value=str(getattr(self.settings, f.name)))
+        if f.kind == "choice":
+            w = self.widgets[f.name] = ttk.Combobox(parent, textvariable=var, values=f.choices, state="readonly",
+                                                    width=11)
+            return var, w
+        if f.kind != "path":
+            w = self.widgets[f.name] = ttk.Entry(parent, textvariable=var, width=10)
+            return var, w
+        cell = ttk.Frame(parent)
+        entry = self.widgets[f.name] = ttk.Entry(cell, textvariable=var, width=10)
+        entry.pack(side="left", fill="x", expand=True)
+        if f.name == "data":
+            ttk.Button(cell, text="File…", width=5, command=lambda: self._pick(var, "file")).pack(side="left", padx=(2, 0))
+            ttk.Button(cell, text="Folder…", width=7, command=lambda: self._pick(var, "dir")).pack(side="left")
+        else:
+            ttk.Button(cell, text="Browse…", width=8, command=lambda: self._pick(var, "dir")).pack(side="left", padx=(2, 0))
+        return var, cell
+
+    def _show_more(self):
+        if self.more_shown.get():
+            self.more_frame.grid(row=3, column=0, columnspan=3, sticky="nsew", padx=PAD, pady=PAD)
+        else:
+            self.more_frame.grid_remove()
+
+    def _build_lower(self, lower: ttk.Frame):
+        # The estimate keeps the width its columns ask for; the command takes the rest.
+        lower.columnconfigure(1, weight=1)
+        lower.rowconfigure(0, weight=1)
+        est = ttk.LabelFrame(lower, text="Estimate before launch", padding=PAD)
+        est.grid(row=0, column=0, sticky="nsew", padx=PAD, pady=PAD)
         self.estimate_label = ttk.Label(est, text="", justify="left", font="TkFixedFont")
         self.estimate_label.pack(anchor="w", fill="x")
         self.verdict_label = ttk.Label(est, text="", justify="left", wraplength=480)
         self.verdict_label.pack(anchor="w", fill="x", pady=(4, 0))
-        self.verdict_label.bind("<Configure>", lambda e: self.verdict_label.configure(wraplength=max(200, e.width)))
+        # Wrapped to the width the columns above it ask for (set with them), never to an allocated width:
+        # that fed back into the pane's width, and the layout went round in circles.
 
-        side = ttk.LabelFrame(self, text="Command", padding=PAD)
-        side.grid(row=2, column=1, sticky="nsew", padx=PAD, pady=PAD)
+        side = ttk.LabelFrame(lower, text="Command", padding=PAD)
+        side.grid(row=0, column=1, sticky="nsew", padx=PAD, pady=PAD)
         side.columnconfigure(0, weight=1)
+        side.rowconfigure(0, weight=1)
         # Wrapped at spaces, so an option like --save-every is never split across lines.
-        self.preview = tk.Text(side, height=4, wrap="word", borderwidth=1, relief="solid", font="TkFixedFont",
-                               highlightthickness=0, padx=4, pady=3)
+        self.preview = tk.Text(side, height=4, width=20, wrap="word", borderwidth=1, relief="solid",
+                               font="TkFixedFont", highlightthickness=0, padx=4, pady=3)
         self.preview.grid(row=0, column=0, columnspan=2, sticky="nsew")
         scroll = ttk.Scrollbar(side, orient="vertical", command=self.preview.yview)   # long paths: more lines
         scroll.grid(row=0, column=2, sticky="ns")
         self.preview.configure(yscrollcommand=scroll.set)
         self.preview.bind("<Key>", lambda e: None if (e.state & 0x4) else "break")
         ttk.Button(side, text="Copy command", command=self.copy_command).grid(row=1, column=1, sticky="e", pady=(4, 0))
-        self.error_label = ttk.Label(side, text="", style="Error.TLabel", justify="left", wraplength=460)
-        self.error_label.grid(row=2, column=0, columnspan=2, sticky="w", pady=(4, 0))
+        self.error_label = ttk.Label(side, text="", style="Error.TLabel", justify="left", wraplength=300)
+        self.error_label.grid(row=2, column=0, columnspan=3, sticky="ew", pady=(4, 0))
+        self.preview.bind("<Configure>", lambda e: _set_wrap(self.error_label, e.width), add="+")
 
-        bar = ttk.Frame(self)
-        bar.grid(row=3, column=0, columnspan=2, sticky="ew", padx=PAD, pady=(PAD, 0))
+    def _build_bar(self, bar: ttk.Frame):
         self.start_btn = ttk.Button(bar, text="▶ Start training", style="Accent.TButton", command=self.start)
         self.start_btn.pack(side="left")
         self.stop_btn = ttk.Button(bar, text="■ Stop", command=self.ctx.stop_training, state="disabled")
@@ -115,8 +171,6 @@ class TrainTab(ttk.Frame):
         ttk.Button(bar, text="Load config…", command=self.load_config_dialog).pack(side="right")
         ttk.Button(bar, text="Save config…", command=self.save_config_dialog).pack(side="right", padx=PAD)
         ttk.Button(bar, text="Preset defaults", command=lambda: self.apply_preset(self.vars["preset"].get())).pack(side="right")
-        self.rowconfigure(2, weight=1)
-        self._validate()
 
     # -- values --------------------------------------------------------------------------
     def form_values(self) -> dict:
@@ -206,14 +260,14 @@ class TrainTab(ttk.Frame):
         device, free, where = self._device_and_free()
         self._estimate_device = (device, free is not None)
         e = estimate(s, device)
-        tern = f" ({fmt_count(e.n_ternary)} ternary)" if s.ternary else " (full precision)"
-        left = [("Parameters", fmt_count(e.n_params) + tern), ("Weights fp32", fmt_bytes(e.weights)),
-                ("Gradients", fmt_bytes(e.grads)), ("AdamW state", fmt_bytes(e.optimizer))]
-        right = [("Activations", f"{fmt_bytes(e.activations)} ({s.batch_size}×{s.seq_len})"), ("Runtime", fmt_bytes(e.overhead)),
-                 ("Total", fmt_bytes(e.total)), ("Export size", fmt_bytes(e.export_bytes))]
-        # Two columns, so the verdict below stays on screen at 1366x768.
-        lines = [f"{lk:<13}{lv:<24}{rk:<13}{rv}" for (lk, lv), (rk, rv) in zip(left, right)]
-        self.estimate_label.configure(text="\n".join(lines))
+        left = [("Parameters", fmt_count(e.n_params)),
+                ("Ternary", fmt_count(e.n_ternary) if s.ternary else "off (float)"),
+                ("Weights fp32", fmt_bytes(e.weights)), ("Gradients", fmt_bytes(e.grads)),
+                ("AdamW state", fmt_bytes(e.optimizer))]
+        right = [("Activations", fmt_bytes(e.activations)), ("Runtime", fmt_bytes(e.overhead)),
+                 ("Total", fmt_bytes(e.total)), ("Export size", fmt_bytes(e.export_bytes)), ("", "")]
+        self.estimate_label.configure(text=estimate_columns(left, right))
+        _set_wrap(self.verdict_label, self.estimate_label.winfo_reqwidth())
         # Every process holds its own model, optimizer and activations.
         state, sentence = verdict(e.total * s.nproc, free)
         style = {"fits": "Good.TLabel", "tight": "Warn.TLabel", "too_big": "Error.TLabel"}.get(state, "Hint.TLabel")
