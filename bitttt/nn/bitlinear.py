@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bitttt import ops
@@ -88,7 +87,7 @@ class BitLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_packed:
             return ops.ternary_linear(x, self.packed, self.w_scale, self.bias)
-        return F.linear(fake_quant_activations(x), fake_quant_weight(self.weight), self.bias)
+        return ops.bitlinear_fake_quant(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -262,6 +262,26 @@ def test_compile_fake_quant_model_fullgraph():
         assert_close_to_scale(compiled(x), model(x), FAKE_VS_PACKED_MODEL)
 
 
+@pytest.mark.slow
+def test_compile_fake_quant_training_step_fullgraph():
+    # The training forward (one bitlinear_fake_quant op per layer) and its backward trace
+    # whole, and give eager's loss and gradients.
+    torch.manual_seed(0)
+    model = make_mlp(300, 96, 17)
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.randn(8, 300)
+    losses, grads = [], []
+    for m in (model, compiled):
+        model.zero_grad()
+        loss = m(x).square().mean()
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append([p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(losses[1], losses[0], rtol=FAKE_VS_PACKED_MODEL, atol=0)
+    for g_c, g_e in zip(grads[1], grads[0]):
+        assert_close_to_scale(g_c, g_e, FAKE_VS_PACKED_MODEL)
+
+
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
 def test_from_linear_copies_weights_and_fake_quantizes_them(bias):
     torch.manual_seed(0)

@@ -148,3 +148,65 @@ def test_ternarize_weight_equals_the_reference(dtype, shape):
         q_r, s_r = reference.quantize_weight_ternary(w)
         assert q.dtype == torch.int8 and s.dtype == torch.float32
         assert torch.equal(q, q_r) and torch.equal(s, s_r)
+
+
+# ---------------------------------------------------------------------------------------
+# bitlinear_fake_quant: BitLinear's training forward as one op and one autograd node
+# ---------------------------------------------------------------------------------------
+
+
+def ste_linear_written_out(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, g: torch.Tensor):
+    """Design §2 fake quant and its straight-through gradients, in float64 plain torch:
+    (y, grad_x, grad_w, grad_b) for output gradient g."""
+    xd, wd = x.detach().double(), w.detach().double()
+    s_x = 127.0 / xd.abs().amax(dim=-1, keepdim=True).clamp(min=1e-5)
+    x_dq = (xd * s_x).round().clamp(-128, 127) / s_x
+    s_w = wd.abs().mean().clamp(min=1e-5)
+    w_dq = (wd / s_w).round().clamp(-1, 1) * s_w
+    y = x_dq @ w_dq.T + (0 if b is None else b.detach().double())
+    g2 = g.double().reshape(-1, g.shape[-1])
+    grad_b = None if b is None else g2.sum(0)
+    return y, g.double() @ w_dq, g2.T @ x_dq.reshape(-1, x.shape[-1]), grad_b
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_bitlinear_fake_quant_equals_the_ste_formula(dtype, bias):
+    torch.manual_seed(7)
+    K, N = 96, 40
+    x = (torch.randn(3, 5, K) * 2).to(dtype).requires_grad_()
+    w = (torch.randn(N, K) * 0.05).to(dtype).requires_grad_()
+    b = (torch.randn(N) * 0.1).to(dtype).requires_grad_() if bias else None
+    y = ops.bitlinear_fake_quant(x, w, b)
+    g = torch.randn(y.shape).to(dtype)
+    y.backward(g)
+    y_r, gx_r, gw_r, gb_r = ste_linear_written_out(x, w, b, g)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for got, want in [(y, y_r), (x.grad, gx_r), (w.grad, gw_r)] + ([(b.grad, gb_r)] if bias else []):
+        assert got.dtype == dtype and got.shape == want.shape
+        torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * want.abs().max().item())
+    # one autograd node, straight to the leaves
+    assert "bitlinear_fake_quant" in y.grad_fn.name()
+    leaves = {type(f).__name__ for f, _ in y.grad_fn.next_functions if f is not None}
+    assert leaves == {"AccumulateGrad"}
+
+
+def test_bitlinear_fake_quant_only_the_gradients_asked_for():
+    torch.manual_seed(8)
+    x = torch.randn(4, 64)  # no grad: a frozen input
+    w = torch.randn(16, 64, requires_grad=True)
+    b = torch.randn(16)  # a frozen bias
+    g = torch.randn(4, 16)
+    ops.bitlinear_fake_quant(x, w, b).backward(g)
+    _, _, gw_r, _ = ste_linear_written_out(x, w, b, g)
+    torch.testing.assert_close(w.grad.double(), gw_r, rtol=1e-5, atol=1e-5)
+    assert x.grad is None and b.grad is None
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+def test_opcheck_bitlinear_fake_quant(bias):
+    torch.manual_seed(9)
+    x = torch.randn(2, 3, 48, requires_grad=True)
+    w = torch.randn(8, 48, requires_grad=True)
+    b = torch.randn(8, requires_grad=True) if bias else None
+    torch.library.opcheck(torch.ops.bitttt.bitlinear_fake_quant.default, (x, w, b))
