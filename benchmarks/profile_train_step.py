@@ -2,7 +2,7 @@
 of bitttt models and the plain transformer, one table per contender, forward and backward apart.
 
     python benchmarks/profile_train_step.py [--contenders ttt_linear-ternary,attention-float,nanogpt]
-        [--threads 2] [--steps 2] [--top 25] [--json PATH]
+        [--threads 2] [--steps 2] [--top 25] [--unfused-bitlinear] [--ab-rounds N] [--json PATH]
 
 Each contender is built as `bitttt bench train` builds it (bitttt/bench/train.py: the trainer's own step:
 forward, backward, grad clipping, AdamW), warmed up with one step, then profiled over --steps
@@ -10,6 +10,11 @@ steps. The table: op, calls per step, self CPU ms per step, share of the step, a
 backward (inside an autograd engine node), optimizer (AdamW's step, zero_grad) or forward
 (everything else: forward, loss, grad-norm clipping).
 Timings on a shared machine are noisy; the op counts are not.
+
+--unfused-bitlinear adds, for each ternary contender, its twin with BitLinear's training forward
+as the three autograd nodes it was before ops.bitlinear_fake_quant (fake_quant_activations,
+fake_quant_weight, F.linear). --ab-rounds N times instead of profiling: tokens/s of each ternary
+contender, fused vs that unfused twin, in N interleaved windows of --steps steps each.
 """
 
 from __future__ import annotations
@@ -22,14 +27,52 @@ import argparse  # noqa: E402
 import bisect  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
+import types  # noqa: E402
 from collections import defaultdict  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
 
+import torch.nn.functional as F  # noqa: E402
+
 from bitttt import config as cfg  # noqa: E402
+from bitttt import ops  # noqa: E402
 from bitttt.bench.train import contender_names, make_trainer  # noqa: E402
+from bitttt.nn import BitLinear  # noqa: E402
+
+UNFUSED = " (3-node BitLinear)"
+
+
+def _unfused_forward(self: BitLinear, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(ops.fake_quant_activations(x), ops.fake_quant_weight(self.weight), self.bias)
+
+
+def make_contender(name: str, preset: str, t: cfg.TrainConfig, tokens: np.ndarray):
+    """make_trainer's trainer; for a name ending in UNFUSED, its BitLinears run the old forward
+    (per instance: nothing global changes)."""
+    trainer = make_trainer(name.removesuffix(UNFUSED), preset, t, tokens)
+    if name.endswith(UNFUSED):
+        for m in trainer.model.modules():
+            if isinstance(m, BitLinear):
+                m.forward = types.MethodType(_unfused_forward, m)
+    return trainer
+
+
+def time_interleaved(trainers: dict, t: cfg.TrainConfig, steps: int, rounds: int) -> list[dict]:
+    """tokens/s per contender over `rounds` interleaved windows of `steps` train steps."""
+    rates: dict[str, list[float]] = {name: [] for name in trainers}
+    step = 2
+    for _ in range(rounds):
+        for name, trainer in trainers.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                trainer.train_step(step)
+                step += 1
+            rates[name].append(t.batch_size * t.seq_len * steps / (time.perf_counter() - start))
+    return [{"contender": name, "median": float(np.median(r)), "min": min(r), "max": max(r), "unit": "tok/s",
+             "rounds": rounds} for name, r in rates.items()]
 
 
 class Intervals:
@@ -102,6 +145,10 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--steps", type=int, default=2, help="steps profiled (after one warm-up step)")
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--unfused-bitlinear", action="store_true",
+                    help="also each ternary contender with the 3-node BitLinear forward")
+    ap.add_argument("--ab-rounds", type=int, default=0, metavar="N",
+                    help="time fused vs 3-node BitLinear in N interleaved windows instead of profiling")
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args()
     names = args.contenders.split(",")
@@ -111,20 +158,30 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t = cfg.TrainConfig(preset=args.preset, batch_size=args.batch_size, seq_len=args.seq_len, steps=10_000)
     tokens = np.random.default_rng(0).integers(0, 256, size=1 << 20, dtype=np.uint16)
+    if args.unfused_bitlinear or args.ab_rounds:
+        names += [n + UNFUSED for n in names if n.endswith("-ternary")]
     load_before = list(os.getloadavg())
     results = []
-    for name in names:
-        trainer = make_trainer(name, args.preset, t, tokens)
-        trainer.train_step(1)  # warm up
-        p = profile_contender(name, trainer, args.steps)
-        print_table(p, args.top)
-        results.append(p)
+    if args.ab_rounds:
+        trainers = {name: make_contender(name, args.preset, t, tokens) for name in names}
+        for trainer in trainers.values():
+            trainer.train_step(1)  # warm up
+        results = time_interleaved(trainers, t, args.steps, args.ab_rounds)
+        for r in results:
+            print(f"{r['contender']:40s} thr {args.threads}  {r['median']:7.0f} [{r['min']:.0f}-{r['max']:.0f}] tok/s")
+    else:
+        for name in names:
+            trainer = make_contender(name, args.preset, t, tokens)
+            trainer.train_step(1)  # warm up
+            p = profile_contender(name, trainer, args.steps)
+            print_table(p, args.top)
+            results.append(p)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"command": " ".join(sys.argv), "torch": torch.__version__, "threads": args.threads,
                        "preset": args.preset, "batch_size": args.batch_size, "seq_len": args.seq_len,
                        "load_before": load_before, "load_after": list(os.getloadavg()),
-                       "profiles": results}, f, indent=1)
+                       "timings" if args.ab_rounds else "profiles": results}, f, indent=1)
 
 
 if __name__ == "__main__":
