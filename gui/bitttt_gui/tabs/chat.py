@@ -14,7 +14,7 @@ from .. import chat as proto
 from ..command import SettingsError, build_chat_argv, format_command
 from ..events import RAW, explain_exit, num, parse_line
 from ..process import ChildProcess
-from ..runs import scan_runs
+from ..runs import RunInfo, scan_runs
 from .common import PAD, Context, Tooltip, make_readonly, scrolled_text
 
 SMALL_MODEL_NOTE = ("A small model trained for minutes continues text in the style of its data: it learns spelling, "
@@ -30,6 +30,13 @@ PARAM_TIPS = {
     "no_repeat_ngram": "Never repeat a run of this many tokens already in the turn (0 = off); stops loops.",
     "max_new_tokens": "Longest answer, in tokens.",
 }
+
+
+def default_model(infos: list[RunInfo]) -> str:
+    """The model the Chat tab offers first, from runs newest first that have a checkpoint: the newest
+    that finished (saved final/), not a newer run stopped after a few steps; else the newest."""
+    finished = [r for r in infos if r.checkpoint is not None and r.checkpoint.name == "final"]
+    return str((finished or infos)[0].path)
 
 
 class ChatTab(ttk.Frame):
@@ -165,10 +172,10 @@ class ChatTab(ttk.Frame):
 
     # -- models --------------------------------------------------------------------------
     def refresh_models(self):
-        runs = [str(r.path) for r in scan_runs(self.ctx.workspace) if r.checkpoint is not None]
-        self.model_box.configure(values=runs)
-        if not self.model.get() and runs:
-            self.model.set(runs[0])
+        infos = [r for r in scan_runs(self.ctx.workspace) if r.checkpoint is not None]
+        self.model_box.configure(values=[str(r.path) for r in infos])
+        if not self.model.get() and infos:
+            self.model.set(default_model(infos))
 
     def _on_train_started(self, run_dir, argv):
         self._training_run = run_dir

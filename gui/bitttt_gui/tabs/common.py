@@ -6,7 +6,7 @@ import tkinter as tk
 from dataclasses import dataclass, field
 from pathlib import Path
 from tkinter import ttk
-from typing import Callable
+from typing import Callable, Sequence
 
 from ..bus import Bus
 
@@ -170,3 +170,37 @@ def make_readonly(text: tk.Text) -> None:
     text.bind("<Key>", guard)
     text.bind("<<Paste>>", lambda e: "break")
     text.bind("<<Cut>>", lambda e: "break")
+
+
+def choose(parent: tk.Misc, title: str, message: str, choices: Sequence[tuple[str, str]],
+           default: str | None = None) -> str | None:
+    """A modal question whose buttons say what they do (Tk's yes/no/cancel cannot): the key of the
+    button pressed, or None when the dialog is closed or Escape is pressed (cancel)."""
+    top = tk.Toplevel(parent)
+    top.title(title)
+    top.transient(parent)
+    top.resizable(False, False)
+    chosen: list[str | None] = [None]
+
+    def pick(key: str | None):
+        chosen[0] = key
+        top.destroy()
+
+    body = ttk.Frame(top, padding=PAD * 2)
+    body.pack(fill="both", expand=True)
+    ttk.Label(body, text=message, wraplength=440, justify="left").pack(anchor="w", pady=(0, PAD * 2))
+    row = ttk.Frame(body)
+    row.pack(anchor="e")
+    for key, label in choices:
+        button = ttk.Button(row, text=label, command=lambda k=key: pick(k))
+        button.pack(side="left", padx=(PAD, 0))
+        if key == default:
+            button.focus_set()
+    top.protocol("WM_DELETE_WINDOW", lambda: pick(None))
+    top.bind("<Escape>", lambda e: pick(None))
+    try:
+        top.grab_set()   # modal; fails if another grab holds the display, and the dialog still works
+    except tk.TclError:
+        pass
+    parent.wait_window(top)
+    return chosen[0]
