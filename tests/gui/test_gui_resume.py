@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bitttt_gui.memory import Gpus
+from bitttt_gui.memory import Gpus, MemorySnapshot
 from bitttt_gui.runs import scan_runs
 from bitttt_gui.tabs.chat import default_model
 from bitttt_gui.tabs.common import choose
@@ -136,6 +136,9 @@ def test_after_a_stop_no_memory_reading_of_the_trainer_remains(make_app):
     settle(app.root, 1.0)   # memory samples keep arriving (every 0.3 s)
     assert mon.value("rss") == "no run"
     assert "resident" not in mon.value("peak")
+    # A reading the sampler took just before the end, delivered after it: still no run.
+    app.bus.publish("memory", MemorySnapshot(rss=300 << 20, host_total=8 << 30, host_available=4 << 30))
+    assert mon.value("rss") == "no run"
 
 
 # -- closing beside a run ----------------------------------------------------------------------
