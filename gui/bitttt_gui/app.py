@@ -26,7 +26,7 @@ from .events import RAW, explain_exit, parse_line
 from .memory import MemorySampler
 from .process import STOP_GRACE_S, TERM_GRACE_S, AttachedRun, ChildProcess
 from .tabs.chat import ChatTab
-from .tabs.common import PAD, Context, choose
+from .tabs.common import PAD, Context, break_long_words, choose
 from .tabs.logs import LogsTab
 from .tabs.memory import MonitorTab
 from .tabs.plot import PlotTab
@@ -126,7 +126,8 @@ class App:
         self.status = ttk.Label(status, text="", style="Status.TLabel", anchor="w", justify="left")
         self.status.pack(side="left", fill="x", expand=True)
         # Long messages (a crash's explanation, a path) wrap instead of running off the window.
-        self.status.bind("<Configure>", lambda e: self.status.configure(wraplength=max(200, e.width - 2 * PAD)))
+        self._status_text = ""
+        self.status.bind("<Configure>", lambda e: self._wrap_status())
         self.bus.subscribe("status", self.set_status)
         self.bus.subscribe("memory", lambda snap: self.ctx.latest.__setitem__("memory", snap))  # before the tabs'
         self.notebook = ttk.Notebook(root)
@@ -165,9 +166,20 @@ class App:
 
     def set_status(self, severity: str, text: str):
         style = {"error": "Error.TLabel", "warn": "Warn.TLabel", "ok": "Good.TLabel"}.get(severity, "Status.TLabel")
-        self.status.configure(text=" ".join(text.split("\n")[:3]) if text else "", style=style)
+        self._status_text = " ".join(text.split("\n")[:3]) if text else ""
+        self.status.configure(style=style)
         if style != "Status.TLabel":
             self.status.configure(padding=(PAD, 2))
+        self._wrap_status()
+
+    def _wrap_status(self):
+        """Wrap the status to the label's width: at spaces, and a path too long for a line after a slash."""
+        width = max(200, self.status.winfo_width() - 2 * PAD - 2)   # the style's padding, and a margin
+        text = break_long_words(self._status_text, width, tkfont.nametofont("TkDefaultFont").measure)
+        if str(self.status.cget("wraplength")) != str(width):
+            self.status.configure(wraplength=width)
+        if self.status.cget("text") != text:
+            self.status.configure(text=text)
 
     def training_running(self) -> bool:
         """True from launch until the child's exit record was handled (not merely until it died)."""

@@ -12,7 +12,7 @@ import pytest
 from bitttt_gui.memory import Gpus, MemorySnapshot
 from bitttt_gui.runs import scan_runs
 from bitttt_gui.tabs.chat import default_model
-from bitttt_gui.tabs.common import choose
+from bitttt_gui.tabs.common import break_long_words, choose
 
 from test_gui_app import make_app, pump, settle, start  # noqa: F401  (make_app is a fixture)
 
@@ -230,3 +230,26 @@ def test_no_nvidia_driver_reads_as_words_not_an_exception_name(monkeypatch):
     gpus = Gpus()
     assert not gpus.available
     assert "NVMLError" not in gpus.note and "no NVIDIA driver" in gpus.note
+
+
+def test_a_path_longer_than_a_line_breaks_after_its_slashes():
+    path = "/home/someone/projects/bitttt/runs/20261207-base/checkpoints/step-000072"
+    text = break_long_words(f"Saved to {path} and more words", 24, len)
+    pieces = text.split(" ")[2].split("\n")
+    assert "".join(pieces) == path and len(pieces) > 1
+    assert all(len(p) <= 24 for p in pieces) and all(p.endswith("/") for p in pieces[:-1])
+    assert text.startswith("Saved to /home/") and text.endswith(" and more words")   # short words untouched
+    assert break_long_words("x" * 50, 20, len) == "x" * 20 + "\n" + "x" * 20 + "\n" + "x" * 10   # no slash
+
+
+@pytest.mark.gui
+def test_the_status_line_wraps_a_long_path_inside_the_window(make_app):
+    app = make_app()
+    app.root.geometry("1180x728")
+    long = "Saved the form to /home/someone/" + "a-rather-long-folder-name/" * 14 + "config.json"
+    app.set_status("ok", long)
+    settle(app.root, 0.3)
+    s = app.status
+    assert s.winfo_reqwidth() <= s.winfo_width()            # nothing runs past the label's edge
+    assert s.winfo_y() + s.winfo_height() <= s.master.winfo_height()
+    assert "/\n" in s.cget("text") and s.cget("text").replace("\n", "") == long

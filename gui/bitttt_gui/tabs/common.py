@@ -145,6 +145,26 @@ class ScrolledFrame(ttk.Frame):
         self.canvas.yview_scroll(step, "units")
 
 
+def break_long_words(text: str, width: int, measure: Callable[[str], int]) -> str:
+    """``text`` with every word wider than ``width`` (a path, in ``measure``'s units) cut into pieces that
+    fit, after a slash where one fits, joined by newlines. A label's wraplength then breaks the rest at
+    spaces; it would cut a long path anywhere, and its last letter can run past the edge."""
+    return " ".join(_break_word(w, width, measure) if measure(w) > width else w for w in text.split(" "))
+
+
+def _break_word(word: str, width: int, measure: Callable[[str], int]) -> str:
+    pieces = []
+    while measure(word) > width:
+        fit = 1                                   # the longest prefix that fits (at least one character)
+        while fit < len(word) and measure(word[:fit + 1]) <= width:
+            fit += 1
+        slash = max(word.rfind("/", 0, fit), word.rfind("\\", 0, fit))
+        cut = slash + 1 if slash > 0 else fit
+        pieces.append(word[:cut])
+        word = word[cut:]
+    return "\n".join(pieces + [word])
+
+
 def scrolled_text(parent, **kw) -> tuple[ttk.Frame, tk.Text]:
     """A Text with a vertical scrollbar in a frame."""
     frame = ttk.Frame(parent)
