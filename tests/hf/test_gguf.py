@@ -149,10 +149,11 @@ def test_head_types_read_back(model_and_src, head_type, tmp_path):
         got = torch.from_numpy(gguf.quants.dequantize(raw, t.tensor_type).copy()).float().view(V, C)
     if head_type == "q8_0":
         # gguf's own numpy quantizer is the oracle for the bytes; the dequantized values are
-        # within half a step (d / 2, d = absmax / 127 per block of 32) of the source
+        # within half a step (d / 2, d = absmax / 127 per block of 32) of the source, plus the
+        # float16 rounding of the stored d times |q| <= 127
         assert np.array_equal(raw.reshape(-1), gguf.quants.quantize(emb.numpy(), t.tensor_type).reshape(-1))
         d = emb.view(V, C // 32, 32).abs().amax(-1, keepdim=True) / 127
-        assert ((got.view(V, C // 32, 32) - emb.view(V, C // 32, 32)).abs() <= d / 2 * 1.002 + 1e-7).all()
+        assert ((got.view(V, C // 32, 32) - emb.view(V, C // 32, 32)).abs() <= d * (0.5 + 127 * 2**-11) + 1e-7).all()
         assert sizes["embedding"] == V * C // 32 * 34
     else:
         want = emb.half().float() if head_type == "f16" else emb
