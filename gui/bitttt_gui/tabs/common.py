@@ -218,6 +218,11 @@ def choose(parent: tk.Misc, title: str, message: str, choices: Sequence[tuple[st
             button.focus_set()
     top.protocol("WM_DELETE_WINDOW", lambda: pick(None))
     top.bind("<Escape>", lambda e: pick(None))
+    top.update_idletasks()   # centred over the window (a window manager may still place it)
+    owner = parent.winfo_toplevel()
+    x = owner.winfo_rootx() + max(0, (owner.winfo_width() - top.winfo_reqwidth()) // 2)
+    y = owner.winfo_rooty() + max(0, (owner.winfo_height() - top.winfo_reqheight()) // 3)
+    top.geometry(f"+{x}+{y}")
     try:
         top.grab_set()   # modal; fails if another grab holds the display, and the dialog still works
     except tk.TclError:
