@@ -138,3 +138,36 @@ class TernaryHistory:
 
     def __len__(self):
         return len(self.groups)
+
+
+def padded_range(values: list[float], min_span: float, low: float | None = None,
+                 high: float | None = None) -> tuple[float, float]:
+    """Axis limits around ``values`` at least ``min_span`` wide (centred on the data, kept inside
+    ``low``..``high`` where given), so a flat series reads as flat instead of zooming into noise."""
+    finite = [v for v in values if v == v and abs(v) != float("inf")]
+    if not finite:
+        lo, hi = (low if low is not None else 0.0), (low if low is not None else 0.0) + min_span
+    else:
+        lo, hi = min(finite), max(finite)
+        pad = max((min_span - (hi - lo)) / 2, 0.05 * (hi - lo))
+        lo, hi = lo - pad, hi + pad
+    if low is not None and lo < low:
+        lo, hi = low, max(hi, low + min_span)
+    if high is not None and hi > high:
+        lo, hi = min(lo, high - min_span), high
+        if low is not None:
+            lo = max(lo, low)
+    return lo, hi
+
+
+def step_range(steps: list[float]) -> tuple[float, float]:
+    """x limits for a plot by step: at least one step either side, so one report gives a few
+    whole-number ticks, not -0.045..0.045."""
+    if not steps:
+        return 0.0, 1.0
+    lo, hi = min(steps), max(steps)
+    pad = max(1.0, 0.05 * (hi - lo))
+    lo, hi = lo - pad, hi + pad
+    if lo < 0 <= min(steps):    # no negative step ticks, but the point stays off the edge
+        lo = -0.5
+    return lo, hi

@@ -14,13 +14,17 @@ from matplotlib.backends.backend_tkagg import FigureCanvasTkAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from ..curve import TernaryHistory
+from ..colors import SeriesColors
+from ..curve import TernaryHistory, padded_range, step_range
 from ..events import read_events
 from .common import PAD, Context, ThrottledRedraw
 
 REDRAW_MS = 1000
 PANELS = (("zero_frac", "weights at 0", True), ("flip_frac", "codes flipped since last report", True),
           ("scale", "weight scale s_w", False))
+# The share of weights at 0 moves by tenths of a percent between reports: a narrower axis would
+# draw that noise as a trend.
+MIN_SPAN = {"zero_frac": 0.10, "flip_frac": 0.01}
 
 
 class TernaryTab(ThrottledRedraw, ttk.Frame):
@@ -30,6 +34,8 @@ class TernaryTab(ThrottledRedraw, ttk.Frame):
         super().__init__(parent, padding=PAD)
         self.ctx = ctx
         self.history = TernaryHistory()
+        self.colors = SeriesColors()      # one colour per group for the tab's life, whatever the redraws
+        self.legend = None
         self._dirty = False
         self._run_name = ""
         self.title = ttk.Label(self, text="No ternary reports yet: a ternary run reports at every evaluation.",
@@ -77,14 +83,30 @@ class TernaryTab(ThrottledRedraw, ttk.Frame):
         self._dirty = True
 
     def redraw(self):
+        handles = []
         for key, _, _ in PANELS:
             ax = self.axes[key]
             for line in list(ax.lines):
                 line.remove()
+            steps = []
             for name, h in sorted(self.history.groups.items()):
-                ax.plot(h["step"], h[key], marker="o", markersize=3, linewidth=1.2, label=name)
+                line, = ax.plot(h["step"], h[key], marker="o", markersize=3, linewidth=1.2, label=name,
+                                color=self.colors(name))
+                steps += h["step"]
+                if key == PANELS[0][0]:
+                    handles.append(line)
             ax.relim()
             ax.autoscale_view()
-        if self.history.groups:
-            self.axes["flip_frac"].legend(loc="upper right", fontsize="x-small")
+            if steps:
+                ax.set_xlim(*step_range(steps))
+            if key in MIN_SPAN and self.history.groups:   # shares: never below 0 %, never zoomed into noise
+                ax.set_ylim(*padded_range([v for h in self.history.groups.values() for v in h[key]],
+                                          MIN_SPAN[key], 0.0, 1.0))
+        # One legend for the three panels, below them: it never covers the newest points.
+        if self.legend is not None:
+            self.legend.remove()
+            self.legend = None
+        if handles:
+            self.legend = self.figure.legend(handles=handles, loc="outside lower center", fontsize="small",
+                                             ncols=min(len(handles), 6), frameon=False)
         self.canvas.draw_idle()

@@ -1,0 +1,102 @@
+"""Plots that hold still and read well (issue 28): fixed series colours, legends off the data, sane
+axes with one point, the compare view. Headless where the logic is separable; the real window under
+Xvfb where the look is the point (figures are saved under tests/artifacts/ to look at)."""
+
+import json
+
+import pytest
+
+from bitttt_gui.colors import PALETTE, SeriesColors
+from bitttt_gui.curve import padded_range, step_range
+
+from conftest import ARTIFACTS
+from test_gui_app import make_app, settle  # noqa: F401  (make_app is a fixture)
+
+
+# -- headless ----------------------------------------------------------------------------
+def test_series_colors_are_fixed_per_name():
+    colors = SeriesColors()
+    first = [colors(n) for n in ("attn", "mlp", "o_proj")]
+    assert first == list(PALETTE[:3])
+    assert [colors(n) for n in ("o_proj", "attn", "mlp", "attn")] == [first[2], first[0], first[1], first[0]]
+
+
+def test_padded_range_has_a_minimum_span_inside_its_bounds():
+    lo, hi = padded_range([0.306, 0.311], 0.10, 0.0, 1.0)
+    assert hi - lo == pytest.approx(0.10) and lo < 0.306 and hi > 0.311
+    assert padded_range([0.01], 0.10, 0.0, 1.0) == (0.0, pytest.approx(0.10))
+    assert padded_range([0.99], 0.10, 0.0, 1.0) == (pytest.approx(0.90), 1.0)
+    lo, hi = padded_range([0.1, 0.9], 0.10, 0.0, 1.0)
+    assert lo <= 0.1 and hi >= 0.9 and hi - lo < 1.0      # wide data keeps its own range
+
+
+def test_step_range_gives_whole_steps_around_one_report():
+    assert step_range([50]) == (49, 51)
+    assert step_range([0]) == (-0.5, 1)
+    lo, hi = step_range([10, 1000])
+    assert lo < 10 and hi > 1000 and hi - lo < 1100
+
+
+# -- the real window ---------------------------------------------------------------------
+def _extents(fig, texts):
+    renderer = fig.canvas.get_renderer()
+    return [t.get_window_extent(renderer) for t in texts if t.get_visible() and t.get_text()]
+
+
+def _overlapping(boxes) -> bool:
+    return any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def _ternary(step, groups):
+    return {"event": "ternary", "step": step,
+            "groups": {g: {"zero_frac": z, "flip_frac": f, "scale": s} for g, (z, f, s) in groups.items()}}
+
+
+def _draw(tab, name):
+    tab.redraw()
+    tab.canvas.draw()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    tab.figure.savefig(ARTIFACTS / f"{name}.png")
+
+
+@pytest.mark.gui
+def test_ternary_plot_holds_still_and_reads_well(make_app):
+    app = make_app()
+    tab = app.tabs["ternary"]
+    app.root.geometry("1180x728")
+    app.show_tab("ternary")
+    settle(app.root, 0.3)
+    groups = {"o_proj": (0.306, 0.0, 0.02), "qkv": (0.308, 0.0, 0.019), "mlp": (0.31, 0.0, 0.018)}
+    app.bus.publish("train.started", app.workspace / "runs" / "t", [])
+    app.bus.publish("train.record", _ternary(0, groups), "stdout")
+    _draw(tab, "ternary-one-report")
+
+    # One report: whole-number step ticks that do not run into each other.
+    for ax in tab.axes.values():
+        labels = [t for t in ax.get_xticklabels() if ax.get_xlim()[0] <= t.get_position()[0] <= ax.get_xlim()[1]]
+        assert labels and not _overlapping(_extents(tab.figure, labels)), ax.get_title()
+        assert all(float(t.get_position()[0]).is_integer() for t in labels)
+        assert all(t.get_text().lstrip("−-").isdigit() for t in labels if t.get_text())
+    colors = {line.get_label(): line.get_color() for ax in tab.axes.values() for line in ax.lines}
+
+    for step in (10, 20, 30):
+        app.bus.publish("train.record", _ternary(step, {g: (z + 0.001 * step, 0.01, s) for g, (z, _, s)
+                                                        in groups.items()}), "stdout")
+        _draw(tab, "ternary-four-reports")
+        # The same colour per group at every redraw, in every panel.
+        assert {line.get_label(): line.get_color() for ax in tab.axes.values() for line in ax.lines} == colors
+    assert len(set(colors.values())) == 3
+
+    # The share at 0 moved by 3 points: the axis shows at least 10, not a zoom into the noise.
+    lo, hi = tab.axes["zero_frac"].get_ylim()
+    assert hi - lo >= 0.10 - 1e-9 and lo <= 0.306 and hi >= 0.34
+
+    # The legend covers no panel (so never the newest points).
+    renderer = tab.figure.canvas.get_renderer()
+    legends = [lg for lg in [tab.figure.legends and tab.figure.legends[0]] if lg] + \
+              [ax.get_legend() for ax in tab.axes.values() if ax.get_legend()]
+    assert legends, "no legend"
+    for lg in legends:
+        box = lg.get_window_extent(renderer)
+        for ax in tab.axes.values():
+            assert not box.overlaps(ax.get_window_extent(renderer)), f"the legend covers {ax.get_title()}"
