@@ -100,3 +100,39 @@ def test_ternary_plot_holds_still_and_reads_well(make_app):
         box = lg.get_window_extent(renderer)
         for ax in tab.axes.values():
             assert not box.overlaps(ax.get_window_extent(renderer)), f"the legend covers {ax.get_title()}"
+
+
+@pytest.mark.gui
+def test_chat_drift_plot_holds_still_and_reads_well(make_app, screenshot):
+    app = make_app()
+    chat = app.tabs["chat"]
+    app.root.geometry("1180x728")
+    app.show_tab("chat")
+    settle(app.root, 0.3)
+    layers = [0, 1, 2]
+    chat._on_memory({"layers": layers, "drift": [0.0, 0.0, 0.0], "turn_change": 0}, False)   # "ready"
+    fig, ax = chat.mem_figure, chat.mem_ax
+    fig.canvas.draw()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    fig.savefig(ARTIFACTS / "chat-drift-one-point.png")
+    lo, hi = ax.get_xlim()
+    assert lo > -0.9 and hi >= 1 and hi - lo <= 3     # one point at turn 0: about 0..1, not -0.2..0.2
+    ticks = [t for t in ax.get_xticklabels() if lo <= t.get_position()[0] <= hi]
+    assert ticks and all(float(t.get_position()[0]).is_integer() for t in ticks)
+    colors = {line.get_label(): line.get_color() for line in ax.lines}
+    for turn in range(1, 4):
+        chat._on_memory({"layers": layers, "drift": [0.01 * turn * (i + 1) for i in layers]}, True)
+        fig.canvas.draw()
+        assert {line.get_label(): line.get_color() for line in ax.lines} == colors   # fixed per layer
+    fig.savefig(ARTIFACTS / "chat-drift-four-turns.png")
+    settle(app.root, 0.3)
+    screenshot("chat-drift-window")
+    assert len(set(colors.values())) == len(layers)
+
+    renderer = fig.canvas.get_renderer()
+    legends = list(fig.legends) + ([ax.get_legend()] if ax.get_legend() else [])
+    assert legends and not any(lg.get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))
+                               for lg in legends), "the legend covers the plot"
+    texts = ([ax.xaxis.label, ax.yaxis.label] + ax.get_xticklabels() + ax.get_yticklabels()
+             + [t for lg in legends for t in lg.get_texts()])
+    assert min(t.get_fontsize() for t in texts if t.get_text()) >= 9
