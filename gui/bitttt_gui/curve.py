@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 
-from .events import num, read_events
+from .events import fmt_count, num, read_events
 
 MAX_PLOT_POINTS = 4000   # more than a plot's pixels: decimate before drawing
 
@@ -20,6 +20,8 @@ class LossCurve:
         self.tokens_per_step: float | None = None   # from the start event: batch × sequence × accumulation
         self.bits_per_nat_byte: float | None = None  # loss (nats/token) → bits/byte, from an eval event
         self.tokenizer: str | None = None
+        self.best_val_bpb: float | None = None       # the lowest validation bits/byte an eval reported
+        self.tokens_per_s: list[float] = []          # the trainer's throughput, one value per step
 
     def add(self, ev: dict) -> bool:
         """Take a ``start``, ``step`` or ``eval`` event; True if the curve changed."""
@@ -35,6 +37,9 @@ class LossCurve:
                 return False
             self.train_steps.append(step)
             self.train_loss.append(loss)
+            speed = num(ev.get("tokens_per_s"))
+            if speed is not None and speed > 0:
+                self.tokens_per_s.append(speed)
             return True
         if kind == "eval":
             loss = num(ev.get("val_loss"))
@@ -43,6 +48,8 @@ class LossCurve:
             bpb = num(ev.get("val_bpb"))
             if bpb is not None and loss > 0:
                 self.bits_per_nat_byte = bpb / loss
+            if bpb is not None:
+                self.best_val_bpb = bpb if self.best_val_bpb is None else min(self.best_val_bpb, bpb)
             self.val_steps.append(step)
             self.val_loss.append(loss)
             return True
@@ -82,6 +89,30 @@ class LossCurve:
         for ev in read_events(path):
             c.add(ev)
         return c
+
+
+COMPARE_FIELDS = (("name", "Run"), ("preset", "Preset"), ("mixer", "Mixer"), ("weights", "Weights"),
+                  ("steps", "Steps"), ("tokens", "Tokens"), ("best_bpb", "Best val. bits/byte"),
+                  ("tokens_per_s", "Tokens/s"))
+
+
+def compare_row(curve: LossCurve, settings: dict) -> dict[str, str]:
+    """One compared run as table cells (``COMPARE_FIELDS``): its settings (``runs.run_settings``,
+    from config.json) and its final metrics (its events.jsonl, as ``curve``); "—" where unknown."""
+    steps = int(max(curve.train_steps)) if curve.train_steps else None
+    ternary = settings.get("ternary")
+    speeds = sorted(curve.tokens_per_s)
+    return {
+        "name": curve.name,
+        "preset": str(settings.get("preset") or "—"),
+        "mixer": str(settings.get("mixer") or "—"),
+        "weights": "—" if ternary is None else "ternary" if ternary else "float",
+        "steps": "—" if steps is None else str(steps),
+        "tokens": "—" if steps is None or curve.tokens_per_step is None else fmt_count(steps * curve.tokens_per_step),
+        "best_bpb": "—" if curve.best_val_bpb is None else f"{curve.best_val_bpb:.3f}",
+        # The median: the first steps (compilation, warm-up) and a last partial one do not count.
+        "tokens_per_s": "—" if not speeds else fmt_count(speeds[len(speeds) // 2]),
+    }
 
 
 def smooth(values: list[float], weight: float) -> list[float]:

@@ -136,3 +136,70 @@ def test_chat_drift_plot_holds_still_and_reads_well(make_app, screenshot):
     texts = ([ax.xaxis.label, ax.yaxis.label] + ax.get_xticklabels() + ax.get_yticklabels()
              + [t for lg in legends for t in lg.get_texts()])
     assert min(t.get_fontsize() for t in texts if t.get_text()) >= 9
+
+
+def _write_run(root, name, *, preset, mixer, ternary, steps, speed, bpbs):
+    """A finished run folder as the trainer leaves it: config.json (DESIGN §5) and events.jsonl."""
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"mixer": mixer, "ternary": ternary, "training": {
+        "preset": preset, "steps": steps, "batch_size": 4, "seq_len": 32, "grad_accum": 2, "tokenizer": "byte"}}))
+    events = [{"event": "start", "config": {"batch_size": 4, "seq_len": 32, "grad_accum": 2, "tokenizer": "byte"}}]
+    for step in range(1, steps + 1):
+        events.append({"event": "step", "step": step, "total_steps": steps, "loss": 5.0 - 0.01 * step,
+                       "tokens_per_s": speed})
+        if step % (steps // len(bpbs)) == 0:
+            bpb = bpbs[step // (steps // len(bpbs)) - 1]
+            events.append({"event": "eval", "step": step, "val_loss": bpb * 0.6931, "val_bpb": bpb})
+    events.append({"event": "done", "step": steps, "reason": "completed"})
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    return run
+
+
+def _legend_texts(ax):
+    lg = ax.get_legend()
+    return [t.get_text() for t in lg.get_texts()] if lg else []
+
+
+@pytest.mark.gui
+def test_compare_names_every_line_and_tables_the_runs(make_app, screenshot):
+    app = make_app()
+    plot = app.tabs["plot"]
+    app.root.geometry("1180x728")
+    runs = app.workspace / "runs"
+    a = _write_run(runs, "alpha", preset="tiny", mixer="ttt_linear", ternary=True, steps=40, speed=2000.0,
+                   bpbs=[3.0, 2.5, 2.25, 2.4])
+    b = _write_run(runs, "beta", preset="small", mixer="attention", ternary=False, steps=20, speed=1500.0,
+                   bpbs=[3.5, 3.1])
+    plot.open_events(a)                  # the tab's own run, as after Show curve
+    plot.y_axis.set("bpb")
+    plot.redraw()
+    texts = _legend_texts(plot.ax)
+    assert texts and all("loss" not in t for t in texts) and any("bits per byte" in t for t in texts), texts
+
+    plot.compare([a, b])
+    plot.redraw()
+    settle(app.root, 0.3)
+    plot.canvas.draw()
+    screenshot("compare-window")
+    plot.figure.savefig(ARTIFACTS / "compare-plot.png")
+    drawn = [line for line in plot.ax.lines if line.get_visible() and len(line.get_xdata())]
+    assert drawn and all(line.get_label().startswith(("alpha", "beta")) for line in drawn), \
+        [line.get_label() for line in drawn]
+    assert all(t.startswith(("alpha", "beta")) for t in _legend_texts(plot.ax))
+
+    table = plot.compare_table
+    assert table.winfo_ismapped()
+    rows = [table.item(i, "values") for i in table.get_children()]
+    cols = list(table["columns"])
+    got = [dict(zip(cols, r)) for r in rows]
+    assert [(r["name"], r["preset"], r["mixer"], r["weights"], r["steps"], r["tokens"], r["best_bpb"],
+             r["tokens_per_s"]) for r in got] == [
+        ("alpha", "tiny", "ttt_linear", "ternary", "40", "10.24k", "2.250", "2.00k"),
+        ("beta", "small", "attention", "float", "20", "5.12k", "3.100", "1.50k")]
+
+    plot.compare([])                     # Clear comparison
+    plot.redraw()
+    title = plot.title.cget("text")
+    assert not ("alpha" in title and "beta" in title), title
+    assert not table.winfo_ismapped()
