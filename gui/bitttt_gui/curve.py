@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from bisect import bisect_left
 
 from .events import fmt_count, num, read_events
 
@@ -35,6 +36,7 @@ class LossCurve:
             loss = num(ev.get("loss"))
             if loss is None:
                 return False
+            _rewind(step, self.train_steps, self.train_loss)
             self.train_steps.append(step)
             self.train_loss.append(loss)
             speed = num(ev.get("tokens_per_s"))
@@ -50,6 +52,7 @@ class LossCurve:
                 self.bits_per_nat_byte = bpb / loss
             if bpb is not None:
                 self.best_val_bpb = bpb if self.best_val_bpb is None else min(self.best_val_bpb, bpb)
+            _rewind(step, self.val_steps, self.val_loss)
             self.val_steps.append(step)
             self.val_loss.append(loss)
             return True
@@ -89,6 +92,15 @@ class LossCurve:
         for ev in read_events(path):
             c.add(ev)
         return c
+
+
+def _rewind(step: float, steps: list[float], *series: list[float]) -> None:
+    """A resumed run starts again from its checkpoint's step: the steps it trains again replace
+    the old ones from there (the same step read twice, from the file and the live stream, is one)."""
+    if steps and step <= steps[-1]:
+        k = bisect_left(steps, step)
+        for values in (steps, *series):
+            del values[k:]
 
 
 COMPARE_FIELDS = (("name", "Run"), ("preset", "Preset"), ("mixer", "Mixer"), ("weights", "Weights"),
@@ -150,8 +162,14 @@ class TernaryHistory:
 
     def __init__(self):
         self.groups: dict[str, dict[str, list[float]]] = {}
+        self._session_start = False
 
     def add(self, ev: dict) -> bool:
+        if ev.get("event") == "start":
+            # A new trainer session (a resume, too) reports 0 flips first: it has no codes to
+            # compare with yet. That report's flips are unknown, not 0 %.
+            self._session_start = True
+            return False
         step = num(ev.get("step"))
         groups = ev.get("groups")
         if ev.get("event") != "ternary" or step is None or not isinstance(groups, dict):
@@ -161,10 +179,12 @@ class TernaryHistory:
             if not isinstance(g, dict) or any(num(g.get(f)) is None for f in self.FIELDS):
                 continue
             h = self.groups.setdefault(str(name), {"step": [], **{f: [] for f in self.FIELDS}})
+            _rewind(step, h["step"], *(h[f] for f in self.FIELDS))
             h["step"].append(step)
             for f in self.FIELDS:
-                h[f].append(num(g[f]))
+                h[f].append(math.nan if f == "flip_frac" and self._session_start else num(g[f]))
             changed = True
+        self._session_start = self._session_start and not changed
         return changed
 
     def __len__(self):

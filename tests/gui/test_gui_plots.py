@@ -203,3 +203,40 @@ def test_compare_names_every_line_and_tables_the_runs(make_app, screenshot):
     title = plot.title.cget("text")
     assert not ("alpha" in title and "beta" in title), title
     assert not table.winfo_ismapped()
+
+
+@pytest.mark.gui
+def test_a_resumed_run_shows_all_its_steps_and_no_false_zero_flips(make_app):
+    app = make_app()
+    plot, tern = app.tabs["plot"], app.tabs["ternary"]
+    run = app.workspace / "runs" / "resumed"
+    run.mkdir(parents=True)
+    groups = lambda flips: {g: {"zero_frac": 0.3, "flip_frac": flips, "scale": 0.02} for g in ("attn", "mlp")}
+    first = [{"event": "start", "start_step": 0, "config": {}}]
+    for step in range(1, 41):   # the first session: 40 steps, a report every 10, stopped at 40
+        first.append({"event": "step", "step": step, "loss": 5.0 - 0.05 * step})
+        if step % 10 == 0:
+            first += [{"event": "eval", "step": step, "val_loss": 4.0}, {"event": "ternary", "step": step,
+                                                                           "groups": groups(0.0 if step == 10 else 0.02)}]
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in first))
+
+    # Resumed from the checkpoint at step 30: the trainer appends to the same events.jsonl.
+    app.bus.publish("train.started", run, ["train", "--resume", str(run)])
+    resumed = [{"event": "start", "start_step": 30, "resumed_from": str(run / "checkpoints" / "step-000030"),
+                "config": {}}]
+    for step in range(31, 51):
+        resumed.append({"event": "step", "step": step, "loss": 3.0 - 0.01 * step})
+        if step % 10 == 0:
+            resumed.append({"event": "ternary", "step": step, "groups": groups(0.0 if step == 40 else 0.03)})
+    for ev in resumed:
+        app.bus.publish("train.record", ev, "stdout")
+    plot.redraw()
+    tern.redraw()
+
+    assert plot.curve.train_steps == list(range(1, 51))              # all steps, each once
+    assert plot.curve.train_loss[29] == pytest.approx(3.5) and plot.curve.train_loss[30] == pytest.approx(2.69)
+    h = tern.history.groups["mlp"]
+    assert h["step"] == [10, 20, 30, 40, 50]
+    flips = h["flip_frac"]
+    assert flips[1:3] == [0.02, 0.02] and flips[4] == 0.03
+    assert flips[3] != flips[3] and flips[0] != flips[0]   # the first report of each session: unknown, not 0 %

@@ -98,7 +98,8 @@ class PlotTab(ThrottledRedraw, ttk.Frame):
 
     # -- data ----------------------------------------------------------------------------
     def _on_started(self, run_dir, argv):
-        self.curve = LossCurve()
+        # A resumed run's folder holds its earlier steps: show them all, the live ones follow.
+        self.curve = LossCurve.from_events_file(Path(run_dir) / "events.jsonl")
         self._set_own_title(f"Run {Path(run_dir).name} (live)")
         self.mark_dirty()
 

@@ -60,16 +60,24 @@ class TernaryTab(ThrottledRedraw, ttk.Frame):
 
     def _on_started(self, run_dir, argv):
         self.history = TernaryHistory()
+        for ev in read_events(Path(run_dir) / "events.jsonl"):   # a resumed run's earlier reports
+            self.history.add(ev)
         self._run_name = Path(run_dir).name
-        self.title.configure(text=f"Run {self._run_name}: no ternary reports yet (a ternary run reports at every "
-                                  "evaluation)", style="Hint.TLabel")
+        if len(self.history):
+            self._say_groups()
+        else:
+            self.title.configure(text=f"Run {self._run_name}: no ternary reports yet (a ternary run reports at "
+                                      "every evaluation)", style="Hint.TLabel")
         self._dirty = True
 
     def _on_record(self, rec, stream):
         if self.history.add(rec):
-            self.title.configure(text=f"Run {self._run_name}: {len(self.history)} groups, reported at every "
-                                      "evaluation", style="TLabel")
+            self._say_groups()
             self._dirty = True
+
+    def _say_groups(self):
+        self.title.configure(text=f"Run {self._run_name}: {len(self.history)} groups, reported at every evaluation",
+                             style="TLabel")
 
     def open_events(self, path):
         path = Path(path)
