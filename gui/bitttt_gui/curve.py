@@ -36,6 +36,8 @@ class LossCurve:
             loss = num(ev.get("loss"))
             if loss is None:
                 return False
+            if self.train_steps and step <= self.train_steps[-1]:   # a resume: its evaluations come again too
+                _rewind(step, self.val_steps, self.val_loss)
             _rewind(step, self.train_steps, self.train_loss)
             self.train_steps.append(step)
             self.train_loss.append(loss)

@@ -230,10 +230,11 @@ def test_a_resumed_run_shows_all_its_steps_and_no_false_zero_flips(make_app):
             resumed.append({"event": "ternary", "step": step, "groups": groups(0.0 if step == 40 else 0.03)})
     for ev in resumed:
         app.bus.publish("train.record", ev, "stdout")
-    plot.redraw()
-    tern.redraw()
+    _draw(plot, "resumed-loss-curve")
+    _draw(tern, "resumed-ternary")
 
     assert plot.curve.train_steps == list(range(1, 51))              # all steps, each once
+    assert plot.curve.val_steps == [10, 20, 30]     # the old session's evaluation at 40 is superseded
     assert plot.curve.train_loss[29] == pytest.approx(3.5) and plot.curve.train_loss[30] == pytest.approx(2.69)
     h = tern.history.groups["mlp"]
     assert h["step"] == [10, 20, 30, 40, 50]

@@ -47,7 +47,7 @@ class TernaryTab(ThrottledRedraw, ttk.Frame):
             ax = self.axes[key]
             ax.set_title(label, fontsize="medium")
             ax.set_xlabel("step")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True))   # as many as a third fits
             ax.grid(True, alpha=0.3)
             if percent:
                 ax.yaxis.set_major_formatter(PercentFormatter(1.0))
