@@ -19,7 +19,9 @@ from torch import nn
 from bitttt.config import MIXERS, MODEL_TYPE, PRESETS, BitTTTConfig, preset_config  # noqa: F401 (re-exported)
 from bitttt.errors import ConfigError
 from bitttt.nn.bitlinear import BitLinear
+from bitttt.nn.attention import check_context
 from bitttt.nn.blocks import Attention, Block, init_linear_, residual_std
+from bitttt.nn.norm import RMSNorm
 
 
 @dataclass
@@ -43,9 +45,21 @@ def next_positions(pos: int | list[int], T: int) -> int | list[int]:
     return [p + T for p in pos] if isinstance(pos, list) else pos + T
 
 
+# The context policy of bitttt's own models (docs/design.md §6): an attention model's KV cache
+# grows with the context, so a call past this many positions raises ContextFullError (the
+# cache of `base` at the limit is about 2.4 GB in float32); TTT mixers keep a constant-size
+# state and take any length.
+ATTENTION_MAX_POSITIONS = 32768
+
+
+def max_positions(config: BitTTTConfig) -> int | None:
+    """The most positions one cache may hold: ATTENTION_MAX_POSITIONS with attention, else None."""
+    return ATTENTION_MAX_POSITIONS if config.mixer == "attention" else None
+
+
 def make_mixer(config: BitTTTConfig) -> nn.Module:
     if config.mixer == "attention":
-        return Attention(config.n_embd, config.n_head, config.ternary, config.rope_theta)
+        return Attention(config.n_embd, config.n_head, config.ternary, config.rope_theta, max_positions(config))
     from bitttt.nn import ttt_mixers  # needs the TTT layers (branch ttt)
 
     return ttt_mixers.make_ttt_mixer(config)
@@ -60,7 +74,7 @@ class BitTTTForCausalLM(nn.Module):
         self.blocks = nn.ModuleList(
             Block(make_mixer(config), C, config.hidden_size, config.ternary, config.norm_eps)
             for _ in range(config.n_layer))
-        self.norm = nn.RMSNorm(C, eps=config.norm_eps)
+        self.norm = RMSNorm(C, eps=config.norm_eps)
         self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
@@ -89,6 +103,7 @@ class BitTTTForCausalLM(nn.Module):
         use_cache = use_cache or cache is not None
         pos = cache.pos if cache is not None else 0
         states = cache.states if cache is not None else [None] * len(self.blocks)
+        check_context(pos, input_ids.shape[1], max_positions(self.config))
         x = self.embed(input_ids)  # [B, T, C]
         new_states = []
         for block, state in zip(self.blocks, states):

@@ -26,6 +26,7 @@ __all__ = [
     "ternary_repack_lut16",
     "ternary_linear_lut16",
     "ternary_matmul_int8_lut16",
+    "rms_norm_ternary_linear",
     "TTTState",
     "ttt_linear",
     "ttt_linear_decode_",
@@ -214,6 +215,15 @@ def ternary_matmul_int8_lut16(x: torch.Tensor, layout: torch.Tensor, N: int) -> 
     return torch.ops.bitttt.ternary_matmul_int8_lut16(x, layout, N)
 
 
+def rms_norm_ternary_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, packed: torch.Tensor,
+                            w_scale: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """ternary_linear(RMSNorm(x)) in one call, RMSNorm as bitttt.nn.norm's (float32 normalize,
+    cast to x's dtype, times norm_weight [K] in x's dtype): the decode step's norm fused into the
+    activation quantization. CPU only; bias float32. Same output as the two calls up to the
+    float32 summation order of mean(x²)."""
+    return torch.ops.bitttt.rms_norm_ternary_linear(x, norm_weight, eps, packed, w_scale, bias)
+
+
 def _check_packed_fits(packed: torch.Tensor, K: int) -> None:
     torch._check(packed.dim() == 2, lambda: "packed must be 2-D [N, Kp/4]")
     torch._check(packed.dtype == torch.uint8, lambda: f"packed must be uint8, got {packed.dtype}")
@@ -254,6 +264,13 @@ def _ternary_matmul_int8_fake(x, packed):
     torch._check(x.dtype == torch.int8 and x.dim() == 2, lambda: "x must be int8 [M, K]")
     _check_packed_fits(packed, x.shape[1])
     return x.new_empty((x.shape[0], packed.shape[0]), dtype=torch.int32)
+
+
+@torch.library.register_fake("bitttt::rms_norm_ternary_linear")
+def _rms_norm_ternary_linear_fake(x, norm_weight, eps, packed, w_scale, bias=None):
+    torch._check(norm_weight.shape == (x.shape[-1],) and norm_weight.dtype == x.dtype,
+                 lambda: "rms_norm_ternary_linear: norm_weight must be [K] in x's dtype")
+    return _ternary_linear_fake(x, packed, w_scale, bias)
 
 
 @torch.library.register_fake("bitttt::int8_matmul")

@@ -34,6 +34,10 @@ STABLE_TORCH_LIBRARY(bitttt, m) {
   // Exact int32 [M, N] = x @ w.T for int8 x [M, K], w [N, K] (csrc/int8/): the int8 LM head
   // at decode (bitttt.hf.bitnet.Int8Linear). CPU only; CUDA tensors take torch's path.
   m.def("int8_matmul(Tensor x, Tensor w) -> Tensor");
+  // ternary_linear(RMSNorm(x)) in one call (csrc/decode/): the norm (bitttt.nn.norm.RMSNorm,
+  // norm_weight [K] in x's dtype) fused into the activation quantization; bias float32. CPU only.
+  m.def("rms_norm_ternary_linear(Tensor x, Tensor norm_weight, float eps, Tensor packed, Tensor w_scale, "
+        "Tensor? bias=None) -> Tensor");
 
   // docs/design.md §3. q, k, v [B,H,T,D]; lr [B,H,T]; token_scale [b]; state W, gW [B,H,D,D],
   // c, gc [B,H,D] at absolute position pos; ln_w, ln_b [H,D]; float32 or float64, all alike.

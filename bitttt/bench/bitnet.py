@@ -24,7 +24,11 @@ import sys
 import time
 from typing import Any
 
-ENGINES = ("bitttt", "bitttt-int8", "llama.cpp", "transformers")
+ENGINES = ("bitttt", "bitttt-int8", "llama.cpp", "transformers", "llama.cpp-q8_0", "llama.cpp-f16")
+# llama.cpp's head (its tied token_embd) per engine: "llama.cpp" reads the bf16 embedding as
+# bitttt's float head does; -q8_0 reads about the bytes of bitttt's int8 head (34 per 32 values
+# against 32 + a per-row scale), -f16 the bytes of a float16 head.
+LLAMA_HEADS = {"llama.cpp": "bf16", "llama.cpp-q8_0": "q8_0", "llama.cpp-f16": "f16"}
 WEIGHT_SCALE = 32.0  # HF's weight_scale (BitLinear divides): s_w = 1/32, exact in float16 for TQ2_0
 # 2B4T's config.json (microsoft/bitnet-b1.58-2B-4T): tied embeddings, bf16, relu2, GQA 20/5.
 SHAPE_2B = dict(vocab_size=128256, hidden_size=2560, intermediate_size=6912, num_hidden_layers=30,
@@ -38,7 +42,26 @@ GGUF_FILE = "model.gguf"
 # thread wake-up per op when the pool sleeps.
 WAIT_POLICIES = ("passive", "active", "spin")
 BUSY_LOOP = "while True: pass"  # one busy CPU, as another program on a shared machine
-NEEDS = {"llama.cpp": "llama_cpp", "transformers": "transformers"}  # the engines' optional packages
+NEEDS = {**{e: "llama_cpp" for e in LLAMA_HEADS}, "transformers": "transformers"}  # the engines' optional packages
+
+
+def gguf_paths(folder: str, head: str) -> tuple[str, str]:
+    """The GGUF of `folder` with `head` as its embedding/head type, and its sizes file."""
+    suffix = "" if head == "bf16" else f"-{head}"
+    return os.path.join(folder, f"model{suffix}.gguf"), os.path.join(folder, f"gguf_sizes{suffix}.json")
+
+
+def ensure_gguf(folder: str, head: str) -> None:
+    """Writes the folder's GGUF with this head type unless it is there."""
+    path, sizes_path = gguf_paths(folder, head)
+    if os.path.isfile(path):
+        return
+    from bitttt.hf import load_bitnet
+    from bitttt.hf.gguf import write_gguf
+
+    sizes = write_gguf(load_bitnet(folder), path, head_type=head)
+    with open(sizes_path, "w") as f:
+        json.dump(sizes, f)
 
 
 def write_folder(path: str, layers: int) -> dict[str, int]:
@@ -147,12 +170,13 @@ class Transformers:
 
 
 class LlamaCpp:
-    def __init__(self, folder: str, threads: int) -> None:
+    def __init__(self, folder: str, threads: int, head: str = "bf16") -> None:
         import llama_cpp
 
-        self.llm = llama_cpp.Llama(os.path.join(folder, GGUF_FILE), n_ctx=1024, n_batch=512, n_ubatch=512,
+        path, sizes_path = gguf_paths(folder, head)
+        self.llm = llama_cpp.Llama(path, n_ctx=1024, n_batch=512, n_ubatch=512,
                                    n_threads=threads, n_threads_batch=threads, verbose=False)
-        with open(os.path.join(folder, "gguf_sizes.json")) as f:
+        with open(sizes_path) as f:
             self.bytes_per_token = json.load(f)["decode_bytes_per_token"]
         self.n_vocab = self.llm.n_vocab()
 
@@ -178,7 +202,9 @@ class LlamaCpp:
 def make_engine(engine: str, folder: str, threads: int):
     if engine.startswith("bitttt"):
         return Bitttt(folder, threads, "int8" if engine == "bitttt-int8" else "float")
-    return LlamaCpp(folder, threads) if engine == "llama.cpp" else Transformers(folder, threads)
+    if engine in LLAMA_HEADS:
+        return LlamaCpp(folder, threads, LLAMA_HEADS[engine])
+    return Transformers(folder, threads)
 
 
 def engine_contenders(engine: str, folder: str, threads: int, prompt: int, new_tokens: int, prefill: list[int],
@@ -225,7 +251,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--layers", type=int, default=30, help="decoder layers (2B4T: 30)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--engines", nargs="+", default=list(ENGINES[:3]), choices=ENGINES,
-                    help="default: bitttt bitttt-int8 llama.cpp (transformers is slow: add it)")
+                    help="default: bitttt bitttt-int8 llama.cpp (transformers is slow: add it); "
+                         "llama.cpp-q8_0 / llama.cpp-f16: llama.cpp with a Q8_0 / F16 head (equal head bytes "
+                         "to bitttt-int8 / a float16 head)")
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=128, help="decode steps (default 128)")
     ap.add_argument("--hf-tokens", type=int, default=4, help="transformers' decode steps (it unpacks every "
@@ -322,6 +350,9 @@ def run(args: argparse.Namespace) -> int:
         folder = args.folder or stack.enter_context(tempfile.TemporaryDirectory(prefix="bitnet2b-"))
         if not os.path.isfile(os.path.join(folder, GGUF_FILE)):
             write_folder(folder, args.layers)
+        for e in args.engines:
+            if e in LLAMA_HEADS:
+                ensure_gguf(folder, LLAMA_HEADS[e])
         with busy_processes(args.busy):
             for threads in args.threads:  # one thread count's children at a time: memory
                 with harness.Hosts() as hosts:

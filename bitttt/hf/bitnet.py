@@ -24,6 +24,13 @@ from torch import nn
 from bitttt import ops
 from bitttt.errors import ConfigError
 from bitttt.model import CausalLMOutput, ModelCache, next_positions
+from bitttt.nn.attention import causal_attention, check_context, one_token_attention  # noqa: F401 (its old home)
+from bitttt.nn.int8_linear import Int8Linear
+from bitttt.nn.norm import RMSNorm as _RMSNorm, rms_norm_ternary
+from bitttt.nn.rope import apply_rope, rope_cos_sin
+
+__all__ = ["BitNetConfig", "BitNetForCausalLM", "Int8Linear", "PackedTernaryLinear", "RMSNorm",
+           "decode_bytes_per_token"]
 
 MODEL_TYPE = "bitnet"
 
@@ -90,120 +97,26 @@ class PackedTernaryLinear(nn.Module):
             self.w_scale = w_scale.to(self.w_scale.device)
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.ternary_linear(x, self.packed, self.w_scale, self.bias)
+    def forward(self, x: torch.Tensor, norm: RMSNorm | None = None) -> torch.Tensor:
+        """self(norm(x)) (norm None: self(x)); the norm fuses into the quantization at decode."""
+        if norm is None:
+            return ops.ternary_linear(x, self.packed, self.w_scale, self.bias)
+        return rms_norm_ternary(x, norm, self.packed, self.w_scale, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bt2"
 
 
-class Int8Linear(nn.Module):
-    """A float linear as int8 with one scale per output row, for the LM head at decode (it reads
-    the whole [V, C] matrix every token): W ≈ w_q * scale[:, None], scale = max|W_row| / 127.
-    Activations are quantized per token as the ternary layers do (design §2: s_x = 127 / absmax)
-    and meet w_q in an exact int8 GEMM (bitttt's int8_matmul on CPU, int32 sums):
-    y = (x_q @ w_q.T) * scale / s_x. On the 2B head at M=1 and 2 threads int8_matmul reads at
-    the DRAM's speed (10-16 ms); torch._int_mm took 35-120 ms there and torch's weight-only int8
-    GEMM (_weight_int8pack_mm) was 3x slower than float32, its bfloat16 path wrong for small K."""
-
-    def __init__(self, weight: torch.Tensor) -> None:
-        super().__init__()
-        w_q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)  # [N, K]
-        scale = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)  # [N]
-        for i in range(0, weight.shape[0], 4096):  # in row blocks: no float32 copy of a 128k-row head
-            w = weight[i:i + 4096].detach().float()
-            scale[i:i + 4096] = w.abs().amax(dim=1).clamp(min=1e-12) / 127
-            w_q[i:i + 4096] = torch.round(w / scale[i:i + 4096, None]).clamp(-127, 127).to(torch.int8)
-        self.register_buffer("w_q", w_q)
-        self.register_buffer("scale", scale)
-
-    def _apply(self, fn, recurse: bool = True):
-        scale = self.scale
-        super()._apply(fn, recurse)
-        if self.scale.dtype != torch.float32:
-            self.scale = scale.to(self.scale.device)
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.reshape(-1, x.shape[-1]).float()  # [M, K]
-        s_x = torch.full_like(xf[:, :1], 127.0) / xf.abs().amax(dim=-1, keepdim=True).clamp(min=1e-5)  # [M, 1]
-        x_q = torch.round(xf * s_x).clamp(-128, 127).to(torch.int8)
-        if xf.device.type == "cpu":
-            acc = ops.int8_matmul(x_q, self.w_q).float()  # exact int32 sums
-        else:  # CUDA's _int_mm wants M > 16 and multiples of 8; float32 holds these sums exactly
-            acc = x_q.float() @ self.w_q.float().T
-        y = acc * self.scale / s_x  # [M, N]
-        return y.to(x.dtype).reshape(*x.shape[:-1], -1)
-
-
-class RMSNorm(nn.Module):
-    """transformers' BitNetRMSNorm: normalize in float32, cast back, then scale."""
+class RMSNorm(_RMSNorm):
+    """transformers' BitNetRMSNorm: bitttt.nn.norm.RMSNorm built from a checkpoint's weight, frozen."""
 
     def __init__(self, weight: torch.Tensor, eps: float) -> None:
-        super().__init__()
-        self.weight, self.eps = nn.Parameter(weight, requires_grad=False), eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
-
-
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    """cos, sin [T, D] for rotate-half RoPE (transformers' default rope), in dtype."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim)
-    freqs = positions.float()[..., None] * inv_freq  # [T, D/2], or [B, 1, 1, D/2] for positions [B, 1, 1]
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B, H, T, D]; rotate-half form: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
-
-
-def one_token_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(D)) v for one query per head, the decode step: q [B, H, 1, D], k, v
-    [B, H_kv, T, D] -> [B, H, 1, D]. The heads sharing a KV head become that head's G = H / H_kv
-    query rows, so it is two small matmuls, in float32: torch's CPU SDPA (a flash kernel with
-    its blocking and thread start) cost ~0.65 ms per call at 2B4T's shapes, 30 calls per
-    decoded token, and its bfloat16 matmuls on a CPU without native bf16 2-4x the float32 ones
-    with the cache's conversion included (0.55 vs 2.1 ms at T = 600)."""
-    B, H, _, D = q.shape
-    Hkv = k.shape[1]
-    qg = q.reshape(B, Hkv, H // Hkv, D).float()  # head h = kv_head * G + g, as enable_gqa's repeat_interleave
-    scores = torch.matmul(qg, k.float().transpose(-1, -2)) * D ** -0.5  # [B, Hkv, G, T]
-    y = torch.matmul(scores.softmax(dim=-1), v.float())  # [B, Hkv, G, D]
-    return y.to(q.dtype).reshape(B, H, 1, D)
-
-
-KV_MIN_CAPACITY = 256  # positions a KV buffer is first made with beyond what it holds
-
-
-def append_kv(past: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
-    """past [B, H_kv, T, D] followed by new [B, H_kv, t, D], as a view of a buffer with room to
-    grow: a decode step writes its token in place instead of copying the whole cache (torch.cat
-    copied 10 MB per 2B4T token at T = 136). The buffer's `kv_filled` mark says how far it is
-    written; a cache continued twice from the same point (a fork) copies instead of
-    overwriting the other branch's tokens. States stay plain tensors (chat memory stores them)."""
-    B, H, T, D = new.shape[0], new.shape[1], 0 if past is None else past.shape[2], new.shape[3]
-    base = None if past is None else past._base
-    if (base is not None and getattr(base, "kv_filled", -1) == T and base.shape[2] >= T + new.shape[2]
-            and past.data_ptr() == base.data_ptr() and base.dtype == new.dtype):
-        base[:, :, T:T + new.shape[2]] = new
-    else:
-        capacity = max(2 * (T + new.shape[2]), T + new.shape[2] + KV_MIN_CAPACITY)
-        base = new.new_empty(B, H, capacity, D)
-        if past is not None:
-            base[:, :, :T] = past
-        base[:, :, T:T + new.shape[2]] = new
-    base.kv_filled = T + new.shape[2]
-    return base[:, :, :T + new.shape[2]]
+        super().__init__(weight.shape[0], eps, weight=weight, trainable=False)
 
 
 class Attention(nn.Module):
-    """GQA with RoPE; state = (k, v) [B, H_kv, T_past, D] in the model's dtype."""
+    """GQA with rotate-half RoPE; state = (k, v) [B, H_kv, T_past, D] in the model's dtype
+    (bitttt.nn.attention's cache, written in place)."""
 
     def __init__(self, config: BitNetConfig, qkv: PackedTernaryLinear, o_proj: PackedTernaryLinear,
                  sub_norm: RMSNorm) -> None:
@@ -211,43 +124,34 @@ class Attention(nn.Module):
         self.config = config
         self.qkv, self.o_proj, self.attn_sub_norm = qkv, o_proj, sub_norm
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, state=None):
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, state=None,
+                norm: RMSNorm | None = None):
+        """Attention over norm(x) (norm None: x as it is)."""
         c = self.config
         B, T, _ = x.shape
         H, Hkv, D = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        q, k, v = self.qkv(x).split((H * D, Hkv * D, Hkv * D), dim=-1)
+        q, k, v = self.qkv(x, norm).split((H * D, Hkv * D, Hkv * D), dim=-1)
         q = q.view(B, T, H, D).transpose(1, 2)  # [B, H, T, D]
         k = k.view(B, T, Hkv, D).transpose(1, 2)  # [B, Hkv, T, D]
         v = v.view(B, T, Hkv, D).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if isinstance(state, list):  # a row batch (bitttt.generate.decode_rows): one token and cache per row
             return self._attend_rows(q, k, v, state)
-        if state is not None:  # a prefill keeps its k, v as they are; the first decode step makes the buffer
-            k, v = append_kv(state[0], k), append_kv(state[1], v)
-        past = k.shape[2] - T
-        if past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-        elif T == 1:
-            y = one_token_attention(q, k, v)
-        else:  # a prefill after a cache: query i sees keys 0..past+i
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        y, (k, v) = causal_attention(q, k, v, state, c.max_position_embeddings)
         y = y.transpose(1, 2).reshape(B, T, H * D)
-        return self.o_proj(self.attn_sub_norm(y)), (k, v)
+        return self.o_proj(y, self.attn_sub_norm), (k, v)
 
     def _attend_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, states: list):
         """q [B, H, 1, D], k, v [B, H_kv, 1, D]; row i attends over states[i] ((k, v) [1, H_kv, T_i, D]
         or None) and its new token. The output projection runs once over all rows."""
         B, H, _, D = q.shape
         ys, new_states = [], []
-        for i, state in enumerate(states):
-            ki, vi = k[i:i + 1], v[i:i + 1]
-            if state is not None:
-                ki, vi = append_kv(state[0], ki), append_kv(state[1], vi)
-            ys.append(one_token_attention(q[i:i + 1], ki, vi))
-            new_states.append((ki, vi))
+        for i, state in enumerate(states):  # each row as the single-sequence path runs it
+            y, kv = causal_attention(q[i:i + 1], k[i:i + 1], v[i:i + 1], state, self.config.max_position_embeddings)
+            ys.append(y)
+            new_states.append(kv)
         y = torch.cat(ys).transpose(1, 2).reshape(B, 1, H * D)
-        return self.o_proj(self.attn_sub_norm(y)), new_states
+        return self.o_proj(y, self.attn_sub_norm), new_states
 
 
 class MLP(nn.Module):
@@ -257,9 +161,10 @@ class MLP(nn.Module):
         super().__init__()
         self.gate_up, self.down_proj, self.ffn_sub_norm = gate_up, down, sub_norm
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down_proj(self.ffn_sub_norm(torch.square(F.relu(gate)) * up))
+    def forward(self, x: torch.Tensor, norm: RMSNorm | None = None) -> torch.Tensor:
+        """The FFN of norm(x) (norm None: x as it is)."""
+        gate, up = self.gate_up(x, norm).chunk(2, dim=-1)
+        return self.down_proj(torch.square(F.relu(gate)) * up, self.ffn_sub_norm)
 
 
 class DecoderLayer(nn.Module):
@@ -269,9 +174,9 @@ class DecoderLayer(nn.Module):
         self.input_layernorm, self.post_attention_layernorm = input_norm, post_attn_norm
 
     def forward(self, x, cos, sin, state=None):
-        h, state = self.self_attn(self.input_layernorm(x), cos, sin, state)
+        h, state = self.self_attn(x, cos, sin, state, norm=self.input_layernorm)
         x = x + h
-        return x + self.mlp(self.post_attention_layernorm(x)), state
+        return x + self.mlp(x, norm=self.post_attention_layernorm), state
 
 
 # ---------------------------------------------------------------------------------------
@@ -316,6 +221,7 @@ class BitNetForCausalLM(nn.Module):
         use_cache = use_cache or cache is not None
         pos = cache.pos if cache is not None else 0
         states = cache.states if cache is not None else [None] * len(self.layers)
+        check_context(pos, input_ids.shape[1], self.config.max_position_embeddings)
         x = self.embed_tokens(input_ids)  # [B, T, C]
         if isinstance(pos, list):  # a row batch: one token per row, each at its own position
             positions = torch.tensor(pos, device=x.device).view(-1, 1, 1)  # cos, sin [B, 1, 1, D]

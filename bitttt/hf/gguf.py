@@ -12,6 +12,10 @@ Differences of llama.cpp's "bitnet" graph (src/models/bitnet.cpp) from BitNet b1
 do not change what a decoded token reads: the FFN gate is SiLU, not relu²; q/k/v and gate/up are
 separate matmuls (bitttt fuses them); activations are quantized per 256-block (Q8_K), not per
 token; the LM head is always the token embedding (tied), so an untied model is refused.
+
+The embedding, which is also the head, is written as `head_type`: "bf16" (a bfloat16 model's
+own bytes), "f16", "f32", or "q8_0" (blocks of 32 int8 and one float16 scale, 34 bytes: the
+bytes per token of bitttt's int8 head), so a comparison can give both engines equal head bytes.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from bitttt.hf.bitnet import BitNetForCausalLM, PackedTernaryLinear
 
 ARCH = "bitnet"
 QK_K, TQ2_0_BLOCK_BYTES = 256, 66
+QK8_0, Q8_0_BLOCK_BYTES = 32, 34
+HEAD_TYPES = ("bf16", "f16", "f32", "q8_0")
 
 
 def tq2_0_bytes(packed: torch.Tensor, K: int, scale: float) -> np.ndarray:
@@ -60,12 +66,49 @@ def _bf16_bytes(t: torch.Tensor) -> np.ndarray:
     return t.contiguous().view(torch.uint8).numpy()
 
 
-def write_gguf(model: BitNetForCausalLM, path: str) -> dict[str, int]:
+def q8_0_bytes(t: torch.Tensor) -> np.ndarray:
+    """A float [R, C] matrix (C a multiple of 32) as Q8_0 uint8 [R, C / 32 * 34], ggml's reference
+    rule (quantize_row_q8_0_ref): per block of 32, d = absmax / 127, q = roundf(x / d) (ties away
+    from zero), stored as float16 d then 32 int8."""
+    R, C = t.shape
+    if C % QK8_0:
+        raise ConfigError(f"Q8_0 needs rows of a multiple of {QK8_0} values, got {C}")
+    out = np.empty((R, C // QK8_0, Q8_0_BLOCK_BYTES), dtype=np.uint8)
+    for i in range(0, R, 4096):  # in row blocks: no float32 copy of a whole 128k-row head
+        x = t[i:i + 4096].detach().float().reshape(-1, C // QK8_0, QK8_0)
+        d = x.abs().amax(dim=-1, keepdim=True) / 127
+        inv = torch.where(d == 0, torch.zeros_like(d), 1 / d)
+        y = x * inv
+        q = (torch.sign(y) * torch.floor(y.abs() + 0.5)).to(torch.int8)
+        out[i:i + 4096, :, :2] = d.to(torch.float16).numpy().view(np.uint8)
+        out[i:i + 4096, :, 2:] = q.numpy().view(np.uint8)
+    return out.reshape(R, -1)
+
+
+def _head_tensor(emb: torch.Tensor, head_type: str):
+    """(array, raw_dtype or None) of the embedding/head in head_type."""
+    import gguf
+
+    if head_type == "bf16":
+        return _bf16_bytes(emb.bfloat16()), gguf.GGMLQuantizationType.BF16
+    if head_type == "f16":
+        return emb.to(torch.float16).numpy(), None
+    if head_type == "f32":
+        return emb.float().numpy(), None
+    return q8_0_bytes(emb), gguf.GGMLQuantizationType.Q8_0
+
+
+def write_gguf(model: BitNetForCausalLM, path: str, head_type: str | None = None) -> dict[str, int]:
     """Writes `model` as a llama.cpp GGUF at `path`; returns the bytes of each tensor kind and the
-    bytes one decoded token reads (all linears, norms, the whole tied head, one embedding row)."""
+    bytes one decoded token reads (all linears, norms, the whole tied head, one embedding row).
+    head_type: the embedding/head's GGUF type (HEAD_TYPES; None: bf16 for a bfloat16 model, else f32)."""
     import gguf
 
     c = model.config
+    emb = model.embed_tokens.weight.detach()
+    head_type = head_type or ("bf16" if emb.dtype == torch.bfloat16 else "f32")
+    if head_type not in HEAD_TYPES:
+        raise ConfigError(f"GGUF head type {head_type!r}: expected one of {', '.join(HEAD_TYPES)}")
     if not c.tie_word_embeddings:
         raise ConfigError("llama.cpp's bitnet graph ties the LM head to the embedding; this model is untied")
     if c.attention_bias:
@@ -82,6 +125,7 @@ def write_gguf(model: BitNetForCausalLM, path: str) -> dict[str, int]:
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
     w.add_vocab_size(c.vocab_size)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_TQ2_0)
+    w.add_string("bitttt.head_type", head_type)
     w.add_tokenizer_model("none")  # token ids in, logits out: llama.cpp adds dummy tokens
     sizes = {"ternary": 0, "norms": 0, "embedding": 0}
 
@@ -95,12 +139,9 @@ def write_gguf(model: BitNetForCausalLM, path: str) -> dict[str, int]:
         w.add_tensor(name, b, raw_dtype=gguf.GGMLQuantizationType.TQ2_0)
         sizes["ternary"] += b.nbytes
 
-    emb = model.embed_tokens.weight.detach()
-    if emb.dtype == torch.bfloat16:
-        w.add_tensor("token_embd.weight", _bf16_bytes(emb), raw_dtype=gguf.GGMLQuantizationType.BF16)
-    else:
-        w.add_tensor("token_embd.weight", emb.float().numpy())
-    sizes["embedding"] = emb.numel() * (2 if emb.dtype == torch.bfloat16 else 4)
+    a, raw = _head_tensor(emb, head_type)
+    w.add_tensor("token_embd.weight", a, raw_dtype=raw)
+    sizes["embedding"] = a.nbytes
     norm("output_norm.weight", model.norm.weight)
     H, Hkv, D, I = c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size
     for i, layer in enumerate(model.layers):

@@ -14,6 +14,7 @@ from torch import nn
 
 from bitttt import ops
 from bitttt.nn.bitlinear import BitLinear
+from bitttt.nn.rope import apply_rope, rope_cos_sin  # rotate-half, as the TTT reference
 from bitttt.nn.ttt_mlp_torch import ttt_mlp_torch
 
 
@@ -29,21 +30,6 @@ class TTTCache:
     state: Any = None
     conv: torch.Tensor | None = None
     pos: int = 0
-
-
-def rope_cos_sin(pos: torch.Tensor, D: int, theta: float, dtype: torch.dtype):
-    """cos, sin [T, D] of rotary embeddings for integer positions pos [T] (rotate-half layout);
-    any pos shape [...] gives [..., D]."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, D, 2, device=pos.device, dtype=torch.float32) / D))
-    freqs = pos.float()[..., None] * inv_freq                 # [T, D/2] (or [..., D/2] for pos [...])
-    emb = torch.cat((freqs, freqs), dim=-1)                   # [T, D]
-    return emb.cos().to(dtype), emb.sin().to(dtype)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B,H,T,D] rotated by cos, sin [T,D]."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
 class CausalDepthwiseConv(nn.Module):

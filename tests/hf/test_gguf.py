@@ -1,5 +1,7 @@
-"""The GGUF writer (bitttt.hf.gguf): what `gguf`'s own reader and TQ2_0 dequantizer read back is
-the bitttt model's ternary weights times their per-tensor scale, exactly; llama.cpp loads it."""
+"""The GGUF writer (bitttt.hf.gguf): what `gguf`'s own reader and dequantizers read back is the
+bitttt model's ternary weights times their per-tensor scale, exactly, and its embedding/head in
+each head type (bf16, f16, f32 exactly; q8_0 as gguf's own quantizer makes it); llama.cpp, where
+installed, computes the logits such a file implies."""
 
 from __future__ import annotations
 
@@ -15,14 +17,16 @@ gguf = pytest.importorskip("gguf")
 from bitttt import ops  # noqa: E402
 from bitttt.errors import ConfigError  # noqa: E402
 from bitttt.hf import load_bitnet  # noqa: E402
-from bitttt.hf.gguf import tq2_0_bytes, write_gguf  # noqa: E402
+from bitttt.hf.gguf import HEAD_TYPES, tq2_0_bytes, write_gguf  # noqa: E402
 
 # A tiny tied BitNet with 256-multiple rows (TQ2_0's block) and float16-exact scales.
 C, I, H, HKV, V, L = 256, 512, 4, 2, 320, 2
 
 
-def write_folder(path: str, scales: tuple[float, ...] = (32.0, 16.0, 64.0)) -> dict[str, torch.Tensor]:
-    """A packed HF folder (4 rows per byte, weight_scale divides); returns q int8 per linear."""
+def write_folder(path: str, scales: tuple[float, ...] = (32.0, 16.0, 64.0), zero: bool = False) -> dict[str, torch.Tensor]:
+    """A packed HF folder (4 rows per byte, weight_scale divides); returns q int8 per linear.
+    zero: every ternary weight 0, so each block adds nothing and the logits are the head times
+    the final norm of the last token's embedding (a model whose output is known in closed form)."""
     from safetensors.torch import save_file
 
     g = torch.Generator().manual_seed(0)
@@ -35,6 +39,8 @@ def write_folder(path: str, scales: tuple[float, ...] = (32.0, 16.0, 64.0)) -> d
     for i in range(L):
         for j, (name, (N, K)) in enumerate(shapes.items()):
             q = torch.randint(-1, 2, (N, K), generator=g, dtype=torch.int8)
+            if zero:
+                q.zero_()
             codes = (q + 1).to(torch.uint8).view(4, N // 4, K)
             t[f"model.layers.{i}.{name}.weight"] = codes[0] | codes[1] << 2 | codes[2] << 4 | codes[3] << 6
             t[f"model.layers.{i}.{name}.weight_scale"] = torch.tensor([scales[j % len(scales)]], dtype=torch.bfloat16)
@@ -121,10 +127,68 @@ def test_a_scale_float16_cannot_hold_is_refused():
         tq2_0_bytes(ops.pack_ternary(torch.ones(4, 200, dtype=torch.int8)), 200, 0.25)
 
 
-def test_llama_cpp_loads_and_runs_it(written):
+@pytest.fixture(scope="module")
+def model_and_src(written):
+    src, model, _, _, _ = written
+    return src, model
+
+
+@pytest.mark.parametrize("head_type", HEAD_TYPES)
+def test_head_types_read_back(model_and_src, head_type, tmp_path):
+    src, model = model_and_src
+    path = str(tmp_path / f"{head_type}.gguf")
+    sizes = write_gguf(model, path, head_type=head_type)
+    t = next(t for t in gguf.GGUFReader(path).tensors if t.name == "token_embd.weight")
+    want_type = {"bf16": "BF16", "f16": "F16", "f32": "F32", "q8_0": "Q8_0"}[head_type]
+    assert t.tensor_type == gguf.GGMLQuantizationType[want_type]
+    raw = t.data.copy()
+    emb = src["model.embed_tokens.weight"].float()  # bf16-exact values
+    if head_type == "bf16":
+        got = torch.from_numpy(raw).view(torch.bfloat16).view(V, C).float()
+    else:
+        got = torch.from_numpy(gguf.quants.dequantize(raw, t.tensor_type).copy()).float().view(V, C)
+    if head_type == "q8_0":
+        # gguf's own numpy quantizer is the oracle for the bytes; the dequantized values are
+        # within half a step (d / 2, d = absmax / 127 per block of 32) of the source, plus the
+        # float16 rounding of the stored d times |q| <= 127
+        assert np.array_equal(raw.reshape(-1), gguf.quants.quantize(emb.numpy(), t.tensor_type).reshape(-1))
+        d = emb.view(V, C // 32, 32).abs().amax(-1, keepdim=True) / 127
+        assert ((got.view(V, C // 32, 32) - emb.view(V, C // 32, 32)).abs() <= d * (0.5 + 127 * 2**-11) + 1e-7).all()
+        assert sizes["embedding"] == V * C // 32 * 34
+    else:
+        want = emb.half().float() if head_type == "f16" else emb
+        assert torch.equal(got, want)
+        assert sizes["embedding"] == V * C * {"bf16": 2, "f16": 2, "f32": 4}[head_type]
+    fields = gguf.GGUFReader(path).fields
+    assert bytes(fields["bitttt.head_type"].parts[-1]).decode() == head_type
+
+
+def test_an_unknown_head_type_is_refused(model_and_src, tmp_path):
+    with pytest.raises(ConfigError, match="head type"):
+        write_gguf(model_and_src[1], str(tmp_path / "x.gguf"), head_type="q4_0")
+
+
+@pytest.mark.parametrize("head_type", ["f32", "q8_0", "bf16"])
+def test_llama_cpp_logits_of_a_model_with_zero_ternary_weights(tmp_path, head_type):
+    """All ternary weights 0: every block adds 0 to the residual, so the logits are
+    head @ (norm_w * e / rms(e)) for the last token's embedding e, computed here from the source
+    tensors (through the head type's dequantized bytes): llama.cpp must reproduce them."""
     llama_cpp = pytest.importorskip("llama_cpp")
-    _, _, path, _, _ = written
+    src = write_folder(str(tmp_path / "hf"), zero=True)
+    model = load_bitnet(str(tmp_path / "hf"))
+    path = str(tmp_path / "zero.gguf")
+    write_gguf(model, path, head_type=head_type)
+    t = next(t for t in gguf.GGUFReader(path).tensors if t.name == "token_embd.weight")
+    if head_type == "bf16":
+        head = torch.from_numpy(t.data.copy()).view(torch.bfloat16).view(V, C).double()
+    else:
+        head = torch.from_numpy(gguf.quants.dequantize(t.data.copy(), t.tensor_type).copy()).double().view(V, C)
+    e = src["model.embed_tokens.weight"][7].double()
+    h = e / torch.sqrt((e * e).mean() + model.config.rms_norm_eps) * src["model.norm.weight"].double()
+    want = head @ h
     llm = llama_cpp.Llama(path, n_ctx=64, n_threads=1, verbose=False)
-    llm.eval([1, 2, 3])
-    logits = torch.tensor(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(V,)))  # the last token's
-    assert logits.shape == (V,) and torch.isfinite(logits).all() and logits.std() > 0
+    llm.eval([3, 1, 7])
+    got = torch.tensor(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(V,))).double()  # the last token's
+    # llama.cpp rounds the activations to its head's matmul type (q8_0: Q8_0 blocks; bf16: bf16)
+    tol = {"f32": 1e-3, "q8_0": 3e-2, "bf16": 3e-2}[head_type] * want.abs().max()
+    assert (got - want).abs().max() <= tol

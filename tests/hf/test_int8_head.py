@@ -40,3 +40,16 @@ def test_int8_head_keeps_the_tiny_models_top1(tiny):
 def test_int8_head_on_a_tied_model_keeps_the_float_embedding(tiny):
     q = load_bitnet(tiny.tied, dtype=torch.float32, lm_head="int8")
     assert q.embed_tokens.weight.dtype == torch.float32 and q.lm_head.w_q.dtype == torch.int8
+
+
+def test_int8_linear_gives_a_nan_row_for_a_nan_token():
+    """The ternary layers' rule (reference.quantize_activations): a token holding NaN or inf gets
+    a row of NaN, the other tokens are untouched (a NaN cast to int8 gave arbitrary logits)."""
+    g = torch.Generator().manual_seed(1)
+    head = Int8Linear(torch.randn(50, 64, generator=g))
+    x = torch.randn(4, 64, generator=g)
+    want = head(x)
+    x[1, 3], x[2, 7] = float("nan"), float("inf")
+    got = head(x)
+    assert got[1].isnan().all() and got[2].isnan().all()
+    assert torch.equal(got[[0, 3]], want[[0, 3]])

@@ -103,3 +103,58 @@ def test_backward_reaches_every_parameter():
     model(ids, labels=ids).loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing
+
+
+# ---------------------------------------------------------------------------------------
+# Context policy (docs/design.md §6): attention errors at its limit, TTT carries constant state
+# ---------------------------------------------------------------------------------------
+
+
+def test_attention_past_its_position_limit_is_a_clear_error(monkeypatch):
+    from bitttt import model as model_module
+    from bitttt.nn.attention import ContextFullError
+
+    monkeypatch.setattr(model_module, "ATTENTION_MAX_POSITIONS", 12)
+    model = micro("attention")
+    with torch.no_grad():
+        cache = model(torch.randint(0, 256, (1, 10)), use_cache=True).cache
+        for _ in range(2):  # positions 10 and 11: the last two that fit
+            cache = model(torch.tensor([[5]]), cache=cache).cache
+        with pytest.raises(ContextFullError, match="limit of 12"):
+            model(torch.tensor([[5]]), cache=cache)
+        with pytest.raises(ContextFullError):
+            model(torch.randint(0, 256, (1, 13)))
+    k, _ = cache.states[0]
+    assert k._base.shape[2] <= 12  # the in-place buffer never holds more than the limit
+
+
+def test_decode_writes_the_kv_cache_in_place():
+    model = micro("attention")
+    with torch.no_grad():
+        cache = model(torch.randint(0, 256, (1, 6)), use_cache=True).cache
+        cache = model(torch.tensor([[1]]), cache=cache).cache  # makes the buffer
+        buffer = cache.states[0][0]._base
+        for t in range(20):
+            cache = model(torch.tensor([[t]]), cache=cache).cache
+            assert cache.states[0][0]._base is buffer  # no copy per token (torch.cat made one)
+    assert cache.states[0][0].shape[2] == 27
+
+
+@pytest.mark.parametrize("mixer", ["ttt_linear", "ttt_mlp"])
+def test_ttt_state_is_constant_and_unbounded_by_the_attention_limit(monkeypatch, mixer):
+    from bitttt import model as model_module
+
+    monkeypatch.setattr(model_module, "ATTENTION_MAX_POSITIONS", 12)
+
+    def state_bytes(cache) -> int:
+        tensors = [t for s in cache.states for t in (*s.state, s.conv) if isinstance(t, torch.Tensor)]
+        return sum(t.nbytes for t in tensors)
+
+    model = micro(mixer)
+    with torch.no_grad():
+        cache = model(torch.randint(0, 256, (1, 4)), use_cache=True).cache
+        sizes = []
+        for t in range(30):
+            cache = model(torch.tensor([[t]]), cache=cache).cache
+            sizes.append(state_bytes(cache))
+    assert cache.pos == 34 and sizes[0] > 0 and len(set(sizes)) == 1

@@ -1,11 +1,19 @@
-"""bitttt.nn.blocks.Rotary: every pair (x[2i], x[2i+1]) turned by positions * inv_freq[i]."""
+"""bitttt.nn's shared decoder pieces: RoPE in both pair conventions (interleaved: every pair
+(x[2i], x[2i+1]) turned by positions * inv_freq[i]; half: transformers' rotate-half), RMSNorm
+against transformers' and torch's, and the fused norm + ternary op against the two calls."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bitttt.nn.blocks import Rotary
+from bitttt import ops
+from bitttt.nn.norm import RMSNorm, rms_norm_ternary
+from bitttt.nn.rope import RoPE
+
+
+def Rotary(head_dim: int, theta: float = 10000.0) -> RoPE:
+    return RoPE(head_dim, theta, convention="interleaved")
 
 
 def rotated(x: torch.Tensor, positions: torch.Tensor, theta: float = 10000.0) -> torch.Tensor:
@@ -39,3 +47,78 @@ def test_rotary_gradient_is_the_inverse_rotation():
     x_ref = x.detach().clone().requires_grad_()
     (rotated(x_ref, positions) * g).sum().backward()
     torch.testing.assert_close(x.grad, x_ref.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("theta", [10000.0, 500000.0, 37.0])
+def test_half_convention_is_transformers_rotate_half(dtype, theta):
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    torch.manual_seed(2)
+    D = 24
+    q, k = torch.randn(2, 3, 9, D).to(dtype), torch.randn(2, 1, 9, D).to(dtype)
+    positions = torch.arange(100, 109)
+    inv = 1.0 / (theta ** (torch.arange(0, D, 2, dtype=torch.int64).float() / D))  # LlamaRotaryEmbedding's
+    freqs = positions.float()[:, None] * inv[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    want_q, want_k = apply_rotary_pos_emb(q, k, emb.cos().to(dtype)[None], emb.sin().to(dtype)[None])
+    rope = RoPE(D, theta, convention="half")
+    torch.testing.assert_close(rope(q, positions), want_q, rtol=0, atol=0)
+    torch.testing.assert_close(rope(k, positions), want_k, rtol=0, atol=0)
+
+
+def test_the_conventions_are_one_rotation_in_two_layouts():
+    """interleaved(x) seen through the pair permutation is half(x permuted): the same rotation."""
+    torch.manual_seed(3)
+    D = 16
+    x = torch.randn(2, 5, D, dtype=torch.float64)
+    positions = torch.arange(5)
+    perm = torch.cat((torch.arange(0, D, 2), torch.arange(1, D, 2)))  # interleaved -> half layout
+    half = RoPE(D, 1000.0, "half")(x[..., perm], positions)
+    inter = RoPE(D, 1000.0, "interleaved")(x, positions)
+    torch.testing.assert_close(inter[..., perm], half)
+    with pytest.raises(ValueError, match="convention"):
+        RoPE(D, convention="neox")
+
+
+@pytest.mark.parametrize("eps", [1e-6, 0.5])
+def test_rms_norm_is_torch_and_transformers_rms_norm(eps):
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.bitnet.modeling_bitnet import BitNetRMSNorm
+
+    torch.manual_seed(4)
+    w = torch.rand(32) + 0.5
+    x = torch.randn(3, 7, 32)
+    norm = RMSNorm(32, eps, weight=w.clone())
+    ref = torch.nn.RMSNorm(32, eps=eps)
+    with torch.no_grad():
+        ref.weight.copy_(w)
+    torch.testing.assert_close(norm(x), ref(x), rtol=1e-6, atol=1e-6)
+    hf = BitNetRMSNorm(32, eps=eps).to(torch.bfloat16)
+    with torch.no_grad():
+        hf.weight.copy_(w.bfloat16())
+    xb = x.bfloat16()
+    norm_b = RMSNorm(32, eps, weight=w.bfloat16())
+    torch.testing.assert_close(norm_b(xb), hf(xb), rtol=0, atol=0)  # float32 math, cast, then the weight
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("M", [1, 3, 40])  # 40: over FUSED_NORM_MAX_TOKENS, the two calls
+def test_fused_norm_ternary_equals_the_two_calls(dtype, M):
+    g = torch.Generator().manual_seed(5)
+    K, N = 300, 130
+    packed, w_scale = ops.quantize_weight(torch.randn(N, K, generator=g))
+    norm = RMSNorm(K, 1e-5, weight=(torch.rand(K, generator=g) + 0.5).to(dtype))
+    x = (torch.randn(M, K, generator=g) * 3).to(dtype)
+    bias = torch.randn(N, generator=g)
+    with torch.no_grad():
+        want = ops.ternary_linear(norm(x), packed, w_scale, bias)
+        got = rms_norm_ternary(x, norm, packed, w_scale, bias)
+        fused = ops.rms_norm_ternary_linear(x, norm.weight, norm.eps, packed, w_scale, bias)
+    # the same integers unless mean(x²)'s float32 summation order flips one x_q at a .5 tie
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol)
+    torch.testing.assert_close(fused.float(), want.float(), rtol=tol, atol=tol)
+    x[0, 5] = float("nan")
+    assert ops.rms_norm_ternary_linear(x, norm.weight, norm.eps, packed, w_scale)[0].isnan().all()
