@@ -26,7 +26,7 @@ from .events import RAW, explain_exit, parse_line
 from .memory import MemorySampler
 from .process import STOP_GRACE_S, TERM_GRACE_S, AttachedRun, ChildProcess
 from .tabs.chat import ChatTab
-from .tabs.common import PAD, Context
+from .tabs.common import PAD, Context, break_long_words, choose
 from .tabs.logs import LogsTab
 from .tabs.memory import MonitorTab
 from .tabs.plot import PlotTab
@@ -41,6 +41,8 @@ TABS = (("train", "Train", TrainTab), ("logs", "Logs", LogsTab), ("plot", "Loss 
         ("ternary", "Ternary", TernaryTab), ("monitor", "Progress & memory", MonitorTab), ("chat", "Chat", ChatTab),
         ("runs", "Runs", RunsTab))
 
+
+CLOSE_CHOICES = (("leave", "Leave it training"), ("stop", "Stop and quit"), (None, "Cancel"))
 
 DEFAULT_SIZE = (1180, 820)
 BAR_COLOR = "#3a7bd5"
@@ -83,16 +85,19 @@ def setup_style(root: tk.Tk) -> ttk.Style:
 
 class App:
     """The launcher. ``bitttt_cmd`` replaces ``python -m bitttt`` (tests: a fake trainer);
-    ``confirm(title, message) -> bool`` asks before closing with a run in progress."""
+    ``confirm(title, message) -> bool`` asks yes/no questions; ``ask_close(message) -> "leave" | "stop" | None``
+    asks what closing the window does to a run in progress (None: keep the window open)."""
 
     def __init__(self, root: tk.Tk, workspace: str | os.PathLike | None = None, bitttt_cmd: list[str] | None = None,
                  confirm=None, memory_interval_s: float = 1.5, stop_grace_s: float = STOP_GRACE_S,
-                 term_grace_s: float = TERM_GRACE_S):
+                 term_grace_s: float = TERM_GRACE_S, ask_close=None):
         self.root = root
         self.workspace = Path(workspace or default_workspace()).expanduser().resolve()
         self.workspace.mkdir(parents=True, exist_ok=True)
         self.bitttt_cmd = bitttt_cmd
         self.confirm = confirm or (lambda title, msg: messagebox.askyesno(title, msg, parent=root))
+        self.ask_close = ask_close or (lambda msg: choose(root, "Training in progress", msg, CLOSE_CHOICES,
+                                                          default="leave"))
         self.stop_grace_s, self.term_grace_s = stop_grace_s, term_grace_s
         self.bus = Bus()
         self.train_q: queue.Queue = queue.Queue()
@@ -121,7 +126,8 @@ class App:
         self.status = ttk.Label(status, text="", style="Status.TLabel", anchor="w", justify="left")
         self.status.pack(side="left", fill="x", expand=True)
         # Long messages (a crash's explanation, a path) wrap instead of running off the window.
-        self.status.bind("<Configure>", lambda e: self.status.configure(wraplength=max(200, e.width - 2 * PAD)))
+        self._status_text = ""
+        self.status.bind("<Configure>", lambda e: self._wrap_status())
         self.bus.subscribe("status", self.set_status)
         self.bus.subscribe("memory", lambda snap: self.ctx.latest.__setitem__("memory", snap))  # before the tabs'
         self.notebook = ttk.Notebook(root)
@@ -160,9 +166,20 @@ class App:
 
     def set_status(self, severity: str, text: str):
         style = {"error": "Error.TLabel", "warn": "Warn.TLabel", "ok": "Good.TLabel"}.get(severity, "Status.TLabel")
-        self.status.configure(text=" ".join(text.split("\n")[:3]) if text else "", style=style)
+        self._status_text = " ".join(text.split("\n")[:3]) if text else ""
+        self.status.configure(style=style)
         if style != "Status.TLabel":
             self.status.configure(padding=(PAD, 2))
+        self._wrap_status()
+
+    def _wrap_status(self):
+        """Wrap the status to the label's width: at spaces, and a path too long for a line after a slash."""
+        width = max(200, self.status.winfo_width() - 2 * PAD - 2)   # the style's padding, and a margin
+        text = break_long_words(self._status_text, width, tkfont.nametofont("TkDefaultFont").measure)
+        if str(self.status.cget("wraplength")) != str(width):
+            self.status.configure(wraplength=width)
+        if self.status.cget("text") != text:
+            self.status.configure(text=text)
 
     def training_running(self) -> bool:
         """True from launch until the child's exit record was handled (not merely until it died)."""
@@ -182,6 +199,10 @@ class App:
             if msg:
                 self.set_status("error", msg)
                 return msg
+        if settings.resume and not self._may_retrain(run_dir, settings.resume):
+            msg = f"{run_dir.name} has finished: not trained again."
+            self.set_status("info", msg)
+            return msg
         argv = command.build_train_argv(settings, run_dir, base=self.bitttt_cmd)
         self.train_q = queue.Queue()
         self._last_error = self._last_done = self._last_checkpoint = None
@@ -209,6 +230,15 @@ class App:
             return f"{run_dir.name} is taken: choose another run name."
         return runs.delete_run(run_dir)   # refuses a run another process trains (its lock is live)
 
+    def _may_retrain(self, run_dir: Path, resume: str) -> bool:
+        """Resuming a run that finished (it saved ``final/``) trains it again from that checkpoint and
+        replaces its later checkpoints and ``final/``: only when the user says so."""
+        if not (run_dir / "final").is_dir():
+            return True
+        return self.confirm("Train a finished run again?",
+                            f"{run_dir.name} has finished and saved final/. Train it again from {resume}? "
+                            "Its later checkpoints and final/ are replaced.")
+
     def attach_running(self) -> Path | None:
         """Follow a run that is still training without this window (its launcher was closed or
         crashed, or it was started from a terminal): the newest live one, if any."""
@@ -229,6 +259,7 @@ class App:
             self.progress.configure(value=0)
             self.set_status("info", f"Attached to {info.name}, still training (pid {self.child.pid}) since before "
                                     "this window opened: it can be watched and stopped as usual.")
+            self.bus.publish("train.attached", info.path)   # the Train form shows that run's own settings
             self.bus.publish("train.started", info.path, self.child.argv)
             return info.path
         return None
@@ -296,13 +327,28 @@ class App:
     # -- closing -------------------------------------------------------------------------
     def on_close(self):
         if self.training_running():
-            if not self.confirm("Training in progress",
-                                "A training run is in progress. Stop it (it saves a checkpoint) and quit?"):
+            name = self.run_dir.name if self.run_dir else "A run"
+            choice = self.ask_close(
+                f"{name} is training. Leave it training: it goes on without this window, which follows it "
+                "again when opened on this workspace. Stop and quit: it saves a checkpoint first.")
+            if choice is None:
+                return
+            if choice == "leave":
+                self._leave_training()
                 return
             self._closing = True
             self.set_status("warn", "Stopping the run before closing…")
             self.stop_training()
             return
+        self._destroy()
+
+    def _leave_training(self):
+        """Close the window and let the trainer go on: it runs in its own session, holds trainer.lock
+        (a later launcher attaches to it) and survives its stdout closing (DESIGN §6)."""
+        pid = self.child.pid if self.child else None
+        print(f"bitttt-gui: {self.run_dir} goes on training (pid {pid}); open bitttt-gui on {self.workspace} "
+              "to follow or stop it.", file=sys.stderr)
+        self._live = False
         self._destroy()
 
     def _destroy(self):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+from bisect import bisect_left
 
-from .events import num, read_events
+from .events import fmt_count, num, read_events
 
 MAX_PLOT_POINTS = 4000   # more than a plot's pixels: decimate before drawing
 
@@ -20,6 +21,8 @@ class LossCurve:
         self.tokens_per_step: float | None = None   # from the start event: batch × sequence × accumulation
         self.bits_per_nat_byte: float | None = None  # loss (nats/token) → bits/byte, from an eval event
         self.tokenizer: str | None = None
+        self.best_val_bpb: float | None = None       # the lowest validation bits/byte an eval reported
+        self.tokens_per_s: list[float] = []          # the trainer's throughput, one value per step
 
     def add(self, ev: dict) -> bool:
         """Take a ``start``, ``step`` or ``eval`` event; True if the curve changed."""
@@ -33,8 +36,14 @@ class LossCurve:
             loss = num(ev.get("loss"))
             if loss is None:
                 return False
+            if self.train_steps and step <= self.train_steps[-1]:   # a resume: its evaluations come again too
+                _rewind(step, self.val_steps, self.val_loss)
+            _rewind(step, self.train_steps, self.train_loss)
             self.train_steps.append(step)
             self.train_loss.append(loss)
+            speed = num(ev.get("tokens_per_s"))
+            if speed is not None and speed > 0:
+                self.tokens_per_s.append(speed)
             return True
         if kind == "eval":
             loss = num(ev.get("val_loss"))
@@ -43,6 +52,9 @@ class LossCurve:
             bpb = num(ev.get("val_bpb"))
             if bpb is not None and loss > 0:
                 self.bits_per_nat_byte = bpb / loss
+            if bpb is not None:
+                self.best_val_bpb = bpb if self.best_val_bpb is None else min(self.best_val_bpb, bpb)
+            _rewind(step, self.val_steps, self.val_loss)
             self.val_steps.append(step)
             self.val_loss.append(loss)
             return True
@@ -84,6 +96,39 @@ class LossCurve:
         return c
 
 
+def _rewind(step: float, steps: list[float], *series: list[float]) -> None:
+    """A resumed run starts again from its checkpoint's step: the steps it trains again replace
+    the old ones from there (the same step read twice, from the file and the live stream, is one)."""
+    if steps and step <= steps[-1]:
+        k = bisect_left(steps, step)
+        for values in (steps, *series):
+            del values[k:]
+
+
+COMPARE_FIELDS = (("name", "Run"), ("preset", "Preset"), ("mixer", "Mixer"), ("weights", "Weights"),
+                  ("steps", "Steps"), ("tokens", "Tokens"), ("best_bpb", "Best val. bits/byte"),
+                  ("tokens_per_s", "Tokens/s"))
+
+
+def compare_row(curve: LossCurve, settings: dict) -> dict[str, str]:
+    """One compared run as table cells (``COMPARE_FIELDS``): its settings (``runs.run_settings``,
+    from config.json) and its final metrics (its events.jsonl, as ``curve``); "—" where unknown."""
+    steps = int(max(curve.train_steps)) if curve.train_steps else None
+    ternary = settings.get("ternary")
+    speeds = sorted(curve.tokens_per_s)
+    return {
+        "name": curve.name,
+        "preset": str(settings.get("preset") or "—"),
+        "mixer": str(settings.get("mixer") or "—"),
+        "weights": "—" if ternary is None else "ternary" if ternary else "float",
+        "steps": "—" if steps is None else str(steps),
+        "tokens": "—" if steps is None or curve.tokens_per_step is None else fmt_count(steps * curve.tokens_per_step),
+        "best_bpb": "—" if curve.best_val_bpb is None else f"{curve.best_val_bpb:.3f}",
+        # The median: the first steps (compilation, warm-up) and a last partial one do not count.
+        "tokens_per_s": "—" if not speeds else fmt_count(speeds[len(speeds) // 2]),
+    }
+
+
 def smooth(values: list[float], weight: float) -> list[float]:
     """Debiased exponential moving average (TensorBoard's); weight 0 returns the values."""
     if weight <= 0 or not values:
@@ -119,8 +164,14 @@ class TernaryHistory:
 
     def __init__(self):
         self.groups: dict[str, dict[str, list[float]]] = {}
+        self._session_start = False
 
     def add(self, ev: dict) -> bool:
+        if ev.get("event") == "start":
+            # A new trainer session (a resume, too) reports 0 flips first: it has no codes to
+            # compare with yet. That report's flips are unknown, not 0 %.
+            self._session_start = True
+            return False
         step = num(ev.get("step"))
         groups = ev.get("groups")
         if ev.get("event") != "ternary" or step is None or not isinstance(groups, dict):
@@ -130,11 +181,46 @@ class TernaryHistory:
             if not isinstance(g, dict) or any(num(g.get(f)) is None for f in self.FIELDS):
                 continue
             h = self.groups.setdefault(str(name), {"step": [], **{f: [] for f in self.FIELDS}})
+            _rewind(step, h["step"], *(h[f] for f in self.FIELDS))
             h["step"].append(step)
             for f in self.FIELDS:
-                h[f].append(num(g[f]))
+                h[f].append(math.nan if f == "flip_frac" and self._session_start else num(g[f]))
             changed = True
+        self._session_start = self._session_start and not changed
         return changed
 
     def __len__(self):
         return len(self.groups)
+
+
+def padded_range(values: list[float], min_span: float, low: float | None = None,
+                 high: float | None = None) -> tuple[float, float]:
+    """Axis limits around ``values`` at least ``min_span`` wide (centred on the data, kept inside
+    ``low``..``high`` where given), so a flat series reads as flat instead of zooming into noise."""
+    finite = [v for v in values if v == v and abs(v) != float("inf")]
+    if not finite:
+        lo, hi = (low if low is not None else 0.0), (low if low is not None else 0.0) + min_span
+    else:
+        lo, hi = min(finite), max(finite)
+        pad = max((min_span - (hi - lo)) / 2, 0.05 * (hi - lo))
+        lo, hi = lo - pad, hi + pad
+    if low is not None and lo < low:
+        lo, hi = low, max(hi, low + min_span)
+    if high is not None and hi > high:
+        lo, hi = min(lo, high - min_span), high
+        if low is not None:
+            lo = max(lo, low)
+    return lo, hi
+
+
+def step_range(steps: list[float]) -> tuple[float, float]:
+    """x limits for a plot by step: at least one step either side, so one report gives a few
+    whole-number ticks, not -0.045..0.045."""
+    if not steps:
+        return 0.0, 1.0
+    lo, hi = min(steps), max(steps)
+    pad = max(1.0, 0.05 * (hi - lo))
+    lo, hi = lo - pad, hi + pad
+    if lo < 0 <= min(steps):    # no negative step ticks, but the point stays off the edge
+        lo = -0.5
+    return lo, hi

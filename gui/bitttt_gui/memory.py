@@ -70,6 +70,21 @@ def host_memory() -> tuple[int | None, int | None]:
         return None, None
 
 
+# Why NVML could not start, in words: its exception's class name is no message for a user.
+NVML_REASONS = {
+    "NVMLError_LibraryNotFound": "no NVIDIA driver is installed on this computer",
+    "NVMLError_DriverNotLoaded": "the NVIDIA driver is not loaded",
+    "NVMLError_NoPermission": "no permission to read the NVIDIA GPUs",
+    "NVMLError_InsufficientPower": "the NVIDIA GPU lacks power",
+}
+
+
+def nvml_note(error: BaseException) -> str:
+    """The GPU panel's note when NVML fails to start."""
+    reason = NVML_REASONS.get(type(error).__name__, "no NVIDIA GPU or driver was found")
+    return f"GPU memory: {reason}."
+
+
 class Gpus:
     """NVML access that degrades to a note: no pynvml, no driver, no GPU."""
 
@@ -85,7 +100,7 @@ class Gpus:
             pynvml.nvmlInit()
             self._count = pynvml.nvmlDeviceGetCount()
         except Exception as e:  # NVMLError_LibraryNotFound, DriverNotLoaded, …
-            self.note = f"GPU memory: no NVIDIA GPU or driver ({type(e).__name__})"
+            self.note = nvml_note(e)
             return
         if self._count == 0:
             self.note = "GPU memory: no NVIDIA GPU found"

@@ -307,13 +307,13 @@ def test_existing_run_folder_is_not_overwritten(make_app):
 
 def test_closing_with_a_run_asks_first(make_app):
     answers = []
-    app = make_app(confirm=lambda title, msg: answers.pop(0))
+    app = make_app(ask_close=lambda msg: answers.pop(0))
     start(app, steps="100000")
-    answers.append(False)
+    answers.append(None)   # Cancel
     app.on_close()
     settle(app.root, 0.2)
     assert app.training_running() and app.root.winfo_exists()
-    answers.append(True)
+    answers.append("stop")
     app.on_close()
     pump(app.root, lambda: not app.training_running(), what="the stop on close")
     with pytest.raises(tk.TclError):

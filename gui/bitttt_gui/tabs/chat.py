@@ -9,18 +9,22 @@ from tkinter import filedialog, ttk
 
 from matplotlib.backends.backend_tkagg import FigureCanvasTkAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .. import chat as proto
+from ..colors import SeriesColors
 from ..command import SettingsError, build_chat_argv, format_command
+from ..curve import step_range
 from ..events import RAW, explain_exit, num, parse_line
 from ..process import ChildProcess
-from ..runs import scan_runs
+from ..runs import RunInfo, scan_runs
 from .common import PAD, Context, Tooltip, make_readonly, scrolled_text
 
 SMALL_MODEL_NOTE = ("A small model trained for minutes continues text in the style of its data: it learns spelling, "
                     "words and some phrasing, not facts or instructions. For answers, train a larger preset for "
                     "hours on chat-formatted data (a JSONL of messages).")
 POLL_MS = 30
+PLOT_FONT = 9     # points: the memory plot's smallest text that still reads at a glance
 MAX_BATCH = 200
 PARAM_TIPS = {
     "temperature": "Randomness: 0 = always the most likely token.",
@@ -30,6 +34,13 @@ PARAM_TIPS = {
     "no_repeat_ngram": "Never repeat a run of this many tokens already in the turn (0 = off); stops loops.",
     "max_new_tokens": "Longest answer, in tokens.",
 }
+
+
+def default_model(infos: list[RunInfo]) -> str:
+    """The model the Chat tab offers first, from runs newest first that have a checkpoint: the newest
+    that finished (saved final/), not a newer run stopped after a few steps; else the newest."""
+    finished = [r for r in infos if r.checkpoint is not None and r.checkpoint.name == "final"]
+    return str((finished or infos)[0].path)
 
 
 class ChatTab(ttk.Frame):
@@ -135,13 +146,16 @@ class ChatTab(ttk.Frame):
         box.grid(row=row, column=0, columnspan=2, sticky="ew", pady=(PAD, 0))
         self.mem_figure = Figure(figsize=(2.6, 1.6), dpi=80, layout="constrained")
         self.mem_ax = self.mem_figure.add_subplot()
-        self.mem_ax.set_xlabel("turn", fontsize=8)
-        self.mem_ax.set_ylabel("‖W − W₀‖ / ‖W₀‖", fontsize=8)
-        self.mem_ax.tick_params(labelsize=7)
+        self.mem_ax.set_xlabel("turn", fontsize=PLOT_FONT)
+        self.mem_ax.set_ylabel("drift", fontsize=PLOT_FONT)   # the formula is in the tooltip: 9 pt fits no more
+        self.mem_ax.tick_params(labelsize=PLOT_FONT)
+        self.mem_ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # turns are whole
         self.mem_ax.grid(True, alpha=0.3)
+        self.mem_colors = SeriesColors()     # layer 3 keeps its colour from turn to turn
+        self.mem_legend = None
         self.mem_canvas = FigureCanvasTkAgg(self.mem_figure, master=box)
         self.mem_canvas.get_tk_widget().pack(fill="both", expand=True)
-        Tooltip(self.mem_canvas.get_tk_widget(), "Per TTT layer: how far its fast weights moved from where a fresh "
+        Tooltip(self.mem_canvas.get_tk_widget(), "Per TTT layer, the drift ‖W − W₀‖ / ‖W₀‖: how far its fast weights moved from where a fresh "
                 "conversation starts. They learn from every turn; Reset memory drops them to zero.")
         self.mem_lines = []
 
@@ -150,13 +164,19 @@ class ChatTab(ttk.Frame):
         for line in self.mem_lines:
             line.remove()
         self.mem_lines = [ax.plot(m.turns, m.series(i), marker="o", markersize=3, linewidth=1.2,
-                                  label=f"layer {layer}")[0] for i, layer in enumerate(m.layers)]
+                                  label=f"layer {layer}", color=self.mem_colors(f"layer {layer}"))[0]
+                          for i, layer in enumerate(m.layers)]
+        # The legend goes under the plot, where it hides no point.
+        if self.mem_legend is not None:
+            self.mem_legend.remove()
+            self.mem_legend = None
         if self.mem_lines:
-            ax.legend(fontsize=7, loc="upper left")
+            self.mem_legend = self.mem_figure.legend(handles=self.mem_lines, loc="outside lower center",
+                                                     fontsize=PLOT_FONT, ncols=min(len(self.mem_lines), 4),
+                                                     frameon=False, handlelength=1.2, columnspacing=0.8)
         top = max((max(d) for d in m.drift if d), default=0.0)
-        ax.set_xlim(-0.2, max(m.turns, default=0) + 0.2)
+        ax.set_xlim(*step_range(m.turns))
         ax.set_ylim(0, top * 1.15 if top > 0 else 1e-3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
         self.mem_canvas.draw_idle()
 
     def _on_memory(self, memory, new_turn):
@@ -165,10 +185,10 @@ class ChatTab(ttk.Frame):
 
     # -- models --------------------------------------------------------------------------
     def refresh_models(self):
-        runs = [str(r.path) for r in scan_runs(self.ctx.workspace) if r.checkpoint is not None]
-        self.model_box.configure(values=runs)
-        if not self.model.get() and runs:
-            self.model.set(runs[0])
+        infos = [r for r in scan_runs(self.ctx.workspace) if r.checkpoint is not None]
+        self.model_box.configure(values=[str(r.path) for r in infos])
+        if not self.model.get() and infos:
+            self.model.set(default_model(infos))
 
     def _on_train_started(self, run_dir, argv):
         self._training_run = run_dir

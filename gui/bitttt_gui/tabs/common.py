@@ -6,7 +6,7 @@ import tkinter as tk
 from dataclasses import dataclass, field
 from pathlib import Path
 from tkinter import ttk
-from typing import Callable
+from typing import Callable, Sequence
 
 from ..bus import Bus
 
@@ -145,6 +145,26 @@ class ScrolledFrame(ttk.Frame):
         self.canvas.yview_scroll(step, "units")
 
 
+def break_long_words(text: str, width: int, measure: Callable[[str], int]) -> str:
+    """``text`` with every word wider than ``width`` (a path, in ``measure``'s units) cut into pieces that
+    fit, after a slash where one fits, joined by newlines. A label's wraplength then breaks the rest at
+    spaces; it would cut a long path anywhere, and its last letter can run past the edge."""
+    return " ".join(_break_word(w, width, measure) if measure(w) > width else w for w in text.split(" "))
+
+
+def _break_word(word: str, width: int, measure: Callable[[str], int]) -> str:
+    pieces = []
+    while measure(word) > width:
+        fit = 1                                   # the longest prefix that fits (at least one character)
+        while fit < len(word) and measure(word[:fit + 1]) <= width:
+            fit += 1
+        slash = max(word.rfind("/", 0, fit), word.rfind("\\", 0, fit))
+        cut = slash + 1 if slash > 0 else fit
+        pieces.append(word[:cut])
+        word = word[cut:]
+    return "\n".join(pieces + [word])
+
+
 def scrolled_text(parent, **kw) -> tuple[ttk.Frame, tk.Text]:
     """A Text with a vertical scrollbar in a frame."""
     frame = ttk.Frame(parent)
@@ -170,3 +190,42 @@ def make_readonly(text: tk.Text) -> None:
     text.bind("<Key>", guard)
     text.bind("<<Paste>>", lambda e: "break")
     text.bind("<<Cut>>", lambda e: "break")
+
+
+def choose(parent: tk.Misc, title: str, message: str, choices: Sequence[tuple[str, str]],
+           default: str | None = None) -> str | None:
+    """A modal question whose buttons say what they do (Tk's yes/no/cancel cannot): the key of the
+    button pressed, or None when the dialog is closed or Escape is pressed (cancel)."""
+    top = tk.Toplevel(parent)
+    top.title(title)
+    top.transient(parent)
+    top.resizable(False, False)
+    chosen: list[str | None] = [None]
+
+    def pick(key: str | None):
+        chosen[0] = key
+        top.destroy()
+
+    body = ttk.Frame(top, padding=PAD * 2)
+    body.pack(fill="both", expand=True)
+    ttk.Label(body, text=message, wraplength=440, justify="left").pack(anchor="w", pady=(0, PAD * 2))
+    row = ttk.Frame(body)
+    row.pack(anchor="e")
+    for key, label in choices:
+        button = ttk.Button(row, text=label, command=lambda k=key: pick(k))
+        button.pack(side="left", padx=(PAD, 0))
+        if key == default:
+            button.focus_set()
+    top.protocol("WM_DELETE_WINDOW", lambda: pick(None))
+    top.bind("<Escape>", lambda e: pick(None))
+    top.update_idletasks()   # centred over the window (a window manager may still place it)
+    owner = parent.winfo_toplevel()
+    x = owner.winfo_rootx() + max(0, (owner.winfo_width() - top.winfo_reqwidth()) // 2)
+    y = owner.winfo_rooty() + max(0, (owner.winfo_height() - top.winfo_reqheight()) // 3)
+    top.geometry(f"+{x}+{y}")
+    try:
+        top.grab_set()   # modal; fails if another grab holds the display, and the dialog still works
+    except tk.TclError:
+        pass
+    parent.wait_window(top)
+    return chosen[0]

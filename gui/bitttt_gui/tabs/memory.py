@@ -31,6 +31,7 @@ class MonitorTab(ttk.Frame):
         self.ctx = ctx
         self.values: dict[str, ttk.Label] = {}
         self._device = "?"
+        self._resident = False   # "Trainer reports" shows the CPU trainer's resident memory (true only while it runs)
         self._build()
         ctx.bus.subscribe("train.started", self._on_started)
         ctx.bus.subscribe("train.record", self._on_record)
@@ -104,7 +105,8 @@ class MonitorTab(ttk.Frame):
             self.set("lr", f"{lr:.3g}" if lr is not None else "?")
             if rec.get("mem_bytes") is not None:
                 # CUDA: the allocator's peak; CPU: the process's resident memory now (it can go down).
-                what = "CUDA peak" if self._device.startswith("cuda") else "resident memory now"
+                self._resident = not self._device.startswith("cuda")
+                what = "resident memory now" if self._resident else "CUDA peak"
                 self.set("peak", f"{fmt_bytes(rec.get('mem_bytes'))} ({what})")
         elif kind == "sample":
             self.sample.configure(text=format_sample(rec), style="TLabel")
@@ -116,6 +118,10 @@ class MonitorTab(ttk.Frame):
         self.state_label.configure(text=message.splitlines()[0] if message else f"exit code {code}")
         # Nothing is running any more: no time left to estimate, whatever the cause of the end.
         self.set("eta", "—")
+        if self._resident:   # a process that has exited holds no memory: "now" would be false
+            self.set("peak", "—")
+            self._resident = False
+        self.set("rss", "no run")
         if severity != "ok":
             step = self.value("step")
             self.set("step", f"{step} (ended)" if step != "—" else "—")
@@ -131,7 +137,9 @@ class MonitorTab(ttk.Frame):
             self.set("gpu", "none")
             self.set("run_gpu", "—")
             self.gpu_note.configure(text=snap.gpu_note or "No GPU readings.")
-        self.set("rss", fmt_bytes(snap.rss) + " (process tree)" if snap.rss is not None else "no run")
+        # A reading taken just before the run ended can arrive after its end: never beside a finished run.
+        live = snap.rss is not None and self.ctx.training_running()
+        self.set("rss", fmt_bytes(snap.rss) + " (process tree)" if live else "no run")
         if snap.host_total:
             used = snap.host_total - (snap.host_available or 0)
             self.set("host", f"{fmt_bytes(used)} used of {fmt_bytes(snap.host_total)}")

@@ -10,12 +10,14 @@ from matplotlib.backends.backend_tkagg import FigureCanvasTkAgg, NavigationToolb
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from ..curve import LossCurve, decimate, smooth
+from ..curve import COMPARE_FIELDS, LossCurve, compare_row, decimate, smooth
+from ..runs import run_settings
 from .common import PAD, Context, ThrottledRedraw
 
 REDRAW_MS = 500   # at most two redraws a second, however fast the steps arrive
 X_AXES = {"step": "step", "tokens": "tokens seen"}
 Y_AXES = {"loss": "loss (nats/token)", "bpb": "bits per byte"}
+METRIC = {"loss": "loss", "bpb": "bits per byte"}   # what the legend calls the y values
 COMPARE_COLORS = ("#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22")
 PLAIN = FuncFormatter(lambda v, _pos: f"{v:g}")
 
@@ -48,6 +50,7 @@ class PlotTab(ThrottledRedraw, ttk.Frame):
         self.title = ttk.Label(self, text="No run yet: start one on the Train tab, or open a past run's events.jsonl.",
                                style="Hint.TLabel")
         self.title.pack(fill="x", pady=(0, 2))
+        self._own_title = (self.title.cget("text"), "Hint.TLabel")   # what Clear comparison brings back
         self.title.bind("<Configure>", lambda e: self.title.configure(wraplength=max(200, e.width)))
         bar = ttk.Frame(self)
         bar.pack(fill="x", pady=(0, PAD))
@@ -76,7 +79,6 @@ class PlotTab(ThrottledRedraw, ttk.Frame):
         self.train_line, = self.ax.plot([], [], color="#1f77b4", linewidth=1.8, label="train loss")
         self.val_line, = self.ax.plot([], [], color="#d62728", marker="o", markersize=4, linewidth=1.5,
                                       label="validation loss")
-        self.ax.legend(loc="upper right")
         self.placeholder = self.ax.text(0.5, 0.5, "no loss values yet", transform=self.ax.transAxes,
                                         ha="center", va="center", color="#888888", fontsize=12)
         self.ax.set_xlim(0, 1)
@@ -85,18 +87,26 @@ class PlotTab(ThrottledRedraw, ttk.Frame):
         toolbar = NavigationToolbar2Tk(self.canvas, self, pack_toolbar=False)
         toolbar.update()
         toolbar.pack(side="bottom", fill="x")
+        # The compared runs' settings and final metrics, shown only while comparing.
+        self.compare_table = ttk.Treeview(self, columns=[k for k, _ in COMPARE_FIELDS], show="headings", height=3)
+        for key, title in COMPARE_FIELDS:
+            self.compare_table.heading(key, text=title)
+            self.compare_table.column(key, width={"name": 180, "best_bpb": 150}.get(key, 110), anchor="w",
+                                      stretch=key == "name")
+        self._toolbar = toolbar
         self.canvas.get_tk_widget().pack(fill="both", expand=True)
 
     # -- data ----------------------------------------------------------------------------
     def _on_started(self, run_dir, argv):
-        self.curve = LossCurve()
-        self.title.configure(text=f"Run {Path(run_dir).name} (live)", style="TLabel")
+        # A resumed run's folder holds its earlier steps: show them all, the live ones follow.
+        self.curve = LossCurve.from_events_file(Path(run_dir) / "events.jsonl")
+        self._set_own_title(f"Run {Path(run_dir).name} (live)")
         self.mark_dirty()
 
     def _on_exited(self, code, severity, message, run_dir):
         if run_dir is not None:
             how = {"ok": "ended", "warn": "interrupted"}.get(severity, "failed")
-            self.title.configure(text=f"Run {Path(run_dir).name} ({how}, exit code {code})")
+            self._set_own_title(f"Run {Path(run_dir).name} ({how}, exit code {code})")
 
     def _on_record(self, rec, stream):
         if self.curve.add(rec):
@@ -107,18 +117,33 @@ class PlotTab(ThrottledRedraw, ttk.Frame):
         if path.is_dir():
             path = path / "events.jsonl"
         self.curve = LossCurve.from_events_file(path)
-        self.title.configure(text=f"{path.parent.name}: {len(self.curve.train_steps)} steps"
-                             if len(self.curve) else f"No loss values in {path}", style="TLabel")
+        self._set_own_title(f"{path.parent.name}: {len(self.curve.train_steps)} steps"
+                            if len(self.curve) else f"No loss values in {path}")
         self.mark_dirty()
         self.ctx.show_tab("plot")
 
     def compare(self, paths):
         """Overlay these runs' curves (their events.jsonl) on the plot; [] clears the comparison."""
         self.compared = [LossCurve.from_events_file(Path(p) / "events.jsonl", name=Path(p).name) for p in paths]
+        self.compare_table.delete(*self.compare_table.get_children())
+        for p, curve in zip(paths, self.compared):
+            row = compare_row(curve, run_settings(p))
+            self.compare_table.insert("", "end", values=[row[k] for k, _ in COMPARE_FIELDS])
         self.mark_dirty()
         if paths:
             self.title.configure(text=f"Comparing {', '.join(c.name for c in self.compared)}", style="TLabel")
+            self.compare_table.configure(height=min(len(paths), 6))
+            self.compare_table.pack(side="bottom", fill="x", after=self._toolbar, pady=(PAD, 0))
             self.ctx.show_tab("plot")
+        else:
+            self.title.configure(text=self._own_title[0], style=self._own_title[1])
+            self.compare_table.pack_forget()
+
+    def _set_own_title(self, text: str):
+        """The title of the run this tab follows; shown now unless a comparison holds the title."""
+        self._own_title = (text, "TLabel")
+        if not self.compared:
+            self.title.configure(text=text, style="TLabel")
 
     def _open_dialog(self):
         path = filedialog.askopenfilename(parent=self, initialdir=self.ctx.workspace / "runs",
@@ -142,9 +167,6 @@ class PlotTab(ThrottledRedraw, ttk.Frame):
                 line, = self.ax.plot(vx, vy, color=color, linestyle="--", marker="o", markersize=3, linewidth=1,
                                      label=f"{label} validation")
                 self._compare_lines.append(line)
-        shown = [line for line in self.ax.lines if len(line.get_xdata()) and not line.get_label().startswith("_")]
-        if shown:   # only curves with data: an empty live curve beside a comparison is no entry
-            self.ax.legend(handles=shown, loc="upper right", fontsize="small")
 
     def redraw(self):
         c = self.curve
@@ -154,18 +176,28 @@ class PlotTab(ThrottledRedraw, ttk.Frame):
         tx, ty, vx, vy = c.series(x, y) or ([], [], [], [])
         xs, ys = decimate(tx, ty)
         self.raw_line.set_data(xs, ys)
-        self.raw_line.set_visible(w > 0)
         self.train_line.set_data(*decimate(tx, smooth(ty, w)))
         self.val_line.set_data(vx, vy)
+        # While comparing, only the compared runs are drawn: each line then has a run's name.
+        for line in (self.raw_line, self.train_line, self.val_line):
+            line.set_visible(not self.compared and (line is not self.raw_line or w > 0))
+        self.train_line.set_label(f"train {METRIC[y]}")
+        self.val_line.set_label(f"validation {METRIC[y]}")
         self._draw_compared(x, y, w)
+        shown = [line for line in self.ax.lines if line.get_visible() and len(line.get_xdata())
+                 and not line.get_label().startswith("_")]
+        if shown:   # only curves with data: an empty live curve is no entry
+            self.ax.legend(handles=shown, loc="best", fontsize="small")
+        elif self.ax.get_legend() is not None:
+            self.ax.get_legend().remove()
         self.ax.set_xlabel(X_AXES[x])
         self.ax.set_ylabel(Y_AXES[y])
         self.placeholder.set_visible(len(c) == 0 and not self.compared)
         self.placeholder.set_text("no loss values yet" if c.series(x, y) is not None or not len(c)
                                   else f"this run cannot be shown by {X_AXES[x]} / {Y_AXES[y]}")
-        if len(c) and c.series(x, y) is None:
+        if len(c) and c.series(x, y) is None and not self.compared:
             self.placeholder.set_visible(True)
-        values = ty + vy + [v for lines in self._compare_lines for v in lines.get_ydata()]
+        values = ([] if self.compared else ty + vy) + [v for lines in self._compare_lines for v in lines.get_ydata()]
         positive = all(v > 0 for v in values)
         if self.log_scale.get() and positive:
             self.ax.set_yscale("log")

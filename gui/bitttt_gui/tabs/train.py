@@ -11,7 +11,7 @@ from .. import command
 from ..command import FIELDS, SettingsError, TrainSettings, parse_settings
 from ..estimate import estimate, verdict
 from ..events import fmt_bytes, fmt_count
-from ..runs import run_settings
+from ..runs import latest_checkpoint, run_settings
 from .common import PAD, Context, ScrolledFrame, Tooltip
 
 SECTIONS = ("Run", "Model", "Optimisation", "Schedule", "More")
@@ -47,7 +47,8 @@ class TrainTab(ttk.Frame):
         self._build()
         self.load_last_config()
         ctx.bus.subscribe("train.started", lambda *_: self._update_buttons())
-        ctx.bus.subscribe("train.exited", lambda *_: self._update_buttons())
+        ctx.bus.subscribe("train.exited", self._on_exited)
+        ctx.bus.subscribe("train.attached", self._on_attached)
         ctx.bus.subscribe("train.stage", self._on_stage)
         ctx.bus.subscribe("resume", self._on_resume)
         ctx.bus.subscribe("memory", lambda *_: self._refresh_estimate_if_device_changed())
@@ -309,8 +310,8 @@ class TrainTab(ttk.Frame):
         if path:
             var.set(path)
 
-    def _on_resume(self, run_dir: Path, checkpoint):
-        """Fill the form with that run's own settings and lock what a resumed run cannot change."""
+    def _fill_from_run(self, run_dir: Path, checkpoint=None):
+        """The form's fields that the run's config.json knows, set to that run's values."""
         values = run_settings(run_dir, checkpoint)
         self._loading = True
         try:
@@ -321,8 +322,31 @@ class TrainTab(ttk.Frame):
         finally:
             self._loading = False
         self.vars["run_name"].set(Path(run_dir).name)
+
+    def _on_resume(self, run_dir: Path, checkpoint):
+        """Fill the form with that run's own settings and lock what a resumed run cannot change."""
+        self._fill_from_run(run_dir, checkpoint)
         self.vars["resume"].set(str(checkpoint or run_dir))
         self.ctx.show_tab("train")
+
+    def _on_attached(self, run_dir: Path):
+        """This window follows a run it did not start: the form shows that run's settings, not the last saved."""
+        self._fill_from_run(run_dir)
+        self.vars["resume"].set("")
+
+    def _on_exited(self, code, severity, message, run_dir):
+        self._update_buttons()
+        self._refresh_resume(run_dir)
+
+    def _refresh_resume(self, run_dir: Path | None):
+        """The run that ended resumed from the field's checkpoint and moved on: the field names its newest
+        checkpoint now (a stopped run continues from there), or nothing once it finished (final/), so that
+        Start never silently trains it again from the old one."""
+        resume = self.vars["resume"].get().strip()
+        if not resume or run_dir is None or not Path(resume).resolve().is_relative_to(Path(run_dir).resolve()):
+            return
+        checkpoint = latest_checkpoint(run_dir)
+        self.vars["resume"].set("" if checkpoint is None or checkpoint.name == "final" else str(checkpoint))
 
     def _lock_for_resume(self):
         """While "Resume from" is set, the architecture, tokenizer, data and run name are the run's own."""

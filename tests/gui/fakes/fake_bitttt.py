@@ -81,6 +81,13 @@ def train(argv):
         p.add_argument(flag, type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--ternary", action=argparse.BooleanOptionalAction, default=True)
+    # The rest of the launcher's "More settings" (a resume sends every training value): accepted, unused.
+    for flag in ("--min-lr", "--weight-decay", "--grad-clip"):
+        p.add_argument(flag, type=float)
+    for flag in ("--eval-tokens", "--keep-last", "--threads"):
+        p.add_argument(flag, type=int)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction)
+    p.add_argument("--sample-prompt")
     a = p.parse_args(argv)
     if a.log_format != "jsonl":
         p.error("the fake only speaks --log-format jsonl")
