@@ -23,6 +23,9 @@ __all__ = [
     "ternary_linear",
     "ternary_matmul_int8",
     "int8_matmul",
+    "ternary_repack_lut16",
+    "ternary_linear_lut16",
+    "ternary_matmul_int8_lut16",
     "rms_norm_ternary_linear",
     "TTTState",
     "ttt_linear",
@@ -174,6 +177,43 @@ def int8_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     CPU only (the schema has no CUDA kernel); torch._int_mm(x, w.T) computes the same sums.
     """
     return torch.ops.bitttt.int8_matmul(x, w)
+
+
+# lut16: a load-time layout of BT2 weights for the table-lookup decode kernels
+# (csrc/ternary/lut16.h). Never written to disk; its fake kernels are the C++ Meta ones.
+
+
+def ternary_repack_lut16(packed: torch.Tensor) -> torch.Tensor:
+    """BT2 packed uint8 [N, Kp/4] -> the lut16 layout uint8 [Np, Kp/4], Np = N rounded up to 16.
+
+    Same 2 bits per weight, rows reordered in blocks of 16 for `vpshufb` lookups; costs
+    (Np - N) * Kp / 4 bytes more than `packed` (at most 15 rows). CPU (and meta) only.
+    Raises RuntimeError for a tensor that is not BT2 (dtype, bytes per row).
+    """
+    return torch.ops.bitttt.ternary_repack_lut16(packed)
+
+
+def ternary_linear_lut16(
+    x: torch.Tensor, layout: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """ternary_linear over a lut16 layout: bit-identical output, by table lookups instead of multiply-adds.
+
+    Args:
+        x: float32 or bfloat16 [..., K], CPU.
+        layout: uint8 [Np, Kp/4] from ternary_repack_lut16.
+        w_scale: float32 [N] (N, not Np: it gives the output width).
+        bias: optional [N].
+    Returns:
+        [..., N] in x's dtype, equal bit for bit to ternary_linear(x, packed, w_scale, bias).
+    It wins over ternary_linear only for one token (M=1, decode) on the AVX2 kernels: it
+    builds tables per token, so prefill (M > 1) is several times slower (docs/design.md §2).
+    """
+    return torch.ops.bitttt.ternary_linear_lut16(x, layout, w_scale, bias)
+
+
+def ternary_matmul_int8_lut16(x: torch.Tensor, layout: torch.Tensor, N: int) -> torch.Tensor:
+    """Exact int32 [M, N] = x @ q.T for int8 x [M, K] over a lut16 layout of N weight rows."""
+    return torch.ops.bitttt.ternary_matmul_int8_lut16(x, layout, N)
 
 
 def rms_norm_ternary_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, packed: torch.Tensor,

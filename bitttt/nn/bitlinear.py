@@ -3,17 +3,69 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from torch import nn
 
-from bitttt import ops
+from bitttt import _native, ops
+from bitttt.errors import ConfigError
 
 
 # The training path's quantize-dequantize, straight-through (bitttt/ops.py: one C++ pass each
 # on the CPU); kept importable from here, where BitLinear's users look for them.
 fake_quant_activations = ops.fake_quant_activations
 fake_quant_weight = ops.fake_quant_weight
+
+
+# ---------------------------------------------------------------------------------------
+# Packed inference: lut16 for decode (docs/design.md §2, "lut16 at decode")
+# ---------------------------------------------------------------------------------------
+
+# BITTTT_LUT16=auto (default): the lut16 table-lookup kernel for one-token calls (decode) when
+# the ternary kernel set at pack/load time is "avx2", where it measured 1.1-1.45x the BT2 kernel
+# at M=1; it loses for M > 1, on avx512 and with hot weights, so BT2 stays for everything else.
+# 1/on: build and use it at M=1 whatever the kernel set (tests, benchmarks); 0/off: never.
+LUT16_ENV = "BITTTT_LUT16"
+_LUT16_SETTINGS = {"auto": "auto", "": "auto", "1": "on", "on": "on", "0": "off", "off": "off"}
+
+
+def lut16_setting() -> str:
+    """BITTTT_LUT16 as 'auto', 'on' or 'off'; ConfigError for any other value."""
+    value = os.environ.get(LUT16_ENV, "auto").strip().lower()
+    if value not in _LUT16_SETTINGS:
+        raise ConfigError(f"{LUT16_ENV}={value!r} is not a lut16 setting", hint="use 0, 1 or auto")
+    return _LUT16_SETTINGS[value]
+
+
+def wants_lut16(packed: torch.Tensor) -> bool:
+    """Whether packed weights should get a lut16 decode layout now (BITTTT_LUT16 and the
+    active kernel set; the lut16 kernels are CPU only)."""
+    setting = lut16_setting()
+    if setting == "off" or packed.device.type != "cpu":
+        return False
+    return setting == "on" or _native._C.isa() == "avx2"
+
+
+def lut16_layout(packed: torch.Tensor) -> torch.Tensor | None:
+    """The lut16 layout of BT2 `packed` when wants_lut16, else None. It is a second copy of the
+    weights: packed's bytes again, plus at most 15 padding rows."""
+    return ops.ternary_repack_lut16(packed) if wants_lut16(packed) else None
+
+
+def set_lut16(module: nn.Module) -> None:
+    """(Re)builds `module.lut16` from `module.packed`: a non-persistent buffer (never in a
+    state_dict or an export), None where lut16 does not apply. Call after `packed` changes."""
+    module.register_buffer("lut16", lut16_layout(module.packed), persistent=False)
+
+
+def packed_linear(x: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
+                  lut16: torch.Tensor | None) -> torch.Tensor:
+    """ternary_linear(x, packed, w_scale, bias), through the lut16 layout for one token (M == 1)
+    when there is one; both give the same bits."""
+    if lut16 is not None and x.numel() == x.shape[-1] and x.device.type == "cpu":
+        return ops.ternary_linear_lut16(x, lut16, w_scale, bias)
+    return ops.ternary_linear(x, packed, w_scale, bias)
 
 
 class BitLinear(nn.Module):
@@ -72,7 +124,14 @@ class BitLinear(nn.Module):
         self.weight = None
         self.register_buffer("packed", packed)
         self.register_buffer("w_scale", w_scale)
+        set_lut16(self)
         return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Loading a packed export copies into `packed` after pack(): the lut16 copy must follow.
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self.is_packed:
+            set_lut16(self)
 
     def _apply(self, fn, recurse: bool = True):
         # `.to(bfloat16)` and friends convert every float buffer; the kernel's w_scale stays
@@ -82,13 +141,16 @@ class BitLinear(nn.Module):
         super()._apply(fn, recurse)
         if w_scale is not None and self.w_scale.dtype != torch.float32:
             self.w_scale = w_scale.to(self.w_scale.device)
+        if self.is_packed and self.lut16 is not None and self.lut16.device.type != "cpu":
+            self.lut16 = None  # a CPU-only layout: do not carry a copy of the weights to a GPU
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_packed:
-            return ops.ternary_linear(x, self.packed, self.w_scale, self.bias)
+            return packed_linear(x, self.packed, self.w_scale, self.bias, self.lut16)
         return ops.bitlinear_fake_quant(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, packed={self.is_packed}")
+                f"bias={self.bias is not None}, packed={self.is_packed}"
+                + (", lut16" if self.is_packed and self.lut16 is not None else ""))
