@@ -19,6 +19,7 @@ __all__ = [
     "unpack_ternary",
     "validate_packed",
     "ternarize_weight",
+    "quantize_activations_int8",
     "quantize_weight",
     "ternary_linear",
     "ternary_matmul_int8",
@@ -133,6 +134,22 @@ def ternarize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale = wf.abs().mean().clamp(min=ABSMAX_FLOOR)
     q = (wf / scale).round().clamp(-1, 1).to(torch.int8)
     return q, scale.expand(w.shape[0]).contiguous()
+
+
+def quantize_activations_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token absmax int8 codes of x [..., K] (design §2), for int8 GEMMs written in torch.
+
+    Returns (x_q int8 [..., K], s_x float32 [...]) with x ≈ x_q / s_x. A token holding NaN or
+    ±inf gets s_x = NaN and x_q = 0, so whatever it meets comes out NaN, as in the kernels.
+    s_x is a true float32 division (127 * (1 / t) would round once more and flip ties).
+    """
+    xf = x.float()
+    finite = torch.isfinite(xf).all(dim=-1)  # [...]
+    xf = torch.where(finite.unsqueeze(-1), xf, torch.zeros_like(xf))
+    absmax = xf.abs().amax(dim=-1) if xf.shape[-1] else xf.new_zeros(xf.shape[:-1])
+    s_x = torch.full_like(absmax, 127.0) / absmax.clamp(min=ABSMAX_FLOOR)
+    x_q = torch.round(xf * s_x.unsqueeze(-1)).clamp(-128, 127).to(torch.int8)
+    return x_q, torch.where(finite, s_x, torch.full_like(s_x, float("nan")))
 
 
 def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -269,8 +286,15 @@ def _ternary_matmul_int8_fake(x, packed):
 
 @torch.library.register_fake("bitttt::rms_norm_ternary_linear")
 def _rms_norm_ternary_linear_fake(x, norm_weight, eps, packed, w_scale, bias=None):
-    torch._check(norm_weight.shape == (x.shape[-1],) and norm_weight.dtype == x.dtype,
+    # The CPU kernel's own checks (csrc/decode/rms_norm_ternary_cpu.cpp), then ternary_linear's.
+    _check_defined("rms_norm_ternary_linear", x=x, norm_weight=norm_weight)
+    _check_same_device("rms_norm_ternary_linear", "x", x, norm_weight=norm_weight, packed=packed,
+                       w_scale=w_scale, bias=bias)
+    torch._check(norm_weight.dim() == 1 and norm_weight.shape[0] == x.shape[-1] and norm_weight.dtype == x.dtype,
                  lambda: "rms_norm_ternary_linear: norm_weight must be [K] in x's dtype")
+    torch._check(eps > 0, lambda: f"rms_norm_ternary_linear: eps must be > 0, got {eps}")
+    torch._check(bias is None or bias.dtype == torch.float32, lambda: "rms_norm_ternary_linear: bias must be float32")
+    torch._check(x.dim() > 0 and x.shape[-1] > 0, lambda: "rms_norm_ternary_linear: K must be > 0")
     return _ternary_linear_fake(x, packed, w_scale, bias)
 
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bitttt import ops, reference
+from bitttt import ops
 
 
 class Int8Linear(nn.Module):
     """A float linear as int8 with one scale per output row, for the LM head at decode (it reads
     the whole [V, C] matrix every token): W ≈ w_q * scale[:, None], scale = max|W_row| / 127.
-    Activations are quantized per token by the ternary layers' rule (design §2, the shared
-    reference: s_x = 127 / absmax; a token with NaN/inf gets a row of NaN) and meet w_q in an
+    Activations are quantized per token by the ternary layers' rule (design §2, ops.quantize_activations_int8:
+    s_x = 127 / absmax; a token with NaN/inf gets a row of NaN) and meet w_q in an
     exact int8 GEMM (bitttt's int8_matmul on CPU, int32 sums): y = (x_q @ w_q.T) * scale / s_x.
     On the 2B head at M=1 and 2 threads int8_matmul reads at the DRAM's speed (10-16 ms);
     torch._int_mm took 35-120 ms there and torch's weight-only int8 GEMM (_weight_int8pack_mm)
@@ -40,7 +40,7 @@ class Int8Linear(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_q, s_x = reference.quantize_activations(x.reshape(-1, x.shape[-1]).float())  # [M, K], [M]
+        x_q, s_x = ops.quantize_activations_int8(x.reshape(-1, x.shape[-1]))  # [M, K], [M]
         if x.device.type == "cpu":
             acc = ops.int8_matmul(x_q, self.w_q).float()  # exact int32 sums
         else:  # CUDA's _int_mm wants M > 16 and multiples of 8; float32 holds these sums exactly

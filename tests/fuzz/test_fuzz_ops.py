@@ -35,7 +35,8 @@ SCALE = float(os.environ.get("BITTTT_FUZZ_SCALE", "1"))
 CASES_PER_OP = {"ternary_linear": 700, "ternary_matmul_int8": 500, "int8_matmul": 300, "ttt_linear": 300,
                 "ttt_linear_backward": 200, "ttt_linear_decode_": 300, "ttt_mlp": 200, "ttt_mlp_backward": 150,
                 "ttt_mlp_decode_": 200, "fake_quant_activations": 300, "fake_quant_weight": 300,
-                "ternary_repack_lut16": 200, "ternary_linear_lut16": 500, "ternary_matmul_int8_lut16": 400}
+                "ternary_repack_lut16": 200, "ternary_linear_lut16": 500, "ternary_matmul_int8_lut16": 400,
+                "rms_norm_ternary_linear": 300}
 CASE_TIMEOUT_S = 60  # a hang bound, not a speed test: the slowest good case takes < 1 s
 WORKER_START_S = 120  # more time for the first answer of a worker: it imports torch
 # Address space of a worker (torch itself takes ~0.7 GB): a huge size fails to allocate at
@@ -66,6 +67,17 @@ def base_ternary_linear(rng: random.Random) -> dict:
     return {"op": "ternary_linear", "args": {
         "x": tensor([*lead, K], dtype), "packed": tensor([N, pad(K) // 4], "uint8", "bt2"),
         "w_scale": tensor([N], "float32", "scale"), "bias": bias}}
+
+
+def base_rms_norm_ternary_linear(rng: random.Random) -> dict:
+    """ternary_linear's shapes, with the norm's weight [K] (x's dtype) and eps before the weights;
+    the bias is float32 (the op's contract)."""
+    a = base_ternary_linear(rng)["args"]
+    K, N, dtype = a["x"]["shape"][-1], a["w_scale"]["shape"][0], a["x"]["dtype"]
+    bias = None if a["bias"] is None else tensor([N], "float32")
+    return {"op": "rms_norm_ternary_linear", "args": {
+        "x": a["x"], "norm_weight": tensor([K], dtype), "eps": rng.choice([1e-6, 1e-5, 0.0]),
+        "packed": a["packed"], "w_scale": a["w_scale"], "bias": bias}}
 
 
 def base_ternary_matmul_int8(rng: random.Random) -> dict:
@@ -211,7 +223,8 @@ BASES = {"ternary_linear": base_ternary_linear, "ternary_matmul_int8": base_tern
          "ttt_mlp_backward": base_ttt_mlp_backward, "ttt_mlp_decode_": base_ttt_mlp_decode_,
          "fake_quant_activations": base_fake_quant_activations, "fake_quant_weight": base_fake_quant_weight,
          "ternary_repack_lut16": base_ternary_repack_lut16, "ternary_linear_lut16": base_ternary_linear_lut16,
-         "ternary_matmul_int8_lut16": base_ternary_matmul_int8_lut16}
+         "ternary_matmul_int8_lut16": base_ternary_matmul_int8_lut16,
+         "rms_norm_ternary_linear": base_rms_norm_ternary_linear}
 
 # Ops that update some of their inputs in place: those inputs are outputs too.
 IN_PLACE_INPUTS = {"ttt_linear_decode_": slice(5, 9), "ttt_mlp_decode_": slice(5, 13)}

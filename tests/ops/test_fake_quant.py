@@ -210,3 +210,19 @@ def test_opcheck_fake_quant_ops():
     w = torch.randn(8, 48, requires_grad=True)
     torch.library.opcheck(torch.ops.bitttt.fake_quant_activations.default, (x,))
     torch.library.opcheck(torch.ops.bitttt.fake_quant_weight.default, (w, w.detach().abs().mean()))
+
+
+def test_int8_activation_codes_equal_the_reference():
+    """ops.quantize_activations_int8 (Int8Linear's activations) against the test oracle: random
+    rows, a zero row, a row at a rounding tie, extremes, and rows holding NaN and inf."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 37) * 3
+    x[1] = 0
+    x[2, :] = torch.linspace(-1, 1, 37)
+    x[3, 0] = 1e30
+    x[4, 5] = float("nan")
+    x[5, 6] = float("inf")
+    got_q, got_s = ops.quantize_activations_int8(x)
+    want_q, want_s = reference.quantize_activations(x)
+    assert torch.equal(got_q, want_q)
+    torch.testing.assert_close(got_s, want_s, rtol=0, atol=0, equal_nan=True)
