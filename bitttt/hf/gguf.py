@@ -23,7 +23,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bitttt import ops
 from bitttt.errors import ConfigError
 from bitttt.hf.bitnet import BitNetForCausalLM, PackedTernaryLinear
 

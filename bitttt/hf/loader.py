@@ -64,7 +64,7 @@ def is_hf_folder(path: str) -> bool:
 def _hf_rules() -> dict[str, Any]:
     """What each config.json field bitttt reads accepts, in bitttt.config's terms (its own
     config's checks): a bad type or range is one ConfigError naming field, value and expectation."""
-    from bitttt.config import BOOL, POSITIVE, POSITIVE_INT, Accepts
+    from bitttt.config import POSITIVE_INT, Accepts
 
     count = Accepts(int, 0, optional=True)
     return {"vocab_size": POSITIVE_INT, "hidden_size": POSITIVE_INT, "intermediate_size": POSITIVE_INT,
