@@ -133,7 +133,9 @@ std::vector<int64_t> output_sizes(const Tensor& x, int64_t N) {
 
 // BT2 packed [N, Kp/4] -> lut16 layout [Np, Kp/4] (Np = N rounded up to 16).
 Tensor ternary_repack_lut16_cpu(Tensor packed) {
-  const auto [Np, Kp] = check_repack(packed);
+  const auto [Np, Kp_checked] = check_repack(packed);
+  // A lambda may not capture a structured binding in C++17 (Clang refuses it), so copy it.
+  const int64_t Kp = Kp_checked;
   const int64_t N = packed.size(0);
   Tensor layout = torch::stable::new_empty(packed, {Np, Kp / kBT2WeightsPerByte}, ScalarType::Byte);
   const uint8_t* in = packed.const_data_ptr<uint8_t>();
