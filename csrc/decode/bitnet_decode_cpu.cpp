@@ -1,0 +1,392 @@
+// bitnet_decode_: every decoder layer of a Hugging Face BitNet b1.58 model for one token (M = 1),
+// in one call and one parallel region (docs/design.md §4, "the decode step"). Per layer:
+//   qkv = ternary(RMSNorm(x))            rope(q), rope(k); k, v written into the KV buffer at pos
+//   y = softmax(q k^T / sqrt(D)) v       (GQA: query head h reads KV head h / (H / H_kv))
+//   x += ternary_o(RMSNorm(y))           gu = ternary_gu(RMSNorm(x))
+//   x += ternary_down(RMSNorm(relu(gate)^2 * up))
+// The float steps round to the activations' dtype where bitttt.hf.bitnet's per-op path does
+// (one rounding per torch op), and the ternary layers are rms_norm_ternary_linear's own steps
+// (same norm row, same quantization, same BT2 kernel), so the two paths differ only in the
+// attention's float32 summation order.
+//
+// Why one call: the per-op path makes ~160 torch ops and 5 parallel regions per layer; at M = 1
+// their dispatch, allocations and thread wake-ups cost as much as a third of the token
+// (benchmarks/profile_decode.py). Here each stage of a layer is a set of tasks (row blocks of
+// a GEMV, or attention heads) that the pool's workers claim from an atomic counter; a worker
+// that finds a stage taken moves on, and every worker waits for the stage's last task before
+// the next stage reads its output. The work does not depend on how many workers show up, so
+// a thread the OS keeps off a busy CPU delays, and never blocks, the token. The small
+// activation steps (norm, quantize, relu²·up) are repeated by each worker into its own
+// scratch rather than run as a stage of their own: a few microseconds against a wait.
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <memory>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
+#include "ternary/bt2.h"
+#include "ternary/dispatch.h"
+
+namespace bitttt::decode {
+namespace {
+
+using torch::headeronly::ScalarType;
+using torch::stable::Tensor;
+using namespace bitttt::ternary;
+
+constexpr int64_t kRowsPerTask = 64;  // as rms_norm_ternary_linear: 64 rows of K = 2560 are 40 KiB
+constexpr int kWeightsPerLayer = 12;  // the `weights` list's stride, see the schema in module.cpp
+constexpr int kStagesPerLayer = 5;
+constexpr int kSpinsBeforeYield = 256;  // a stage's last task takes microseconds; past that, yield the CPU
+
+// Activation values in the model's dtype: float32 as it is, bfloat16 as its raw bits.
+struct F32 {
+  using T = float;
+  static float load(T v) { return v; }
+  static T store(float f) { return f; }
+  static constexpr OutKind kOut = OutKind::Float32;
+};
+struct BF16 {
+  using T = uint16_t;
+  static float load(T v) { return bf16_to_float(v); }
+  static T store(float f) { return float_to_bf16(f); }
+  static constexpr OutKind kOut = OutKind::BFloat16;
+};
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(_M_X64)
+  _mm_pause();
+#endif
+}
+
+// One stage's tasks: `next` hands them out, `done` counts the finished ones.
+struct alignas(64) Stage {
+  std::atomic<int64_t> next{0};
+  alignas(64) std::atomic<int64_t> done{0};
+};
+
+// Claims and runs tasks of `s` until none is left, then waits until all n are finished (their
+// outputs visible: release on done, acquire here). `prepare` runs first, only if a task may
+// still be claimed: a worker late to a finished stage must not read buffers a later stage is
+// already overwriting, and does not need to.
+template <class Prepare, class Task>
+void run_stage(Stage& s, int64_t n, Prepare prepare, Task task) {
+  if (s.next.load(std::memory_order_relaxed) < n) {
+    prepare();
+    for (int64_t t; (t = s.next.fetch_add(1, std::memory_order_relaxed)) < n;) {
+      task(t);
+      s.done.fetch_add(1, std::memory_order_release);
+    }
+  }
+  for (int spins = 0; s.done.load(std::memory_order_acquire) < n; ++spins) {
+    if (spins < kSpinsBeforeYield)
+      cpu_relax();
+    else
+      std::this_thread::yield();
+  }
+}
+
+// Pointers of one layer (the weights list's order) and its KV buffers [H_kv, cap, D].
+template <class V>
+struct Layer {
+  using T = typename V::T;
+  const T *norm_in, *norm_attn, *norm_post, *norm_ffn;
+  const uint8_t *qkv, *o, *gate_up, *down;
+  const float *s_qkv, *s_o, *s_gate_up, *s_down;
+  T *k_cache, *v_cache;
+  int64_t cap;
+};
+
+struct Dims {
+  int64_t C, I, H, Hkv, D, pos;
+  float eps, attn_scale;
+};
+
+// What one worker writes alone: the normalized and quantized input of the current GEMV, the
+// FFN activation, and one attention head's rotated q, k and scores.
+template <class V>
+struct Scratch {
+  using T = typename V::T;
+  T* normed;      // [max(C, H*D, I)]
+  T* act;         // [I]
+  int8_t* xq;     // [Kp of the widest input]
+  float* scores;  // [pos + 1]
+  float *q, *k;   // [D]
+  float x_scale;
+  int32_t x_sum;
+};
+
+// Shared outputs of the stages, in the model's dtype.
+template <class V>
+struct Shared {
+  using T = typename V::T;
+  T *x, *qkv, *y, *proj, *gate_up;
+};
+
+// normed = RMSNorm(src; w, eps) as rms_norm_ternary_linear's row (float32 sum of squares in
+// order, normalize, round to T, times w, round), then the active kernel's quantization.
+template <class V>
+void norm_quantize(const Bt2Kernels& kern, const typename V::T* src, const typename V::T* w, int64_t K, float eps,
+                   Scratch<V>& s) {
+  float ss = 0.f;
+  for (int64_t k = 0; k < K; ++k) ss += V::load(src[k]) * V::load(src[k]);
+  const float r = 1.0f / std::sqrt(ss / static_cast<float>(K) + eps);
+  for (int64_t k = 0; k < K; ++k) s.normed[k] = V::store(V::load(w[k]) * V::load(V::store(V::load(src[k]) * r)));
+  if constexpr (std::is_same_v<V, F32>)
+    kern.quantize_f32(s.normed, K, bt2_padded_k(K), s.xq, &s.x_scale, &s.x_sum);
+  else
+    kern.quantize_bf16(s.normed, K, bt2_padded_k(K), s.xq, &s.x_scale, &s.x_sum);
+}
+
+// Rows [t*64, t*64+64) of out[N] = the layer on the worker's quantized input.
+template <class V>
+void gemv_task(const Bt2Kernels& kern, const Scratch<V>& s, int64_t K, const uint8_t* packed,
+               const float* w_scale, int64_t N, int64_t t, typename V::T* out) {
+  const Epilogue ep{V::kOut, w_scale, nullptr, &s.x_scale, &s.x_sum, out, N};
+  kern.matmul(s.xq, bt2_padded_k(K), packed, 0, 1, t * kRowsPerTask, std::min(N, (t + 1) * kRowsPerTask), ep);
+}
+
+// x[n] += out[n] for the task's rows, rounded to T as torch's add.
+template <class V>
+void residual_task(typename V::T* x, const typename V::T* out, int64_t N, int64_t t) {
+  for (int64_t n = t * kRowsPerTask; n < std::min(N, (t + 1) * kRowsPerTask); ++n)
+    x[n] = V::store(V::load(x[n]) + V::load(out[n]));
+}
+
+// bitttt.nn.rope.apply_rope's "half" convention, one head: out = x*cos + cat(-x2, x1)*sin,
+// each product and the sum rounded to T as the three torch ops round them.
+template <class V>
+void rope(const typename V::T* x, const typename V::T* cos, const typename V::T* sin, int64_t D, float* out) {
+  const int64_t h = D / 2;
+  for (int64_t i = 0; i < D; ++i) {
+    const float rot = i < h ? -V::load(x[i + h]) : V::load(x[i - h]);
+    const float a = V::load(V::store(V::load(x[i]) * V::load(cos[i])));
+    const float b = V::load(V::store(rot * V::load(sin[i])));
+    out[i] = V::load(V::store(a + b));
+  }
+}
+
+// sum_d q[d] * k[d] in float32, eight partial sums so the compiler can keep them in vectors.
+template <class V>
+float dot(const float* q, const typename V::T* k, int64_t D) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t d = 0;
+  for (; d + 8 <= D; d += 8)
+    for (int j = 0; j < 8; ++j) acc[j] += q[d + j] * V::load(k[d + j]);
+  float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; d < D; ++d) sum += q[d] * V::load(k[d]);
+  return sum;
+}
+
+// Query head h over the KV buffer's positions < pos and the new token (its k rotated here,
+// its v straight from qkv); the first head of each group also writes the new k, v at pos.
+// Float32 throughout, as bitttt.nn.attention.one_token_attention; y rounded to T.
+template <class V>
+void attention_task(const Layer<V>& L, const Dims& d, const Shared<V>& sh, const typename V::T* cos,
+                    const typename V::T* sin, Scratch<V>& s, int64_t h) {
+  using T = typename V::T;
+  const int64_t D = d.D, G = d.H / d.Hkv, g = h / G, pos = d.pos;
+  const T* v_new = sh.qkv + (d.H + d.Hkv + g) * D;
+  rope<V>(sh.qkv + h * D, cos, sin, D, s.q);
+  rope<V>(sh.qkv + (d.H + g) * D, cos, sin, D, s.k);
+  T* kc = L.k_cache + g * L.cap * D;
+  T* vc = L.v_cache + g * L.cap * D;
+  if (h % G == 0) {  // no other task reads position pos of the buffer: they use s.k and v_new
+    for (int64_t i = 0; i < D; ++i) {
+      kc[pos * D + i] = V::store(s.k[i]);  // exact: s.k holds T values
+      vc[pos * D + i] = v_new[i];
+    }
+  }
+  float mx = -INFINITY;
+  for (int64_t t = 0; t <= pos; ++t) {
+    float sc = 0.f;
+    if (t < pos) {
+      sc = dot<V>(s.q, kc + t * D, D);
+    } else {
+      for (int64_t i = 0; i < D; ++i) sc += s.q[i] * s.k[i];
+    }
+    s.scores[t] = sc * d.attn_scale;
+    mx = std::max(mx, s.scores[t]);
+  }
+  float sum = 0.f;
+  for (int64_t t = 0; t <= pos; ++t) {
+    s.scores[t] = std::exp(s.scores[t] - mx);
+    sum += s.scores[t];
+  }
+  const float inv = 1.0f / sum;
+  float* y = s.k;  // k is used up: accumulate the output there
+  std::fill(y, y + D, 0.f);
+  for (int64_t t = 0; t <= pos; ++t) {
+    const float p = s.scores[t] * inv;
+    const T* vt = t < pos ? vc + t * D : v_new;
+    for (int64_t i = 0; i < D; ++i) y[i] += p * V::load(vt[i]);
+  }
+  T* out = sh.y + h * D;
+  for (int64_t i = 0; i < D; ++i) out[i] = V::store(y[i]);
+}
+
+// The FFN's activation into s.act: relu(gate)² * up, each op rounded to T.
+template <class V>
+void ffn_act(const typename V::T* gate_up, int64_t I, Scratch<V>& s) {
+  for (int64_t i = 0; i < I; ++i) {
+    const float g = V::load(gate_up[i]);
+    const float r = g < 0.f ? 0.f : g;  // relu; NaN passes, as F.relu's
+    s.act[i] = V::store(V::load(V::store(r * r)) * V::load(gate_up[I + i]));
+  }
+}
+
+// One worker's whole token: every layer's five stages in order.
+template <class V>
+void run_worker(const Bt2Kernels& kern, const std::vector<Layer<V>>& layers, const Dims& d, const Shared<V>& sh,
+                const typename V::T* cos, const typename V::T* sin, Stage* stages, Scratch<V>& s) {
+  const int64_t C = d.C, I = d.I, HD = d.H * d.D, Nqkv = (d.H + 2 * d.Hkv) * d.D;
+  auto tasks = [](int64_t N) { return (N + kRowsPerTask - 1) / kRowsPerTask; };
+  Stage* st = stages;
+  for (const Layer<V>& L : layers) {
+    run_stage(*st++, tasks(Nqkv), [&] { norm_quantize<V>(kern, sh.x, L.norm_in, C, d.eps, s); },
+              [&](int64_t t) { gemv_task<V>(kern, s, C, L.qkv, L.s_qkv, Nqkv, t, sh.qkv); });
+    run_stage(*st++, d.H, [] {}, [&](int64_t h) { attention_task<V>(L, d, sh, cos, sin, s, h); });
+    run_stage(*st++, tasks(C), [&] { norm_quantize<V>(kern, sh.y, L.norm_attn, HD, d.eps, s); },
+              [&](int64_t t) {
+                gemv_task<V>(kern, s, HD, L.o, L.s_o, C, t, sh.proj);
+                residual_task<V>(sh.x, sh.proj, C, t);
+              });
+    run_stage(*st++, tasks(2 * I), [&] { norm_quantize<V>(kern, sh.x, L.norm_post, C, d.eps, s); },
+              [&](int64_t t) { gemv_task<V>(kern, s, C, L.gate_up, L.s_gate_up, 2 * I, t, sh.gate_up); });
+    run_stage(*st++, tasks(C),
+              [&] {
+                ffn_act<V>(sh.gate_up, I, s);
+                norm_quantize<V>(kern, s.act, L.norm_ffn, I, d.eps, s);
+              },
+              [&](int64_t t) {
+                gemv_task<V>(kern, s, I, L.down, L.s_down, C, t, sh.proj);
+                residual_task<V>(sh.x, sh.proj, C, t);
+              });
+  }
+}
+
+int64_t align64(int64_t n) { return (n + 63) / 64 * 64; }
+
+template <class V>
+void decode_token(Tensor& x, const std::vector<Tensor>& weights, const std::vector<Tensor>& kv, const Tensor& cos,
+                  const Tensor& sin, const Dims& d) {
+  using T = typename V::T;
+  const int64_t n_layers = static_cast<int64_t>(weights.size()) / kWeightsPerLayer;
+  std::vector<Layer<V>> layers(n_layers);
+  for (int64_t l = 0; l < n_layers; ++l) {
+    const Tensor* w = &weights[l * kWeightsPerLayer];
+    auto t = [&](int i) { return static_cast<const T*>(w[i].const_data_ptr()); };
+    auto u8 = [&](int i) { return w[i].const_data_ptr<uint8_t>(); };
+    auto f = [&](int i) { return w[i].const_data_ptr<float>(); };
+    layers[l] = {t(0), t(3), t(6), t(9), u8(1), u8(4), u8(7), u8(10), f(2), f(5), f(8), f(11),
+                 static_cast<T*>(kv[2 * l].mutable_data_ptr()), static_cast<T*>(kv[2 * l + 1].mutable_data_ptr()),
+                 kv[2 * l].size(2)};
+  }
+  const int64_t C = d.C, I = d.I, HD = d.H * d.D, Nqkv = (d.H + 2 * d.Hkv) * d.D;
+  const int64_t widest = std::max({C, HD, I});
+  const int64_t workers = std::max<int64_t>(1, torch::stable::get_num_threads());
+  // Scratch, 64-byte aligned pieces of one allocation: shared outputs, then one block per worker.
+  const int64_t shared_bytes = align64(static_cast<int64_t>(sizeof(T)) * (Nqkv + HD + C + 2 * I));
+  const int64_t worker_bytes = align64(static_cast<int64_t>(sizeof(T)) * (widest + I)) +
+                               align64(bt2_padded_k(widest)) + align64(4 * (d.pos + 1)) + align64(8 * d.D);
+  Tensor storage = torch::stable::new_empty(x, {shared_bytes + workers * worker_bytes + 64}, ScalarType::Byte);
+  uint8_t* base = storage.mutable_data_ptr<uint8_t>();
+  base += (64 - reinterpret_cast<uintptr_t>(base) % 64) % 64;
+  Shared<V> sh;
+  sh.x = static_cast<T*>(x.mutable_data_ptr());
+  sh.qkv = reinterpret_cast<T*>(base);
+  sh.y = sh.qkv + Nqkv;
+  sh.proj = sh.y + HD;
+  sh.gate_up = sh.proj + C;
+  std::vector<Scratch<V>> scratch(workers);
+  for (int64_t w = 0; w < workers; ++w) {
+    uint8_t* p = base + shared_bytes + w * worker_bytes;
+    Scratch<V>& s = scratch[w];
+    s.normed = reinterpret_cast<T*>(p);
+    s.act = s.normed + widest;
+    p += align64(static_cast<int64_t>(sizeof(T)) * (widest + I));
+    s.xq = reinterpret_cast<int8_t*>(p);
+    p += align64(bt2_padded_k(widest));
+    s.scores = reinterpret_cast<float*>(p);
+    p += align64(4 * (d.pos + 1));
+    s.q = reinterpret_cast<float*>(p);
+    s.k = s.q + d.D;
+  }
+  std::unique_ptr<Stage[]> stages(new Stage[kStagesPerLayer * n_layers]);
+  const Bt2Kernels& kern = active_kernels();
+  const T* cos_p = static_cast<const T*>(cos.const_data_ptr());
+  const T* sin_p = static_cast<const T*>(sin.const_data_ptr());
+  std::atomic<int64_t> slots{0};
+  // One task per thread of the pool: each call of the body is one worker, however the pool
+  // splits the range (a thread given two ids, or the whole range inline, is one worker).
+  torch::stable::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    Scratch<V>& s = scratch[slots.fetch_add(1)];
+    run_worker<V>(kern, layers, d, sh, cos_p, sin_p, stages.get(), s);
+  });
+}
+
+void check_tensor(const Tensor& t, const char* what, int64_t l, ScalarType dtype, int64_t numel) {
+  STD_TORCH_CHECK(t.scalar_type() == dtype && t.numel() == numel && t.is_contiguous(), "bitnet_decode_: ", what,
+                  " of layer ", l, " must be contiguous ", torch::headeronly::toString(dtype), " with ", numel,
+                  " elements, got ", torch::headeronly::toString(t.scalar_type()), " with ", t.numel());
+}
+
+void bitnet_decode_cpu(Tensor x, std::vector<Tensor> weights, std::vector<Tensor> kv, Tensor cos, Tensor sin,
+                       int64_t pos, int64_t n_heads, int64_t n_kv_heads, int64_t intermediate, double eps) {
+  const ScalarType dtype = x.scalar_type();
+  STD_TORCH_CHECK(dtype == ScalarType::Float || dtype == ScalarType::BFloat16,
+                  "bitnet_decode_: x must be float32 or bfloat16, got ", torch::headeronly::toString(dtype));
+  STD_TORCH_CHECK(x.is_contiguous() && x.numel() > 0, "bitnet_decode_: x must be one contiguous token [..., C]");
+  STD_TORCH_CHECK(weights.size() % kWeightsPerLayer == 0 && kv.size() * 6 == weights.size(),
+                  "bitnet_decode_: weights must hold 12 tensors per layer and kv 2 (k, v), got ", weights.size(),
+                  " and ", kv.size());
+  STD_TORCH_CHECK(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0,
+                  "bitnet_decode_: n_heads=", n_heads, " must be a positive multiple of n_kv_heads=", n_kv_heads);
+  STD_TORCH_CHECK(eps > 0, "bitnet_decode_: eps must be > 0, got ", eps);
+  STD_TORCH_CHECK(pos >= 0, "bitnet_decode_: pos must be >= 0, got ", pos);
+  const int64_t C = x.numel(), I = intermediate, D = cos.numel(), H = n_heads, Hkv = n_kv_heads;
+  STD_TORCH_CHECK(D > 0 && D % 2 == 0 && sin.numel() == D && cos.scalar_type() == dtype &&
+                      sin.scalar_type() == dtype && cos.is_contiguous() && sin.is_contiguous(),
+                  "bitnet_decode_: cos and sin must be contiguous [D] (D even) in x's dtype");
+  STD_TORCH_CHECK(I > 0, "bitnet_decode_: intermediate must be > 0, got ", I);
+  const int64_t HD = H * D, Nqkv = (H + 2 * Hkv) * D;
+  const int64_t n_layers = static_cast<int64_t>(kv.size()) / 2;
+  for (int64_t l = 0; l < n_layers; ++l) {
+    const Tensor* w = &weights[l * kWeightsPerLayer];
+    const int64_t in[4] = {C, HD, C, I}, out[4] = {Nqkv, C, 2 * I, C};
+    const char* names[4] = {"qkv", "o_proj", "gate_up", "down_proj"};
+    for (int j = 0; j < 4; ++j) {
+      check_tensor(w[3 * j], "a norm weight", l, dtype, in[j]);
+      check_tensor(w[3 * j + 1], names[j], l, ScalarType::Byte, out[j] * bt2_padded_k(in[j]) / kBT2WeightsPerByte);
+      check_tensor(w[3 * j + 2], "a w_scale", l, ScalarType::Float, out[j]);
+    }
+    for (int j = 0; j < 2; ++j) {
+      const Tensor& c = kv[2 * l + j];
+      STD_TORCH_CHECK(c.scalar_type() == dtype && c.is_contiguous() && c.dim() == 4 && c.size(0) == 1 &&
+                          c.size(1) == Hkv && c.size(3) == D && c.size(2) > pos,
+                      "bitnet_decode_: the KV buffers of layer ", l, " must be contiguous [1, ", Hkv,
+                      ", > pos=", pos, ", ", D, "] in x's dtype");
+    }
+  }
+  const Dims d{C, I, H, Hkv, D, pos, static_cast<float>(eps), static_cast<float>(1.0 / std::sqrt(double(D)))};
+  if (dtype == ScalarType::Float)
+    decode_token<F32>(x, weights, kv, cos, sin, d);
+  else
+    decode_token<BF16>(x, weights, kv, cos, sin, d);
+}
+
+}  // namespace
+
+STABLE_TORCH_LIBRARY_IMPL(bitttt, CPU, m) { m.impl("bitnet_decode_", TORCH_BOX(&bitnet_decode_cpu)); }
+
+}  // namespace bitttt::decode
