@@ -18,6 +18,8 @@
 // a thread the OS keeps off a busy CPU delays, and never blocks, the token. The small
 // activation steps (norm, quantize, relu²·up) are repeated by each worker into its own
 // scratch rather than run as a stage of their own: a few microseconds against a wait.
+// With lut16 layouts (csrc/ternary/lut16.h; BitLinear's rule picks them: AVX2 machines) the
+// GEMVs run the table-lookup kernels, each worker building its own tables per input.
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
@@ -36,6 +38,7 @@
 
 #include "ternary/bt2.h"
 #include "ternary/dispatch.h"
+#include "ternary/lut16.h"
 
 namespace bitttt::decode {
 namespace {
@@ -101,7 +104,7 @@ template <class V>
 struct Layer {
   using T = typename V::T;
   const T *norm_in, *norm_attn, *norm_post, *norm_ffn;
-  const uint8_t *qkv, *o, *gate_up, *down;
+  const uint8_t *qkv, *o, *gate_up, *down;  // BT2, or lut16 layouts when the call has them
   const float *s_qkv, *s_o, *s_gate_up, *s_down;
   T *k_cache, *v_cache;
   int64_t cap;
@@ -120,6 +123,7 @@ struct Scratch {
   T* normed;      // [max(C, H*D, I)]
   T* act;         // [I]
   int8_t* xq;     // [Kp of the widest input]
+  uint8_t* tables;  // lut16: [Kp * kLut16TableBytesPerK] of the widest input
   float* scores;  // [pos + 1]
   float *q, *k;   // [D]
   float x_scale;
@@ -133,27 +137,48 @@ struct Shared {
   T *x, *qkv, *y, *proj, *gate_up;
 };
 
+// The GEMV kernels of a call: BT2's, or lut16's (then `lut16` is set).
+struct Kernels {
+  const Bt2Kernels& bt2;
+  const Lut16Kernels* lut16;
+};
+
 // normed = RMSNorm(src; w, eps) as rms_norm_ternary_linear's row (float32 sum of squares in
-// order, normalize, round to T, times w, round), then the active kernel's quantization.
+// order, normalize, round to T, times w, round), then the GEMV kernels' quantization (and
+// lut16's tables).
 template <class V>
-void norm_quantize(const Bt2Kernels& kern, const typename V::T* src, const typename V::T* w, int64_t K, float eps,
+void norm_quantize(const Kernels& kern, const typename V::T* src, const typename V::T* w, int64_t K, float eps,
                    Scratch<V>& s) {
   float ss = 0.f;
   for (int64_t k = 0; k < K; ++k) ss += V::load(src[k]) * V::load(src[k]);
   const float r = 1.0f / std::sqrt(ss / static_cast<float>(K) + eps);
   for (int64_t k = 0; k < K; ++k) s.normed[k] = V::store(V::load(w[k]) * V::load(V::store(V::load(src[k]) * r)));
-  if constexpr (std::is_same_v<V, F32>)
-    kern.quantize_f32(s.normed, K, bt2_padded_k(K), s.xq, &s.x_scale, &s.x_sum);
-  else
-    kern.quantize_bf16(s.normed, K, bt2_padded_k(K), s.xq, &s.x_scale, &s.x_sum);
+  const int64_t Kp = bt2_padded_k(K);
+  auto quantize = [&](const auto& k) {
+    if constexpr (std::is_same_v<V, F32>)
+      k.quantize_f32(s.normed, K, Kp, s.xq, &s.x_scale, &s.x_sum);
+    else
+      k.quantize_bf16(s.normed, K, Kp, s.xq, &s.x_scale, &s.x_sum);
+  };
+  if (kern.lut16) {
+    quantize(*kern.lut16);
+    kern.lut16->tables(s.xq, Kp, s.tables);
+  } else {
+    quantize(kern.bt2);
+  }
 }
 
 // Rows [t*64, t*64+64) of out[N] = the layer on the worker's quantized input.
 template <class V>
-void gemv_task(const Bt2Kernels& kern, const Scratch<V>& s, int64_t K, const uint8_t* packed,
+void gemv_task(const Kernels& kern, const Scratch<V>& s, int64_t K, const uint8_t* weights,
                const float* w_scale, int64_t N, int64_t t, typename V::T* out) {
+  static_assert(kRowsPerTask % kLut16Rows == 0, "lut16 tasks start on a block");
   const Epilogue ep{V::kOut, w_scale, nullptr, &s.x_scale, &s.x_sum, out, N};
-  kern.matmul(s.xq, bt2_padded_k(K), packed, 0, 1, t * kRowsPerTask, std::min(N, (t + 1) * kRowsPerTask), ep);
+  const int64_t n0 = t * kRowsPerTask, n1 = std::min(N, n0 + kRowsPerTask);
+  if (kern.lut16)
+    kern.lut16->gemv(s.xq, s.tables, bt2_padded_k(K), weights, 0, n0, n1, ep);
+  else
+    kern.bt2.matmul(s.xq, bt2_padded_k(K), weights, 0, 1, n0, n1, ep);
 }
 
 // x[n] += out[n] for the task's rows, rounded to T as torch's add.
@@ -247,7 +272,7 @@ void ffn_act(const typename V::T* gate_up, int64_t I, Scratch<V>& s) {
 
 // One worker's whole token: every layer's five stages in order.
 template <class V>
-void run_worker(const Bt2Kernels& kern, const std::vector<Layer<V>>& layers, const Dims& d, const Shared<V>& sh,
+void run_worker(const Kernels& kern, const std::vector<Layer<V>>& layers, const Dims& d, const Shared<V>& sh,
                 const typename V::T* cos, const typename V::T* sin, Stage* stages, Scratch<V>& s) {
   const int64_t C = d.C, I = d.I, HD = d.H * d.D, Nqkv = (d.H + 2 * d.Hkv) * d.D;
   auto tasks = [](int64_t N) { return (N + kRowsPerTask - 1) / kRowsPerTask; };
@@ -278,15 +303,16 @@ void run_worker(const Bt2Kernels& kern, const std::vector<Layer<V>>& layers, con
 int64_t align64(int64_t n) { return (n + 63) / 64 * 64; }
 
 template <class V>
-void decode_token(Tensor& x, const std::vector<Tensor>& weights, const std::vector<Tensor>& kv, const Tensor& cos,
-                  const Tensor& sin, const Dims& d) {
+void decode_token(Tensor& x, const std::vector<Tensor>& weights, const std::vector<Tensor>& lut16,
+                  const std::vector<Tensor>& kv, const Tensor& cos, const Tensor& sin, const Dims& d) {
   using T = typename V::T;
   const int64_t n_layers = static_cast<int64_t>(weights.size()) / kWeightsPerLayer;
   std::vector<Layer<V>> layers(n_layers);
   for (int64_t l = 0; l < n_layers; ++l) {
     const Tensor* w = &weights[l * kWeightsPerLayer];
     auto t = [&](int i) { return static_cast<const T*>(w[i].const_data_ptr()); };
-    auto u8 = [&](int i) { return w[i].const_data_ptr<uint8_t>(); };
+    // The GEMV weights: BT2 (weights 1, 4, 7, 10) or the lut16 list's four.
+    auto u8 = [&](int i) { return (lut16.empty() ? w[i] : lut16[4 * l + i / 3]).const_data_ptr<uint8_t>(); };
     auto f = [&](int i) { return w[i].const_data_ptr<float>(); };
     layers[l] = {t(0), t(3), t(6), t(9), u8(1), u8(4), u8(7), u8(10), f(2), f(5), f(8), f(11),
                  static_cast<T*>(kv[2 * l].mutable_data_ptr()), static_cast<T*>(kv[2 * l + 1].mutable_data_ptr()),
@@ -297,8 +323,10 @@ void decode_token(Tensor& x, const std::vector<Tensor>& weights, const std::vect
   const int64_t workers = std::max<int64_t>(1, torch::stable::get_num_threads());
   // Scratch, 64-byte aligned pieces of one allocation: shared outputs, then one block per worker.
   const int64_t shared_bytes = align64(static_cast<int64_t>(sizeof(T)) * (Nqkv + HD + C + 2 * I));
+  const int64_t table_bytes = lut16.empty() ? 0 : bt2_padded_k(widest) * kLut16TableBytesPerK;
   const int64_t worker_bytes = align64(static_cast<int64_t>(sizeof(T)) * (widest + I)) +
-                               align64(bt2_padded_k(widest)) + align64(4 * (d.pos + 1)) + align64(8 * d.D);
+                               align64(bt2_padded_k(widest)) + table_bytes + align64(4 * (d.pos + 1)) +
+                               align64(8 * d.D);
   Tensor storage = torch::stable::new_empty(x, {shared_bytes + workers * worker_bytes + 64}, ScalarType::Byte);
   uint8_t* base = storage.mutable_data_ptr<uint8_t>();
   base += (64 - reinterpret_cast<uintptr_t>(base) % 64) % 64;
@@ -317,13 +345,15 @@ void decode_token(Tensor& x, const std::vector<Tensor>& weights, const std::vect
     p += align64(static_cast<int64_t>(sizeof(T)) * (widest + I));
     s.xq = reinterpret_cast<int8_t*>(p);
     p += align64(bt2_padded_k(widest));
+    s.tables = p;
+    p += table_bytes;
     s.scores = reinterpret_cast<float*>(p);
     p += align64(4 * (d.pos + 1));
     s.q = reinterpret_cast<float*>(p);
     s.k = s.q + d.D;
   }
   std::unique_ptr<Stage[]> stages(new Stage[kStagesPerLayer * n_layers]);
-  const Bt2Kernels& kern = active_kernels();
+  const Kernels kern{active_kernels(), lut16.empty() ? nullptr : &active_lut16_kernels()};
   const T* cos_p = static_cast<const T*>(cos.const_data_ptr());
   const T* sin_p = static_cast<const T*>(sin.const_data_ptr());
   std::atomic<int64_t> slots{0};
@@ -341,7 +371,8 @@ void check_tensor(const Tensor& t, const char* what, int64_t l, ScalarType dtype
                   " elements, got ", torch::headeronly::toString(t.scalar_type()), " with ", t.numel());
 }
 
-void bitnet_decode_cpu(Tensor x, std::vector<Tensor> weights, std::vector<Tensor> kv, Tensor cos, Tensor sin,
+void bitnet_decode_cpu(Tensor x, std::vector<Tensor> weights, std::vector<Tensor> lut16, std::vector<Tensor> kv,
+                       Tensor cos, Tensor sin,
                        int64_t pos, int64_t n_heads, int64_t n_kv_heads, int64_t intermediate, double eps) {
   const ScalarType dtype = x.scalar_type();
   STD_TORCH_CHECK(dtype == ScalarType::Float || dtype == ScalarType::BFloat16,
@@ -350,6 +381,9 @@ void bitnet_decode_cpu(Tensor x, std::vector<Tensor> weights, std::vector<Tensor
   STD_TORCH_CHECK(weights.size() % kWeightsPerLayer == 0 && kv.size() * 6 == weights.size(),
                   "bitnet_decode_: weights must hold 12 tensors per layer and kv 2 (k, v), got ", weights.size(),
                   " and ", kv.size());
+  STD_TORCH_CHECK(lut16.empty() || lut16.size() * 3 == weights.size(),
+                  "bitnet_decode_: lut16 must be empty or hold 4 layouts per layer (qkv, o, gate_up, down), got ",
+                  lut16.size(), " for ", weights.size() / kWeightsPerLayer, " layers");
   STD_TORCH_CHECK(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0,
                   "bitnet_decode_: n_heads=", n_heads, " must be a positive multiple of n_kv_heads=", n_kv_heads);
   STD_TORCH_CHECK(eps > 0, "bitnet_decode_: eps must be > 0, got ", eps);
@@ -369,6 +403,9 @@ void bitnet_decode_cpu(Tensor x, std::vector<Tensor> weights, std::vector<Tensor
       check_tensor(w[3 * j], "a norm weight", l, dtype, in[j]);
       check_tensor(w[3 * j + 1], names[j], l, ScalarType::Byte, out[j] * bt2_padded_k(in[j]) / kBT2WeightsPerByte);
       check_tensor(w[3 * j + 2], "a w_scale", l, ScalarType::Float, out[j]);
+      if (!lut16.empty())
+        check_tensor(lut16[4 * l + j], names[j], l, ScalarType::Byte,
+                     lut16_padded_rows(out[j]) * bt2_padded_k(in[j]) / kBT2WeightsPerByte);
     }
     for (int j = 0; j < 2; ++j) {
       const Tensor& c = kv[2 * l + j];
@@ -380,9 +417,9 @@ void bitnet_decode_cpu(Tensor x, std::vector<Tensor> weights, std::vector<Tensor
   }
   const Dims d{C, I, H, Hkv, D, pos, static_cast<float>(eps), static_cast<float>(1.0 / std::sqrt(double(D)))};
   if (dtype == ScalarType::Float)
-    decode_token<F32>(x, weights, kv, cos, sin, d);
+    decode_token<F32>(x, weights, lut16, kv, cos, sin, d);
   else
-    decode_token<BF16>(x, weights, kv, cos, sin, d);
+    decode_token<BF16>(x, weights, lut16, kv, cos, sin, d);
 }
 
 }  // namespace

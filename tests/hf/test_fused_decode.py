@@ -113,6 +113,21 @@ def test_fused_decode_gives_the_same_bits_on_any_thread_count(folders, monkeypat
     assert torch.equal(runs[0], runs[1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_fused_decode_on_lut16_layouts_gives_the_bt2_bits(folders, dtype, monkeypatch):
+    """BITTTT_LUT16=1 gives the layers lut16 layouts and the op the lookup kernels: the same
+    int32 dot products as BT2's (issue 25), so the same logits bit for bit."""
+    from bitttt.nn.bitlinear import LUT16_ENV
+
+    runs = []
+    for setting in ("0", "1"):
+        monkeypatch.setenv(LUT16_ENV, setting)
+        model = load_bitnet(folders["mqa-D20-I300"], dtype=dtype, lm_head="int8")
+        assert (len(model.decode_weights()[1]) > 0) == (setting == "1")
+        runs.append(decode(model, True, monkeypatch, steps=8))
+    assert torch.equal(runs[0][0], runs[1][0]) and runs[0][1] == runs[1][1]
+
+
 def test_fused_decode_matches_transformers_greedy(tiny, monkeypatch):
     """The HF oracle itself, beside the per-op one: transformers' greedy tokens."""
     from test_loader import hf_greedy, prompts
@@ -129,15 +144,15 @@ def test_fused_decode_matches_transformers_greedy(tiny, monkeypatch):
 def test_bad_kv_buffers_are_a_clear_error(folders):
     model = load_bitnet(folders["default"], dtype=torch.float32)
     c = model.config
-    weights = model.decode_weights()
+    weights, lut16 = model.decode_weights()
     x = torch.zeros(c.hidden_size)
     cos = sin = torch.zeros(c.head_dim)
     kv = [torch.zeros(1, c.num_key_value_heads, 4, c.head_dim) for _ in range(2 * c.num_hidden_layers)]
     with pytest.raises(RuntimeError, match=r"bitnet_decode_: the KV buffers of layer 0 must be"):
-        ops.bitnet_decode_(x, weights, kv, cos, sin, 4, c.num_attention_heads, c.num_key_value_heads,
+        ops.bitnet_decode_(x, weights, lut16, kv, cos, sin, 4, c.num_attention_heads, c.num_key_value_heads,
                            c.intermediate_size, c.rms_norm_eps)  # pos 4 does not fit 4 positions
     with pytest.raises(RuntimeError, match=r"bitnet_decode_: weights must hold 12 tensors per layer"):
-        ops.bitnet_decode_(x, weights[:-1], kv, cos, sin, 0, c.num_attention_heads, c.num_key_value_heads,
+        ops.bitnet_decode_(x, weights[:-1], lut16, kv, cos, sin, 0, c.num_attention_heads, c.num_key_value_heads,
                            c.intermediate_size, c.rms_norm_eps)
 
 
