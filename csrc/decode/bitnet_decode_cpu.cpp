@@ -12,10 +12,13 @@
 // Why one call: the per-op path makes ~160 torch ops and 5 parallel regions per layer; at M = 1
 // their dispatch, allocations and thread wake-ups cost as much as a third of the token
 // (benchmarks/profile_decode.py). Here each stage of a layer is a set of tasks (row blocks of
-// a GEMV, or attention heads) that the pool's workers claim from an atomic counter; a worker
+// a GEMV, or KV heads of the attention) that the pool's workers claim from an atomic counter; a worker
 // that finds a stage taken moves on, and every worker waits for the stage's last task before
 // the next stage reads its output. The work does not depend on how many workers show up, so
-// a thread the OS keeps off a busy CPU delays, and never blocks, the token. The small
+// a thread the OS keeps off a busy CPU delays, and never blocks, the token. A waiting worker
+// spins for a few tens of microseconds (a stage's last task is shorter than a sleep and a
+// wake-up), then sleeps until the last task wakes it: on a busy machine a spinning or
+// yielding waiter would take the CPU from the very thread it waits for. The small
 // activation steps (norm, quantize, relu²·up) are repeated by each worker into its own
 // scratch rather than run as a stage of their own: a few microseconds against a wait.
 // With lut16 layouts (csrc/ternary/lut16.h; BitLinear's rule picks them: AVX2 machines) the
@@ -26,9 +29,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <memory>
-#include <thread>
+#include <mutex>
 #include <type_traits>
 #include <vector>
 
@@ -50,7 +55,9 @@ using namespace bitttt::ternary;
 constexpr int64_t kRowsPerTask = 64;  // as rms_norm_ternary_linear: 64 rows of K = 2560 are 40 KiB
 constexpr int kWeightsPerLayer = 12;  // the `weights` list's stride, see the schema in module.cpp
 constexpr int kStagesPerLayer = 5;
-constexpr int kSpinsBeforeYield = 256;  // a stage's last task takes microseconds; past that, yield the CPU
+// How long a worker spins for a stage's last task before it sleeps: a 64-row task of the 2B
+// model takes 2-20 us, a futex sleep and wake-up about as much again.
+constexpr std::chrono::microseconds kSpinBeforeSleep{50};
 
 // Activation values in the model's dtype: float32 as it is, bfloat16 as its raw bits.
 struct F32 {
@@ -78,24 +85,40 @@ struct alignas(64) Stage {
   alignas(64) std::atomic<int64_t> done{0};
 };
 
+// Where workers sleep when a stage's wait outlasts the spin; one per call.
+struct Sleep {
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::atomic<int> sleepers{0};
+};
+
 // Claims and runs tasks of `s` until none is left, then waits until all n are finished (their
-// outputs visible: release on done, acquire here). `prepare` runs first, only if a task may
-// still be claimed: a worker late to a finished stage must not read buffers a later stage is
-// already overwriting, and does not need to.
+// outputs visible: the done counter's read-modify-writes and loads are sequentially consistent).
+// `prepare` runs first, only if a task may still be claimed: a worker late to a finished stage
+// must not read buffers a later stage is already overwriting, and does not need to.
 template <class Prepare, class Task>
-void run_stage(Stage& s, int64_t n, Prepare prepare, Task task) {
+void run_stage(Stage& s, Sleep& sleep, int64_t n, Prepare prepare, Task task) {
   if (s.next.load(std::memory_order_relaxed) < n) {
     prepare();
     for (int64_t t; (t = s.next.fetch_add(1, std::memory_order_relaxed)) < n;) {
       task(t);
-      s.done.fetch_add(1, std::memory_order_release);
+      // The last task wakes the sleepers. No wake-up is lost: a sleeper counts itself before it
+      // reads `done` (both seq_cst), so it sees this task's increment or this reads its count,
+      // and it holds the mutex from that read until it sleeps.
+      if (s.done.fetch_add(1) + 1 == n && sleep.sleepers.load() > 0) {
+        std::lock_guard<std::mutex> lock(sleep.mutex);
+        sleep.cv.notify_all();
+      }
     }
   }
-  for (int spins = 0; s.done.load(std::memory_order_acquire) < n; ++spins) {
-    if (spins < kSpinsBeforeYield)
-      cpu_relax();
-    else
-      std::this_thread::yield();
+  const auto start = std::chrono::steady_clock::now();
+  while (s.done.load() < n) {
+    for (int i = 0; i < 32; ++i) cpu_relax();
+    if (std::chrono::steady_clock::now() - start < kSpinBeforeSleep) continue;
+    std::unique_lock<std::mutex> lock(sleep.mutex);
+    sleep.sleepers.fetch_add(1);
+    sleep.cv.wait(lock, [&] { return s.done.load() >= n; });
+    sleep.sleepers.fetch_sub(1);
   }
 }
 
@@ -124,8 +147,9 @@ struct Scratch {
   T* act;         // [I]
   int8_t* xq;     // [Kp of the widest input]
   uint8_t* tables;  // lut16: [Kp * kLut16TableBytesPerK] of the widest input
-  float* scores;  // [pos + 1]
-  float *q, *k;   // [D]
+  float* scores;  // [G, pos + 1]
+  float *q, *y;   // [G, D]: one KV head's queries (rotated) and outputs
+  float* row;     // [D]: a cached k or v row in float32
   float x_scale;
   int32_t x_sum;
 };
@@ -201,63 +225,66 @@ void rope(const typename V::T* x, const typename V::T* cos, const typename V::T*
   }
 }
 
-// sum_d q[d] * k[d] in float32, eight partial sums so the compiler can keep them in vectors.
-template <class V>
-float dot(const float* q, const typename V::T* k, int64_t D) {
+// sum_d a[d] * b[d] in float32, eight partial sums so the compiler can keep them in vectors.
+inline float dot(const float* a, const float* b, int64_t D) {
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t d = 0;
   for (; d + 8 <= D; d += 8)
-    for (int j = 0; j < 8; ++j) acc[j] += q[d + j] * V::load(k[d + j]);
+    for (int j = 0; j < 8; ++j) acc[j] += a[d + j] * b[d + j];
   float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-  for (; d < D; ++d) sum += q[d] * V::load(k[d]);
+  for (; d < D; ++d) sum += a[d] * b[d];
   return sum;
 }
 
-// Query head h over the KV buffer's positions < pos and the new token (its k rotated here,
-// its v straight from qkv); the first head of each group also writes the new k, v at pos.
-// Float32 throughout, as bitttt.nn.attention.one_token_attention; y rounded to T.
+template <class V>
+void to_float(const typename V::T* x, int64_t D, float* out) {
+  for (int64_t i = 0; i < D; ++i) out[i] = V::load(x[i]);
+}
+
+// KV head g and its G = H / H_kv query heads (head h = g * G + j, as one_token_attention's
+// grouping): the new k (rotated) and v go into the buffer at pos, then every query attends
+// over positions 0..pos, each cached row read once for all G queries. Float32 throughout, as
+// bitttt.nn.attention.one_token_attention; y rounded to T.
 template <class V>
 void attention_task(const Layer<V>& L, const Dims& d, const Shared<V>& sh, const typename V::T* cos,
-                    const typename V::T* sin, Scratch<V>& s, int64_t h) {
+                    const typename V::T* sin, Scratch<V>& s, int64_t g) {
   using T = typename V::T;
-  const int64_t D = d.D, G = d.H / d.Hkv, g = h / G, pos = d.pos;
-  const T* v_new = sh.qkv + (d.H + d.Hkv + g) * D;
-  rope<V>(sh.qkv + h * D, cos, sin, D, s.q);
-  rope<V>(sh.qkv + (d.H + g) * D, cos, sin, D, s.k);
+  const int64_t D = d.D, G = d.H / d.Hkv, pos = d.pos, n = pos + 1;
   T* kc = L.k_cache + g * L.cap * D;
   T* vc = L.v_cache + g * L.cap * D;
-  if (h % G == 0) {  // no other task reads position pos of the buffer: they use s.k and v_new
-    for (int64_t i = 0; i < D; ++i) {
-      kc[pos * D + i] = V::store(s.k[i]);  // exact: s.k holds T values
-      vc[pos * D + i] = v_new[i];
+  rope<V>(sh.qkv + (d.H + g) * D, cos, sin, D, s.row);
+  const T* v_new = sh.qkv + (d.H + d.Hkv + g) * D;
+  for (int64_t i = 0; i < D; ++i) {
+    kc[pos * D + i] = V::store(s.row[i]);  // exact: rope rounds to T
+    vc[pos * D + i] = v_new[i];
+  }
+  for (int64_t j = 0; j < G; ++j) rope<V>(sh.qkv + (g * G + j) * D, cos, sin, D, s.q + j * D);
+  for (int64_t t = 0; t < n; ++t) {
+    to_float<V>(kc + t * D, D, s.row);
+    for (int64_t j = 0; j < G; ++j) s.scores[j * n + t] = dot(s.q + j * D, s.row, D) * d.attn_scale;
+  }
+  for (int64_t j = 0; j < G; ++j) {  // softmax of each query's scores, in place
+    float* sc = s.scores + j * n;
+    const float mx = *std::max_element(sc, sc + n);
+    float sum = 0.f;
+    for (int64_t t = 0; t < n; ++t) {
+      sc[t] = std::exp(sc[t] - mx);
+      sum += sc[t];
+    }
+    const float inv = 1.0f / sum;
+    for (int64_t t = 0; t < n; ++t) sc[t] *= inv;
+  }
+  std::fill(s.y, s.y + G * D, 0.f);
+  for (int64_t t = 0; t < n; ++t) {
+    to_float<V>(vc + t * D, D, s.row);
+    for (int64_t j = 0; j < G; ++j) {
+      const float p = s.scores[j * n + t];
+      float* y = s.y + j * D;
+      for (int64_t i = 0; i < D; ++i) y[i] += p * s.row[i];
     }
   }
-  float mx = -INFINITY;
-  for (int64_t t = 0; t <= pos; ++t) {
-    float sc = 0.f;
-    if (t < pos) {
-      sc = dot<V>(s.q, kc + t * D, D);
-    } else {
-      for (int64_t i = 0; i < D; ++i) sc += s.q[i] * s.k[i];
-    }
-    s.scores[t] = sc * d.attn_scale;
-    mx = std::max(mx, s.scores[t]);
-  }
-  float sum = 0.f;
-  for (int64_t t = 0; t <= pos; ++t) {
-    s.scores[t] = std::exp(s.scores[t] - mx);
-    sum += s.scores[t];
-  }
-  const float inv = 1.0f / sum;
-  float* y = s.k;  // k is used up: accumulate the output there
-  std::fill(y, y + D, 0.f);
-  for (int64_t t = 0; t <= pos; ++t) {
-    const float p = s.scores[t] * inv;
-    const T* vt = t < pos ? vc + t * D : v_new;
-    for (int64_t i = 0; i < D; ++i) y[i] += p * V::load(vt[i]);
-  }
-  T* out = sh.y + h * D;
-  for (int64_t i = 0; i < D; ++i) out[i] = V::store(y[i]);
+  T* out = sh.y + g * G * D;
+  for (int64_t i = 0; i < G * D; ++i) out[i] = V::store(s.y[i]);
 }
 
 // The FFN's activation into s.act: relu(gate)² * up, each op rounded to T.
@@ -273,22 +300,22 @@ void ffn_act(const typename V::T* gate_up, int64_t I, Scratch<V>& s) {
 // One worker's whole token: every layer's five stages in order.
 template <class V>
 void run_worker(const Kernels& kern, const std::vector<Layer<V>>& layers, const Dims& d, const Shared<V>& sh,
-                const typename V::T* cos, const typename V::T* sin, Stage* stages, Scratch<V>& s) {
+                const typename V::T* cos, const typename V::T* sin, Stage* stages, Sleep& sleep, Scratch<V>& s) {
   const int64_t C = d.C, I = d.I, HD = d.H * d.D, Nqkv = (d.H + 2 * d.Hkv) * d.D;
   auto tasks = [](int64_t N) { return (N + kRowsPerTask - 1) / kRowsPerTask; };
   Stage* st = stages;
   for (const Layer<V>& L : layers) {
-    run_stage(*st++, tasks(Nqkv), [&] { norm_quantize<V>(kern, sh.x, L.norm_in, C, d.eps, s); },
+    run_stage(*st++, sleep, tasks(Nqkv), [&] { norm_quantize<V>(kern, sh.x, L.norm_in, C, d.eps, s); },
               [&](int64_t t) { gemv_task<V>(kern, s, C, L.qkv, L.s_qkv, Nqkv, t, sh.qkv); });
-    run_stage(*st++, d.H, [] {}, [&](int64_t h) { attention_task<V>(L, d, sh, cos, sin, s, h); });
-    run_stage(*st++, tasks(C), [&] { norm_quantize<V>(kern, sh.y, L.norm_attn, HD, d.eps, s); },
+    run_stage(*st++, sleep, d.Hkv, [] {}, [&](int64_t g) { attention_task<V>(L, d, sh, cos, sin, s, g); });
+    run_stage(*st++, sleep, tasks(C), [&] { norm_quantize<V>(kern, sh.y, L.norm_attn, HD, d.eps, s); },
               [&](int64_t t) {
                 gemv_task<V>(kern, s, HD, L.o, L.s_o, C, t, sh.proj);
                 residual_task<V>(sh.x, sh.proj, C, t);
               });
-    run_stage(*st++, tasks(2 * I), [&] { norm_quantize<V>(kern, sh.x, L.norm_post, C, d.eps, s); },
+    run_stage(*st++, sleep, tasks(2 * I), [&] { norm_quantize<V>(kern, sh.x, L.norm_post, C, d.eps, s); },
               [&](int64_t t) { gemv_task<V>(kern, s, C, L.gate_up, L.s_gate_up, 2 * I, t, sh.gate_up); });
-    run_stage(*st++, tasks(C),
+    run_stage(*st++, sleep, tasks(C),
               [&] {
                 ffn_act<V>(sh.gate_up, I, s);
                 norm_quantize<V>(kern, s.act, L.norm_ffn, I, d.eps, s);
@@ -319,14 +346,14 @@ void decode_token(Tensor& x, const std::vector<Tensor>& weights, const std::vect
                  kv[2 * l].size(2)};
   }
   const int64_t C = d.C, I = d.I, HD = d.H * d.D, Nqkv = (d.H + 2 * d.Hkv) * d.D;
-  const int64_t widest = std::max({C, HD, I});
+  const int64_t widest = std::max({C, HD, I}), G = d.H / d.Hkv;
   const int64_t workers = std::max<int64_t>(1, torch::stable::get_num_threads());
   // Scratch, 64-byte aligned pieces of one allocation: shared outputs, then one block per worker.
   const int64_t shared_bytes = align64(static_cast<int64_t>(sizeof(T)) * (Nqkv + HD + C + 2 * I));
   const int64_t table_bytes = lut16.empty() ? 0 : bt2_padded_k(widest) * kLut16TableBytesPerK;
   const int64_t worker_bytes = align64(static_cast<int64_t>(sizeof(T)) * (widest + I)) +
-                               align64(bt2_padded_k(widest)) + table_bytes + align64(4 * (d.pos + 1)) +
-                               align64(8 * d.D);
+                               align64(bt2_padded_k(widest)) + table_bytes + align64(4 * G * (d.pos + 1)) +
+                               align64(4 * (2 * G + 1) * d.D);
   Tensor storage = torch::stable::new_empty(x, {shared_bytes + workers * worker_bytes + 64}, ScalarType::Byte);
   uint8_t* base = storage.mutable_data_ptr<uint8_t>();
   base += (64 - reinterpret_cast<uintptr_t>(base) % 64) % 64;
@@ -348,20 +375,22 @@ void decode_token(Tensor& x, const std::vector<Tensor>& weights, const std::vect
     s.tables = p;
     p += table_bytes;
     s.scores = reinterpret_cast<float*>(p);
-    p += align64(4 * (d.pos + 1));
+    p += align64(4 * G * (d.pos + 1));
     s.q = reinterpret_cast<float*>(p);
-    s.k = s.q + d.D;
+    s.y = s.q + G * d.D;
+    s.row = s.y + G * d.D;
   }
   std::unique_ptr<Stage[]> stages(new Stage[kStagesPerLayer * n_layers]);
   const Kernels kern{active_kernels(), lut16.empty() ? nullptr : &active_lut16_kernels()};
   const T* cos_p = static_cast<const T*>(cos.const_data_ptr());
   const T* sin_p = static_cast<const T*>(sin.const_data_ptr());
   std::atomic<int64_t> slots{0};
+  Sleep sleep;
   // One task per thread of the pool: each call of the body is one worker, however the pool
   // splits the range (a thread given two ids, or the whole range inline, is one worker).
   torch::stable::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
     Scratch<V>& s = scratch[slots.fetch_add(1)];
-    run_worker<V>(kern, layers, d, sh, cos_p, sin_p, stages.get(), s);
+    run_worker<V>(kern, layers, d, sh, cos_p, sin_p, stages.get(), sleep, s);
   });
 }
 
