@@ -28,7 +28,7 @@ from bitttt import distributed
 from bitttt import evaluate as eval_mod
 from bitttt.config import MODEL_KEYS, check_keys, resolve
 from bitttt.devices import mem_bytes, pick_device
-from bitttt.errors import EXIT_OK, EXIT_OOM, BitttError, ConfigError, DivergedError
+from bitttt.errors import EXIT_OK, EXIT_OOM, BitttError, ConfigError, DivergedError, is_out_of_memory
 from bitttt.events import Emitter, safe_print
 from bitttt.model import BitTTTConfig, BitTTTForCausalLM
 from bitttt.stop import StopFlag, StopRequested
@@ -489,6 +489,9 @@ def _run(flags: dict[str, Any], argv: list[str], stop: StopFlag) -> int:
         return _fail(emitter, trainer, "exception", "interrupted twice; stopped without saving",
                      "the last checkpoint is kept", 130, world)
     except Exception as e:
+        if is_out_of_memory(e):  # the CPU allocator raises a plain RuntimeError
+            return _fail(emitter, trainer, "oom", f"out of memory: {str(e).splitlines()[0][:300]}", OOM_HINT,
+                         EXIT_OOM, world)
         import traceback
 
         safe_print(traceback.format_exc().rstrip())
