@@ -27,6 +27,8 @@ from torch.profiler import ProfilerActivity, profile
 # LM-head time, for the summary; everything else is "between the kernels".
 KERNEL_OPS = ("bitttt::rms_norm_ternary_linear", "bitttt::ternary_linear", "bitttt::ternary_linear_lut16")
 HEAD_OPS = ("bitttt::int8_matmul", "bitttt::quantize_activations_int8")
+# The one-call decode step: every layer's GEMVs, attention and the small steps between them.
+LAYER_OPS = ("bitttt::bitnet_decode_",)
 
 
 def decode_steps(model, token, cache, n: int):
@@ -61,9 +63,10 @@ def kernels_only(model, n: int) -> float:
 def summarize(rows: list[dict]) -> dict[str, float]:
     kernels = sum(r["self_ms_per_token"] for r in rows if r["op"] in KERNEL_OPS)
     head = sum(r["self_ms_per_token"] for r in rows if r["op"] in HEAD_OPS)
+    layers = sum(r["self_ms_per_token"] for r in rows if r["op"] in LAYER_OPS)
     total = sum(r["self_ms_per_token"] for r in rows)
-    return {"ternary_kernels_ms": kernels, "head_ms": head, "other_ops_ms": total - kernels - head,
-            "self_total_ms": total}
+    return {"ternary_kernels_ms": kernels, "fused_layers_ms": layers, "head_ms": head,
+            "other_ops_ms": total - kernels - layers - head, "self_total_ms": total}
 
 
 def main() -> int:
@@ -115,6 +118,7 @@ def main() -> int:
           f"{harness.current_wait_policy()}: {wall:.2f} ms/token wall [{min(walls) * 1e3:.2f}-{max(walls) * 1e3:.2f}], "
           f"kernels only {floor:.2f} [{min(floors) * 1e3:.2f}-{max(floors) * 1e3:.2f}]: between the kernels "
           f"{wall - floor:.2f} ms ({100 * (wall - floor) / wall:.0f}%); profiled: ternary {s['ternary_kernels_ms']:.2f}, "
+          f"fused layers {s['fused_layers_ms']:.2f}, "
           f"head {s['head_ms']:.2f}, other ops {s['other_ops_ms']:.2f} ms/token, "
           f"{sum(e.count for e in events) / args.tokens:.0f} op calls/token; load {record.load_before} -> "
           f"{record.load_after}")
