@@ -134,3 +134,44 @@ def test_measure_times_the_settings_in_a_scratch_run(make_app):
     # kept for the workspace: a new window knows it without measuring again
     key = runtime.speed_key(dataclasses.asdict(train.settings))
     assert runtime.TimingSource(app.workspace).calibrated(key).steps_timed == runtime.CALIBRATION_STEPS - 1
+
+
+# -- the real trainer ------------------------------------------------------------------------
+
+SMALL = ["--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--seq-len", "32", "--batch-size", "4",
+         "--eval-tokens", "256", "--sample-tokens", "8", "--threads", "1", "--warmup", "2", "--save-every", "0",
+         "--log-every", "1", "--log-format", "jsonl"]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_real_trainers_events_price_a_run(tmp_path):
+    """A calibration-shaped real run, then a longer one: the estimate from the first is recorded beside
+    the second's wall time in tests/artifacts/runtime_estimate.json (timing is never asserted)."""
+    import subprocess
+    import sys
+    import time
+
+    from bitttt_gui.events import read_events
+
+    def train(name, steps, eval_every, sample_every):
+        launched, t0 = time.time(), time.monotonic()
+        subprocess.run([sys.executable, "-m", "bitttt", "train", *SMALL, "--steps", str(steps), "--eval-every",
+                        str(eval_every), "--sample-every", str(sample_every), "--run-dir", str(tmp_path / name)],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return launched, time.monotonic() - t0, list(read_events(tmp_path / name / "events.jsonl"))
+
+    launched, cal_wall, events = train("cal", 6, 0, 6)
+    start = events[0]
+    assert start["event"] == "start" and launched - 1 < start["process_start"] <= start["time"]
+    t = runtime.measure(events, "calibration")          # the start-up from the event's process_start
+    assert t is not None and t.steps_timed == 5 and t.eval_s is not None and t.sample_s is not None
+    assert 0 < t.startup_s < cal_wall and t.save_s is not None
+    estimate = runtime.predict(t, runtime.plan(40, 20, 20, 0), 256)
+    _, wall, _ = train("run", 40, 20, 20)
+    record = {"estimate_s": round(estimate, 2), "actual_s": round(wall, 2), "ratio": round(estimate / wall, 3),
+              "calibration": dataclasses.asdict(t)}
+    from conftest import ARTIFACTS
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "runtime_estimate.json").write_text(json.dumps(record, indent=1) + "\n")
+    print("run-time estimate vs actual:", record)
