@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         xvfb, display = start_xvfb()
         os.environ["DISPLAY"] = display
         os.environ["HOME"] = str(home)
+        if shutil.which("bitttt"):       # the command preview reads "bitttt train …", as a user types it
+            os.environ["BITTTT_GUI_CMD"] = "bitttt"
         shoot(workspace, out, display)
     finally:
         if xvfb is not None:

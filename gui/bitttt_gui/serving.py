@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from .command import bitttt_command
@@ -35,9 +36,20 @@ def free_port(host: str = HOST) -> int:
         return s.getsockname()[1]
 
 
+def model_id(model: str) -> str:
+    """The id clients send: the folder's name, with its run's in front for a checkpoint (a run folder
+    is served from its final/ or latest checkpoint, which the server would otherwise name "final")."""
+    path = Path(model).expanduser()
+    name = path.name or "bitttt"
+    if name == "final" or name.startswith("step-"):
+        run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        return f"{run.name}-{name}" if run.name else name
+    return name
+
+
 def build_serve_argv(model: str, port: int, host: str = HOST, base: list[str] | None = None) -> list[str]:
     return list(base if base is not None else bitttt_command()) + [
-        "serve", "--model", str(model), "--host", host, "--port", str(port)]
+        "serve", "--model", str(model), "--host", host, "--port", str(port), "--model-name", model_id(model)]
 
 
 def base_url(port: int, host: str = HOST) -> str:

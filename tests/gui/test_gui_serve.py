@@ -52,8 +52,13 @@ def test_a_missing_extra_always_names_the_install_command():
 
 
 def test_serve_argv_url_and_snippets():
-    argv = serving.build_serve_argv("/m", 4321, base=["bitttt"])
-    assert argv == ["bitttt", "serve", "--model", "/m", "--host", "127.0.0.1", "--port", "4321"]
+    argv = serving.build_serve_argv("/runs/a", 4321, base=["bitttt"])
+    assert argv == ["bitttt", "serve", "--model", "/runs/a", "--host", "127.0.0.1", "--port", "4321",
+                    "--model-name", "a"]
+    # a checkpoint is named after its run: "final" alone says nothing to a client
+    assert serving.model_id("/ws/runs/a/final") == "a-final"
+    assert serving.model_id("/ws/runs/a/checkpoints/step-000100") == "a-step-000100"
+    assert serving.model_id("/exports/tiny/") == "tiny"
     st = serving.ServeState().to("serving", port=4321, model="run-a")
     assert st.url == "http://127.0.0.1:4321/v1" and st.url in st.sentence()
     body = serving.curl_line(st.url, "run-a").split(" -d ", 1)[1].strip("'")

@@ -90,11 +90,14 @@ class ChatTab(ttk.Frame):
         self.serve_btn.pack(side="left", padx=(PAD, 0))
         Tooltip(self.serve_btn, "Start `bitttt serve` for this model: an OpenAI-compatible HTTP API on this "
                                 "computer (127.0.0.1) that chat UIs, editors and the openai package can use.")
-        self.status = ttk.Label(self, text="No model loaded. Pick a run and press Load model.", style="Hint.TLabel")
-        self.status.pack(fill="x", pady=(0, PAD))
+        # The chat server's state and the checkpoint it loaded share a row: a line of its own stood empty.
+        row = ttk.Frame(self)
+        row.pack(fill="x", pady=(0, PAD))
+        self.status = ttk.Label(row, text="No model loaded. Pick a run and press Load model.", style="Hint.TLabel")
+        self.status.pack(side="left")
+        self.loaded = ttk.Label(row, text="", style="Hint.TLabel")
+        self.loaded.pack(side="left", padx=(PAD * 2, 0))
         self._build_serve_row()
-        self.loaded = ttk.Label(self, text="", style="Hint.TLabel")
-        self.loaded.pack(fill="x")
         self.note = ttk.Label(self, text=SMALL_MODEL_NOTE, style="Hint.TLabel", wraplength=900, justify="left")
         self.note.pack(fill="x", pady=(0, PAD))
         self.note.bind("<Configure>", lambda e: self.note.configure(wraplength=max(e.width - 8, 200)))

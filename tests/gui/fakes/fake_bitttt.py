@@ -324,12 +324,13 @@ def serve(argv):
     p.add_argument("--model", required=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model-name")
     args = p.parse_args(argv)
     if MODE == "serve_missing":
         print("bitttt: error: serve: fastapi, uvicorn not installed (hint: pip install 'bitttt[serve]')",
               file=sys.stderr, flush=True)
         sys.exit(2)
-    name = Path(args.model).name
+    name = args.model_name or Path(args.model).name
     print(f"bitttt serve: {name} at http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
     time.sleep(float(os.environ.get("FAKE_SERVE_START_S", "0.3")))   # "loading the model"
 
