@@ -6,7 +6,7 @@ Needs Xvfb and Pillow. In a scratch workspace (``/tmp/bitttt-shots-*/you/bitttt`
 short real runs of the tiny preset, ternary and its float twin, then opens ``bitttt-gui`` on
 that workspace in a private Xvfb at the size a 1366x768 laptop gives it and grabs the window:
 
-- ``bitttt-gui.png``: the Train tab with the estimate (memory and run time, measured from the runs);
+- ``bitttt-gui.png``: the Train tab as a new user sees it (before the runs: no run time measured here);
 - ``bitttt-gui-compare.png``: the Loss curve tab comparing the two runs in bits per byte, with the table;
 - ``bitttt-gui-chat.png``: the Chat tab serving the ternary run (``bitttt serve``).
 """
@@ -55,15 +55,18 @@ def main(argv: list[str] | None = None) -> int:
     xvfb = None
     try:
         (workspace / "runs").mkdir(parents=True)
-        print("training the ternary run…", flush=True)
-        train(workspace, "ternary", args.steps)
-        print("training the float twin…", flush=True)
-        train(workspace, "float", args.steps, "--no-ternary")
         xvfb, display = start_xvfb()
         os.environ["DISPLAY"] = display
         os.environ["HOME"] = str(home)
         if shutil.which("bitttt"):       # the command preview reads "bitttt train …", as a user types it
             os.environ["BITTTT_GUI_CMD"] = "bitttt"
+        # The Train tab first, as a new user sees it: no run yet, so no run time measured on this
+        # (shared, busy) machine ends up in the README.
+        shoot_train(workspace, out, display)
+        print("training the ternary run…", flush=True)
+        train(workspace, "ternary", args.steps)
+        print("training the float twin…", flush=True)
+        train(workspace, "float", args.steps, "--no-ternary")
         shoot(workspace, out, display)
     finally:
         if xvfb is not None:
@@ -73,31 +76,50 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def shoot(workspace: Path, out: Path, display: str) -> None:
-    import tkinter as tk
+def settle(root, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        root.update()
+        time.sleep(0.02)
 
+
+def grab(root, out: Path, name: str, display: str) -> None:
     from PIL import ImageGrab
 
-    from bitttt_gui.app import App, cancel_pending_afters
+    root.update_idletasks()
+    x, y, w, h = root.winfo_rootx(), root.winfo_rooty(), root.winfo_width(), root.winfo_height()
+    ImageGrab.grab(bbox=(x, y, x + w, y + h), xdisplay=display).save(out / name)
+    print(f"wrote {out / name}", flush=True)
 
-    def settle(root, seconds):
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            root.update()
-            time.sleep(0.02)
 
-    def grab(root, name):
-        root.update_idletasks()
-        x, y, w, h = root.winfo_rootx(), root.winfo_rooty(), root.winfo_width(), root.winfo_height()
-        ImageGrab.grab(bbox=(x, y, x + w, y + h), xdisplay=display).save(out / name)
-        print(f"wrote {out / name}", flush=True)
+def window(workspace: Path):
+    import tkinter as tk
+
+    from bitttt_gui.app import App
 
     root = tk.Tk(className="bitttt")
     app = App(root, workspace)
     root.geometry(SIZE + "+0+0")
     settle(root, 1.5)
-    grab(root, "bitttt-gui.png")
+    return root, app
 
+
+def close(root, app) -> None:
+    from bitttt_gui.app import cancel_pending_afters
+
+    app.sampler.stop()
+    cancel_pending_afters(root)
+    root.destroy()
+
+
+def shoot_train(workspace: Path, out: Path, display: str) -> None:
+    root, app = window(workspace)
+    grab(root, out, "bitttt-gui.png", display)
+    close(root, app)
+
+
+def shoot(workspace: Path, out: Path, display: str) -> None:
+    root, app = window(workspace)
     runs, plot = app.tabs["runs"], app.tabs["plot"]
     runs.refresh()
     runs.tree.selection_set([str(workspace / "runs" / "ternary"), str(workspace / "runs" / "float")])
@@ -105,7 +127,7 @@ def shoot(workspace: Path, out: Path, display: str) -> None:
     plot.y_axis.set("bpb")
     plot.redraw()
     settle(root, 1.5)
-    grab(root, "bitttt-gui-compare.png")
+    grab(root, out, "bitttt-gui-compare.png", display)
 
     chat = app.tabs["chat"]
     chat.model.set(str(workspace / "runs" / "ternary"))
@@ -115,11 +137,9 @@ def shoot(workspace: Path, out: Path, display: str) -> None:
     while chat.serve_state.phase == "starting" and time.monotonic() < end:
         settle(root, 0.2)
     settle(root, 0.5)
-    grab(root, "bitttt-gui-chat.png")
+    grab(root, out, "bitttt-gui-chat.png", display)
     chat.stop_serving(wait_s=10)
-    app.sampler.stop()
-    cancel_pending_afters(root)
-    root.destroy()
+    close(root, app)
 
 
 if __name__ == "__main__":
