@@ -48,8 +48,11 @@ class CausalDepthwiseConv(nn.Module):
         if T == 1:  # decode: one dot product per channel; a Conv1d call costs ~10x more on CPU
             w = self.conv.weight[:, 0].t().to(x.dtype)            # [K, C]
             return (xp * w).sum(1, keepdim=True) + self.conv.bias.to(x.dtype), xp[:, 1:]
+        tail = xp[:, xp.shape[1] - (self.kernel - 1):]            # [B, K−1, C]: the next call's prev
+        if ops.uses_train_kernel(xp, self.conv.weight):  # one C++ pass in this layout, forward and backward
+            return ops.causal_conv1d(x, prev.to(x.dtype), self.conv.weight[:, 0], self.conv.bias), tail
         y = self.conv(xp.transpose(1, 2)).transpose(1, 2)         # [B, T, C]
-        return y, xp[:, xp.shape[1] - (self.kernel - 1):]
+        return y, tail
 
 
 class _TTTBase(nn.Module):
