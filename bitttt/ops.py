@@ -36,6 +36,7 @@ __all__ = [
     "bitlinear_fake_quant",
     "rms_norm",
     "causal_conv1d",
+    "rope_heads",
     "TTTMLPState",
     "ttt_mlp",
     "ttt_mlp_decode_",
@@ -760,6 +761,55 @@ def _causal_conv1d_backward(ctx, grad_y):
 
 torch.library.register_autograd("bitttt::causal_conv1d", _causal_conv1d_backward,
                                 setup_context=_causal_conv1d_setup_context)
+
+
+def rope_heads(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Rotate-half RoPE (bitttt.nn.rope's "half") fused with the split into heads, float32 CPU:
+    x [B, T, H*D], cos, sin [T, D] (rope_cos_sin's) -> [B, H, T, D] contiguous. Differentiable in x."""
+    return torch.ops.bitttt.rope_heads(x, cos, sin, num_heads)
+
+
+def _check_rope_tables(op, cos, sin, T, D):
+    for name, t in (("cos", cos), ("sin", sin)):
+        torch._check(tuple(t.shape) == (T, D), lambda: f"{op}: {name} must be [T={T}, D={D}], got {list(t.shape)}")
+        torch._check(t.dtype == torch.float32, lambda: f"{op}: takes float32, got {name} {t.dtype}")
+
+
+@torch.library.register_fake("bitttt::rope_heads")
+def _rope_heads_fake(x, cos, sin, H):
+    op = "rope_heads"
+    _check_defined(op, x=x, cos=cos, sin=sin)
+    _check_same_device(op, "x", x, cos=cos, sin=sin)
+    torch._check(x.dtype == torch.float32, lambda: f"{op}: takes float32, got x {x.dtype}")
+    torch._check(x.dim() == 3, lambda: f"{op}: x must be [B, T, H*D]")
+    torch._check(H > 0 and x.shape[2] % H == 0 and (x.shape[2] // H) % 2 == 0,
+                 lambda: f"{op}: x's last dimension {x.shape[2]} must split into H={H} heads of an even size")
+    B, T, C = x.shape
+    _check_rope_tables(op, cos, sin, T, C // H)
+    return x.new_empty(B, H, T, C // H)
+
+
+@torch.library.register_fake("bitttt::rope_heads_backward")
+def _rope_heads_backward_fake(grad, cos, sin):
+    op = "rope_heads_backward"
+    _check_defined(op, grad=grad, cos=cos, sin=sin)
+    torch._check(grad.dim() == 4 and grad.shape[3] % 2 == 0, lambda: f"{op}: grad must be [B, H, T, D] with D even")
+    B, H, T, D = grad.shape
+    _check_rope_tables(op, cos, sin, T, D)
+    return grad.new_empty(B, T, H * D)
+
+
+def _rope_heads_setup_context(ctx, inputs, output):
+    _, cos, sin, _ = inputs
+    ctx.save_for_backward(cos, sin)
+
+
+def _rope_heads_backward(ctx, grad):
+    cos, sin = ctx.saved_tensors
+    return torch.ops.bitttt.rope_heads_backward(grad, cos, sin), None, None, None
+
+
+torch.library.register_autograd("bitttt::rope_heads", _rope_heads_backward, setup_context=_rope_heads_setup_context)
 
 
 # ---------------------------------------------------------------------------------------

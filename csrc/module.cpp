@@ -94,6 +94,9 @@ STABLE_TORCH_LIBRARY_FRAGMENT(bitttt, m) {
   m.def("causal_conv1d(Tensor x, Tensor prev, Tensor weight, Tensor bias) -> Tensor");
   m.def("causal_conv1d_backward(Tensor grad, Tensor x, Tensor prev, Tensor weight, Tensor bias) "
         "-> (Tensor, Tensor, Tensor, Tensor)");
+  // Rotate-half RoPE fused with the split into heads: x [B, T, H*D], cos, sin [T, D] -> [B, H, T, D].
+  m.def("rope_heads(Tensor x, Tensor cos, Tensor sin, int H) -> Tensor");
+  m.def("rope_heads_backward(Tensor grad, Tensor cos, Tensor sin) -> Tensor");
 }
 
 namespace {

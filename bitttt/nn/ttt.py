@@ -120,9 +120,12 @@ class _TTTBase(nn.Module):
             k, _ = self.conv_k(qk, prev)
         else:
             q, k = self.q_proj(x), self.k_proj(x)
-        q, k, v = self._heads(q), self._heads(k), self._heads(self.v_proj(x))
+        v = self._heads(self.v_proj(x))
         cos, sin = rope_cos_sin(pos % self.mini_batch_size, self.head_dim, self.rope_theta, q.dtype)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if pos.dim() == 1 and ops.uses_train_kernel(q, k):  # one pass, the same values (ops.rope_heads)
+            q, k = ops.rope_heads(q, cos, sin, self.num_heads), ops.rope_heads(k, cos, sin, self.num_heads)
+        else:
+            q, k = apply_rope(self._heads(q), cos, sin), apply_rope(self._heads(k), cos, sin)
         if pos.dim() == 3:  # a row batch: a float GEMM's rounding depends on M, and each row must get what it gets alone
             lr_logit = torch.cat([self.lr_proj(x[i:i + 1]) for i in range(x.shape[0])])
         else:

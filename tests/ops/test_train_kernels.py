@@ -75,6 +75,38 @@ def test_causal_conv_strided_weight():
     check_against_reference(ops.causal_conv1d, reference_causal_conv, inputs)
 
 
+def reference_rope_heads(x, cos, sin, H):
+    """Split [B, T, H*D] into heads [B, H, T, D], then rotate pairs (d, d + D/2) by the angle whose
+    cos and sin are given: a complex multiply on the pairs, not nn.rope's cat-based formula."""
+    B, T, C = x.shape
+    D = C // H
+    xh = x.view(B, T, H, D).transpose(1, 2)
+    z = torch.complex(xh[..., :D // 2], xh[..., D // 2:]) * torch.complex(cos[:, :D // 2], sin[:, :D // 2])
+    return torch.cat((z.real, z.imag), dim=-1)
+
+
+@pytest.mark.parametrize("B,T,H,D", [(2, 19, 4, 64), (1, 1, 1, 2), (3, 16, 3, 10)], ids=lambda v: str(v))
+def test_rope_heads_against_float64(B, T, H, D):
+    from bitttt.nn.rope import rope_cos_sin
+
+    torch.manual_seed(6)
+    cos, sin = rope_cos_sin(torch.arange(T) % 16, D, 10000.0, torch.float32)
+    check_against_reference(lambda x: ops.rope_heads(x, cos, sin, H),
+                            lambda x: reference_rope_heads(x, cos.double(), sin.double(), H), [torch.randn(B, T, H * D)])
+
+
+def test_rope_heads_equals_apply_rope_bitwise():
+    """The TTT layer may take either path (training, decode): they must give the same bits."""
+    from bitttt.nn.rope import apply_rope, rope_cos_sin
+
+    torch.manual_seed(7)
+    B, T, H, D = 2, 40, 4, 64
+    x = torch.randn(B, T, H * D) * 3
+    cos, sin = rope_cos_sin(torch.arange(T) % 16, D, 10000.0, torch.float32)
+    expected = apply_rope(x.view(B, T, H, D).transpose(1, 2), cos, sin)
+    assert torch.equal(ops.rope_heads(x, cos, sin, H), expected)
+
+
 def test_opcheck_train_ops():
     torch.manual_seed(4)
     x, w = torch.randn(3, 5, 20, requires_grad=True), torch.randn(20, requires_grad=True)
@@ -82,6 +114,8 @@ def test_opcheck_train_ops():
     args = (torch.randn(2, 6, 8, requires_grad=True), torch.randn(2, 3, 8, requires_grad=True),
             torch.randn(8, 4, requires_grad=True), torch.randn(8, requires_grad=True))
     torch.library.opcheck(torch.ops.bitttt.causal_conv1d.default, args)
+    cos, sin = torch.randn(5, 8), torch.randn(5, 8)
+    torch.library.opcheck(torch.ops.bitttt.rope_heads.default, (torch.randn(2, 5, 16, requires_grad=True), cos, sin, 2))
 
 
 def test_bad_inputs_name_the_problem():
@@ -93,6 +127,10 @@ def test_bad_inputs_name_the_problem():
         ops.rms_norm(torch.randn(2, 8, dtype=torch.float64), torch.randn(8, dtype=torch.float64), 1e-6)
     with pytest.raises(RuntimeError, match="causal_conv1d: prev must be"):
         ops.causal_conv1d(torch.randn(2, 5, 8), torch.randn(2, 2, 8), torch.randn(8, 4), torch.randn(8))
+    with pytest.raises(RuntimeError, match="rope_heads: x's last dimension 12 must split"):
+        ops.rope_heads(torch.randn(2, 5, 12), torch.randn(5, 3), torch.randn(5, 3), 4)
+    with pytest.raises(RuntimeError, match="rope_heads: cos and sin must be"):
+        ops.rope_heads(torch.randn(2, 5, 16), torch.randn(4, 8), torch.randn(4, 8), 2)
     with pytest.raises(RuntimeError, match="causal_conv1d: weight must be"):
         ops.causal_conv1d(torch.randn(2, 5, 8), torch.randn(2, 3, 8), torch.randn(9, 4), torch.randn(8))
 
