@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from bitttt import __version__
 from bitttt.events import error_line, safe_print
 from bitttt.errors import (  # noqa: F401 (EXIT_* re-exported for scripts and tests)
-    EXIT_CONFIG, EXIT_DATA, EXIT_DIVERGED, EXIT_ERROR, EXIT_OK, EXIT_OOM, BitttError, ConfigError, DataError)
+    EXIT_CONFIG, EXIT_DATA, EXIT_DIVERGED, EXIT_ERROR, EXIT_OK, EXIT_OOM, BitttError, ConfigError, DataError, is_out_of_memory)
 
 
 class Parser(argparse.ArgumentParser):
@@ -715,15 +715,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _is_oom(e: BaseException) -> bool:
-    """Out of memory however it is raised: MemoryError, torch's CUDA OutOfMemoryError, or the
-    CPU allocator's RuntimeError ("DefaultCPUAllocator: can't allocate memory")."""
-    torch = sys.modules.get("torch")
-    if isinstance(e, MemoryError) or torch is not None and isinstance(e, torch.OutOfMemoryError):
-        return True
-    return isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs `bitttt ARGS`; returns the exit code (the console script passes it to sys.exit)."""
     if "torch" not in sys.modules:
@@ -744,7 +735,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         safe_print(f"bitttt: {args.command}: interrupted")
         return 130
     except Exception as e:
-        if _is_oom(e):
+        if is_out_of_memory(e):
             first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
             safe_print(error_line(f"{args.command}: out of memory: {first}", "use smaller sizes"))
             return EXIT_OOM

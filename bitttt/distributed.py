@@ -37,6 +37,7 @@ import torch
 import torch.distributed as dist
 
 from bitttt.errors import ConfigError
+from bitttt.stop import StopRequested
 
 # Test hook: "RANK:step=N" raises on that rank before step N; "RANK:step=N:hang" sleeps there.
 FAULT_ENV = "BITTTT_TEST_FAIL_RANK"
@@ -199,6 +200,17 @@ class World:
             return mine
         anyone = self._all_reduce(1.0 if mine else 0.0, dist.ReduceOp.MAX)
         return mine or ("a stop request on another rank" if anyone else None)
+
+    def check_stop(self, stop: Any) -> None:
+        """Raises StopRequested if a stop was asked for, here or (data parallel) on any rank, so a
+        stop acts within one micro-step or evaluation batch. Distributed, it is a collective:
+        every rank calls it at the same points (train_step's micro-steps, score's batches)."""
+        if not self.is_distributed:
+            stop.poll()
+            return
+        why = self.agree_stop(stop)
+        if why:
+            raise StopRequested(why)
 
     # -- failures ------------------------------------------------------------------------
 

@@ -3,6 +3,8 @@
 Torch-free: the CLI, the launcher and the tests all read the exit codes from here.
 """
 
+import sys
+
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_DATA, EXIT_OOM, EXIT_DIVERGED = 0, 1, 2, 3, 4, 5
 
 EXIT_MEANINGS = {
@@ -13,6 +15,17 @@ EXIT_MEANINGS = {
     EXIT_OOM: "out of memory",
     EXIT_DIVERGED: "training diverged (the loss is not finite)",
 }
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Out of memory however it is raised: MemoryError, torch's OutOfMemoryError (CUDA), or the
+    CPU allocator's plain RuntimeError ("DefaultCPUAllocator: can't allocate memory" or "not
+    enough memory"). Torch-free: looks torch up only if something already imported it."""
+    torch = sys.modules.get("torch")
+    if isinstance(e, MemoryError) or torch is not None and isinstance(e, torch.OutOfMemoryError):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text)
 
 
 class BitttError(Exception):

@@ -72,11 +72,19 @@ def score(model: torch.nn.Module, held: HeldOut, device: torch.device, world: An
     model.eval()
     total = 0.0
     starts = world.eval_share(held.starts) if world is not None else held.starts
+    # Every rank runs as many batches as the largest share (the last may be empty), so a check
+    # that is a collective (World.check_stop) is called the same number of times on each.
+    size = world.size if world is not None else 1
+    largest_share = (len(held.starts) + size - 1) // size
+    n_batches = (largest_share + EVAL_BATCH - 1) // EVAL_BATCH
     try:
-        for i in range(0, len(starts), EVAL_BATCH):
+        for b in range(n_batches):
             if check:
                 check()
-            x, y = data_mod.window_batch(held.tokens, starts[i:i + EVAL_BATCH], held.seq_len, device)
+            batch = starts[b * EVAL_BATCH:(b + 1) * EVAL_BATCH]
+            if len(batch) == 0:
+                continue
+            x, y = data_mod.window_batch(held.tokens, batch, held.seq_len, device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 total += model(x, labels=y).loss.item() * len(x)
     finally:

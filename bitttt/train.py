@@ -28,7 +28,7 @@ from bitttt import distributed
 from bitttt import evaluate as eval_mod
 from bitttt.config import MODEL_KEYS, check_keys, resolve
 from bitttt.devices import mem_bytes, pick_device
-from bitttt.errors import EXIT_OK, EXIT_OOM, BitttError, ConfigError, DivergedError
+from bitttt.errors import EXIT_OK, EXIT_OOM, BitttError, ConfigError, DivergedError, is_out_of_memory
 from bitttt.events import Emitter, safe_print
 from bitttt.model import BitTTTConfig, BitTTTForCausalLM
 from bitttt.stop import StopFlag, StopRequested
@@ -202,8 +202,8 @@ class Trainer:
             group["lr"] = lr
         total = 0.0
         for micro in range(t.grad_accum):
-            if micro and not self.world.is_distributed:  # a stop inside a long accumulation (ranks agree per step)
-                self.stop.poll()
+            if micro:  # a stop inside a long accumulation (ranks agree at each micro-step)
+                self.world.check_stop(self.stop)
             x, y = data_mod.get_batch(self.data.train, t.batch_size, t.seq_len, t.seed, step, micro, self.device,
                                       *self.world.batch_share)
             with self.world.sync_grads(micro == t.grad_accum - 1):  # DDP all-reduces on the last micro-step
@@ -250,11 +250,13 @@ class Trainer:
                                 hint=DIVERGED_HINT.format(lr=self.t.lr, lower=self.t.lr / 10))
 
     def evaluate(self) -> eval_mod.Score:
-        check = None if self.world.is_distributed else self.stop.poll  # ranks agree on stops between steps
-        return eval_mod.score(self.model, self.held_out, self.device, self.world, check=check)
+        return eval_mod.score(self.model, self.held_out, self.device, self.world,
+                              check=lambda: self.world.check_stop(self.stop))
 
     def sample(self) -> str:
-        """The sample text; StopRequested if a stop is asked for while it is generated."""
+        """The sample text; StopRequested if a stop is asked for while it is generated. Only rank 0
+        samples, so under data parallel a stop just cuts the text short: the ranks agree on it
+        after the step (a rank that stopped alone would leave the others in a collective)."""
         from bitttt.generate import SamplingParams, stream_text
 
         p = SamplingParams(max_new_tokens=self.t.sample_tokens, **SAMPLING, seed=self.t.seed + self.step)
@@ -265,7 +267,8 @@ class Trainer:
                                        should_stop=lambda: self.stop.requested() is not None))
         finally:
             self.model.train()
-        self.stop.check()
+        if not self.world.is_distributed:
+            self.stop.check()
         return text
 
     def save(self, final: bool = False) -> str:
@@ -489,6 +492,9 @@ def _run(flags: dict[str, Any], argv: list[str], stop: StopFlag) -> int:
         return _fail(emitter, trainer, "exception", "interrupted twice; stopped without saving",
                      "the last checkpoint is kept", 130, world)
     except Exception as e:
+        if is_out_of_memory(e):  # the CPU allocator raises a plain RuntimeError
+            return _fail(emitter, trainer, "oom", f"out of memory: {str(e).splitlines()[0][:300]}", OOM_HINT,
+                         EXIT_OOM, world)
         import traceback
 
         safe_print(traceback.format_exc().rstrip())

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import queue
-import threading
 import time
 
 import pytest
@@ -19,56 +16,8 @@ from bitttt import chat_server
 from bitttt.chat_memory import META_KEY
 from bitttt.checkpoint import load_model
 from bitttt.generate import ChatSession, SamplingParams, chat_text
-
-TIMEOUT_S = 60
+from chat_client import TIMEOUT_S, Client  # noqa: E402  (tests/ is on sys.path)
 NESTED = "[" * 200_000  # deeper than json's recursion limit: RecursionError, not ValueError
-
-
-class Sink(io.TextIOBase):
-    def __init__(self) -> None:
-        self.events: queue.Queue = queue.Queue()
-        self._buf = ""
-
-    def write(self, s: str) -> int:
-        self._buf += s
-        while "\n" in self._buf:
-            line, self._buf = self._buf.split("\n", 1)
-            self.events.put(json.loads(line))
-        return len(s)
-
-
-class Client:
-    """A server on a thread, fed through a real pipe."""
-
-    def __init__(self, session: ChatSession) -> None:
-        r, w = os.pipe()
-        self.stdin, self.w = os.fdopen(r, "r"), os.fdopen(w, "w")
-        self.out = Sink()
-        self.code = None
-        self.thread = threading.Thread(target=self._serve, args=(session,), daemon=True)
-        self.thread.start()
-        assert self.next()["event"] == "ready"
-
-    def _serve(self, session):
-        self.code = chat_server.chat_jsonl(session, self.stdin, self.out)
-
-    def send(self, *reqs) -> None:
-        self.w.write("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in reqs))
-        self.w.flush()
-
-    def next(self) -> dict:
-        return self.out.events.get(timeout=TIMEOUT_S)
-
-    def until(self, name: str) -> list[dict]:
-        events = [self.next()]
-        while events[-1]["event"] != name:
-            events.append(self.next())
-        return events
-
-    def close(self) -> int:
-        self.w.close()
-        self.thread.join(TIMEOUT_S)
-        return self.code
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 
 import pytest
 import torch
@@ -198,3 +199,59 @@ def test_a_hung_rank_times_out(tmp_path):
     error = next(e for e in events if e["event"] == "error")
     assert error["rank"] == 0 and "Timed out" in error["message"] and "hung" in error["hint"]  # rank 0 gave up
     assert events[-1]["event"] == "done" and events[-1]["reason"] == "error"
+
+
+STOP_BOUND_S = 60  # a few seconds plus one micro-step, with room for a loaded 2-core machine
+
+
+def _start_job(run_dir, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(job_command(run_dir, WORLD, *args), env=job_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_event(run_dir, name: str, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while time.monotonic() < deadline and proc.poll() is None:
+        if os.path.exists(run_dir / "events.jsonl") and any(e["event"] == name for e in read_events(run_dir)):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {name} event: {proc.poll()=}")
+
+
+def _stop_within_bound(proc: subprocess.Popen, how: str, run_dir) -> None:
+    if how == "SIGTERM":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        (run_dir / "STOP").write_text("")
+    try:
+        _, stderr = proc.communicate(timeout=STOP_BOUND_S)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+
+
+def test_a_stop_reaches_both_ranks_inside_a_long_accumulation(tmp_path):
+    """Under data parallel the ranks agreed on stops once per step, so --grad-accum 100000 never
+    stopped; they now agree at every micro-step."""
+    run_dir = tmp_path / "run"
+    proc = _start_job(run_dir, "--grad-accum", "100000", "--steps", "5", "--sample-every", "0",
+                      "--batch-size", str(PER_RANK_BATCH))
+    _wait_for_event(run_dir, "eval", proc)  # step 0's; the first step's accumulation starts now
+    time.sleep(1)
+    _stop_within_bound(proc, "STOP", run_dir)
+    events = read_events(run_dir)
+    assert not [e for e in events if e["event"] in ("step", "checkpoint")]
+    assert events[-1]["event"] == "done" and events[-1]["reason"] == "stopped" and events[-1]["step"] == 0
+
+
+def test_a_stop_during_rank0s_sample_stops_both_ranks_cleanly(tmp_path):
+    """Only rank 0 samples: a stop there once ended rank 0 alone, and rank 1 waited in its next
+    collective until the job failed."""
+    run_dir = tmp_path / "run"
+    proc = _start_job(run_dir, "--sample-every", "1", "--sample-tokens", "100000", "--steps", "50",
+                      "--eval-every", "0", "--save-every", "0", "--batch-size", str(PER_RANK_BATCH))
+    wait_for_step(run_dir, 1, proc)  # step 1 is done; rank 0's sample of up to 100000 tokens runs now
+    _stop_within_bound(proc, "SIGTERM", run_dir)
+    done = read_events(run_dir)[-1]
+    assert done["event"] == "done" and done["reason"] == "stopped" and 1 <= done["step"] < 50
+    assert os.path.isfile(os.path.join(done["path"], "model.safetensors"))

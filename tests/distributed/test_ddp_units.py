@@ -104,3 +104,35 @@ def test_every_parameter_gets_a_gradient(mixer, ternary):
     assert missing == []
     buffers = {name for name, b in model.named_buffers() if b.is_floating_point()}
     assert all(name.endswith(("inv_freq", "token_idx")) for name in buffers)  # constants: no buffer sync needed
+
+
+class _RankOf2:
+    """The parts of a World that evaluate.score uses, for rank `rank` of 2, without a process
+    group: counts the stop checks (a collective under data parallel) and sums nothing."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank, self.size, self.checks = rank, 2, 0
+
+    def eval_share(self, starts):
+        return starts[self.rank::self.size]
+
+    def sum(self, value: float) -> float:
+        return value
+
+
+@pytest.mark.parametrize("n_windows", [1, 16, 17, 33, 48])
+def test_every_rank_checks_for_a_stop_equally_often_in_an_evaluation(n_windows):
+    """The stop check is a collective: a rank with one batch fewer (33 windows: 17 and 16, so 2
+    batches and 1) would leave the other waiting in it."""
+    from bitttt.evaluate import EVAL_BATCH, HeldOut, score
+
+    seq_len = 4
+    held = HeldOut(np.arange(n_windows * seq_len + 1, dtype=np.int64) % 7, np.arange(n_windows) * seq_len, seq_len, 1)
+    model = BitTTTForCausalLM(BitTTTConfig(vocab_size=8, n_embd=16, n_head=2, n_layer=1))
+    counts = []
+    for rank in (0, 1):
+        world = _RankOf2(rank)
+        score(model, held, torch.device("cpu"), world, check=lambda w=world: setattr(w, "checks", w.checks + 1))
+        counts.append(world.checks)
+    largest_share = -(-n_windows // 2)  # ceil: rank 0's share
+    assert counts == [-(-largest_share // EVAL_BATCH)] * 2

@@ -6,9 +6,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import os
-import queue
-import threading
 
 import pytest
 import torch
@@ -17,58 +14,8 @@ from bitttt import chat_server, generate
 from bitttt.checkpoint import load_model
 from bitttt.chat_server import chat_jsonl
 from bitttt.generate import ChatSession, SamplingParams
+from chat_client import TIMEOUT_S, Client, Sink  # noqa: E402  (tests/ is on sys.path)
 from trainlib import flat_tensors as _tensors  # noqa: E402
-
-TIMEOUT_S = 60
-
-
-class Sink(io.TextIOBase):
-    """stdout for the server: each complete line becomes an event in a queue."""
-
-    def __init__(self) -> None:
-        self.events: queue.Queue = queue.Queue()
-        self._buf = ""
-
-    def write(self, s: str) -> int:
-        self._buf += s
-        while "\n" in self._buf:
-            line, self._buf = self._buf.split("\n", 1)
-            self.events.put(json.loads(line))
-        return len(s)
-
-
-class Client:
-    """A server on a thread, fed through a real pipe (so its reader thread blocks like on stdin)."""
-
-    def __init__(self, session: ChatSession) -> None:
-        r, w = os.pipe()
-        self.stdin, self.w = os.fdopen(r, "r"), os.fdopen(w, "w")
-        self.out = Sink()
-        self.code = None
-        self.thread = threading.Thread(target=self._serve, args=(session,), daemon=True)
-        self.thread.start()
-        assert self.next()["event"] == "ready"
-
-    def _serve(self, session):
-        self.code = chat_jsonl(session, self.stdin, self.out)
-
-    def send(self, req) -> None:
-        self.w.write((req if isinstance(req, str) else json.dumps(req)) + "\n")
-        self.w.flush()
-
-    def next(self) -> dict:
-        return self.out.events.get(timeout=TIMEOUT_S)
-
-    def answer(self) -> list[dict]:
-        events = [self.next()]
-        while events[-1]["event"] == "token":
-            events.append(self.next())
-        return events
-
-    def close(self) -> int:
-        self.w.close()
-        self.thread.join(TIMEOUT_S)
-        return self.code
 
 
 @pytest.fixture

@@ -80,13 +80,22 @@ def test_stop_file(tmp_path, monkeypatch):
     assert not (run_dir / "STOP").exists()
 
 
-def test_oom_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+# Out of memory arrives three ways: torch's OutOfMemoryError (CUDA), Python's MemoryError, and
+# the CPU allocator's plain RuntimeError, which once fell through to "this is a bug" (exit 1).
+@pytest.mark.parametrize("make_error", [
+    lambda: torch.OutOfMemoryError("simulated"),
+    lambda: MemoryError(),
+    lambda: RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8000000000000 bytes."),
+    lambda: RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: "
+                         "you tried to allocate 8000000000000 bytes."),
+], ids=["torch-oom", "memoryerror", "cpu-cant-allocate", "cpu-not-enough"])
+def test_oom_keeps_the_last_checkpoint(tmp_path, monkeypatch, make_error):
     run_dir = tmp_path / "run"
     real_step = train_mod.Trainer.train_step
 
     def oom_at_7(self, step):
         if step == 7:
-            raise torch.OutOfMemoryError("simulated")
+            raise make_error()
         return real_step(self, step)
 
     monkeypatch.setattr(train_mod.Trainer, "train_step", oom_at_7)
