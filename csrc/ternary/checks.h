@@ -112,6 +112,15 @@ inline torch::stable::Tensor empty_k_output(const torch::stable::Tensor& x, cons
   return out;
 }
 
+// The bias as every epilogue reads it: float32 and contiguous (none stays none).
+inline std::optional<torch::stable::Tensor> bias_as_float32(const std::optional<torch::stable::Tensor>& bias) {
+  if (!bias.has_value()) return std::nullopt;
+  torch::stable::Tensor b = bias->scalar_type() == torch::headeronly::ScalarType::Float
+                                ? *bias
+                                : torch::stable::to(*bias, torch::headeronly::ScalarType::Float);
+  return b.is_contiguous() ? b : torch::stable::contiguous(b);
+}
+
 inline std::string device_name(const torch::stable::Device& d) {
   if (d.is_cpu()) return "cpu";
   return (d.is_cuda() ? std::string("cuda:") : std::string("device type ") + std::to_string(int(d.type())) + ":") +

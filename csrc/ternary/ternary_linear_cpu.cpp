@@ -76,10 +76,7 @@ Tensor ternary_linear_cpu(Tensor x, Tensor packed, Tensor w_scale, std::optional
   const ScalarType dtype = x.scalar_type();
   if (K == 0) return empty_k_output(x, output_sizes(x, N), dtype, bias);
   w_scale = as_contiguous(w_scale);
-  std::optional<Tensor> bias_f32;
-  if (bias.has_value())
-    bias_f32 = as_contiguous(bias->scalar_type() == ScalarType::Float ? *bias
-                                                                      : torch::stable::to(*bias, ScalarType::Float));
+  const std::optional<Tensor> bias_f32 = bias_as_float32(bias);
   x = as_contiguous(x);
 
   // Quantize every token once into the active kernel's layout.

@@ -152,10 +152,7 @@ Tensor ternary_linear_lut16_cpu(Tensor x, Tensor layout, Tensor w_scale, std::op
   const ScalarType dtype = x.scalar_type();
   if (K == 0) return empty_k_output(x, output_sizes(x, N), dtype, bias);
   w_scale = as_contiguous(w_scale);
-  std::optional<Tensor> bias_f32;
-  if (bias.has_value())
-    bias_f32 = as_contiguous(bias->scalar_type() == ScalarType::Float ? *bias
-                                                                      : torch::stable::to(*bias, ScalarType::Float));
+  const std::optional<Tensor> bias_f32 = bias_as_float32(bias);
   x = as_contiguous(x);
 
   const Lut16Kernels& kernels = active_lut16_kernels();
