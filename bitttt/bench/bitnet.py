@@ -24,7 +24,9 @@ import sys
 import time
 from typing import Any
 
-ENGINES = ("bitttt", "bitttt-int8", "llama.cpp", "transformers", "llama.cpp-q8_0", "llama.cpp-f16")
+ENGINES = ("bitttt", "bitttt-int8", "llama.cpp", "transformers", "llama.cpp-q8_0", "llama.cpp-f16", "bitttt-int8-ops")
+# bitttt-int8-ops: bitttt-int8 with its decode steps through the per-op layers instead of the
+# one-call decode op (BITTTT_FUSED_DECODE=0 in its child): the before of an A/B in one run.
 # llama.cpp's head (its tied token_embd) per engine: "llama.cpp" reads the bf16 embedding as
 # bitttt's float head does; -q8_0 reads about the bytes of bitttt's int8 head (34 per 32 values
 # against 32 + a per-row scale), -f16 the bytes of a float16 head.
@@ -121,8 +123,12 @@ def held(lock: str | None):
 
 
 class Bitttt:
-    def __init__(self, folder: str, threads: int, lm_head: str) -> None:
+    def __init__(self, folder: str, threads: int, lm_head: str, per_op: bool = False) -> None:
         from bitttt.hf import decode_bytes_per_token, load_bitnet
+        from bitttt.hf.bitnet import FUSED_DECODE_ENV
+
+        if per_op:  # this child only (each engine has its own process)
+            os.environ[FUSED_DECODE_ENV] = "0"
 
         self.model = load_bitnet(folder, lm_head=lm_head)
         self.bytes_per_token = decode_bytes_per_token(self.model)["total"]
@@ -201,7 +207,8 @@ class LlamaCpp:
 
 def make_engine(engine: str, folder: str, threads: int):
     if engine.startswith("bitttt"):
-        return Bitttt(folder, threads, "int8" if engine == "bitttt-int8" else "float")
+        return Bitttt(folder, threads, "int8" if engine.startswith("bitttt-int8") else "float",
+                      per_op=engine.endswith("-ops"))
     if engine in LLAMA_HEADS:
         return LlamaCpp(folder, threads, LLAMA_HEADS[engine])
     return Transformers(folder, threads)
@@ -253,7 +260,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--engines", nargs="+", default=list(ENGINES[:3]), choices=ENGINES,
                     help="default: bitttt bitttt-int8 llama.cpp (transformers is slow: add it); "
                          "llama.cpp-q8_0 / llama.cpp-f16: llama.cpp with a Q8_0 / F16 head (equal head bytes "
-                         "to bitttt-int8 / a float16 head)")
+                         "to bitttt-int8 / a float16 head); bitttt-int8-ops: bitttt-int8 through the per-op "
+                         "layers (BITTTT_FUSED_DECODE=0), for an A/B of the one-call decode step")
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=128, help="decode steps (default 128)")
     ap.add_argument("--hf-tokens", type=int, default=4, help="transformers' decode steps (it unpacks every "

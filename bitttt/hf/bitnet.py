@@ -14,6 +14,7 @@ bitttt.generate's loop runs it unchanged; the KV cache is in the model's dtype.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,8 @@ from torch import nn
 from bitttt import ops
 from bitttt.errors import ConfigError
 from bitttt.model import CausalLMOutput, ModelCache, next_positions
-from bitttt.nn.attention import causal_attention, check_context, one_token_attention  # noqa: F401 (its old home)
+from bitttt.nn.attention import causal_attention, check_context, kv_filled, kv_room, one_token_attention  # noqa: F401
+from bitttt.nn.bitlinear import set_lut16
 from bitttt.nn.int8_linear import Int8Linear
 from bitttt.nn.norm import RMSNorm as _RMSNorm, rms_norm_ternary
 from bitttt.nn.rope import apply_rope, rope_cos_sin
@@ -33,6 +35,9 @@ __all__ = ["BitNetConfig", "BitNetForCausalLM", "Int8Linear", "PackedTernaryLine
            "decode_bytes_per_token"]
 
 MODEL_TYPE = "bitnet"
+# BITTTT_FUSED_DECODE=0 runs decode steps through the per-op layers instead of the one-call
+# decode op (ops.bitnet_decode_): for A/B benchmarks and for checking one against the other.
+FUSED_DECODE_ENV = "BITTTT_FUSED_DECODE"
 
 
 @dataclass
@@ -88,6 +93,7 @@ class PackedTernaryLinear(nn.Module):
         self.register_buffer("packed", packed)  # uint8 [N, Kp/4]
         self.register_buffer("w_scale", w_scale.float())  # float32 [N]
         self.register_buffer("bias", bias)  # [N] or None
+        set_lut16(self)  # the decode op's lut16 layout where BitLinear would use one (AVX2), else None
 
     def _apply(self, fn, recurse: bool = True):
         # `.to(bfloat16)` converts float buffers; the kernel's w_scale stays float32 (as BitLinear).
@@ -95,6 +101,8 @@ class PackedTernaryLinear(nn.Module):
         super()._apply(fn, recurse)
         if self.w_scale.dtype != torch.float32:
             self.w_scale = w_scale.to(self.w_scale.device)
+        if self.lut16 is not None and self.lut16.device.type != "cpu":
+            self.lut16 = None  # a CPU-only layout: no second copy of the weights on a GPU
         return self
 
     def forward(self, x: torch.Tensor, norm: RMSNorm | None = None) -> torch.Tensor:
@@ -213,12 +221,64 @@ class BitNetForCausalLM(nn.Module):
         n += sum(m.weight.numel() for m in self.modules() if isinstance(m, RMSNorm))
         return n + c.vocab_size * c.hidden_size * (1 if c.tie_word_embeddings else 2)
 
+    def _apply(self, fn, recurse: bool = True):
+        self._decode_weights = None  # a device or dtype move makes new tensors: rebuild the list
+        return super()._apply(fn, recurse)
+
+    def decode_weights(self) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+        """The layers' tensors in ops.bitnet_decode_'s order and their lut16 layouts (empty unless
+        every layer has one), or None when the one-call decode does not apply (a GPU, a float
+        dtype other than float32/bfloat16, biases, a norm in another dtype). Built once; a
+        device or dtype move rebuilds it."""
+        if getattr(self, "_decode_weights", None) is not None:
+            return self._decode_weights or None
+        dt = self.embed_tokens.weight.dtype
+        weights: list[torch.Tensor] = []
+        lut16: list[torch.Tensor | None] = []
+        for layer in self.layers:
+            a, m = layer.self_attn, layer.mlp
+            for norm, lin in ((layer.input_layernorm, a.qkv), (a.attn_sub_norm, a.o_proj),
+                              (layer.post_attention_layernorm, m.gate_up), (m.ffn_sub_norm, m.down_proj)):
+                weights += [norm.weight, lin.packed, lin.w_scale]
+                lut16.append(lin.lut16)
+        biases = any(m.bias is not None for m in self.modules() if isinstance(m, PackedTernaryLinear))
+        ok = (weights and not biases and dt in (torch.float32, torch.bfloat16)
+              and self.embed_tokens.weight.device.type == "cpu"
+              and all(w.dtype == dt for w in weights[0::3]) and all(w.is_contiguous() for w in weights))
+        self._decode_weights = (weights, [] if any(t is None for t in lut16) else lut16) if ok else ()
+        return self._decode_weights or None
+
+    def _decode_one(self, input_ids: torch.Tensor, cache: ModelCache) -> tuple[torch.Tensor, ModelCache] | None:
+        """One token after `cache` through ops.bitnet_decode_: (the final hidden state [1, 1, C],
+        the new cache), or None when that path does not apply (the per-op layers run instead)."""
+        c = self.config
+        if (input_ids.shape != (1, 1) or isinstance(cache.pos, list) or torch.is_grad_enabled()
+                or os.environ.get(FUSED_DECODE_ENV, "1") == "0" or any(s is None for s in cache.states)):
+            return None
+        fused = self.decode_weights()
+        if fused is None:
+            return None
+        pos, limit = cache.pos, c.max_position_embeddings
+        check_context(pos, 1, limit)
+        x = self.embed_tokens(input_ids)  # [1, 1, C], a new tensor: updated in place
+        cos, sin = rope_cos_sin(torch.tensor([pos]), c.head_dim, c.rope_theta, x.dtype)  # [1, D]
+        bufs = [kv_room(t, 1, limit) for state in cache.states for t in state]
+        if any(b.dtype != x.dtype for b in bufs):
+            return None
+        ops.bitnet_decode_(x, *fused, bufs, cos[0], sin[0], pos, c.num_attention_heads, c.num_key_value_heads,
+                           c.intermediate_size, c.rms_norm_eps)
+        states = [(kv_filled(bufs[2 * i], pos + 1), kv_filled(bufs[2 * i + 1], pos + 1)) for i in range(len(self.layers))]
+        return x, ModelCache(states, pos + 1)
+
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
                 cache: ModelCache | None = None, use_cache: bool = False, logits_to_keep: int = 0) -> CausalLMOutput:
         """input_ids [B, T] at positions cache.pos..; labels [B, T] already shifted (-100 skipped).
         logits_to_keep > 0: logits of the last that many positions only (transformers' meaning),
         so a prefill does not pay the [T, V] LM head."""
         use_cache = use_cache or cache is not None
+        if cache is not None and labels is None and (fast := self._decode_one(input_ids, cache)) is not None:
+            x, new_cache = fast
+            return CausalLMOutput(self.lm_head(self.norm(x)).float(), None, new_cache)
         pos = cache.pos if cache is not None else 0
         states = cache.states if cache is not None else [None] * len(self.layers)
         check_context(pos, input_ids.shape[1], self.config.max_position_embeddings)

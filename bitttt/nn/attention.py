@@ -36,28 +36,46 @@ def check_context(pos: int | list[int], T: int, limit: int | None) -> None:
             hint="start a new conversation (chat: /reset) or use a shorter prompt")
 
 
+def kv_room(past: torch.Tensor, t: int, limit: int | None = None) -> torch.Tensor:
+    """The buffer [B, H_kv, capacity, D] that holds past [B, H_kv, T, D] in its first T positions
+    and has room for t more (never past `limit` positions): past's own buffer when past is its
+    written end (its `kv_filled` mark is T), else a new one with past copied in. A cache
+    continued twice from the same point (a fork) so copies instead of overwriting the other
+    branch's tokens. The caller writes positions T..T+t-1, then calls kv_filled(buffer, T + t)."""
+    B, H, T, D = past.shape
+    base = past._base
+    if (base is not None and getattr(base, "kv_filled", -1) == T and base.shape[2] >= T + t
+            and past.data_ptr() == base.data_ptr()):
+        return base
+    base = past.new_empty(B, H, _capacity(T + t, limit), D)
+    base[:, :, :T] = past
+    return base
+
+
+def _capacity(n: int, limit: int | None) -> int:
+    """Positions a new buffer for n gets: room to grow, never past the limit."""
+    capacity = max(2 * n, n + KV_MIN_CAPACITY)
+    return capacity if limit is None else max(min(capacity, limit), n)
+
+
+def kv_filled(base: torch.Tensor, n: int) -> torch.Tensor:
+    """Marks a kv_room buffer as written up to n positions; returns the cache view [B, H_kv, n, D]."""
+    base.kv_filled = n
+    return base[:, :, :n]
+
+
 def append_kv(past: torch.Tensor | None, new: torch.Tensor, limit: int | None = None) -> torch.Tensor:
     """past [B, H_kv, T, D] followed by new [B, H_kv, t, D], as a view of a buffer with room to
-    grow (never past `limit` positions): a decode step writes its token in place instead of
-    copying the whole cache (torch.cat copied 10 MB per 2B4T token at T = 136). The buffer's
-    `kv_filled` mark says how far it is written; a cache continued twice from the same point
-    (a fork) copies instead of overwriting the other branch's tokens."""
-    B, H, T, D = new.shape[0], new.shape[1], 0 if past is None else past.shape[2], new.shape[3]
-    t = new.shape[2]
-    base = None if past is None else past._base
-    if (base is not None and getattr(base, "kv_filled", -1) == T and base.shape[2] >= T + t
-            and past.data_ptr() == base.data_ptr() and base.dtype == new.dtype):
-        base[:, :, T:T + t] = new
+    grow (kv_room): a decode step writes its token in place instead of copying the whole cache
+    (torch.cat copied 10 MB per 2B4T token at T = 136)."""
+    T, t = 0 if past is None else past.shape[2], new.shape[2]
+    if past is None:
+        B, H, _, D = new.shape
+        base = new.new_empty(B, H, _capacity(t, limit), D)
     else:
-        capacity = max(2 * (T + t), T + t + KV_MIN_CAPACITY)
-        if limit is not None:
-            capacity = max(min(capacity, limit), T + t)
-        base = new.new_empty(B, H, capacity, D)
-        if past is not None:
-            base[:, :, :T] = past
-        base[:, :, T:T + t] = new
-    base.kv_filled = T + t
-    return base[:, :, :T + t]
+        base = kv_room(past.to(new.dtype), t, limit)
+    base[:, :, T:T + t] = new
+    return kv_filled(base, T + t)
 
 
 def one_token_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

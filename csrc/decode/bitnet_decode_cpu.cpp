@@ -1,0 +1,458 @@
+// bitnet_decode_: every decoder layer of a Hugging Face BitNet b1.58 model for one token (M = 1),
+// in one call and one parallel region (docs/design.md §4, "the decode step"). Per layer:
+//   qkv = ternary(RMSNorm(x))            rope(q), rope(k); k, v written into the KV buffer at pos
+//   y = softmax(q k^T / sqrt(D)) v       (GQA: query head h reads KV head h / (H / H_kv))
+//   x += ternary_o(RMSNorm(y))           gu = ternary_gu(RMSNorm(x))
+//   x += ternary_down(RMSNorm(relu(gate)^2 * up))
+// The float steps round to the activations' dtype where bitttt.hf.bitnet's per-op path does
+// (one rounding per torch op), and the ternary layers are rms_norm_ternary_linear's own steps
+// (same norm row, same quantization, same BT2 kernel), so the two paths differ only in the
+// attention's float32 summation order.
+//
+// Why one call: the per-op path makes ~160 torch ops and 5 parallel regions per layer; at M = 1
+// their dispatch, allocations and thread wake-ups cost as much as a third of the token
+// (benchmarks/profile_decode.py). Here each stage of a layer is a set of tasks (row blocks of
+// a GEMV, or KV heads of the attention) that the pool's workers claim from an atomic counter; a worker
+// that finds a stage taken moves on, and every worker waits for the stage's last task before
+// the next stage reads its output. The work does not depend on how many workers show up, so
+// a thread the OS keeps off a busy CPU delays, and never blocks, the token. A waiting worker
+// spins for a few tens of microseconds (a stage's last task is shorter than a sleep and a
+// wake-up), then sleeps until the last task wakes it: on a busy machine a spinning or
+// yielding waiter would take the CPU from the very thread it waits for. The small
+// activation steps (norm, quantize, relu²·up) are repeated by each worker into its own
+// scratch rather than run as a stage of their own: a few microseconds against a wait.
+// With lut16 layouts (csrc/ternary/lut16.h; BitLinear's rule picks them: AVX2 machines) the
+// GEMVs run the table-lookup kernels, each worker building its own tables per input.
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <type_traits>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
+#include "ternary/bt2.h"
+#include "ternary/dispatch.h"
+#include "ternary/lut16.h"
+
+namespace bitttt::decode {
+namespace {
+
+using torch::headeronly::ScalarType;
+using torch::stable::Tensor;
+using namespace bitttt::ternary;
+
+constexpr int64_t kRowsPerTask = 64;  // as rms_norm_ternary_linear: 64 rows of K = 2560 are 40 KiB
+constexpr int kWeightsPerLayer = 12;  // the `weights` list's stride, see the schema in module.cpp
+constexpr int kStagesPerLayer = 5;
+// How long a worker spins for a stage's last task before it sleeps: a 64-row task of the 2B
+// model takes 2-20 us, a futex sleep and wake-up about as much again.
+constexpr std::chrono::microseconds kSpinBeforeSleep{50};
+
+// Activation values in the model's dtype: float32 as it is, bfloat16 as its raw bits.
+struct F32 {
+  using T = float;
+  static float load(T v) { return v; }
+  static T store(float f) { return f; }
+  static constexpr OutKind kOut = OutKind::Float32;
+};
+struct BF16 {
+  using T = uint16_t;
+  static float load(T v) { return bf16_to_float(v); }
+  static T store(float f) { return float_to_bf16(f); }
+  static constexpr OutKind kOut = OutKind::BFloat16;
+};
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(_M_X64)
+  _mm_pause();
+#endif
+}
+
+// One stage's tasks: `next` hands them out, `done` counts the finished ones.
+struct alignas(64) Stage {
+  std::atomic<int64_t> next{0};
+  alignas(64) std::atomic<int64_t> done{0};
+};
+
+// Where workers sleep when a stage's wait outlasts the spin; one per call.
+struct Sleep {
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::atomic<int> sleepers{0};
+};
+
+// Claims and runs tasks of `s` until none is left, then waits until all n are finished (their
+// outputs visible: the done counter's read-modify-writes and loads are sequentially consistent).
+// `prepare` runs first, only if a task may still be claimed: a worker late to a finished stage
+// must not read buffers a later stage is already overwriting, and does not need to.
+template <class Prepare, class Task>
+void run_stage(Stage& s, Sleep& sleep, int64_t n, Prepare prepare, Task task) {
+  if (s.next.load(std::memory_order_relaxed) < n) {
+    prepare();
+    for (int64_t t; (t = s.next.fetch_add(1, std::memory_order_relaxed)) < n;) {
+      task(t);
+      // The last task wakes the sleepers. No wake-up is lost: a sleeper counts itself before it
+      // reads `done` (both seq_cst), so it sees this task's increment or this reads its count,
+      // and it holds the mutex from that read until it sleeps.
+      if (s.done.fetch_add(1) + 1 == n && sleep.sleepers.load() > 0) {
+        std::lock_guard<std::mutex> lock(sleep.mutex);
+        sleep.cv.notify_all();
+      }
+    }
+  }
+  const auto start = std::chrono::steady_clock::now();
+  while (s.done.load() < n) {
+    for (int i = 0; i < 32; ++i) cpu_relax();
+    if (std::chrono::steady_clock::now() - start < kSpinBeforeSleep) continue;
+    std::unique_lock<std::mutex> lock(sleep.mutex);
+    sleep.sleepers.fetch_add(1);
+    sleep.cv.wait(lock, [&] { return s.done.load() >= n; });
+    sleep.sleepers.fetch_sub(1);
+  }
+}
+
+// Pointers of one layer (the weights list's order) and its KV buffers [H_kv, cap, D].
+template <class V>
+struct Layer {
+  using T = typename V::T;
+  const T *norm_in, *norm_attn, *norm_post, *norm_ffn;
+  const uint8_t *qkv, *o, *gate_up, *down;  // BT2, or lut16 layouts when the call has them
+  const float *s_qkv, *s_o, *s_gate_up, *s_down;
+  T *k_cache, *v_cache;
+  int64_t cap;
+};
+
+struct Dims {
+  int64_t C, I, H, Hkv, D, pos;
+  float eps, attn_scale;
+};
+
+// What one worker writes alone: the normalized and quantized input of the current GEMV, the
+// FFN activation, and one attention head's rotated q, k and scores.
+template <class V>
+struct Scratch {
+  using T = typename V::T;
+  T* normed;      // [max(C, H*D, I)]
+  T* act;         // [I]
+  int8_t* xq;     // [Kp of the widest input]
+  uint8_t* tables;  // lut16: [Kp * kLut16TableBytesPerK] of the widest input
+  float* scores;  // [G, pos + 1]
+  float *q, *y;   // [G, D]: one KV head's queries (rotated) and outputs
+  float* row;     // [D]: a cached k or v row in float32
+  float x_scale;
+  int32_t x_sum;
+};
+
+// Shared outputs of the stages, in the model's dtype.
+template <class V>
+struct Shared {
+  using T = typename V::T;
+  T *x, *qkv, *y, *proj, *gate_up;
+};
+
+// The GEMV kernels of a call: BT2's, or lut16's (then `lut16` is set).
+struct Kernels {
+  const Bt2Kernels& bt2;
+  const Lut16Kernels* lut16;
+};
+
+// normed = RMSNorm(src; w, eps) as rms_norm_ternary_linear's row (float32 sum of squares in
+// order, normalize, round to T, times w, round), then the GEMV kernels' quantization (and
+// lut16's tables).
+template <class V>
+void norm_quantize(const Kernels& kern, const typename V::T* src, const typename V::T* w, int64_t K, float eps,
+                   Scratch<V>& s) {
+  float ss = 0.f;
+  for (int64_t k = 0; k < K; ++k) ss += V::load(src[k]) * V::load(src[k]);
+  const float r = 1.0f / std::sqrt(ss / static_cast<float>(K) + eps);
+  for (int64_t k = 0; k < K; ++k) s.normed[k] = V::store(V::load(w[k]) * V::load(V::store(V::load(src[k]) * r)));
+  const int64_t Kp = bt2_padded_k(K);
+  auto quantize = [&](const auto& k) {
+    if constexpr (std::is_same_v<V, F32>)
+      k.quantize_f32(s.normed, K, Kp, s.xq, &s.x_scale, &s.x_sum);
+    else
+      k.quantize_bf16(s.normed, K, Kp, s.xq, &s.x_scale, &s.x_sum);
+  };
+  if (kern.lut16) {
+    quantize(*kern.lut16);
+    kern.lut16->tables(s.xq, Kp, s.tables);
+  } else {
+    quantize(kern.bt2);
+  }
+}
+
+// Rows [t*64, t*64+64) of out[N] = the layer on the worker's quantized input.
+template <class V>
+void gemv_task(const Kernels& kern, const Scratch<V>& s, int64_t K, const uint8_t* weights,
+               const float* w_scale, int64_t N, int64_t t, typename V::T* out) {
+  static_assert(kRowsPerTask % kLut16Rows == 0, "lut16 tasks start on a block");
+  const Epilogue ep{V::kOut, w_scale, nullptr, &s.x_scale, &s.x_sum, out, N};
+  const int64_t n0 = t * kRowsPerTask, n1 = std::min(N, n0 + kRowsPerTask);
+  if (kern.lut16)
+    kern.lut16->gemv(s.xq, s.tables, bt2_padded_k(K), weights, 0, n0, n1, ep);
+  else
+    kern.bt2.matmul(s.xq, bt2_padded_k(K), weights, 0, 1, n0, n1, ep);
+}
+
+// x[n] += out[n] for the task's rows, rounded to T as torch's add.
+template <class V>
+void residual_task(typename V::T* x, const typename V::T* out, int64_t N, int64_t t) {
+  for (int64_t n = t * kRowsPerTask; n < std::min(N, (t + 1) * kRowsPerTask); ++n)
+    x[n] = V::store(V::load(x[n]) + V::load(out[n]));
+}
+
+// bitttt.nn.rope.apply_rope's "half" convention, one head: out = x*cos + cat(-x2, x1)*sin,
+// each product and the sum rounded to T as the three torch ops round them.
+template <class V>
+void rope(const typename V::T* x, const typename V::T* cos, const typename V::T* sin, int64_t D, float* out) {
+  const int64_t h = D / 2;
+  for (int64_t i = 0; i < D; ++i) {
+    const float rot = i < h ? -V::load(x[i + h]) : V::load(x[i - h]);
+    const float a = V::load(V::store(V::load(x[i]) * V::load(cos[i])));
+    const float b = V::load(V::store(rot * V::load(sin[i])));
+    out[i] = V::load(V::store(a + b));
+  }
+}
+
+// sum_d a[d] * b[d] in float32, eight partial sums so the compiler can keep them in vectors.
+inline float dot(const float* a, const float* b, int64_t D) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t d = 0;
+  for (; d + 8 <= D; d += 8)
+    for (int j = 0; j < 8; ++j) acc[j] += a[d + j] * b[d + j];
+  float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; d < D; ++d) sum += a[d] * b[d];
+  return sum;
+}
+
+template <class V>
+void to_float(const typename V::T* x, int64_t D, float* out) {
+  for (int64_t i = 0; i < D; ++i) out[i] = V::load(x[i]);
+}
+
+// KV head g and its G = H / H_kv query heads (head h = g * G + j, as one_token_attention's
+// grouping): the new k (rotated) and v go into the buffer at pos, then every query attends
+// over positions 0..pos, each cached row read once for all G queries. Float32 throughout, as
+// bitttt.nn.attention.one_token_attention; y rounded to T.
+template <class V>
+void attention_task(const Layer<V>& L, const Dims& d, const Shared<V>& sh, const typename V::T* cos,
+                    const typename V::T* sin, Scratch<V>& s, int64_t g) {
+  using T = typename V::T;
+  const int64_t D = d.D, G = d.H / d.Hkv, pos = d.pos, n = pos + 1;
+  T* kc = L.k_cache + g * L.cap * D;
+  T* vc = L.v_cache + g * L.cap * D;
+  rope<V>(sh.qkv + (d.H + g) * D, cos, sin, D, s.row);
+  const T* v_new = sh.qkv + (d.H + d.Hkv + g) * D;
+  for (int64_t i = 0; i < D; ++i) {
+    kc[pos * D + i] = V::store(s.row[i]);  // exact: rope rounds to T
+    vc[pos * D + i] = v_new[i];
+  }
+  for (int64_t j = 0; j < G; ++j) rope<V>(sh.qkv + (g * G + j) * D, cos, sin, D, s.q + j * D);
+  for (int64_t t = 0; t < n; ++t) {
+    to_float<V>(kc + t * D, D, s.row);
+    for (int64_t j = 0; j < G; ++j) s.scores[j * n + t] = dot(s.q + j * D, s.row, D) * d.attn_scale;
+  }
+  for (int64_t j = 0; j < G; ++j) {  // softmax of each query's scores, in place
+    float* sc = s.scores + j * n;
+    const float mx = *std::max_element(sc, sc + n);
+    float sum = 0.f;
+    for (int64_t t = 0; t < n; ++t) {
+      sc[t] = std::exp(sc[t] - mx);
+      sum += sc[t];
+    }
+    const float inv = 1.0f / sum;
+    for (int64_t t = 0; t < n; ++t) sc[t] *= inv;
+  }
+  std::fill(s.y, s.y + G * D, 0.f);
+  for (int64_t t = 0; t < n; ++t) {
+    to_float<V>(vc + t * D, D, s.row);
+    for (int64_t j = 0; j < G; ++j) {
+      const float p = s.scores[j * n + t];
+      float* y = s.y + j * D;
+      for (int64_t i = 0; i < D; ++i) y[i] += p * s.row[i];
+    }
+  }
+  T* out = sh.y + g * G * D;
+  for (int64_t i = 0; i < G * D; ++i) out[i] = V::store(s.y[i]);
+}
+
+// The FFN's activation into s.act: relu(gate)² * up, each op rounded to T.
+template <class V>
+void ffn_act(const typename V::T* gate_up, int64_t I, Scratch<V>& s) {
+  for (int64_t i = 0; i < I; ++i) {
+    const float g = V::load(gate_up[i]);
+    const float r = g < 0.f ? 0.f : g;  // relu; NaN passes, as F.relu's
+    s.act[i] = V::store(V::load(V::store(r * r)) * V::load(gate_up[I + i]));
+  }
+}
+
+// One worker's whole token: every layer's five stages in order.
+template <class V>
+void run_worker(const Kernels& kern, const std::vector<Layer<V>>& layers, const Dims& d, const Shared<V>& sh,
+                const typename V::T* cos, const typename V::T* sin, Stage* stages, Sleep& sleep, Scratch<V>& s) {
+  const int64_t C = d.C, I = d.I, HD = d.H * d.D, Nqkv = (d.H + 2 * d.Hkv) * d.D;
+  auto tasks = [](int64_t N) { return (N + kRowsPerTask - 1) / kRowsPerTask; };
+  Stage* st = stages;
+  for (const Layer<V>& L : layers) {
+    run_stage(*st++, sleep, tasks(Nqkv), [&] { norm_quantize<V>(kern, sh.x, L.norm_in, C, d.eps, s); },
+              [&](int64_t t) { gemv_task<V>(kern, s, C, L.qkv, L.s_qkv, Nqkv, t, sh.qkv); });
+    run_stage(*st++, sleep, d.Hkv, [] {}, [&](int64_t g) { attention_task<V>(L, d, sh, cos, sin, s, g); });
+    run_stage(*st++, sleep, tasks(C), [&] { norm_quantize<V>(kern, sh.y, L.norm_attn, HD, d.eps, s); },
+              [&](int64_t t) {
+                gemv_task<V>(kern, s, HD, L.o, L.s_o, C, t, sh.proj);
+                residual_task<V>(sh.x, sh.proj, C, t);
+              });
+    run_stage(*st++, sleep, tasks(2 * I), [&] { norm_quantize<V>(kern, sh.x, L.norm_post, C, d.eps, s); },
+              [&](int64_t t) { gemv_task<V>(kern, s, C, L.gate_up, L.s_gate_up, 2 * I, t, sh.gate_up); });
+    run_stage(*st++, sleep, tasks(C),
+              [&] {
+                ffn_act<V>(sh.gate_up, I, s);
+                norm_quantize<V>(kern, s.act, L.norm_ffn, I, d.eps, s);
+              },
+              [&](int64_t t) {
+                gemv_task<V>(kern, s, I, L.down, L.s_down, C, t, sh.proj);
+                residual_task<V>(sh.x, sh.proj, C, t);
+              });
+  }
+}
+
+int64_t align64(int64_t n) { return (n + 63) / 64 * 64; }
+
+template <class V>
+void decode_token(Tensor& x, const std::vector<Tensor>& weights, const std::vector<Tensor>& lut16,
+                  const std::vector<Tensor>& kv, const Tensor& cos, const Tensor& sin, const Dims& d) {
+  using T = typename V::T;
+  const int64_t n_layers = static_cast<int64_t>(weights.size()) / kWeightsPerLayer;
+  std::vector<Layer<V>> layers(n_layers);
+  for (int64_t l = 0; l < n_layers; ++l) {
+    const Tensor* w = &weights[l * kWeightsPerLayer];
+    auto t = [&](int i) { return static_cast<const T*>(w[i].const_data_ptr()); };
+    // The GEMV weights: BT2 (weights 1, 4, 7, 10) or the lut16 list's four.
+    auto u8 = [&](int i) { return (lut16.empty() ? w[i] : lut16[4 * l + i / 3]).const_data_ptr<uint8_t>(); };
+    auto f = [&](int i) { return w[i].const_data_ptr<float>(); };
+    layers[l] = {t(0), t(3), t(6), t(9), u8(1), u8(4), u8(7), u8(10), f(2), f(5), f(8), f(11),
+                 static_cast<T*>(kv[2 * l].mutable_data_ptr()), static_cast<T*>(kv[2 * l + 1].mutable_data_ptr()),
+                 kv[2 * l].size(2)};
+  }
+  const int64_t C = d.C, I = d.I, HD = d.H * d.D, Nqkv = (d.H + 2 * d.Hkv) * d.D;
+  const int64_t widest = std::max({C, HD, I}), G = d.H / d.Hkv;
+  const int64_t workers = std::max<int64_t>(1, torch::stable::get_num_threads());
+  // Scratch, 64-byte aligned pieces of one allocation: shared outputs, then one block per worker.
+  const int64_t shared_bytes = align64(static_cast<int64_t>(sizeof(T)) * (Nqkv + HD + C + 2 * I));
+  const int64_t table_bytes = lut16.empty() ? 0 : bt2_padded_k(widest) * kLut16TableBytesPerK;
+  const int64_t worker_bytes = align64(static_cast<int64_t>(sizeof(T)) * (widest + I)) +
+                               align64(bt2_padded_k(widest)) + table_bytes + align64(4 * G * (d.pos + 1)) +
+                               align64(4 * (2 * G + 1) * d.D);
+  Tensor storage = torch::stable::new_empty(x, {shared_bytes + workers * worker_bytes + 64}, ScalarType::Byte);
+  uint8_t* base = storage.mutable_data_ptr<uint8_t>();
+  base += (64 - reinterpret_cast<uintptr_t>(base) % 64) % 64;
+  Shared<V> sh;
+  sh.x = static_cast<T*>(x.mutable_data_ptr());
+  sh.qkv = reinterpret_cast<T*>(base);
+  sh.y = sh.qkv + Nqkv;
+  sh.proj = sh.y + HD;
+  sh.gate_up = sh.proj + C;
+  std::vector<Scratch<V>> scratch(workers);
+  for (int64_t w = 0; w < workers; ++w) {
+    uint8_t* p = base + shared_bytes + w * worker_bytes;
+    Scratch<V>& s = scratch[w];
+    s.normed = reinterpret_cast<T*>(p);
+    s.act = s.normed + widest;
+    p += align64(static_cast<int64_t>(sizeof(T)) * (widest + I));
+    s.xq = reinterpret_cast<int8_t*>(p);
+    p += align64(bt2_padded_k(widest));
+    s.tables = p;
+    p += table_bytes;
+    s.scores = reinterpret_cast<float*>(p);
+    p += align64(4 * G * (d.pos + 1));
+    s.q = reinterpret_cast<float*>(p);
+    s.y = s.q + G * d.D;
+    s.row = s.y + G * d.D;
+  }
+  std::unique_ptr<Stage[]> stages(new Stage[kStagesPerLayer * n_layers]);
+  const Kernels kern{active_kernels(), lut16.empty() ? nullptr : &active_lut16_kernels()};
+  const T* cos_p = static_cast<const T*>(cos.const_data_ptr());
+  const T* sin_p = static_cast<const T*>(sin.const_data_ptr());
+  std::atomic<int64_t> slots{0};
+  Sleep sleep;
+  // One task per thread of the pool: each call of the body is one worker, however the pool
+  // splits the range (a thread given two ids, or the whole range inline, is one worker).
+  torch::stable::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    Scratch<V>& s = scratch[slots.fetch_add(1)];
+    run_worker<V>(kern, layers, d, sh, cos_p, sin_p, stages.get(), sleep, s);
+  });
+}
+
+void check_tensor(const Tensor& t, const char* what, int64_t l, ScalarType dtype, int64_t numel) {
+  STD_TORCH_CHECK(t.scalar_type() == dtype && t.numel() == numel && t.is_contiguous(), "bitnet_decode_: ", what,
+                  " of layer ", l, " must be contiguous ", torch::headeronly::toString(dtype), " with ", numel,
+                  " elements, got ", torch::headeronly::toString(t.scalar_type()), " with ", t.numel());
+}
+
+void bitnet_decode_cpu(Tensor x, std::vector<Tensor> weights, std::vector<Tensor> lut16, std::vector<Tensor> kv,
+                       Tensor cos, Tensor sin,
+                       int64_t pos, int64_t n_heads, int64_t n_kv_heads, int64_t intermediate, double eps) {
+  const ScalarType dtype = x.scalar_type();
+  STD_TORCH_CHECK(dtype == ScalarType::Float || dtype == ScalarType::BFloat16,
+                  "bitnet_decode_: x must be float32 or bfloat16, got ", torch::headeronly::toString(dtype));
+  STD_TORCH_CHECK(x.is_contiguous() && x.numel() > 0, "bitnet_decode_: x must be one contiguous token [..., C]");
+  STD_TORCH_CHECK(weights.size() % kWeightsPerLayer == 0 && kv.size() * 6 == weights.size(),
+                  "bitnet_decode_: weights must hold 12 tensors per layer and kv 2 (k, v), got ", weights.size(),
+                  " and ", kv.size());
+  STD_TORCH_CHECK(lut16.empty() || lut16.size() * 3 == weights.size(),
+                  "bitnet_decode_: lut16 must be empty or hold 4 layouts per layer (qkv, o, gate_up, down), got ",
+                  lut16.size(), " for ", weights.size() / kWeightsPerLayer, " layers");
+  STD_TORCH_CHECK(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0,
+                  "bitnet_decode_: n_heads=", n_heads, " must be a positive multiple of n_kv_heads=", n_kv_heads);
+  STD_TORCH_CHECK(eps > 0, "bitnet_decode_: eps must be > 0, got ", eps);
+  STD_TORCH_CHECK(pos >= 0, "bitnet_decode_: pos must be >= 0, got ", pos);
+  const int64_t C = x.numel(), I = intermediate, D = cos.numel(), H = n_heads, Hkv = n_kv_heads;
+  STD_TORCH_CHECK(D > 0 && D % 2 == 0 && sin.numel() == D && cos.scalar_type() == dtype &&
+                      sin.scalar_type() == dtype && cos.is_contiguous() && sin.is_contiguous(),
+                  "bitnet_decode_: cos and sin must be contiguous [D] (D even) in x's dtype");
+  STD_TORCH_CHECK(I > 0, "bitnet_decode_: intermediate must be > 0, got ", I);
+  const int64_t HD = H * D, Nqkv = (H + 2 * Hkv) * D;
+  const int64_t n_layers = static_cast<int64_t>(kv.size()) / 2;
+  for (int64_t l = 0; l < n_layers; ++l) {
+    const Tensor* w = &weights[l * kWeightsPerLayer];
+    const int64_t in[4] = {C, HD, C, I}, out[4] = {Nqkv, C, 2 * I, C};
+    const char* names[4] = {"qkv", "o_proj", "gate_up", "down_proj"};
+    for (int j = 0; j < 4; ++j) {
+      check_tensor(w[3 * j], "a norm weight", l, dtype, in[j]);
+      check_tensor(w[3 * j + 1], names[j], l, ScalarType::Byte, out[j] * bt2_padded_k(in[j]) / kBT2WeightsPerByte);
+      check_tensor(w[3 * j + 2], "a w_scale", l, ScalarType::Float, out[j]);
+      if (!lut16.empty())
+        check_tensor(lut16[4 * l + j], names[j], l, ScalarType::Byte,
+                     lut16_padded_rows(out[j]) * bt2_padded_k(in[j]) / kBT2WeightsPerByte);
+    }
+    for (int j = 0; j < 2; ++j) {
+      const Tensor& c = kv[2 * l + j];
+      STD_TORCH_CHECK(c.scalar_type() == dtype && c.is_contiguous() && c.dim() == 4 && c.size(0) == 1 &&
+                          c.size(1) == Hkv && c.size(3) == D && c.size(2) > pos,
+                      "bitnet_decode_: the KV buffers of layer ", l, " must be contiguous [1, ", Hkv,
+                      ", > pos=", pos, ", ", D, "] in x's dtype");
+    }
+  }
+  const Dims d{C, I, H, Hkv, D, pos, static_cast<float>(eps), static_cast<float>(1.0 / std::sqrt(double(D)))};
+  if (dtype == ScalarType::Float)
+    decode_token<F32>(x, weights, lut16, kv, cos, sin, d);
+  else
+    decode_token<BF16>(x, weights, lut16, kv, cos, sin, d);
+}
+
+}  // namespace
+
+STABLE_TORCH_LIBRARY_IMPL(bitttt, CPU, m) { m.impl("bitnet_decode_", TORCH_BOX(&bitnet_decode_cpu)); }
+
+}  // namespace bitttt::decode
