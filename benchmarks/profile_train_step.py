@@ -2,7 +2,8 @@
 of bitttt models and the plain transformer, one table per contender, forward and backward apart.
 
     python benchmarks/profile_train_step.py [--contenders ttt_linear-ternary,attention-float,nanogpt]
-        [--threads 2] [--steps 2] [--top 25] [--unfused-bitlinear] [--ab-rounds N] [--json PATH]
+        [--threads 2] [--steps 2] [--top 25] [--unfused-bitlinear | --composed-train-ops] [--ab-rounds N]
+        [--json PATH]
 
 Each contender is built as `bitttt bench train` builds it (bitttt/bench/train.py: the trainer's own step:
 forward, backward, grad clipping, AdamW), warmed up with one step, then profiled over --steps
@@ -10,6 +11,10 @@ steps. The table: op, calls per step, self CPU ms per step, share of the step, a
 backward (inside an autograd engine node), optimizer (AdamW's step, zero_grad) or forward
 (everything else: forward, loss, grad-norm clipping).
 Timings on a shared machine are noisy; the op counts are not.
+
+--composed-train-ops adds, for each bitttt contender, its twin with RMSNorm, the TTT causal conv,
+RoPE (csrc/train/) and SwiGLU's silu*up as the torch compositions they were before; with
+--ab-rounds N the pairs are timed, interleaved.
 
 --unfused-bitlinear adds, for each ternary contender, its twin with BitLinear's training forward
 as the three autograd nodes it was before ops.bitlinear_fake_quant (fake_quant_activations,
@@ -25,6 +30,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as bitttt/cli.py, before 
 
 import argparse  # noqa: E402
 import bisect  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -40,9 +46,30 @@ import torch.nn.functional as F  # noqa: E402
 from bitttt import config as cfg  # noqa: E402
 from bitttt import ops  # noqa: E402
 from bitttt.bench.train import contender_names, make_trainer  # noqa: E402
-from bitttt.nn import BitLinear  # noqa: E402
+from bitttt.nn import BitLinear, blocks  # noqa: E402
 
 UNFUSED = " (3-node BitLinear)"
+COMPOSED = " (torch compositions)"
+
+
+@contextlib.contextmanager
+def composed_train_ops():
+    """The training step as before csrc/train/ and blocks.silu_mul: RMSNorm, the TTT conv and
+    RoPE as their torch compositions, SwiGLU as split, silu, mul (process-wide while it lasts)."""
+    saved = ops.uses_train_kernel, blocks.silu_mul
+    ops.uses_train_kernel = lambda *tensors: False
+    blocks.silu_mul = lambda h, hidden: F.silu(h[..., :hidden]) * h[..., hidden:]
+    try:
+        yield
+    finally:
+        ops.uses_train_kernel, blocks.silu_mul = saved
+
+
+def _composed_step(train_step):
+    def step(*args, **kwargs):
+        with composed_train_ops():
+            return train_step(*args, **kwargs)
+    return step
 
 
 def _unfused_forward(self: BitLinear, x: torch.Tensor) -> torch.Tensor:
@@ -52,7 +79,9 @@ def _unfused_forward(self: BitLinear, x: torch.Tensor) -> torch.Tensor:
 def make_contender(name: str, preset: str, t: cfg.TrainConfig, tokens: np.ndarray):
     """make_trainer's trainer; for a name ending in UNFUSED, its BitLinears run the old forward
     (per instance: nothing global changes)."""
-    trainer = make_trainer(name.removesuffix(UNFUSED), preset, t, tokens)
+    trainer = make_trainer(name.removesuffix(UNFUSED).removesuffix(COMPOSED), preset, t, tokens)
+    if name.endswith(COMPOSED):
+        trainer.train_step = _composed_step(trainer.train_step)
     if name.endswith(UNFUSED):
         for m in trainer.model.modules():
             if isinstance(m, BitLinear):
@@ -147,6 +176,9 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--unfused-bitlinear", action="store_true",
                     help="also each ternary contender with the 3-node BitLinear forward")
+    ap.add_argument("--composed-train-ops", action="store_true",
+                    help="also each bitttt contender with RMSNorm, TTT conv, RoPE and SwiGLU's gate as the torch "
+                         "compositions they were before csrc/train/ (instead of --unfused-bitlinear's twins)")
     ap.add_argument("--ab-rounds", type=int, default=0, metavar="N",
                     help="time fused vs 3-node BitLinear in N interleaved windows instead of profiling")
     ap.add_argument("--json", metavar="PATH")
@@ -158,7 +190,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t = cfg.TrainConfig(preset=args.preset, batch_size=args.batch_size, seq_len=args.seq_len, steps=10_000)
     tokens = np.random.default_rng(0).integers(0, 256, size=1 << 20, dtype=np.uint16)
-    if args.unfused_bitlinear or args.ab_rounds:
+    if args.composed_train_ops:
+        names += [n + COMPOSED for n in names if n != "nanogpt"]
+    elif args.unfused_bitlinear or args.ab_rounds:
         names += [n + UNFUSED for n in names if n.endswith("-ternary")]
     load_before = list(os.getloadavg())
     results = []

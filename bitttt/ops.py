@@ -35,6 +35,9 @@ __all__ = [
     "fake_quant_activations",
     "fake_quant_weight",
     "bitlinear_fake_quant",
+    "rms_norm",
+    "causal_conv1d",
+    "rope_heads",
     "TTTMLPState",
     "ttt_mlp",
     "ttt_mlp_decode_",
@@ -682,6 +685,159 @@ def bitlinear_fake_quant(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | 
     """BitLinear's training forward F.linear(fake_quant_activations(x), fake_quant_weight(w), bias)
     as one op and one autograd node, with the same straight-through gradients."""
     return _BitLinearFakeQuant.apply(x, w, bias)
+
+
+# ---------------------------------------------------------------------------------------
+# Training-step pieces (csrc/train/; issue 26): RMSNorm and the TTT layer's causal depthwise
+# conv as one C++ pass forward and backward each (float32, CPU). Their torch compositions took
+# 7-12 elementwise ops (RMSNorm) and a cat, two transposing copies and oneDNN's conv (the conv)
+# per call, forward and backward again. Other devices and dtypes keep those compositions
+# (bitttt.nn.norm, bitttt.nn.ttt).
+# ---------------------------------------------------------------------------------------
+
+
+def uses_train_kernel(*tensors: torch.Tensor) -> bool:
+    """Whether the csrc/train/ kernels take these tensors: all float32 on the CPU."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """weight * (x / sqrt(mean(x², last dim) + eps)) for float32 CPU x [..., C], weight [C], with
+    the C++ forward and backward. Differentiable in x and weight."""
+    return torch.ops.bitttt.rms_norm(x, weight, eps)[0]
+
+
+@torch.library.register_fake("bitttt::rms_norm")
+def _rms_norm_fake(x, weight, eps):
+    op = "rms_norm"
+    _check_defined(op, x=x, weight=weight)
+    _check_same_device(op, "x", x, weight=weight)
+    torch._check(x.dtype == torch.float32 and weight.dtype == torch.float32, lambda: f"{op}: takes float32")
+    torch._check(x.dim() >= 1, lambda: f"{op}: x must have a last (feature) dimension")
+    torch._check(tuple(weight.shape) == (x.shape[-1],), lambda: f"{op}: weight must be [C={x.shape[-1]}]")
+    torch._check(eps > 0, lambda: f"{op}: eps must be > 0, got {eps}")
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(x.shape[:-1])
+
+
+@torch.library.register_fake("bitttt::rms_norm_backward")
+def _rms_norm_backward_fake(grad, x, weight, r):
+    op = "rms_norm_backward"
+    _check_defined(op, grad=grad, x=x, weight=weight, r=r)
+    _check_same_device(op, "x", x, grad=grad, weight=weight, r=r)
+    torch._check(tuple(grad.shape) == tuple(x.shape), lambda: f"{op}: grad must have x's shape")
+    torch._check(tuple(weight.shape) == (x.shape[-1],), lambda: f"{op}: weight must be [C={x.shape[-1]}]")
+    torch._check(r.numel() == x.numel() // max(x.shape[-1], 1), lambda: f"{op}: r must hold one value per row")
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            torch.empty_like(weight, memory_format=torch.contiguous_format))
+
+
+def _rms_norm_setup_context(ctx, inputs, output):
+    x, weight, _ = inputs
+    ctx.save_for_backward(x, weight, output[1])
+
+
+def _rms_norm_backward(ctx, grad_y, _grad_r):
+    x, weight, r = ctx.saved_tensors
+    grad_x, grad_w = torch.ops.bitttt.rms_norm_backward(grad_y, x, weight, r)
+    return grad_x, grad_w, None
+
+
+torch.library.register_autograd("bitttt::rms_norm", _rms_norm_backward, setup_context=_rms_norm_setup_context)
+
+
+def causal_conv1d(x: torch.Tensor, prev: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Causal depthwise conv over time, float32 CPU: x [B, T, C] after prev [B, K-1, C] (the inputs
+    before x), weight [C, K], bias [C] -> y [B, T, C], y[t] = sum_j weight[:, j] * xp[t + j] + bias
+    with xp = cat(prev, x). Differentiable in every input."""
+    return torch.ops.bitttt.causal_conv1d(x, prev, weight, bias)
+
+
+def _check_conv(op, x, prev, weight, bias):
+    _check_defined(op, x=x, prev=prev, weight=weight, bias=bias)
+    _check_same_device(op, "x", x, prev=prev, weight=weight, bias=bias)
+    for name, t in (("x", x), ("prev", prev), ("weight", weight), ("bias", bias)):
+        torch._check(t.dtype == torch.float32, lambda: f"{op}: takes float32, got {name} {t.dtype}")
+    torch._check(x.dim() == 3, lambda: f"{op}: x must be [B, T, C]")
+    torch._check(weight.dim() == 2 and weight.shape[0] == x.shape[2], lambda: f"{op}: weight must be [C, K]")
+    B, _, C = x.shape
+    K = weight.shape[1]
+    torch._check(tuple(bias.shape) == (C,), lambda: f"{op}: bias must be [C={C}]")
+    torch._check(tuple(prev.shape) == (B, K - 1, C), lambda: f"{op}: prev must be [B, K-1, C] = {[B, K - 1, C]}")
+
+
+@torch.library.register_fake("bitttt::causal_conv1d")
+def _causal_conv1d_fake(x, prev, weight, bias):
+    _check_conv("causal_conv1d", x, prev, weight, bias)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("bitttt::causal_conv1d_backward")
+def _causal_conv1d_backward_fake(grad, x, prev, weight, bias):
+    op = "causal_conv1d_backward"
+    _check_conv(op, x, prev, weight, bias)
+    torch._check(tuple(grad.shape) == tuple(x.shape), lambda: f"{op}: grad must have x's shape")
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (x, prev, weight, bias))
+
+
+def _causal_conv1d_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _causal_conv1d_backward(ctx, grad_y):
+    return torch.ops.bitttt.causal_conv1d_backward(grad_y, *ctx.saved_tensors)
+
+
+torch.library.register_autograd("bitttt::causal_conv1d", _causal_conv1d_backward,
+                                setup_context=_causal_conv1d_setup_context)
+
+
+def rope_heads(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Rotate-half RoPE (bitttt.nn.rope's "half") fused with the split into heads, float32 CPU:
+    x [B, T, H*D], cos, sin [T, D] (rope_cos_sin's) -> [B, H, T, D] contiguous. Differentiable in x."""
+    return torch.ops.bitttt.rope_heads(x, cos, sin, num_heads)
+
+
+def _check_rope_tables(op, cos, sin, T, D):
+    for name, t in (("cos", cos), ("sin", sin)):
+        torch._check(tuple(t.shape) == (T, D), lambda: f"{op}: {name} must be [T={T}, D={D}], got {list(t.shape)}")
+        torch._check(t.dtype == torch.float32, lambda: f"{op}: takes float32, got {name} {t.dtype}")
+
+
+@torch.library.register_fake("bitttt::rope_heads")
+def _rope_heads_fake(x, cos, sin, H):
+    op = "rope_heads"
+    _check_defined(op, x=x, cos=cos, sin=sin)
+    _check_same_device(op, "x", x, cos=cos, sin=sin)
+    torch._check(x.dtype == torch.float32, lambda: f"{op}: takes float32, got x {x.dtype}")
+    torch._check(x.dim() == 3, lambda: f"{op}: x must be [B, T, H*D]")
+    torch._check(H > 0 and x.shape[2] % H == 0 and (x.shape[2] // H) % 2 == 0,
+                 lambda: f"{op}: x's last dimension {x.shape[2]} must split into H={H} heads of an even size")
+    B, T, C = x.shape
+    _check_rope_tables(op, cos, sin, T, C // H)
+    return x.new_empty(B, H, T, C // H)
+
+
+@torch.library.register_fake("bitttt::rope_heads_backward")
+def _rope_heads_backward_fake(grad, cos, sin):
+    op = "rope_heads_backward"
+    _check_defined(op, grad=grad, cos=cos, sin=sin)
+    torch._check(grad.dim() == 4 and grad.shape[3] % 2 == 0, lambda: f"{op}: grad must be [B, H, T, D] with D even")
+    B, H, T, D = grad.shape
+    _check_rope_tables(op, cos, sin, T, D)
+    return grad.new_empty(B, T, H * D)
+
+
+def _rope_heads_setup_context(ctx, inputs, output):
+    _, cos, sin, _ = inputs
+    ctx.save_for_backward(cos, sin)
+
+
+def _rope_heads_backward(ctx, grad):
+    cos, sin = ctx.saved_tensors
+    return torch.ops.bitttt.rope_heads_backward(grad, cos, sin), None, None, None
+
+
+torch.library.register_autograd("bitttt::rope_heads", _rope_heads_backward, setup_context=_rope_heads_setup_context)
 
 
 # ---------------------------------------------------------------------------------------

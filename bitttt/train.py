@@ -31,7 +31,7 @@ from bitttt.devices import mem_bytes, pick_device
 from bitttt.errors import EXIT_OK, EXIT_OOM, BitttError, ConfigError, DivergedError, is_out_of_memory
 from bitttt.events import Emitter, safe_print
 from bitttt.model import BitTTTConfig, BitTTTForCausalLM
-from bitttt.stop import StopFlag, StopRequested
+from bitttt.stop import StopFlag, StopRequested, process_start_time
 from bitttt.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 
 OOM_HINT = "use a smaller --batch-size or --seq-len (with --grad-accum to keep the batch), or a smaller model"
@@ -303,6 +303,7 @@ class Trainer:
         self.emit("start", run_dir=self.run_dir, config={**self.config.to_dict(), **t.to_dict()},
                   n_params=self.model.num_params(), device=str(self.device), total_steps=t.steps, argv=self.argv,
                   start_step=self.step, resumed_from=self.resume_ckpt, world_size=self.world.size,
+                  process_start=round(process_start_time(), 3),
                   global_batch_size=self.t.batch_size * self.t.grad_accum * self.world.size)
         if self.step == 0:
             self._eval_event()  # a stop during it: StopRequested, nothing trained (the caller's start-up stop)

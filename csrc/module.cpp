@@ -94,6 +94,20 @@ STABLE_TORCH_LIBRARY_FRAGMENT(bitttt, m) {
   m.def("fake_quant_weight(Tensor w, Tensor scale) -> Tensor");
 }
 
+// Training-step pieces of the models (csrc/train/; issue 26), float32 CPU; their autograd and
+// fake kernels are in bitttt/ops.py. RMSNorm: x [..., C], weight [C] -> (y, r [...] = 1/rms per
+// row). Causal depthwise conv over time: x [B, T, C] after prev [B, K-1, C], weight [C, K], bias [C].
+STABLE_TORCH_LIBRARY_FRAGMENT(bitttt, m) {
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> (Tensor, Tensor)");
+  m.def("rms_norm_backward(Tensor grad, Tensor x, Tensor weight, Tensor r) -> (Tensor, Tensor)");
+  m.def("causal_conv1d(Tensor x, Tensor prev, Tensor weight, Tensor bias) -> Tensor");
+  m.def("causal_conv1d_backward(Tensor grad, Tensor x, Tensor prev, Tensor weight, Tensor bias) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
+  // Rotate-half RoPE fused with the split into heads: x [B, T, H*D], cos, sin [T, D] -> [B, H, T, D].
+  m.def("rope_heads(Tensor x, Tensor cos, Tensor sin, int H) -> Tensor");
+  m.def("rope_heads_backward(Tensor grad, Tensor cos, Tensor sin) -> Tensor");
+}
+
 namespace {
 
 py::dict build_info() {

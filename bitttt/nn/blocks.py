@@ -32,6 +32,38 @@ def make_linear(in_features: int, out_features: int, ternary: bool, bias: bool =
 # ---------------------------------------------------------------------------------------
 
 
+class _SiluMul(torch.autograd.Function):
+    """silu(h[..., :F]) * h[..., F:] for the fused gate/up output h [..., 2F]. Autograd through
+    split, silu and mul ends in a cat of the two halves' gradients (a copy of [..., 2F]); this
+    backward writes both halves of grad_h in place."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, hidden: int) -> torch.Tensor:
+        gate, up = h.split(hidden, dim=-1)
+        act = F.silu(gate)
+        ctx.save_for_backward(h, act)
+        ctx.hidden = hidden
+        return act * up
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        h, act = ctx.saved_tensors
+        gate, up = h.split(ctx.hidden, dim=-1)
+        grad_h = torch.empty_like(h)
+        grad_gate, grad_up = grad_h.split(ctx.hidden, dim=-1)
+        torch.mul(grad, act, out=grad_up)
+        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=grad_gate)
+        return grad_h, None
+
+
+def silu_mul(h: torch.Tensor, hidden: int) -> torch.Tensor:
+    """silu(gate) * up for h = [gate, up] [..., 2·hidden]; one autograd node when training."""
+    if torch.is_grad_enabled() and h.requires_grad:
+        return _SiluMul.apply(h, hidden)
+    gate, up = h.split(hidden, dim=-1)
+    return F.silu(gate) * up
+
+
 class SwiGLU(nn.Module):
     """down(silu(gate(x)) * up(x)); gate and up are one fused [2F, C] projection."""
 
@@ -49,8 +81,7 @@ class SwiGLU(nn.Module):
             h = rms_norm_ternary(x, norm, self.gate_up.packed, self.gate_up.w_scale, self.gate_up.bias)
         else:
             h = self.gate_up(norm(x))
-        gate, up = h.split(self.hidden, dim=-1)  # [B, T, F] each
-        return self.down(F.silu(gate) * up)
+        return self.down(silu_mul(h, self.hidden))  # [B, T, F] from h [B, T, 2F]
 
 
 # ---------------------------------------------------------------------------------------

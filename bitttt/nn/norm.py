@@ -25,6 +25,11 @@ class RMSNorm(nn.Module):
         self.weight, self.eps = nn.Parameter(w, requires_grad=trainable), float(eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad) \
+                and ops.uses_train_kernel(x, self.weight):
+            # training: one C++ pass forward and backward (inference keeps the composition
+            # below, which the fused decode kernel rms_norm_ternary_linear matches)
+            return ops.rms_norm(x, self.weight, self.eps)
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)

@@ -48,8 +48,11 @@ class CausalDepthwiseConv(nn.Module):
         if T == 1:  # decode: one dot product per channel; a Conv1d call costs ~10x more on CPU
             w = self.conv.weight[:, 0].t().to(x.dtype)            # [K, C]
             return (xp * w).sum(1, keepdim=True) + self.conv.bias.to(x.dtype), xp[:, 1:]
+        tail = xp[:, xp.shape[1] - (self.kernel - 1):]            # [B, K−1, C]: the next call's prev
+        if ops.uses_train_kernel(xp, self.conv.weight):  # one C++ pass in this layout, forward and backward
+            return ops.causal_conv1d(x, prev.to(x.dtype), self.conv.weight[:, 0], self.conv.bias), tail
         y = self.conv(xp.transpose(1, 2)).transpose(1, 2)         # [B, T, C]
-        return y, xp[:, xp.shape[1] - (self.kernel - 1):]
+        return y, tail
 
 
 class _TTTBase(nn.Module):
@@ -117,9 +120,12 @@ class _TTTBase(nn.Module):
             k, _ = self.conv_k(qk, prev)
         else:
             q, k = self.q_proj(x), self.k_proj(x)
-        q, k, v = self._heads(q), self._heads(k), self._heads(self.v_proj(x))
+        v = self._heads(self.v_proj(x))
         cos, sin = rope_cos_sin(pos % self.mini_batch_size, self.head_dim, self.rope_theta, q.dtype)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if pos.dim() == 1 and ops.uses_train_kernel(q, k):  # one pass, the same values (ops.rope_heads)
+            q, k = ops.rope_heads(q, cos, sin, self.num_heads), ops.rope_heads(k, cos, sin, self.num_heads)
+        else:
+            q, k = apply_rope(self._heads(q), cos, sin), apply_rope(self._heads(k), cos, sin)
         if pos.dim() == 3:  # a row batch: a float GEMM's rounding depends on M, and each row must get what it gets alone
             lr_logit = torch.cat([self.lr_proj(x[i:i + 1]) for i in range(x.shape[0])])
         else:

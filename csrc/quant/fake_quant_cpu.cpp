@@ -117,13 +117,11 @@ Tensor fake_quant_weight_cpu(Tensor w, Tensor scale) {
     float* outr = po + r * K;
     const float sc = s;  // a local copy: a captured reference is reloaded after every store
     for (int64_t i = 0; i < K; ++i) {
-      // clamped to [-2, 2] first (round_half_even's range); the codes are the same
-      float v = wr[i] / sc;
-      v = v < -2.0f ? -2.0f : v;
-      v = v > 2.0f ? 2.0f : v;
-      float q = round_half_even(v);
-      q = q < -1.0f ? -1.0f : q;
-      q = q > 1.0f ? 1.0f : q;
+      // clamped to [-2, 2] first (round_half_even's range); the codes are the same. std::min/max
+      // (NaN passes through, as the comparisons did) let GCC vectorize the loop (with
+      // -fno-trapping-math: the division is then not "control flow"); it was scalar, 4x slower.
+      const float v = std::min(std::max(wr[i] / sc, -2.0f), 2.0f);
+      const float q = std::min(std::max(round_half_even(v), -1.0f), 1.0f);
       outr[i] = wr[i] + (q * sc - wr[i]);
     }
   });

@@ -20,7 +20,7 @@ from tkinter import messagebox, ttk
 from bitttt import events as ev
 from bitttt.events import format_text
 
-from . import command, runs
+from . import command, runs, theme
 from .bus import Bus
 from .events import RAW, explain_exit, parse_line
 from .memory import MemorySampler
@@ -45,7 +45,6 @@ TABS = (("train", "Train", TrainTab), ("logs", "Logs", LogsTab), ("plot", "Loss 
 CLOSE_CHOICES = (("leave", "Leave it training"), ("stop", "Stop and quit"), (None, "Cancel"))
 
 DEFAULT_SIZE = (1180, 820)
-BAR_COLOR = "#3a7bd5"
 
 
 def default_workspace(cwd: Path | None = None) -> Path:
@@ -60,29 +59,6 @@ def fitted_geometry(screen_w: int, screen_h: int, size: tuple[int, int] = DEFAUL
     return f"{min(size[0], screen_w)}x{min(size[1], screen_h - 40)}"
 
 
-def setup_style(root: tk.Tk) -> ttk.Style:
-    style = ttk.Style(root)
-    if sys.platform == "win32":
-        style.theme_use("vista")
-    elif sys.platform != "darwin" and "clam" in style.theme_names():
-        style.theme_use("clam")
-    base = tkfont.nametofont("TkDefaultFont")
-    size = base.cget("size")
-    style.configure("Hint.TLabel", foreground="#5f6368")
-    style.configure("Value.TLabel", font=(base.cget("family"), size, "bold"))
-    style.configure("Error.TLabel", foreground="#b00020")
-    style.configure("Warn.TLabel", foreground="#9a6700")
-    style.configure("Good.TLabel", foreground="#1a7f37")
-    style.configure("Bad.TEntry", fieldbackground="#ffe3e3", foreground="#b00020")
-    style.configure("Bad.TCombobox", fieldbackground="#ffe3e3")
-    style.configure("Accent.TButton", font=(base.cget("family"), size, "bold"))
-    style.configure("TNotebook.Tab", padding=(12, 4))
-    style.configure("Status.TLabel", padding=(PAD, 2))
-    # clam draws the bar in the window's own grey: a finished run's full bar looked empty.
-    style.configure("Horizontal.TProgressbar", background=BAR_COLOR, lightcolor=BAR_COLOR, darkcolor=BAR_COLOR)
-    return style
-
-
 class App:
     """The launcher. ``bitttt_cmd`` replaces ``python -m bitttt`` (tests: a fake trainer);
     ``confirm(title, message) -> bool`` asks yes/no questions; ``ask_close(message) -> "leave" | "stop" | None``
@@ -90,7 +66,7 @@ class App:
 
     def __init__(self, root: tk.Tk, workspace: str | os.PathLike | None = None, bitttt_cmd: list[str] | None = None,
                  confirm=None, memory_interval_s: float = 1.5, stop_grace_s: float = STOP_GRACE_S,
-                 term_grace_s: float = TERM_GRACE_S, ask_close=None):
+                 term_grace_s: float = TERM_GRACE_S, ask_close=None, theme_name: str | None = None):
         self.root = root
         self.workspace = Path(workspace or default_workspace()).expanduser().resolve()
         self.workspace.mkdir(parents=True, exist_ok=True)
@@ -113,8 +89,9 @@ class App:
         root.title(f"bitttt studio — {self.workspace}")
         root.geometry(fitted_geometry(root.winfo_screenwidth(), root.winfo_screenheight()))
         root.minsize(900, 640)
-        setup_style(root)
-        self.ctx = Context(root=root, bus=self.bus, workspace=self.workspace, bitttt_cmd=bitttt_cmd,
+        # theme_name: "auto", "light", "dark" or "classic" (None: $BITTTT_GUI_THEME, else auto)
+        self.ttk_theme, palette = theme.apply(root, theme_name or os.environ.get(theme.THEME_ENV), pad=PAD)
+        self.ctx = Context(root=root, bus=self.bus, workspace=self.workspace, bitttt_cmd=bitttt_cmd, palette=palette,
                            start_training=self.start_training, stop_training=self.stop_training,
                            training_running=self.training_running, current_run_dir=lambda: self.run_dir,
                            show_tab=self.show_tab, set_workspace=self.set_workspace)
@@ -326,6 +303,11 @@ class App:
 
     # -- closing -------------------------------------------------------------------------
     def on_close(self):
+        chat = self.tabs.get("chat")
+        if chat is not None and chat.serving() and not self.confirm(
+                "Stop the server?", f"The server at {chat.serve_state.url or 'a local port'} stops when this window "
+                                    "closes. Close the window and stop it?"):
+            return
         if self.training_running():
             name = self.run_dir.name if self.run_dir else "A run"
             choice = self.ask_close(
@@ -354,8 +336,12 @@ class App:
     def _destroy(self):
         self.sampler.stop()
         chat = self.tabs.get("chat")
+        train = self.tabs.get("train")
+        if train is not None:
+            train.cancel_calibration()
         if chat is not None:
             chat.stop_server()
+            chat.stop_serving(wait_s=8)    # a server never outlives its window (nothing could stop it later)
         cancel_pending_afters(self.root)
         self.root.destroy()
 
@@ -372,13 +358,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bitttt-gui", description="The bitttt desktop launcher: train, watch, stop, chat.")
     p.add_argument("--workspace", metavar="DIR",
                    help="folder holding runs/ (default: the current folder if it has runs/, else ~/bitttt)")
+    p.add_argument("--theme", choices=theme.CHOICES,
+                   help=f"light or dark (default: auto, as the system is, where it can tell; ${theme.THEME_ENV} "
+                        "sets it too); classic: the toolkit's plain theme")
     args = p.parse_args(argv)
     try:
         root = tk.Tk(className="bitttt")
     except tk.TclError as e:
         print(f"bitttt-gui: cannot open a window ({e}); is a display available?", file=sys.stderr)
         return 1
-    App(root, args.workspace)
+    App(root, args.workspace, theme_name=args.theme)
     root.mainloop()
     return 0
 

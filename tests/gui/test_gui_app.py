@@ -49,8 +49,10 @@ def make_app(display, fake_cmd, tmp_path):
             app.child.kill_now()
             app.child.wait(5)
         chat = app.tabs["chat"]
-        if chat.child and chat.child.running():
-            chat.child.kill_now()
+        for child in (chat.child, chat.serve_child, app.tabs["train"].calibration):
+            if child and child.running():
+                child.kill_now()
+                child.wait(5)
         app.sampler.stop()
         try:
             cancel_pending_afters(app.root)

@@ -79,8 +79,8 @@ def test_train_tab_is_unclipped(make_app, size, fonts, screenshot):
     pump(app.root, lambda: train.estimate_state == "too_big", what="the too-big warning")
     settle(app.root, 0.3)
     screenshot(f"train_tab_{size}_{fonts}")
-    for w in (train.verdict_label, train.estimate_label, train.start_btn, train.stop_btn, train.preview,
-              app.status):
+    for w in (train.verdict_label, train.estimate_label, train.runtime_label, train.measure_btn, train.start_btn,
+              train.stop_btn, train.preview, app.status):
         assert _bottom_visible(w, app.root), w
     line = tkfont.nametofont("TkFixedFont", root=app.root).metrics("linespace")
     assert train.preview.winfo_height() >= 4 * line          # the command pane keeps its four lines

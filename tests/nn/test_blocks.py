@@ -122,3 +122,23 @@ def test_fused_norm_ternary_equals_the_two_calls(dtype, M):
     torch.testing.assert_close(fused.float(), want.float(), rtol=tol, atol=tol)
     x[0, 5] = float("nan")
     assert ops.rms_norm_ternary_linear(x, norm.weight, norm.eps, packed, w_scale)[0].isnan().all()
+
+
+def test_silu_mul_gradient_against_float64():
+    """SwiGLU's one-node silu(gate) * up (blocks.silu_mul) against float64 autograd of the
+    plain split/silu/mul formula, values and grad_h."""
+    from bitttt.nn.blocks import silu_mul
+
+    torch.manual_seed(0)
+    h = (torch.randn(3, 7, 2 * 40) * 3).requires_grad_()
+    y = silu_mul(h, 40)
+    g = torch.randn_like(y)
+    y.backward(g)
+    h64 = h.detach().double().requires_grad_()
+    gate, up = h64[..., :40], h64[..., 40:]
+    y64 = gate * torch.sigmoid(gate) * up
+    y64.backward(g.double())
+    torch.testing.assert_close(y.double(), y64, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h.grad.double(), h64.grad, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        assert torch.equal(silu_mul(h, 40), y.detach())  # inference: the same bits

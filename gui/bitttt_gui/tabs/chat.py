@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import queue
 import tkinter as tk
 from pathlib import Path
@@ -12,6 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .. import chat as proto
+from .. import serving
 from ..colors import SeriesColors
 from ..command import SettingsError, build_chat_argv, format_command
 from ..curve import step_range
@@ -58,6 +60,12 @@ class ChatTab(ttk.Frame):
         self._tail: list[str] = []
         self.memory = proto.MemoryTrace()
         self._reply_started = False
+        # "Serve this model": a `bitttt serve` child beside the chat one, and the probe that waits for it.
+        self.serve_q: queue.Queue = queue.Queue()
+        self.serve_child: ChildProcess | None = None
+        self.serve_probe: serving.HealthProbe | None = None
+        self.serve_state = serving.ServeState()
+        self._serve_tail: collections.deque[str] = collections.deque(maxlen=30)
         self._build()
         self._training_run = None
         ctx.bus.subscribe("train.started", self._on_train_started)
@@ -70,7 +78,7 @@ class ChatTab(ttk.Frame):
         top = ttk.Frame(self)
         top.pack(fill="x", pady=(0, PAD))
         ttk.Label(top, text="Model:").pack(side="left")
-        self.model_box = ttk.Combobox(top, textvariable=self.model, width=60)
+        self.model_box = ttk.Combobox(top, textvariable=self.model, width=20)   # grows with the window
         self.model_box.pack(side="left", padx=4, fill="x", expand=True)
         self.model_box.bind("<<ComboboxSelected>>", lambda e: setattr(self, "_user_picked", True))
         self.model_box.bind("<Button-1>", lambda e: self.refresh_models(), add="+")
@@ -78,10 +86,18 @@ class ChatTab(ttk.Frame):
         ttk.Button(top, text="Browse…", command=self._browse).pack(side="left")
         self.load_btn = ttk.Button(top, text="Load model", style="Accent.TButton", command=self.start_server)
         self.load_btn.pack(side="left", padx=(PAD, 0))
-        self.status = ttk.Label(self, text="No model loaded. Pick a run and press Load model.", style="Hint.TLabel")
-        self.status.pack(fill="x", pady=(0, PAD))
-        self.loaded = ttk.Label(self, text="", style="Hint.TLabel")
-        self.loaded.pack(fill="x")
+        self.serve_btn = ttk.Button(top, text="Serve this model", command=self.start_serving)
+        self.serve_btn.pack(side="left", padx=(PAD, 0))
+        Tooltip(self.serve_btn, "Start `bitttt serve` for this model: an OpenAI-compatible HTTP API on this "
+                                "computer (127.0.0.1) that chat UIs, editors and the openai package can use.")
+        # The chat server's state and the checkpoint it loaded share a row: a line of its own stood empty.
+        row = ttk.Frame(self)
+        row.pack(fill="x", pady=(0, PAD))
+        self.status = ttk.Label(row, text="No model loaded. Pick a run and press Load model.", style="Hint.TLabel")
+        self.status.pack(side="left")
+        self.loaded = ttk.Label(row, text="", style="Hint.TLabel")
+        self.loaded.pack(side="left", padx=(PAD * 2, 0))
+        self._build_serve_row()
         self.note = ttk.Label(self, text=SMALL_MODEL_NOTE, style="Hint.TLabel", wraplength=900, justify="left")
         self.note.pack(fill="x", pady=(0, PAD))
         self.note.bind("<Configure>", lambda e: self.note.configure(wraplength=max(e.width - 8, 200)))
@@ -105,12 +121,12 @@ class ChatTab(ttk.Frame):
         frame, self.transcript = scrolled_text(body, wrap="word", height=18)
         frame.grid(row=0, column=0, sticky="nsew")
         make_readonly(self.transcript)
-        t = self.transcript
-        t.tag_configure("user", foreground="#0b5cad", font=("TkDefaultFont", 0, "bold"), spacing1=8)
-        t.tag_configure("bot", foreground="#1f1f1f", spacing3=4)
-        t.tag_configure("bot_label", foreground="#2e7d32", font=("TkDefaultFont", 0, "bold"))
-        t.tag_configure("info", foreground="#6b6b6b", font=("TkDefaultFont", 0, "italic"))
-        t.tag_configure("error", foreground="#b00020")
+        t, p = self.transcript, self.ctx.palette
+        t.tag_configure("user", foreground=p.user, font=("TkDefaultFont", 0, "bold"), spacing1=8)
+        t.tag_configure("bot", foreground=p.bot, spacing3=4)
+        t.tag_configure("bot_label", foreground=p.bot_label, font=("TkDefaultFont", 0, "bold"))
+        t.tag_configure("info", foreground=p.info, font=("TkDefaultFont", 0, "italic"))
+        t.tag_configure("error", foreground=p.error)
 
         side = ttk.LabelFrame(body, text="Sampling", padding=PAD)
         side.grid(row=0, column=1, sticky="ns", padx=(PAD, 0))
@@ -139,6 +155,21 @@ class ChatTab(ttk.Frame):
         self.speed = ttk.Label(side, text="", style="Hint.TLabel")
         self.speed.grid(row=r + 3, column=0, columnspan=2, sticky="w", pady=(PAD, 0))
         self._build_memory_plot(side, r + 4)
+
+    def _build_serve_row(self):
+        row = ttk.Frame(self)
+        row.pack(fill="x", pady=(0, PAD))
+        self.serve_stop_btn = ttk.Button(row, text="Stop serving", command=self.stop_serving, state="disabled")
+        self.serve_stop_btn.pack(side="right")
+        self.copy_buttons = {}
+        for key, text in (("python", "Copy Python"), ("curl", "Copy curl"), ("url", "Copy URL")):
+            b = ttk.Button(row, text=text, command=lambda k=key: self.copy_serve(k), state="disabled")
+            b.pack(side="right", padx=(0, 4))
+            self.copy_buttons[key] = b
+        self.serve_tips = {k: Tooltip(b, "") for k, b in self.copy_buttons.items()}
+        self.serve_label = ttk.Label(row, text=self.serve_state.sentence(), style="Hint.TLabel", justify="left")
+        self.serve_label.pack(side="left", fill="x", expand=True)
+        self.serve_label.bind("<Configure>", lambda e: self.serve_label.configure(wraplength=max(e.width - 4, 150)))
 
     def _build_memory_plot(self, parent, row):
         """How far each TTT layer's fast weights moved from a fresh conversation, turn by turn."""
@@ -243,6 +274,83 @@ class ChatTab(ttk.Frame):
                 pass
             self.child.stop(grace_s=2, term_s=2, write_stop_file=False)
 
+    # -- serve -----------------------------------------------------------------------------
+    def start_serving(self) -> str | None:
+        """Start `bitttt serve` for the chosen model on a free loopback port; an error sentence or None."""
+        if self.serving():
+            return None
+        model = self.model.get().strip()
+        if not model:
+            return self._say("Pick a model to serve first.", "error")
+        if not Path(model).exists():
+            return self._say(f"{model} does not exist.", "error")
+        port = serving.free_port()
+        argv = serving.build_serve_argv(model, port, base=self.ctx.bitttt_cmd)
+        self.serve_q = queue.Queue()          # a fresh queue: an old server's exit cannot end this one
+        self._serve_tail.clear()
+        try:
+            self.serve_child = ChildProcess(argv, self.serve_q, name="serve", cwd=self.ctx.workspace).start()
+        except OSError as e:
+            self.serve_child = None
+            self._set_serve(self.serve_state.to("failed", port=port, error=f"could not start {format_command(argv)}: {e}"))
+            return self.serve_state.error
+        self.serve_probe = serving.HealthProbe(port, self.serve_q, self.serve_child.running).start()
+        self._set_serve(self.serve_state.to("starting", port=port, model="", error=""))
+        return None
+
+    def serving(self) -> bool:
+        """True while a server this tab started is alive (starting, serving or stopping)."""
+        return bool(self.serve_child and self.serve_child.running())
+
+    def stop_serving(self, wait_s: float = 0.0):
+        """SIGTERM (uvicorn shuts down gracefully), then SIGKILL; ``wait_s`` > 0 blocks that long
+        for the exit (the window is closing: nothing may outlive it)."""
+        if self.serve_probe is not None:
+            self.serve_probe.cancel()
+        if not self.serving():
+            return
+        self._set_serve(self.serve_state.to("stopping"))
+        self.serve_child.stop(grace_s=0, term_s=5, write_stop_file=False)
+        if wait_s > 0 and self.serve_child.wait(wait_s) is None and self.serve_child.running():
+            self.serve_child.kill_now()
+            self.serve_child.wait(2)
+
+    def copy_serve(self, what: str):
+        st = self.serve_state
+        text = {"url": st.url, "curl": serving.curl_line(st.url, st.model),
+                "python": serving.openai_snippet(st.url, st.model)}[what]
+        self.clipboard_clear()
+        self.clipboard_append(text)
+
+    def _set_serve(self, state: serving.ServeState):
+        self.serve_state = state
+        style = {"serving": "Good.TLabel", "failed": "Error.TLabel"}.get(state.phase, "Hint.TLabel")
+        self.serve_label.configure(text=state.sentence(), style=style)
+        busy = state.phase in ("starting", "serving", "stopping")
+        self.serve_btn.configure(state="disabled" if busy else "normal")
+        self.serve_stop_btn.configure(state="normal" if state.phase in ("starting", "serving") else "disabled")
+        up = state.phase == "serving"
+        for key, b in self.copy_buttons.items():
+            b.configure(state="normal" if up else "disabled")
+        if up:
+            self.serve_tips["url"].text = state.url
+            self.serve_tips["curl"].text = serving.curl_line(state.url, state.model)
+            self.serve_tips["python"].text = serving.openai_snippet(state.url, state.model)
+
+    def _on_serve_item(self, item):
+        if item.kind == "line":
+            self._serve_tail.append(item.text)
+        elif item.kind == "ready" and self.serve_state.phase == "starting":
+            self._set_serve(self.serve_state.to("serving", model=item.text))
+        elif item.kind == "exit":
+            if self.serve_probe is not None:
+                self.serve_probe.cancel()
+            asked = self.serve_state.phase == "stopping"
+            if asked or item.code == 0:
+                self._set_serve(self.serve_state.to("stopped"))
+            else:
+                self._set_serve(self.serve_state.to("failed", error=serving.failure_line(list(self._serve_tail))))
+
     def _say(self, text, tag):
         self.status.configure(text=text, style="Error.TLabel" if tag == "error" else "Hint.TLabel")
         return text if tag == "error" else None
@@ -332,6 +440,11 @@ class ChatTab(ttk.Frame):
                 self._on_line(item.text, item.stream)
             elif item.kind == "exit":
                 self._on_exit(item.code)
+        for _ in range(MAX_BATCH):
+            try:
+                self._on_serve_item(self.serve_q.get_nowait())
+            except queue.Empty:
+                break
         self.after(POLL_MS, self._poll)
 
     def _on_line(self, line, stream):

@@ -9,6 +9,7 @@ from tkinter import ttk
 from typing import Callable, Sequence
 
 from ..bus import Bus
+from ..theme import LIGHT, Palette
 
 PAD = 6
 
@@ -26,6 +27,7 @@ class Context:
     show_tab: Callable[[str], None]
     set_workspace: Callable = lambda path: "this window cannot switch workspaces"  # (path) -> str | None (error)
     latest: dict = field(default_factory=dict)        # e.g. latest["memory"]: the last MemorySnapshot
+    palette: Palette = LIGHT                          # the colours the tabs draw themselves (theme.py)
 
 
 class ThrottledRedraw:
@@ -79,7 +81,8 @@ class Tooltip:
         self._tip = tk.Toplevel(self.widget)
         self._tip.wm_overrideredirect(True)
         self._tip.wm_geometry(f"+{x}+{y}")
-        tk.Label(self._tip, text=self.text, justify="left", background="#ffffe0", relief="solid",
+        tk.Label(self._tip, text=self.text, justify="left", background="#ffffe0", foreground="#1f1f1f",
+                 relief="solid",
                  borderwidth=1, wraplength=360, padx=6, pady=3).pack()
 
     def _hide(self, _e=None):

@@ -48,15 +48,15 @@ class LogsTab(ttk.Frame):
         frame, self.text = scrolled_text(self, font="TkFixedFont", height=20, wrap="word")   # long lines wrap, none is cut
         frame.pack(fill="both", expand=True)
         make_readonly(self.text)
-        t = self.text
-        t.tag_configure("raw", foreground="#444444")
-        t.tag_configure("stderr", foreground="#8a3b00")
-        t.tag_configure("error", foreground="#b00020", font=("TkFixedFont", 0, "bold"))
-        t.tag_configure("warning", foreground="#9a6700")
-        t.tag_configure("stage", foreground="#0b5cad")
-        t.tag_configure("ok", foreground="#1a7f37")
-        t.tag_configure("info", foreground="#0b5cad")
-        t.tag_configure("match", background="#fff3a3")
+        t, p = self.text, self.ctx.palette
+        t.tag_configure("raw", foreground=p.raw)
+        t.tag_configure("stderr", foreground=p.stderr)
+        t.tag_configure("error", foreground=p.error, font=("TkFixedFont", 0, "bold"))
+        t.tag_configure("warning", foreground=p.warn)
+        t.tag_configure("stage", foreground=p.user)
+        t.tag_configure("ok", foreground=p.good)
+        t.tag_configure("info", foreground=p.user)
+        t.tag_configure("match", background=p.match)
         t.tag_raise("sel")
         for seq in ("<MouseWheel>", "<Button-4>", "<Button-5>", "<B1-Motion>", "<KeyRelease>"):
             t.bind(seq, lambda e: self.after_idle(self.user_scrolled), add="+")

@@ -14,6 +14,7 @@ from .common import PAD, Context
 
 # Widths fit 1180 pixels with the longest status word ("interrupted") and a full timestamp; a long
 # status or name shows whole under the table on hover.
+CHECKPOINT_REFRESH_MS = 1000
 COLUMNS = (("name", "Run", 240), ("status", "Status", 170), ("step", "Steps", 90), ("loss", "Final loss", 90),
            ("val", "Val. loss", 90), ("when", "Last update", 150), ("ckpt", "Latest checkpoint", 130))
 
@@ -24,6 +25,7 @@ class RunsTab(ttk.Frame):
         self.ctx = ctx
         self.infos: dict[str, RunInfo] = {}
         self._cache: dict = {}
+        self._pending_refresh = None
         self._build()
         for topic in ("train.started", "train.exited"):
             ctx.bus.subscribe(topic, lambda *_: self.refresh())
@@ -54,8 +56,9 @@ class RunsTab(ttk.Frame):
         self.tree.bind("<Double-1>", lambda e: self.show_curve())
         self.tree.bind("<Motion>", self._hover)
         self.tree.bind("<Leave>", lambda e: self.detail.configure(text=""))
-        for status, color in (("failed", "#b00020"), ("running", "#0b5cad"), ("stopped", "#9a6700"),
-                              ("interrupted", "#9a6700"), ("completed", "#1a7f37")):
+        p = self.ctx.palette
+        for status, color in (("failed", p.error), ("running", p.user), ("stopped", p.warn),
+                              ("interrupted", p.warn), ("completed", p.good)):
             self.tree.tag_configure(status, foreground=color)
         self.empty = ttk.Label(self, text="", style="Hint.TLabel")
         self.empty.pack(fill="x", pady=(PAD, 0))
@@ -78,8 +81,17 @@ class RunsTab(ttk.Frame):
                 self.ctx.bus.publish("status", "error", f"Workspace not changed: {err}.")
 
     def _on_record(self, rec, stream):
-        if rec.get("event") in ("start", "checkpoint"):   # the run folder exists / has a new checkpoint
+        kind = rec.get("event")
+        if kind == "start":                  # the run folder exists
             self.refresh()
+        elif kind == "checkpoint" and self._pending_refresh is None:
+            # A new checkpoint: one refresh a second at most. Each re-reads the run's events.jsonl, and a
+            # run saving every few steps made the window re-read a growing file on every save.
+            self._pending_refresh = self.after(CHECKPOINT_REFRESH_MS, self._refresh_after_checkpoints)
+
+    def _refresh_after_checkpoints(self):
+        self._pending_refresh = None
+        self.refresh()
 
     def refresh(self):
         self.where.configure(text=f"Runs in {self.ctx.workspace / 'runs'}")

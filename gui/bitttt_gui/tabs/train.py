@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import queue
+import shutil
+import time
 import tkinter as tk
 from pathlib import Path
 from tkinter import filedialog, ttk
 
-from .. import command
+from .. import command, runtime
 from ..command import FIELDS, SettingsError, TrainSettings, parse_settings
 from ..estimate import estimate, verdict
-from ..events import fmt_bytes, fmt_count
+from ..events import fmt_bytes, fmt_count, read_events
+from ..process import ChildProcess
 from ..runs import latest_checkpoint, run_settings
 from .common import PAD, Context, ScrolledFrame, Tooltip
 
@@ -19,6 +24,8 @@ SECTION_TITLES = {"Run": "Run", "Model": "Model", "Optimisation": "Optimisation"
                   "More": "More settings"}
 SECTION_PAIRS = {"Run": 2, "Model": 1, "Optimisation": 1, "Schedule": 1, "More": 3}   # label+field pairs a row
 LAST_CONFIG = Path(".bitttt-gui") / "last-config.json"
+CALIBRATION_DIR = Path(".bitttt-gui") / "calibration"
+CALIBRATION_POLL_MS = 200
 
 
 def estimate_columns(left: list[tuple[str, str]], right: list[tuple[str, str]], gap: int = 3) -> str:
@@ -27,6 +34,19 @@ def estimate_columns(left: list[tuple[str, str]], right: list[tuple[str, str]], 
     kw = max(len(k) for k, _ in left + right) + 1
     vw = max(len(v) for _, v in left) + gap
     return "\n".join(f"{lk:<{kw}}{lv:<{vw}}{rk:<{kw}}{rv}".rstrip() for (lk, lv), (rk, rv) in zip(left, right))
+
+
+def _resume_step(resume: str) -> int:
+    """The step a run resumed from ``resume`` (a run folder or a checkpoint) starts at; 0 if unknown."""
+    if not resume:
+        return 0
+    path = Path(resume).expanduser()
+    ckpt = path if (path / "trainer_state.json").is_file() else latest_checkpoint(path)
+    try:
+        step = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8")).get("step", 0)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
+    return step if isinstance(step, int) and step >= 0 else 0
 
 
 def _set_wrap(label: ttk.Label, width: int) -> None:
@@ -44,6 +64,10 @@ class TrainTab(ttk.Frame):
         self.errors: dict[str, str] = {}
         self._pending = None
         self._loading = False
+        self._timings: runtime.TimingSource | None = None
+        self.calibration: ChildProcess | None = None
+        self._calibration_q: queue.Queue = queue.Queue()
+        self._calibration_tail: list[str] = []
         self._build()
         self.load_last_config()
         ctx.bus.subscribe("train.started", lambda *_: self._update_buttons())
@@ -81,9 +105,6 @@ class TrainTab(ttk.Frame):
         for c, sec in enumerate(("Model", "Optimisation", "Schedule")):
             frames[sec].grid(row=1, column=c, sticky="nsew", padx=PAD, pady=PAD)
         self.more_shown = tk.BooleanVar(value=False)
-        self.more_btn = ttk.Checkbutton(form, text="More settings…", variable=self.more_shown, style="Toolbutton",
-                                        command=self._show_more)
-        self.more_btn.grid(row=2, column=0, columnspan=3, sticky="w", padx=PAD)
         self.more_frame = frames["More"]
         counts = dict.fromkeys(SECTIONS, 0)
         for f in FIELDS:
@@ -101,8 +122,13 @@ class TrainTab(ttk.Frame):
             self.vars[f.name] = var
             var.trace_add("write", lambda *_a, n=f.name: self._changed(n))
         rows = -(-counts["Run"] // SECTION_PAIRS["Run"])
+        # On the hint's row, not a row of its own (a laptop screen has no height to spare), and first:
+        # at the window's minimum with large fonts the form's right edge is cut.
+        self.more_btn = ttk.Checkbutton(frames["Run"], text="More settings…", variable=self.more_shown,
+                                        style="Toolbutton", command=self._show_more)
+        self.more_btn.grid(row=rows, column=0, sticky="w", pady=(2, 0))
         ttk.Label(frames["Run"], text="Empty data = the corpus that ships with bitttt.", style="Hint.TLabel").grid(
-            row=rows, column=0, columnspan=4, sticky="w", pady=(2, 0))
+            row=rows, column=1, columnspan=3, sticky="w", pady=(2, 0))
 
     def _field_widget(self, parent, f) -> tuple[tk.Variable, tk.Misc]:
         """The variable and the widget for one field; a path's widget is a frame (entry + pick buttons)."""
@@ -144,6 +170,10 @@ class TrainTab(ttk.Frame):
         self.estimate_label.pack(anchor="w", fill="x")
         self.verdict_label = ttk.Label(est, text="", justify="left", wraplength=480)
         self.verdict_label.pack(anchor="w", fill="x", pady=(4, 0))
+        # The run time: from the newest finished run with these settings, or a short calibration
+        # (Measure run time, in the button bar: a row of its own here cost the form its height).
+        self.runtime_label = ttk.Label(est, text="", justify="left", wraplength=480)
+        self.runtime_label.pack(anchor="w", fill="x", pady=(4, 0))
         # Wrapped to the width the columns above it ask for (set with them), never to an allocated width:
         # that fed back into the pane's width, and the layout went round in circles.
 
@@ -169,6 +199,10 @@ class TrainTab(ttk.Frame):
         self.start_btn.pack(side="left")
         self.stop_btn = ttk.Button(bar, text="■ Stop", command=self.ctx.stop_training, state="disabled")
         self.stop_btn.pack(side="left", padx=PAD)
+        self.measure_btn = ttk.Button(bar, text="Measure time", command=self.calibrate)
+        self.measure_btn.pack(side="left")
+        Tooltip(self.measure_btn, "Time a few steps, an evaluation, a sample and a save of these settings on this "
+                                  "computer (a short run, deleted afterwards): the estimate's run time.")
         ttk.Button(bar, text="Load config…", command=self.load_config_dialog).pack(side="right")
         ttk.Button(bar, text="Save config…", command=self.save_config_dialog).pack(side="right", padx=PAD)
         ttk.Button(bar, text="Preset defaults", command=lambda: self.apply_preset(self.vars["preset"].get())).pack(side="right")
@@ -261,14 +295,15 @@ class TrainTab(ttk.Frame):
         device, free, where = self._device_and_free()
         self._estimate_device = (device, free is not None)
         e = estimate(s, device)
+        # Four rows (gradients are as big as the fp32 weights): the run time's line below costs no height.
         left = [("Parameters", fmt_count(e.n_params)),
                 ("Ternary", fmt_count(e.n_ternary) if s.ternary else "off (float)"),
-                ("Weights fp32", fmt_bytes(e.weights)), ("Gradients", fmt_bytes(e.grads)),
-                ("AdamW state", fmt_bytes(e.optimizer))]
+                ("Weights+grads", f"2×{fmt_bytes(e.weights)}"), ("AdamW state", fmt_bytes(e.optimizer))]
         right = [("Activations", fmt_bytes(e.activations)), ("Runtime", fmt_bytes(e.overhead)),
-                 ("Total", fmt_bytes(e.total)), ("Export size", fmt_bytes(e.export_bytes)), ("", "")]
+                 ("Total", fmt_bytes(e.total)), ("Export size", fmt_bytes(e.export_bytes))]
         self.estimate_label.configure(text=estimate_columns(left, right))
         _set_wrap(self.verdict_label, self.estimate_label.winfo_reqwidth())
+        _set_wrap(self.runtime_label, self.estimate_label.winfo_reqwidth())
         # Every process holds its own model, optimizer and activations.
         state, sentence = verdict(e.total * s.nproc, free)
         style = {"fits": "Good.TLabel", "tight": "Warn.TLabel", "too_big": "Error.TLabel"}.get(state, "Hint.TLabel")
@@ -276,6 +311,93 @@ class TrainTab(ttk.Frame):
                     f"({s.batch_size} × {s.grad_accum} × {s.nproc}).") if s.nproc > 1 else ""
         self.verdict_label.configure(text=f"On {where}: {sentence}.{parallel}", style=style)
         self.estimate_state = state
+        self._update_runtime(s)
+
+    # -- run time --------------------------------------------------------------------------
+    def timing_source(self) -> runtime.TimingSource:
+        if self._timings is None or self._timings.workspace != Path(self.ctx.workspace):
+            self._timings = runtime.TimingSource(self.ctx.workspace)
+        return self._timings
+
+    def expected_run_time(self, s: TrainSettings) -> tuple[float, runtime.Timings] | None:
+        """(seconds from launch to exit, the timings used) for these settings, or None if not measured."""
+        t = self.timing_source().for_key(runtime.speed_key(dataclasses.asdict(s)))
+        if t is None:
+            return None
+        p = runtime.plan(s.steps, s.eval_every, s.sample_every, s.save_every, start_step=_resume_step(s.resume))
+        return runtime.predict(t, p, s.eval_tokens), t
+
+    def _update_runtime(self, s: TrainSettings):
+        calibrating = self.calibration is not None and self.calibration.running()
+        if calibrating:
+            self.runtime_label.configure(text="Run time: measuring these settings on this computer…")
+        else:
+            got = self.expected_run_time(s)
+            if got is None:
+                self.runtime_label.configure(text="Run time: not measured for these settings yet.")
+            else:
+                secs, t = got
+                rate = s.batch_size * s.seq_len * s.grad_accum * s.nproc / t.step_s
+                self.runtime_label.configure(text=f"Run time: {runtime.fmt_duration(secs)} ({t.source}, "
+                                                  f"{rate:,.0f} tokens/s).")
+        self.measure_btn.configure(state="disabled" if calibrating or self.ctx.training_running() else "normal")
+
+    def calibrate(self) -> str | None:
+        """Time these settings with a short run (``runtime.calibration_overrides``) in a scratch folder;
+        the timings are kept for the workspace, the folder is deleted."""
+        if self.settings is None:
+            return "fix the marked fields first"
+        if self.ctx.training_running() or (self.calibration is not None and self.calibration.running()):
+            return "busy: a run or a measurement is in progress"
+        key = runtime.speed_key(dataclasses.asdict(self.settings))
+        run_dir = self.ctx.workspace / CALIBRATION_DIR / time.strftime("%Y%m%d-%H%M%S")
+        cal = dataclasses.replace(self.settings, **runtime.calibration_overrides(), run_name=run_dir.name)
+        argv = command.build_train_argv(cal, run_dir, base=self.ctx.bitttt_cmd)
+        self._calibration_q = queue.Queue()
+        self._calibration_tail = []
+        launched = time.time()
+        try:
+            self.calibration = ChildProcess(argv, self._calibration_q, name="calibrate", cwd=self.ctx.workspace,
+                                            run_dir=run_dir).start()
+        except OSError as e:
+            self.runtime_label.configure(text=f"Run time: could not start the measurement: {e}")
+            return str(e)
+        self._update_runtime(self.settings)
+        self._update_buttons()
+        self.after(CALIBRATION_POLL_MS, self._poll_calibration, key, run_dir, launched)
+        return None
+
+    def _poll_calibration(self, key: str, run_dir: Path, launched: float):
+        code, ended = None, False
+        while True:
+            try:
+                item = self._calibration_q.get_nowait()
+            except queue.Empty:
+                break
+            if item.kind == "line" and item.stream == "stderr" and item.text.strip():
+                self._calibration_tail = (self._calibration_tail + [item.text.strip()])[-5:]
+            elif item.kind == "exit":
+                code, ended = item.code, True
+        if not ended:
+            self.after(CALIBRATION_POLL_MS, self._poll_calibration, key, run_dir, launched)
+            return
+        timings = runtime.measure(list(read_events(run_dir / "events.jsonl")),
+                                  f"a measurement at {time.strftime('%H:%M')}", launched_at=launched) \
+            if code == 0 else None
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if timings is not None:
+            self.timing_source().remember(key, timings)
+        self._update_buttons()
+        if self.settings is not None:
+            self._update_runtime(self.settings)
+        if timings is None:
+            why = self._calibration_tail[-1] if self._calibration_tail else f"exit code {code}"
+            self.runtime_label.configure(text=f"Run time: the measurement failed ({why}).")
+
+    def cancel_calibration(self):
+        """The window is closing: a measurement is not worth waiting for."""
+        if self.calibration is not None and self.calibration.running():
+            self.calibration.kill_now()
 
     def _refresh_estimate_if_device_changed(self):
         device, known = self._device_and_free()[0], self._device_and_free()[1] is not None
@@ -284,7 +406,9 @@ class TrainTab(ttk.Frame):
 
     def _update_buttons(self):
         running = self.ctx.training_running()
-        self.start_btn.configure(state="disabled" if running or self.settings is None else "normal")
+        measuring = self.calibration is not None and self.calibration.running()
+        self.start_btn.configure(state="disabled" if running or measuring or self.settings is None else "normal")
+        self.measure_btn.configure(state="disabled" if running or measuring else "normal")
         self.stop_btn.configure(state="normal" if running else "disabled", text="■ Stop")
 
     def _on_stage(self, text):
@@ -337,6 +461,8 @@ class TrainTab(ttk.Frame):
     def _on_exited(self, code, severity, message, run_dir):
         self._update_buttons()
         self._refresh_resume(run_dir)
+        if self.settings is not None:
+            self._update_runtime(self.settings)      # the run just finished may be the newest measurement
 
     def _refresh_resume(self, run_dir: Path | None):
         """The run that ended resumed from the field's checkpoint and moved on: the field names its newest

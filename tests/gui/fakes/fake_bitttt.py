@@ -7,7 +7,8 @@ and misbehaves on request through ``FAKE_BITTTT_MODE``:
 
 ok · exit1 (error event + traceback, exit 1) · config (exit 2) · data (exit 3) ·
 oom (exit 4) · crash (uncaught exception, no event) · hang (ignores STOP and SIGTERM) ·
-hang_term (ignores STOP, obeys SIGTERM) · garbage (non-JSON and broken JSON lines).
+hang_term (ignores STOP, obeys SIGTERM) · garbage (non-JSON and broken JSON lines) ·
+serve_missing (``serve`` without its extra: the real CLI's error line, exit 2).
 ``FAKE_BITTTT_STEP_S`` sets the time per step (default 0.02 s).
 """
 
@@ -122,8 +123,13 @@ def train(argv):
             start_step = json.loads((Path(a.resume) / "trainer_state.json").read_text())["step"]
         except (OSError, ValueError, KeyError):
             start_step = 0
-    emit("start", run_dir=str(run_dir), config={"preset": a.preset, "n_layer": a.n_layer}, n_params=1005264,
-         device="cpu", total_steps=total, argv=argv)
+    # The real start event's config: the preset's values with the flags given on top (the launcher's
+    # run-time estimate matches runs by them), and when the OS started this process.
+    from bitttt.config import defaults
+    config = defaults(a.preset or "tiny")
+    config.update({k: v for k, v in vars(a).items() if v is not None and k in config})
+    emit("start", run_dir=str(run_dir), config=config, n_params=1005264, device="cpu", total_steps=total, argv=argv,
+         start_step=start_step, world_size=a.nproc or 1, process_start=PROCESS_START)
     t0 = time.time()
     last_ckpt = None
     for step in range(start_step + 1, total + 1):
@@ -309,12 +315,51 @@ def is_fake_memory(path: Path) -> bool:
         return False
 
 
+def serve(argv):
+    """``bitttt serve``'s launcher-facing behaviour: a line on stderr, then /health and /v1/models
+    on the port after a short start-up; SIGTERM ends it with 0 (uvicorn's graceful shutdown)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    p = argparse.ArgumentParser(prog="bitttt serve")
+    p.add_argument("--model", required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model-name")
+    args = p.parse_args(argv)
+    if MODE == "serve_missing":
+        print("bitttt: error: serve: fastapi, uvicorn not installed (hint: pip install 'bitttt[serve]')",
+              file=sys.stderr, flush=True)
+        sys.exit(2)
+    name = args.model_name or Path(args.model).name
+    print(f"bitttt serve: {name} at http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
+    time.sleep(float(os.environ.get("FAKE_SERVE_START_S", "0.3")))   # "loading the model"
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = {"/health": {"status": "ok", "model": name},
+                    "/v1/models": {"object": "list", "data": [{"id": name, "object": "model"}]}}.get(self.path)
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(json.dumps(body or {"error": {"message": "not found"}}).encode())
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer((args.host, args.port), Handler)
+    signal.signal(signal.SIGTERM, lambda *a: threading.Thread(target=server.shutdown).start())
+    server.serve_forever()
+    sys.exit(0)
+
+
 if __name__ == "__main__":
     cmd, rest = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
     if cmd == "train":
         train(rest)
     elif cmd == "chat":
         chat(rest)
+    elif cmd == "serve":
+        serve(rest)
     else:
         print(f"fake bitttt: unknown command {cmd!r}", file=sys.stderr)
         sys.exit(2)
