@@ -132,18 +132,32 @@ def test_a_two_process_checkpoint_continues_in_one_process(tmp_path, two_process
     assert_close_losses(step_losses(tmp_path / "resumed"), want)
 
 
+def _start_job(run_dir, *args: str) -> subprocess.Popen:
+    """A 2-process job in a session of its own, so that _kill_job reaches its ranks too (killing
+    torchrun's agent alone once left two ranks waiting in a collective for an hour)."""
+    return subprocess.Popen(job_command(run_dir, WORLD, *args), env=job_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _kill_job(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
 def test_stop_file_stops_both_ranks_at_one_step_and_resume_is_exact(tmp_path):
     run_dir, steps, every = tmp_path / "run", 100, 4  # steps: far more than run while the test reacts
     args = ["--mixer", "ttt_linear", "--steps", str(steps), "--save-every", str(every), "--keep-last", "100",
             "--eval-every", "0", "--sample-every", "0", "--batch-size", str(PER_RANK_BATCH)]
-    proc = subprocess.Popen(job_command(run_dir, WORLD, *args), env=job_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = _start_job(run_dir, *args)
     try:
         wait_for_step(run_dir, every + 2, proc)
         (run_dir / "STOP").write_text("")
         _, stderr = proc.communicate(timeout=JOB_TIMEOUT_S)
     finally:
-        proc.kill()
+        _kill_job(proc)
     # exit 0: every rank ended cleanly; a rank that went on alone would wait in its next
     # all-reduce, and the job would fail
     assert proc.returncode == 0, stderr[-3000:]
@@ -159,14 +173,13 @@ def test_stop_file_stops_both_ranks_at_one_step_and_resume_is_exact(tmp_path):
     # SIGTERM to the job (what the launcher sends, to torchrun's agent) stops it like STOP; and the
     # same world size resumes bit for bit: from the first checkpoint, over the steps both ran
     resumed = tmp_path / "resumed"
-    proc = subprocess.Popen(job_command(resumed, WORLD, "--resume", str(run_dir / "checkpoints" / f"step-{every:06d}")),
-                            env=job_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = _start_job(resumed, "--resume", str(run_dir / "checkpoints" / f"step-{every:06d}"))
     try:
         wait_for_step(resumed, every + 2, proc)
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=JOB_TIMEOUT_S)
     finally:
-        proc.kill()
+        _kill_job(proc)
     assert proc.returncode == 0, stderr[-3000:]
     done = read_events(resumed)[-1]
     assert done["event"] == "done" and done["reason"] == "stopped" and done["step"] < steps
@@ -204,9 +217,6 @@ def test_a_hung_rank_times_out(tmp_path):
 STOP_BOUND_S = 60  # a few seconds plus one micro-step, with room for a loaded 2-core machine
 
 
-def _start_job(run_dir, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(job_command(run_dir, WORLD, *args), env=job_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
 
 
 def _wait_for_event(run_dir, name: str, proc: subprocess.Popen) -> None:
@@ -226,7 +236,7 @@ def _stop_within_bound(proc: subprocess.Popen, how: str, run_dir) -> None:
     try:
         _, stderr = proc.communicate(timeout=STOP_BOUND_S)
     finally:
-        proc.kill()
+        _kill_job(proc)
     assert proc.returncode == 0, stderr[-3000:]
 
 
