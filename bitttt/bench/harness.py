@@ -255,7 +255,8 @@ class Child:
         makes its own prewarm call, if its contender has one)."""
         return Contender(name, lambda: self._ask(f"call {case}")["seconds"],
                          check=lambda: self._ask(f"check {case}"), self_timed=True, wait_policy=self.policy,
-                         extra={**(extra or {}), **self.info.get("extra", {})})
+                         extra={**(extra or {}), **self.info.get("case_extra", {}).get(case, {}),
+                                **self.info.get("extra", {})})
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -316,7 +317,9 @@ def serve(factory: str, kwargs: dict[str, Any], threads: int, stdin: TextIO, std
     contenders = load_factory(factory)(**kwargs)
     env = {k: os.environ[k] for k in OMP_WAIT_VARS if k in os.environ}
     hello = {"load_s": time.perf_counter() - t0, "cases": {case: c.name for case, c in contenders.items()},
-             "extra": {"omp_env": env}}
+             "extra": {"omp_env": env},
+             # each contender's own extra (bytes per token, ...) travels with its results
+             "case_extra": {case: _jsonable(c.extra) for case, c in contenders.items()}}
     print(json.dumps(hello), file=stdout, flush=True)
     for line in stdin:
         verb, _, case = line.strip().partition(" ")

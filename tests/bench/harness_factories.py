@@ -10,7 +10,8 @@ from bitttt.bench.harness import BenchValidationError, Contender
 
 def policy_probe(sleep_s: float = 0.0) -> dict[str, Contender]:
     """"probe": its check returns the child's OMP_WAIT_POLICY; each call sleeps sleep_s."""
-    return {"probe": Contender("probe", lambda: time.sleep(sleep_s), check=lambda: os.environ.get("OMP_WAIT_POLICY"))}
+    return {"probe": Contender("probe", lambda: time.sleep(sleep_s), check=lambda: os.environ.get("OMP_WAIT_POLICY"),
+                               extra={"bytes_per_call": 1234})}
 
 
 def wrong_output() -> dict[str, Contender]:

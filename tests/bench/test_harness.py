@@ -109,6 +109,7 @@ def test_a_child_runs_under_the_wait_policy_asked_for(policy, expected, monkeypa
         (r,) = harness.time_case(Case("x", [c], wait_policy=policy, unit="ms"), Settings(rounds=5, warmup=0))
         assert r.wait_policy == policy and 10 <= r.min <= r.median <= r.max
         assert r.extra["omp_env"] == harness.WAIT_POLICIES[policy]
+        assert r.extra["bytes_per_call"] == 1234  # the child's contender's own extra comes along
     finally:
         child.close()
     assert child.proc.returncode == 0
