@@ -714,6 +714,7 @@ def _rms_norm_fake(x, weight, eps):
     _check_same_device(op, "x", x, weight=weight)
     torch._check(x.dtype == torch.float32 and weight.dtype == torch.float32, lambda: f"{op}: takes float32")
     torch._check(x.dim() >= 1, lambda: f"{op}: x must have a last (feature) dimension")
+    torch._check(x.shape[-1] > 0, lambda: f"{op}: x's last (feature) dimension must be > 0")
     torch._check(tuple(weight.shape) == (x.shape[-1],), lambda: f"{op}: weight must be [C={x.shape[-1]}]")
     torch._check(eps > 0, lambda: f"{op}: eps must be > 0, got {eps}")
     return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(x.shape[:-1])
@@ -724,6 +725,8 @@ def _rms_norm_backward_fake(grad, x, weight, r):
     op = "rms_norm_backward"
     _check_defined(op, grad=grad, x=x, weight=weight, r=r)
     _check_same_device(op, "x", x, grad=grad, weight=weight, r=r)
+    torch._check(all(t.dtype == torch.float32 for t in (grad, x, weight, r)), lambda: f"{op}: takes float32")
+    torch._check(x.dim() >= 1 and x.shape[-1] > 0, lambda: f"{op}: x's last (feature) dimension must be > 0")
     torch._check(tuple(grad.shape) == tuple(x.shape), lambda: f"{op}: grad must have x's shape")
     torch._check(tuple(weight.shape) == (x.shape[-1],), lambda: f"{op}: weight must be [C={x.shape[-1]}]")
     torch._check(r.numel() == x.numel() // max(x.shape[-1], 1), lambda: f"{op}: r must hold one value per row")
@@ -775,6 +778,9 @@ def _causal_conv1d_fake(x, prev, weight, bias):
 def _causal_conv1d_backward_fake(grad, x, prev, weight, bias):
     op = "causal_conv1d_backward"
     _check_conv(op, x, prev, weight, bias)
+    _check_defined(op, grad=grad)
+    _check_same_device(op, "x", x, grad=grad)
+    torch._check(grad.dtype == torch.float32, lambda: f"{op}: takes float32, got grad {grad.dtype}")
     torch._check(tuple(grad.shape) == tuple(x.shape), lambda: f"{op}: grad must have x's shape")
     return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (x, prev, weight, bias))
 
@@ -821,6 +827,8 @@ def _rope_heads_fake(x, cos, sin, H):
 def _rope_heads_backward_fake(grad, cos, sin):
     op = "rope_heads_backward"
     _check_defined(op, grad=grad, cos=cos, sin=sin)
+    _check_same_device(op, "grad", grad, cos=cos, sin=sin)
+    torch._check(all(t.dtype == torch.float32 for t in (grad, cos, sin)), lambda: f"{op}: takes float32")
     torch._check(grad.dim() == 4 and grad.shape[3] % 2 == 0, lambda: f"{op}: grad must be [B, H, T, D] with D even")
     B, H, T, D = grad.shape
     _check_rope_tables(op, cos, sin, T, D)

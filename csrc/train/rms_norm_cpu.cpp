@@ -60,6 +60,8 @@ void check_norm_args(const char* op, const Tensor& x, const Tensor& weight) {
   check_float_cpu(op, "weight", weight);
   STD_TORCH_CHECK(x.dim() >= 1, op, ": x must have a last (feature) dimension");
   const int64_t C = x.size(x.dim() - 1);
+  // C == 0: no mean square to take (the per-row r would be left unwritten).
+  STD_TORCH_CHECK(C > 0, op, ": x's last (feature) dimension must be > 0");
   STD_TORCH_CHECK(weight.dim() == 1 && weight.size(0) == C, op, ": weight must be [C=", C, "], got ",
                   weight.dim(), "-D with ", weight.numel(), " elements");
 }

@@ -10,7 +10,7 @@ import torch
 from servelib import tiny_bitnet, tiny_bitttt
 
 from bitttt.generate import SamplingParams, decode_rows, run_model, stream_text
-from bitttt.hf.bitnet import Int8Linear
+from bitttt.hf.bitnet import FUSED_DECODE_ENV, Int8Linear
 from bitttt.serve.engine import Engine, EngineConfig, PromptTooLong, QueueFull, Request
 from bitttt.serve.state_cache import StateCache
 from bitttt.tokenizer import ByteTokenizer
@@ -30,8 +30,12 @@ def models(tmp_path) -> dict:
 
 
 @pytest.mark.parametrize("head", ["int8", "float"])
-def test_decode_rows_equals_one_sequence_at_a_time(tmp_path, head):
-    """Oracle: the model's own one-sequence decode (run_model with a batch-1 cache), per row."""
+def test_decode_rows_equals_one_sequence_at_a_time(tmp_path, head, monkeypatch):
+    """Oracle: the model's own one-sequence decode (run_model with a batch-1 cache), per row,
+    through the same per-op layers: a lone HF BitNet token otherwise takes the one-call decode
+    op, whose float steps round in another order (tests/hf/test_fused_decode.py checks that op
+    against these layers)."""
+    monkeypatch.setenv(FUSED_DECODE_ENV, "0")
     for name, model in models(tmp_path).items():
         if head == "int8":
             model.lm_head = Int8Linear(model.lm_head.weight)
