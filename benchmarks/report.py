@@ -163,6 +163,31 @@ def render_serve(rel: str) -> str:
             f"{table(['case', 'contender', 'time to first token', 'cached prompt tokens'], ttft)}\n")
 
 
+def render_bitnet(rel: str) -> str:
+    """Per case, threads and wait policy: each engine's median tok/s (min-max), bitttt-int8's
+    ratio to every other engine, and decode's share of the roofline (bytes per token over the
+    read bandwidth measured in the same run)."""
+    rec = load(rel)
+    rows: dict[tuple[str, int, str], dict[str, dict[str, Any]]] = {}
+    for c in rec["cases"]:
+        rows.setdefault((c["case"], c["threads"], c["wait_policy"]), {})[c["contender"]] = c
+    names = list(dict.fromkeys(c["contender"] for c in rec["cases"]))
+    ours = "bitttt-int8" if "bitttt-int8" in names else names[0]
+    out = []
+    for (case, threads, policy), cs in rows.items():
+        roof = [f"{n} {cs[n]['pct_of_roofline']:.0f}%" for n in names
+                if n in cs and cs[n].get("pct_of_roofline") is not None]
+        out.append([case, str(threads), policy] + [_range(cs[n]) if n in cs else "-" for n in names]
+                   + [f"{cs[ours]['median'] / cs[n]['median']:.2f}x" if ours in cs and n in cs else "-"
+                      for n in names if n != ours]
+                   + [", ".join(roof) or "-"])
+    header = (["case", "threads", "wait policy"] + [f"{n} tok/s" for n in names]
+              + [f"{ours} vs {n}" for n in names if n != ours] + ["% of roofline"])
+    s = rec["settings"]
+    return (f"{provenance(rec, rel)}\n\n{table(header, out)}\n\n{s['layers']} layers, prompt {s['prompt']} then "
+            f"{s['new_tokens']} greedy tokens, {s['rounds']} interleaved rounds; each engine in its own process.\n")
+
+
 def render_wait_policy_legacy(rel: str) -> str:
     """The wait-policy run of 2026-12-02, recorded before the harness (no date of its own, one run
     per engine and policy): decode tok/s per engine and policy, quiet and with 2 busy processes."""
@@ -188,6 +213,7 @@ TABLES: dict[str, tuple[str, Callable[[str], str]]] = {
     "ttt": ("xeon-avx512-2c/ttt.json", render_ttt),
     "peak": ("xeon-avx512-2c/peak.json", render_peak),
     "wait-policy": ("xeon-avx512-2c/bitnet_2b_wait_policy_cpu.json", render_wait_policy_legacy),
+    "bitnet": ("xeon-avx512-2c/bitnet_2b_vs_llamacpp_q8.json", render_bitnet),
 }
 
 
