@@ -150,44 +150,6 @@ def render_bitnet(rel: str) -> str:
             f"{s['new_tokens']} greedy tokens, {s['rounds']} interleaved rounds; each engine in its own process.\n")
 
 
-def render_serve(rel: str) -> str:
-    """Aggregate decode tokens/s per stream count (and its ratio to one stream), then the time to
-    first token of a conversation's late turn with and without the state cache."""
-    rec = load(rel)
-    one = {c["case"].split(" decode")[0]: c["median"] for c in rec["cases"] if c.get("streams") == 1}
-    decode = [[c["case"], _range(c), f"{c['median'] / one[c['case'].split(' decode')[0]]:.2f}x"]
-              for c in rec["cases"] if "streams" in c]
-    ttft = [[c["case"], c["contender"], f"{_range(c)} s", f"{c['cached_tokens']} of {c['prompt_tokens']}"]
-            for c in rec["cases"] if "streams" not in c]
-    return (f"{provenance(rec, rel)}\n\n{table(['case', 'tokens/s', 'vs 1 stream'], decode)}\n\n"
-            f"{table(['case', 'contender', 'time to first token', 'cached prompt tokens'], ttft)}\n")
-
-
-def render_bitnet(rel: str) -> str:
-    """Per case, threads and wait policy: each engine's median tok/s (min-max), bitttt-int8's
-    ratio to every other engine, and decode's share of the roofline (bytes per token over the
-    read bandwidth measured in the same run)."""
-    rec = load(rel)
-    rows: dict[tuple[str, int, str], dict[str, dict[str, Any]]] = {}
-    for c in rec["cases"]:
-        rows.setdefault((c["case"], c["threads"], c["wait_policy"]), {})[c["contender"]] = c
-    names = list(dict.fromkeys(c["contender"] for c in rec["cases"]))
-    ours = "bitttt-int8" if "bitttt-int8" in names else names[0]
-    out = []
-    for (case, threads, policy), cs in rows.items():
-        roof = [f"{n} {cs[n]['pct_of_roofline']:.0f}%" for n in names
-                if n in cs and cs[n].get("pct_of_roofline") is not None]
-        out.append([case, str(threads), policy] + [_range(cs[n]) if n in cs else "-" for n in names]
-                   + [f"{cs[ours]['median'] / cs[n]['median']:.2f}x" if ours in cs and n in cs else "-"
-                      for n in names if n != ours]
-                   + [", ".join(roof) or "-"])
-    header = (["case", "threads", "wait policy"] + [f"{n} tok/s" for n in names]
-              + [f"{ours} vs {n}" for n in names if n != ours] + ["% of roofline"])
-    s = rec["settings"]
-    return (f"{provenance(rec, rel)}\n\n{table(header, out)}\n\n{s['layers']} layers, prompt {s['prompt']} then "
-            f"{s['new_tokens']} greedy tokens, {s['rounds']} interleaved rounds; each engine in its own process.\n")
-
-
 def render_wait_policy_legacy(rel: str) -> str:
     """The wait-policy run of 2026-12-02, recorded before the harness (no date of its own, one run
     per engine and policy): decode tok/s per engine and policy, quiet and with 2 busy processes."""
