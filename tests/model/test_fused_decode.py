@@ -57,7 +57,9 @@ def test_fused_decode_equals_the_per_op_path(variant, packed, monkeypatch):
     (tokens, logits), (want_tokens, want_logits) = both_paths(model, monkeypatch, ids)
     assert tokens == want_tokens
     torch.testing.assert_close(logits, want_logits, atol=LOGITS_ATOL, rtol=0)
-    if packed and variant != "attention":  # the fused step ran: its concatenated projection exists
+    if variant == "attention":  # the fused step ran: its RoPE table exists
+        assert "_rope_rotation" in model.blocks[0].mixer.__dict__
+    elif packed:  # the fused step ran: its concatenated projection exists
         assert "in_proj" in model.blocks[0].mixer.layer.__dict__["_decode_tables"]
 
 
