@@ -1,6 +1,6 @@
 """Decode speed of bitttt's own models: packed ternary inference vs its full-precision (float32)
 twin, each through the fused one-token path (bitttt.nn.decode, the default) and through the
-per-op path (BITTTT_DECODE_FUSED=0); optionally the fake-quant path; and model size on disk
+per-op path (BITTTT_FUSED_DECODE=0); optionally the fake-quant path; and model size on disk
 (export vs float16).
 
     python benchmarks/bench_generate.py [--presets tiny,base] [--mixer ttt_linear] [--threads 1]
@@ -29,7 +29,7 @@ from bitttt.nn.decode import FUSED_ENV
 
 
 class fused_setting:
-    """BITTTT_DECODE_FUSED set to `value` inside the block (read on every call)."""
+    """BITTTT_FUSED_DECODE set to `value` inside the block (read on every call)."""
 
     def __init__(self, value: str) -> None:
         self.value, self.old = value, None

@@ -18,7 +18,6 @@ from torch import nn
 
 from bitttt.config import MIXERS, MODEL_TYPE, PRESETS, BitTTTConfig, preset_config  # noqa: F401 (re-exported)
 from bitttt.errors import ConfigError
-from bitttt.nn import decode
 from bitttt.nn.bitlinear import BitLinear
 from bitttt.nn.attention import check_context
 from bitttt.nn.blocks import Attention, Block, init_linear_, residual_std
@@ -110,8 +109,7 @@ class BitTTTForCausalLM(nn.Module):
         for block, state in zip(self.blocks, states):
             x, state = block(x, state=state, pos=pos, use_cache=use_cache)
             new_states.append(state)
-        x = decode.rms_norm(x, self.norm) if decode.takes_fused_decode(x) else self.norm(x)
-        logits = self.lm_head(x).float()  # [B, T, V]
+        logits = self.lm_head(self.norm(x)).float()  # [B, T, V]
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)

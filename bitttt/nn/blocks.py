@@ -176,9 +176,7 @@ class Block(nn.Module):
         self.mlp = SwiGLU(n_embd, hidden, ternary)
 
     def forward(self, x: torch.Tensor, state=None, pos: int = 0, use_cache: bool = False):
-        # one token: the norm in one C++ pass (bitttt.nn.decode)
-        normed = decode.rms_norm(x, self.norm1) if decode.takes_fused_decode(x) else self.norm1(x)
-        h, state = self.mixer(normed, state=state, pos=pos, use_cache=use_cache)
+        h, state = self.mixer(self.norm1(x), state=state, pos=pos, use_cache=use_cache)
         x = x + h
         return x + self.mlp(x, norm=self.norm2), state
 

@@ -1,5 +1,5 @@
 """The fused one-token decode path (bitttt.nn.decode) against the per-op path it replaces
-(BITTTT_DECODE_FUSED=0), the oracle: same greedy tokens, logits equal to float32 rounding."""
+(BITTTT_FUSED_DECODE=0), the oracle: the same logits, bit for bit."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ VARIANTS = {
     "ttt_linear+conv-gate": dict(mixer="ttt_linear", conv_kernel=4, use_gate=False),
     "ttt_mlp+conv": dict(mixer="ttt_mlp", conv_kernel=4),
 }
-LOGITS_ATOL = 1e-4  # the norm's float32 summation order (one C++ pass vs torch's mean), as test_model's
 
 
 def micro(seed: int = 0, **kw) -> BitTTTForCausalLM:
@@ -48,18 +47,19 @@ def both_paths(model, monkeypatch, ids, steps=19):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("packed", [True, False], ids=["packed", "float"])
-def test_fused_decode_equals_the_per_op_path(variant, packed, monkeypatch):
-    model = micro(**VARIANTS[variant])
-    if packed:
+@pytest.mark.parametrize("kind", ["packed", "fake-quant", "float-twin"])
+def test_fused_decode_equals_the_per_op_path(variant, kind, monkeypatch):
+    """Bit for bit: the serve engine's rows (per-op) must give what one sequence gets alone (fused)."""
+    model = micro(**VARIANTS[variant], ternary=kind != "float-twin")
+    if kind == "packed":
         model.pack()
     ids = torch.randint(0, 256, (1, 7), generator=torch.Generator().manual_seed(3))  # 7 + 19: past 6 mini-batches
     (tokens, logits), (want_tokens, want_logits) = both_paths(model, monkeypatch, ids)
     assert tokens == want_tokens
-    torch.testing.assert_close(logits, want_logits, atol=LOGITS_ATOL, rtol=0)
+    torch.testing.assert_close(logits, want_logits, atol=0, rtol=0)
     if variant == "attention":  # the fused step ran: its RoPE table exists
         assert "_rope_rotation" in model.blocks[0].mixer.__dict__
-    elif packed:  # the fused step ran: its concatenated projection exists
+    elif kind != "fake-quant":  # the fused step ran: its concatenated projection exists (fake quant: per-op)
         assert "in_proj" in model.blocks[0].mixer.layer.__dict__["_decode_tables"]
 
 
@@ -71,15 +71,18 @@ def test_fused_projection_follows_a_load(monkeypatch):
     model.load_state_dict(micro(seed=1, mixer="ttt_linear", conv_kernel=4).pack().state_dict())
     (tokens, logits), (want_tokens, want_logits) = both_paths(model, monkeypatch, ids)
     assert tokens == want_tokens
-    torch.testing.assert_close(logits, want_logits, atol=LOGITS_ATOL, rtol=0)
+    torch.testing.assert_close(logits, want_logits, atol=0, rtol=0)
 
 
-def test_fused_linear_is_each_layer_bit_for_bit():
+def test_fused_linear_is_each_layer():
     torch.manual_seed(0)
     layers = [BitLinear(96, n).pack() for n in (64, 32, 80)]
     x = torch.randn(1, 96)
     fused = decode.FusedLinear(layers)(x)
     torch.testing.assert_close(fused, torch.cat([layer(x) for layer in layers], -1), rtol=0, atol=0)
+    floats = [torch.nn.Linear(96, n, bias=n != 32) for n in (64, 32, 80)]  # the float twin's, a bias missing
+    with torch.no_grad():
+        torch.testing.assert_close(decode.FusedLinear(floats)(x), torch.cat([f(x) for f in floats], -1))
 
 
 def test_the_switch_rejects_other_values(monkeypatch):
