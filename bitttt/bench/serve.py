@@ -77,7 +77,8 @@ def decode_throughput(engine, n: int, steps: int) -> float:
 
     handles = [engine.submit(Request([65 + i % 26] * 8, SamplingParams(max_new_tokens=steps + 4, temperature=0)))
                for i in range(n)]
-    engine.step()  # joins (prefills) and the first token
+    while engine.prefilling:  # joins and prefills (in chunks)
+        engine.step()
     engine.step()
     t0 = time.perf_counter()
     for _ in range(steps):
