@@ -29,11 +29,10 @@ import os
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from typing import Any
+from typing import Any, TextIO
 
 STREAMS = (1, 4, 8, 16)
 TURN_USER_TOKENS = 48  # tokens of each user message in the conversation bench
@@ -273,7 +272,7 @@ def start_llama(name: str, model, args: argparse.Namespace, out) -> LlamaServer 
     return LlamaServer(args.llama_python, gguf, args.threads)
 
 
-def run(args: argparse.Namespace, out=sys.stdout) -> dict[str, Any]:
+def run(args: argparse.Namespace, out: TextIO | None = None) -> dict[str, Any]:
     import torch
 
     from bitttt.bench import harness
