@@ -281,8 +281,10 @@ BASES = {"ternary_linear": base_ternary_linear, "ternary_matmul_int8": base_tern
          "causal_conv1d": base_causal_conv1d, "causal_conv1d_backward": base_causal_conv1d_backward,
          "rope_heads": base_rope_heads, "rope_heads_backward": base_rope_heads_backward}
 # Ops this generator cannot express, and where their bad input is tested instead.
-NOT_FUZZED = {"bitnet_decode_": "its arguments are lists of tensors; tests/hf/test_fused_decode.py checks its "
-                                "refusals (short weights list, bad KV buffers)"}
+NOT_FUZZED = {"bitnet_decode_": "its arguments are lists of tensors (and an int list of row positions); "
+                                "tests/hf/test_fused_decode.py checks its refusals (short weights list, bad KV "
+                                "buffers, too few buffers for the rows, two rows sharing a buffer, x not [B, C]) "
+                                "and its B-row results against B one-row calls"}
 
 # Ops that update some of their inputs in place: those inputs are outputs too.
 IN_PLACE_INPUTS = {"ttt_linear_decode_": slice(5, 9), "ttt_mlp_decode_": slice(5, 13)}
