@@ -24,6 +24,7 @@ __all__ = [
     "ternary_linear",
     "ternary_matmul_int8",
     "int8_matmul",
+    "half_matmul",
     "ternary_repack_lut16",
     "ternary_linear_lut16",
     "ternary_matmul_int8_lut16",
@@ -201,6 +202,14 @@ def int8_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.ops.bitttt.int8_matmul(x, w)
 
 
+def half_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """float32 [M, N] = x @ w.T for float32 x [M, K] and bfloat16 or float16 w [N, K] (the float
+    LM head at decode): sums in float32, in the kernel's own order, so results match
+    x @ w.float().T to float32 rounding, not bit for bit. CPU only (the schema has no CUDA kernel).
+    """
+    return torch.ops.bitttt.half_matmul(x, w)
+
+
 # lut16: a load-time layout of BT2 weights for the table-lookup decode kernels
 # (csrc/ternary/lut16.h). Never written to disk; its fake kernels are the C++ Meta ones.
 
@@ -338,6 +347,17 @@ def _int8_matmul_fake(x, w):
     torch._check(x.dim() == 2 and w.dim() == 2 and x.shape[1] == w.shape[1],
                  lambda: "int8_matmul: x must be [M, K] and w [N, K]")
     return x.new_empty((x.shape[0], w.shape[0]), dtype=torch.int32)
+
+
+@torch.library.register_fake("bitttt::half_matmul")
+def _half_matmul_fake(x, w):
+    _check_defined("half_matmul", x=x, w=w)
+    _check_same_device("half_matmul", "x", x, w=w)
+    torch._check(x.dtype == torch.float32, lambda: "half_matmul: x must be float32")
+    torch._check(w.dtype in (torch.bfloat16, torch.float16), lambda: "half_matmul: w must be bfloat16 or float16")
+    torch._check(x.dim() == 2 and w.dim() == 2 and x.shape[1] == w.shape[1],
+                 lambda: "half_matmul: x must be [M, K] and w [N, K]")
+    return x.new_empty((x.shape[0], w.shape[0]), dtype=torch.float32)
 
 
 # Gradient for x (and bias) only: packed weights are frozen. The activation quantization

@@ -34,6 +34,9 @@ STABLE_TORCH_LIBRARY(bitttt, m) {
   // Exact int32 [M, N] = x @ w.T for int8 x [M, K], w [N, K] (csrc/int8/): the int8 LM head
   // at decode (bitttt.hf.bitnet.Int8Linear). CPU only; CUDA tensors take torch's path.
   m.def("int8_matmul(Tensor x, Tensor w) -> Tensor");
+  // float32 [M, N] = x @ w.T for float32 x [M, K] and bfloat16/float16 w [N, K] (csrc/half/):
+  // the float LM head at decode (bitttt.nn.half_linear.HalfLinear). CPU only.
+  m.def("half_matmul(Tensor x, Tensor w) -> Tensor");
   // ternary_linear(RMSNorm(x)) in one call (csrc/decode/): the norm (bitttt.nn.norm.RMSNorm,
   // norm_weight [K] in x's dtype) fused into the activation quantization; bias float32. CPU only.
   m.def("rms_norm_ternary_linear(Tensor x, Tensor norm_weight, float eps, Tensor packed, Tensor w_scale, "

@@ -18,9 +18,8 @@ import argparse
 import datetime
 import os
 import statistics
-import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 STREAMS = (1, 4, 8, 16)
 TURN_USER_TOKENS = 48  # tokens of each user message in the conversation bench
@@ -117,7 +116,7 @@ def case(name: str, contender: str, threads: int, values: list[float], unit: str
             "rounds": len(values), **extra}
 
 
-def run(args: argparse.Namespace, out=sys.stdout) -> dict[str, Any]:
+def run(args: argparse.Namespace, out: TextIO | None = None) -> dict[str, Any]:
     import torch
 
     from bitttt.bench import harness

@@ -27,6 +27,7 @@ from bitttt.errors import ConfigError
 from bitttt.model import CausalLMOutput, ModelCache, next_positions
 from bitttt.nn.attention import causal_attention, check_context, kv_filled, kv_room, one_token_attention  # noqa: F401
 from bitttt.nn.bitlinear import set_lut16
+from bitttt.nn.half_linear import HalfLinear
 from bitttt.nn.int8_linear import Int8Linear
 from bitttt.nn.norm import RMSNorm as _RMSNorm, rms_norm_ternary
 from bitttt.nn.rope import apply_rope, rope_cos_sin
@@ -202,7 +203,7 @@ class BitNetForCausalLM(nn.Module):
         self.embed_tokens = nn.Embedding.from_pretrained(embed, freeze=True)
         self.layers = nn.ModuleList(layers)
         self.norm = norm
-        self.lm_head: nn.Module = nn.Linear(config.hidden_size, config.vocab_size, bias=False, device="meta")
+        self.lm_head: nn.Module = HalfLinear(config.hidden_size, config.vocab_size, bias=False, device="meta")
         self.lm_head.weight = self.embed_tokens.weight if lm_head is None else nn.Parameter(lm_head, requires_grad=False)
 
     is_packed = True  # the ternary layers always run the BT2 kernel
