@@ -36,6 +36,7 @@ __all__ = [
     "fake_quant_activations",
     "fake_quant_weight",
     "bitlinear_fake_quant",
+    "bitlinear_fake_quant_shared",
     "rms_norm",
     "causal_conv1d",
     "rope_heads",
@@ -709,6 +710,49 @@ def bitlinear_fake_quant(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | 
     """BitLinear's training forward F.linear(fake_quant_activations(x), fake_quant_weight(w), bias)
     as one op and one autograd node, with the same straight-through gradients."""
     return _BitLinearFakeQuant.apply(x, w, bias)
+
+
+# Several bias-free BitLinears of one input (the TTT layer's q/k, v and gate projections) as
+# ONE autograd node (issue 26): the input's int8 quantization is per token, so one pass serves
+# them all, and one node replaces one per layer. Each weight keeps its own absmean scale and
+# its own GEMM, so every output and gradient is, bit for bit, the one its own BitLinear gives.
+# (One GEMM over the concatenated weights made strided outputs that the conv and the TTT op
+# then copied, and concatenating the gradients cost more than the wider GEMMs gained.)
+class _BitLinearFakeQuantShared(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, *ws: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x_dq = fake_quant_activations(x)
+        w_dqs = [fake_quant_weight(w) for w in ws]
+        ctx.save_for_backward(x_dq, *w_dqs)
+        return tuple(torch.nn.functional.linear(x_dq, w_dq) for w_dq in w_dqs)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor | None):
+        x_dq, *w_dqs = ctx.saved_tensors
+        x2 = x_dq.reshape(-1, x_dq.shape[-1])
+        grad_x = None
+        grad_ws: list[torch.Tensor | None] = [None] * len(w_dqs)
+        for i, (g, w_dq) in enumerate(zip(grads, w_dqs)):
+            if g is None:  # an output nobody read
+                if ctx.needs_input_grad[1 + i]:
+                    grad_ws[i] = torch.zeros_like(w_dq)
+                continue
+            g2 = g.reshape(-1, g.shape[-1])
+            if ctx.needs_input_grad[0]:  # summed in place, as the engine would sum the layers' grad_x
+                grad_x = g2 @ w_dq if grad_x is None else grad_x.addmm_(g2, w_dq)
+            if ctx.needs_input_grad[1 + i]:
+                grad_ws[i] = g2.T @ x2
+        if grad_x is not None:
+            grad_x = grad_x.view(x_dq.shape)
+        elif ctx.needs_input_grad[0]:
+            grad_x = torch.zeros_like(x_dq)
+        return grad_x, *grad_ws
+
+
+def bitlinear_fake_quant_shared(x: torch.Tensor, weights: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """bitlinear_fake_quant(x, w) for each bias-free weight w [N_i, K] of one input x [..., K]
+    (outputs [..., N_i]), as one autograd node with one activation quantization."""
+    return _BitLinearFakeQuantShared.apply(x, *weights)
 
 
 # ---------------------------------------------------------------------------------------
