@@ -28,6 +28,9 @@ __all__ = [
     "ternary_repack_lut16",
     "ternary_linear_lut16",
     "ternary_matmul_int8_lut16",
+    "ternary_repack_trit5",
+    "ternary_linear_trit5",
+    "ternary_matmul_int8_trit5",
     "rms_norm_ternary_linear",
     "bitnet_decode_",
     "TTTState",
@@ -245,6 +248,41 @@ def ternary_linear_lut16(
 def ternary_matmul_int8_lut16(x: torch.Tensor, layout: torch.Tensor, N: int) -> torch.Tensor:
     """Exact int32 [M, N] = x @ q.T for int8 x [M, K] over a lut16 layout of N weight rows."""
     return torch.ops.bitttt.ternary_matmul_int8_lut16(x, layout, N)
+
+
+# trit5: a load-time layout of BT2 weights at 5 weights per byte (csrc/ternary/trit5.h),
+# for decode GEMVs limited by memory bandwidth. Never written to disk; C++ Meta fake kernels.
+
+
+def ternary_repack_trit5(packed: torch.Tensor, K: int) -> torch.Tensor:
+    """BT2 packed uint8 [N, Kp/4] of K weights per row -> the trit5 layout uint8 [N, ceil(K/320)*64].
+
+    1.6 bits per weight (0.80x BT2's bytes at K = 2560). CPU (and meta) only. Raises
+    RuntimeError for a tensor that is not BT2 for K. BT2 code 3 (not a weight; validate_packed
+    refuses it at load) becomes +1 here, where the BT2 kernels read +2.
+    """
+    return torch.ops.bitttt.ternary_repack_trit5(packed, K)
+
+
+def ternary_linear_trit5(
+    x: torch.Tensor, layout: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """ternary_linear over a trit5 layout: bit-identical output, reading 20% fewer weight bytes.
+
+    Args:
+        x: float32 or bfloat16 [..., K], CPU.
+        layout: uint8 [N, ceil(K/320)*64] from ternary_repack_trit5(packed, K).
+        w_scale: float32 [N].
+        bias: optional [N].
+    Returns:
+        [..., N] in x's dtype, equal bit for bit to ternary_linear(x, packed, w_scale, bias).
+    """
+    return torch.ops.bitttt.ternary_linear_trit5(x, layout, w_scale, bias)
+
+
+def ternary_matmul_int8_trit5(x: torch.Tensor, layout: torch.Tensor, N: int) -> torch.Tensor:
+    """Exact int32 [M, N] = x @ q.T for int8 x [M, K] over a trit5 layout of N weight rows."""
+    return torch.ops.bitttt.ternary_matmul_int8_trit5(x, layout, N)
 
 
 def rms_norm_ternary_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, packed: torch.Tensor,
