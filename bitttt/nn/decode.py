@@ -11,6 +11,7 @@ float32, does the same math with fewer ops:
   (one GEMM in the float twin, which gets the same path: comparisons stay fair);
 - tables that depend only on the weights or the config (RoPE cos/sin of the TTT mini-batch
   positions, the causal conv's weights per step) are built once per weights;
+- the step runs below autograd (`dispatch_context`): no Python autograd wrapper per custom op;
 - attention's step takes RoPE's rotation from a table of positions and runs the scores and
   the output as one bmm each, reading the KV buffer where it lies (the per-op matmul copied
   the transposed keys, O(T) per token).
@@ -23,6 +24,7 @@ batched rows (per-op) still equal one sequence decoded alone.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -63,6 +65,18 @@ def derived(owner: nn.Module, name: str, sources: list[torch.Tensor], build: Cal
     if hit is None or hit[0] != key:
         hit = cache[name] = (key, build())
     return hit[1]
+
+
+def dispatch_context(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Where a model's one-token step runs: below autograd when x takes the fused path, else as it is.
+
+    A custom op with a registered backward (ternary_linear, rope_heads, ...) is called through
+    its Python autograd wrapper even under no_grad (torch/_library/autograd.py: a dataclass, a
+    context manager and a redispatch per call); at decode that costs about what a small GEMV
+    does. Below autograd the dispatcher goes straight to the kernels, for every op of the step.
+    Views keep their base (view tracking sits below autograd), so the KV buffer is still found
+    and written in place. torch's own autograd wrappers use this guard the same way."""
+    return torch._C._AutoDispatchBelowAutograd() if takes_fused_decode(x) else contextlib.nullcontext()
 
 
 class FusedLinear:
