@@ -14,7 +14,7 @@ from torch import nn
 
 from bitttt import ops
 from bitttt.nn import decode
-from bitttt.nn.bitlinear import BitLinear
+from bitttt.nn.bitlinear import BitLinear, shared_input_linears
 from bitttt.nn.rope import apply_rope, rope_cos_sin  # rotate-half, as the TTT reference
 from bitttt.nn.ttt_mlp_torch import ttt_mlp_torch
 
@@ -101,27 +101,31 @@ class _TTTBase(nn.Module):
         return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # [B,H,T,D]
 
     def _project(self, x: torch.Tensor, cache: TTTCache | None):
-        """q, k, v [B,H,T,D] and lr [B,H,T] for x [B,T,C]; advances the conv cache."""
+        """q, k, v [B,H,T,D], lr [B,H,T] and the gate's projection (None without a gate) for
+        x [B,T,C]; advances the conv cache."""
         T = x.shape[1]
         pos0 = cache.pos if cache is not None else 0
         pos = torch.arange(T, device=x.device) + pos0  # [T]
-        q, k, v, lr, new_prev = self._project_at(x, cache.conv if cache is not None else None, pos)
+        q, k, v, lr, gate, new_prev = self._project_at(x, cache.conv if cache is not None else None, pos)
         if cache is not None and new_prev is not None:
             cache.conv = new_prev.detach()
-        return q, k, v, lr
+        return q, k, v, lr, gate
 
     def _project_at(self, x: torch.Tensor, prev: torch.Tensor | None, pos: torch.Tensor):
         """_project with the conv's previous inputs prev [B,K−1,C] (or None) and absolute
         positions pos [T], or [B,1,1] for one token per row at its own position (step_rows).
-        Returns q, k, v, lr and the conv's next previous inputs (None without a conv)."""
+        Returns q, k, v, lr, the gate's projection (None without a gate) and the conv's next
+        previous inputs (None without a conv)."""
         new_prev = None
+        # the projections of x as one op while training (shared_input_linears)
+        gate_proj = [self.g_proj] if self.use_gate else []
         if self.use_conv:
-            qk = self.qk_proj(x)
+            qk, v, *gate = shared_input_linears(x, [self.qk_proj, self.v_proj, *gate_proj])
             q, new_prev = self.conv_q(qk, prev)
             k, _ = self.conv_k(qk, prev)
         else:
-            q, k = self.q_proj(x), self.k_proj(x)
-        v = self._heads(self.v_proj(x))
+            q, k, v, *gate = shared_input_linears(x, [self.q_proj, self.k_proj, self.v_proj, *gate_proj])
+        v = self._heads(v)
         cos, sin = rope_cos_sin(pos % self.mini_batch_size, self.head_dim, self.rope_theta, q.dtype)
         if pos.dim() == 1 and ops.uses_train_kernel(q, k):  # one pass, the same values (ops.rope_heads)
             q, k = ops.rope_heads(q, cos, sin, self.num_heads), ops.rope_heads(k, cos, sin, self.num_heads)
@@ -132,22 +136,22 @@ class _TTTBase(nn.Module):
         else:
             lr_logit = self.lr_proj(x)
         lr = self.base_lr * torch.sigmoid(lr_logit).transpose(1, 2) / self.head_dim  # [B,H,T]
-        return q, k, v, lr, new_prev
+        return q, k, v, lr, (gate[0] if gate else None), new_prev
 
-    def _output(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    def _output(self, x: torch.Tensor, out: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
         B, T, C = x.shape
         y = self.post_norm(out.transpose(1, 2).reshape(B, T, C).to(x.dtype))
         if self.use_gate:
-            y = F.gelu(self.g_proj(x), approximate="tanh") * y
+            y = F.gelu(gate, approximate="tanh") * y
         return self.o_proj(y)
 
     def forward(self, x: torch.Tensor, cache: TTTCache | None = None) -> torch.Tensor:
         """x [B,T,C] -> [B,T,C]. With a cache, continues from it and updates it in place."""
-        q, k, v, lr = self._project(x, cache)
+        q, k, v, lr, gate = self._project(x, cache)
         out, state = self._inner(q, k, v, lr, cache.state if cache is not None else None)
         if cache is not None:
             cache.state, cache.pos = state, cache.pos + x.shape[1]
-        return self._output(x, out)
+        return self._output(x, out, gate)
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, cache: TTTCache) -> torch.Tensor:
@@ -158,10 +162,10 @@ class _TTTBase(nn.Module):
             if proj is not None:
                 return self._step_fused(x, cache, proj)
         x = x.unsqueeze(1)
-        q, k, v, lr = self._project(x, cache)
+        q, k, v, lr, gate = self._project(x, cache)
         out, cache.state = self._inner_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], lr[:, :, 0], cache.state)
         cache.pos += 1
-        return self._output(x, out.unsqueeze(2))[:, 0]
+        return self._output(x, out.unsqueeze(2), gate)[:, 0]
 
     def _step_fused(self, x: torch.Tensor, cache: TTTCache, proj: decode.FusedLinear) -> torch.Tensor:
         """step() for one token of one sequence (bitttt.nn.decode): the same math as the per-op
@@ -214,7 +218,7 @@ class _TTTBase(nn.Module):
         if self.use_conv:
             K1 = self.conv_q.kernel - 1
             prev = torch.cat([c.conv if c.conv is not None else x.new_zeros(1, K1, C) for c in caches])
-        q, k, v, lr, new_prev = self._project_at(x, prev, pos)
+        q, k, v, lr, gate, new_prev = self._project_at(x, prev, pos)
         outs = []
         for i, cache in enumerate(caches):
             out, cache.state = self._inner_step(q[i:i + 1, :, 0], k[i:i + 1, :, 0], v[i:i + 1, :, 0],
@@ -223,7 +227,7 @@ class _TTTBase(nn.Module):
             cache.pos += 1
             if new_prev is not None:
                 cache.conv = new_prev[i:i + 1].clone()  # its own tensor: the batch's is freed with the step
-        return self._output(x, torch.cat(outs).unsqueeze(2))[:, 0]
+        return self._output(x, torch.cat(outs).unsqueeze(2), gate)[:, 0]
 
 
 class TTTLinear(_TTTBase):
