@@ -18,6 +18,7 @@ from torch import nn
 
 from bitttt.config import MIXERS, MODEL_TYPE, PRESETS, BitTTTConfig, preset_config  # noqa: F401 (re-exported)
 from bitttt.errors import ConfigError
+from bitttt.nn import decode
 from bitttt.nn.bitlinear import BitLinear
 from bitttt.nn.attention import check_context
 from bitttt.nn.blocks import Attention, Block, init_linear_, residual_std
@@ -106,10 +107,11 @@ class BitTTTForCausalLM(nn.Module):
         check_context(pos, input_ids.shape[1], max_positions(self.config))
         x = self.embed(input_ids)  # [B, T, C]
         new_states = []
-        for block, state in zip(self.blocks, states):
-            x, state = block(x, state=state, pos=pos, use_cache=use_cache)
-            new_states.append(state)
-        logits = self.lm_head(self.norm(x)).float()  # [B, T, V]
+        with decode.dispatch_context(x):  # one token: below autograd (bitttt.nn.decode)
+            for block, state in zip(self.blocks, states):
+                x, state = block(x, state=state, pos=pos, use_cache=use_cache)
+                new_states.append(state)
+            logits = self.lm_head(self.norm(x)).float()  # [B, T, V]
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)

@@ -11,6 +11,7 @@ float32, does the same math with fewer ops:
   (one GEMM in the float twin, which gets the same path: comparisons stay fair);
 - tables that depend only on the weights or the config (RoPE cos/sin of the TTT mini-batch
   positions, the causal conv's weights per step) are built once per weights;
+- the step runs below autograd (`dispatch_context`): no Python autograd wrapper per custom op;
 - attention's step takes RoPE's rotation from a table of positions and runs the scores and
   the output as one bmm each, reading the KV buffer where it lies (the per-op matmul copied
   the transposed keys, O(T) per token).
@@ -23,6 +24,7 @@ batched rows (per-op) still equal one sequence decoded alone.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -31,9 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bitttt import ops
 from bitttt.errors import ConfigError
-from bitttt.nn.bitlinear import BitLinear, lut16_layout, packed_linear
+from bitttt.nn.bitlinear import BitLinear, lut16_layout, packed_linear, trit5_layout
 
 FUSED_ENV = "BITTTT_FUSED_DECODE"  # the same switch as Hugging Face BitNet's one-call decode (bitttt.hf.bitnet)
 _SETTINGS = {"": True, "1": True, "on": True, "0": False, "off": False}
@@ -66,6 +67,18 @@ def derived(owner: nn.Module, name: str, sources: list[torch.Tensor], build: Cal
     return hit[1]
 
 
+def dispatch_context(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Where a model's one-token step runs: below autograd when x takes the fused path, else as it is.
+
+    A custom op with a registered backward (ternary_linear, rope_heads, ...) is called through
+    its Python autograd wrapper even under no_grad (torch/_library/autograd.py: a dataclass, a
+    context manager and a redispatch per call); at decode that costs about what a small GEMV
+    does. Below autograd the dispatcher goes straight to the kernels, for every op of the step.
+    Views keep their base (view tracking sits below autograd), so the KV buffer is still found
+    and written in place. torch's own autograd wrappers use this guard the same way."""
+    return torch._C._AutoDispatchBelowAutograd() if takes_fused_decode(x) else contextlib.nullcontext()
+
+
 class FusedLinear:
     """Linear layers that read the same input as one call over their concatenated rows: packed
     BitLinears as one ternary call (one activation quantization; each row's output the same bits
@@ -79,10 +92,8 @@ class FusedLinear:
         if self.packed:
             self.weight = torch.cat([layer.packed for layer in layers])
             self.w_scale = torch.cat([layer.w_scale for layer in layers])
-            self.lut16 = lut16_layout(self.weight)
-            # the layers' own one-token layout (BITTTT_TRIT5), over the concatenated rows
-            self.trit5 = (ops.ternary_repack_trit5(self.weight, layers[0].in_features)
-                          if getattr(layers[0], "trit5", None) is not None else None)
+            self.lut16 = lut16_layout(self.weight)  # the decode layouts each layer would use: same bits
+            self.trit5 = trit5_layout(self.weight, layers[0].in_features)
         else:
             self.weight = torch.cat([layer.weight.detach() for layer in layers])
         self.bias = None if all(b is None for b in biases) else torch.cat(

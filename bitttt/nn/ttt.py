@@ -157,7 +157,8 @@ class _TTTBase(nn.Module):
     def step(self, x: torch.Tensor, cache: TTTCache) -> torch.Tensor:
         """One token x [B,C] -> [B,C] for generation; updates the cache in place."""
         if decode.takes_fused_decode(x):
-            names = (["qk_proj"] if self.use_conv else ["q_proj", "k_proj"]) + ["v_proj"] + (["g_proj"] if self.use_gate else [])
+            names = ((["qk_proj"] if self.use_conv else ["q_proj", "k_proj"]) + ["v_proj"]
+                     + (["g_proj"] if self.use_gate else []))
             proj = decode.fused_linear(self, "in_proj", [getattr(self, n) for n in names])
             if proj is not None:
                 return self._step_fused(x, cache, proj)

@@ -9,7 +9,7 @@ import torch
 from bitttt.errors import ConfigError
 from bitttt.model import BitTTTConfig, BitTTTForCausalLM
 from bitttt.nn import decode
-from bitttt.nn.bitlinear import BitLinear
+from bitttt.nn.bitlinear import LUT16_ENV, TRIT5_ENV, BitLinear
 
 # mixer, config overrides: every TTT layout the fused step has (conv or q/k, gate or none)
 VARIANTS = {
@@ -74,12 +74,16 @@ def test_fused_projection_follows_a_load(monkeypatch):
     torch.testing.assert_close(logits, want_logits, atol=0, rtol=0)
 
 
-def test_fused_linear_is_each_layer():
+@pytest.mark.parametrize("layout", ["bt2", "trit5"])
+def test_fused_linear_is_each_layer(layout, monkeypatch):
+    monkeypatch.setenv(TRIT5_ENV, "1" if layout == "trit5" else "0")
+    monkeypatch.setenv(LUT16_ENV, "0")
     torch.manual_seed(0)
     layers = [BitLinear(96, n).pack() for n in (64, 32, 80)]
     x = torch.randn(1, 96)
-    fused = decode.FusedLinear(layers)(x)
-    torch.testing.assert_close(fused, torch.cat([layer(x) for layer in layers], -1), rtol=0, atol=0)
+    fused_linear = decode.FusedLinear(layers)
+    assert (fused_linear.trit5 is not None) == (layout == "trit5")  # the decode layout each layer has
+    torch.testing.assert_close(fused_linear(x), torch.cat([layer(x) for layer in layers], -1), rtol=0, atol=0)
     floats = [torch.nn.Linear(96, n, bias=n != 32) for n in (64, 32, 80)]  # the float twin's, a bias missing
     with torch.no_grad():
         torch.testing.assert_close(decode.FusedLinear(floats)(x), torch.cat([f(x) for f in floats], -1))
