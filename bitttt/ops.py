@@ -28,6 +28,9 @@ __all__ = [
     "ternary_repack_lut16",
     "ternary_linear_lut16",
     "ternary_matmul_int8_lut16",
+    "ternary_repack_trit5",
+    "ternary_linear_trit5",
+    "ternary_matmul_int8_trit5",
     "rms_norm_ternary_linear",
     "bitnet_decode_",
     "TTTState",
@@ -36,6 +39,7 @@ __all__ = [
     "fake_quant_activations",
     "fake_quant_weight",
     "bitlinear_fake_quant",
+    "bitlinear_fake_quant_shared",
     "rms_norm",
     "causal_conv1d",
     "rope_heads",
@@ -244,6 +248,41 @@ def ternary_linear_lut16(
 def ternary_matmul_int8_lut16(x: torch.Tensor, layout: torch.Tensor, N: int) -> torch.Tensor:
     """Exact int32 [M, N] = x @ q.T for int8 x [M, K] over a lut16 layout of N weight rows."""
     return torch.ops.bitttt.ternary_matmul_int8_lut16(x, layout, N)
+
+
+# trit5: a load-time layout of BT2 weights at 5 weights per byte (csrc/ternary/trit5.h),
+# for decode GEMVs limited by memory bandwidth. Never written to disk; C++ Meta fake kernels.
+
+
+def ternary_repack_trit5(packed: torch.Tensor, K: int) -> torch.Tensor:
+    """BT2 packed uint8 [N, Kp/4] of K weights per row -> the trit5 layout uint8 [N, ceil(K/320)*64].
+
+    1.6 bits per weight (0.80x BT2's bytes at K = 2560). CPU (and meta) only. Raises
+    RuntimeError for a tensor that is not BT2 for K. BT2 code 3 (not a weight; validate_packed
+    refuses it at load) becomes +1 here, where the BT2 kernels read +2.
+    """
+    return torch.ops.bitttt.ternary_repack_trit5(packed, K)
+
+
+def ternary_linear_trit5(
+    x: torch.Tensor, layout: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """ternary_linear over a trit5 layout: bit-identical output, reading 20% fewer weight bytes.
+
+    Args:
+        x: float32 or bfloat16 [..., K], CPU.
+        layout: uint8 [N, ceil(K/320)*64] from ternary_repack_trit5(packed, K).
+        w_scale: float32 [N].
+        bias: optional [N].
+    Returns:
+        [..., N] in x's dtype, equal bit for bit to ternary_linear(x, packed, w_scale, bias).
+    """
+    return torch.ops.bitttt.ternary_linear_trit5(x, layout, w_scale, bias)
+
+
+def ternary_matmul_int8_trit5(x: torch.Tensor, layout: torch.Tensor, N: int) -> torch.Tensor:
+    """Exact int32 [M, N] = x @ q.T for int8 x [M, K] over a trit5 layout of N weight rows."""
+    return torch.ops.bitttt.ternary_matmul_int8_trit5(x, layout, N)
 
 
 def rms_norm_ternary_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, packed: torch.Tensor,
@@ -709,6 +748,49 @@ def bitlinear_fake_quant(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | 
     """BitLinear's training forward F.linear(fake_quant_activations(x), fake_quant_weight(w), bias)
     as one op and one autograd node, with the same straight-through gradients."""
     return _BitLinearFakeQuant.apply(x, w, bias)
+
+
+# Several bias-free BitLinears of one input (the TTT layer's q/k, v and gate projections) as
+# ONE autograd node (issue 26): the input's int8 quantization is per token, so one pass serves
+# them all, and one node replaces one per layer. Each weight keeps its own absmean scale and
+# its own GEMM, so every output and gradient is, bit for bit, the one its own BitLinear gives.
+# (One GEMM over the concatenated weights made strided outputs that the conv and the TTT op
+# then copied, and concatenating the gradients cost more than the wider GEMMs gained.)
+class _BitLinearFakeQuantShared(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, *ws: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x_dq = fake_quant_activations(x)
+        w_dqs = [fake_quant_weight(w) for w in ws]
+        ctx.save_for_backward(x_dq, *w_dqs)
+        return tuple(torch.nn.functional.linear(x_dq, w_dq) for w_dq in w_dqs)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor | None):
+        x_dq, *w_dqs = ctx.saved_tensors
+        x2 = x_dq.reshape(-1, x_dq.shape[-1])
+        grad_x = None
+        grad_ws: list[torch.Tensor | None] = [None] * len(w_dqs)
+        for i, (g, w_dq) in enumerate(zip(grads, w_dqs)):
+            if g is None:  # an output nobody read
+                if ctx.needs_input_grad[1 + i]:
+                    grad_ws[i] = torch.zeros_like(w_dq)
+                continue
+            g2 = g.reshape(-1, g.shape[-1])
+            if ctx.needs_input_grad[0]:  # summed in place, as the engine would sum the layers' grad_x
+                grad_x = g2 @ w_dq if grad_x is None else grad_x.addmm_(g2, w_dq)
+            if ctx.needs_input_grad[1 + i]:
+                grad_ws[i] = g2.T @ x2
+        if grad_x is not None:
+            grad_x = grad_x.view(x_dq.shape)
+        elif ctx.needs_input_grad[0]:
+            grad_x = torch.zeros_like(x_dq)
+        return grad_x, *grad_ws
+
+
+def bitlinear_fake_quant_shared(x: torch.Tensor, weights: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """bitlinear_fake_quant(x, w) for each bias-free weight w [N_i, K] of one input x [..., K]
+    (outputs [..., N_i]), as one autograd node with one activation quantization."""
+    return _BitLinearFakeQuantShared.apply(x, *weights)
 
 
 # ---------------------------------------------------------------------------------------

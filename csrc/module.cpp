@@ -31,6 +31,12 @@ STABLE_TORCH_LIBRARY(bitttt, m) {
   // ternary_linear and ternary_matmul_int8 over a lut16 layout (N from w_scale, or given).
   m.def("ternary_linear_lut16(Tensor x, Tensor layout, Tensor w_scale, Tensor? bias=None) -> Tensor");
   m.def("ternary_matmul_int8_lut16(Tensor x, Tensor layout, int N) -> Tensor");
+  // The trit5 load-time layout of BT2 (csrc/ternary/trit5.h, 5 weights per byte) for decode
+  // GEMVs limited by memory: packed uint8 [N, Kp/4] of K weights per row -> layout uint8
+  // [N, ceil(K / 320) * 64]. Never written to disk. Then the ops as for lut16.
+  m.def("ternary_repack_trit5(Tensor packed, int K) -> Tensor");
+  m.def("ternary_linear_trit5(Tensor x, Tensor layout, Tensor w_scale, Tensor? bias=None) -> Tensor");
+  m.def("ternary_matmul_int8_trit5(Tensor x, Tensor layout, int N) -> Tensor");
   // Exact int32 [M, N] = x @ w.T for int8 x [M, K], w [N, K] (csrc/int8/): the int8 LM head
   // at decode (bitttt.hf.bitnet.Int8Linear). CPU only; CUDA tensors take torch's path.
   m.def("int8_matmul(Tensor x, Tensor w) -> Tensor");
@@ -183,6 +189,8 @@ PYBIND11_MODULE(_C, mod) {
           "The ternary kernel set in use (BITTTT_ISA or the best available).");
   mod.def("lut16_isa", [] { return std::string(bitttt::ternary::active_lut16_kernels().name); },
           "The lut16 (table-lookup decode) kernel set that goes with the active ternary one.");
+  mod.def("trit5_isa", [] { return std::string(bitttt::ternary::active_trit5_kernels().name); },
+          "The trit5 (5 weights per byte) kernel set that goes with the active ternary one.");
   mod.def("set_isa", &bitttt::ternary::set_isa, py::arg("name"),
           "Force a ternary kernel set: 'scalar', 'avx2', 'avx512', 'neon', 'neon_dotprod' or 'auto'.");
   // Peak throughput (csrc/peak/peak.h; bitttt/bench/peak.py measures and checks with these).
