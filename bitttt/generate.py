@@ -138,8 +138,9 @@ def decode_rows(model: BitTTTForCausalLM, tokens: list[int], caches: list[ModelC
     i feeds tokens[i] after caches[i], a batch-1 cache at its own position. Returns the logits
     [B, V] float32 and the rows' new caches. Every linear runs once with M = B rows; each
     mixer's position-dependent core (attention over the row's past, the TTT inner step) runs
-    row by row (a ModelCache whose pos is a list: bitttt.model.ModelCache). The caches passed
-    in are consumed as by a one-token step (TTT states are updated in place)."""
+    row by row (a ModelCache whose pos is a list: bitttt.model.ModelCache); an HF BitNet model
+    runs the whole batch in one call of its decode op instead (bitttt.hf.bitnet). The caches
+    passed in are consumed as by a one-token step (TTT states are updated in place)."""
     n_layers, B = len(caches[0].states), len(caches)
     rows = ModelCache([[c.states[i] for c in caches] for i in range(n_layers)], [c.pos for c in caches])
     out = run_model(model, [[t] for t in tokens], rows)

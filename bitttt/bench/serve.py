@@ -55,6 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--llama-python", metavar="PATH",
                    help="2b: a python with llama-cpp-python's server (pip install 'llama-cpp-python[server]'): "
                         "runs llama-server as the contender (default: skipped)")
+    p.add_argument("--shared", action="store_true",
+                   help="say in the record that the machine was shared with other work")
     p.add_argument("--llama-gguf", metavar="PATH",
                    help="2b: the contender's GGUF (Q8_0 head, byte vocabulary), written here if missing "
                         "(default: in the temp dir)")
@@ -339,7 +341,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> dict[str, Any]:
                            "turns": args.turns, "user_tokens": TURN_USER_TOKENS, "reply_tokens": TURN_REPLY_TOKENS,
                            "lm_head": args.lm_head, "layers_2b": args.layers if "2b" in args.models else None,
                            "llama_python": getattr(args, "llama_python", None)},
-              "cases": cases}
+              "cases": cases, "shared_machine": bool(getattr(args, "shared", False))}
     if args.json:
         harness.write_json(record, args.json)
         print(f"wrote {args.json}", file=out)

@@ -1,7 +1,8 @@
 """A fake `python -m llama_cpp.server`: the real one's command line (the options the bench
 passes) and its wire protocol, in the standard library: GET /v1/models, and POST
-/v1/completions streamed as sse-starlette sends it (HTTP/1.1 chunked, `data: {json}` events
-ended by CRLF CRLF, `: ping` comments, a last chunk with finish_reason, then `data: [DONE]`).
+/v1/completions streamed as llama-cpp-python 0.3.36's server sent it when captured (HTTP/1.1
+chunked, text/event-stream: a `: ping - TIME` comment, one `data: {json}` event per token, each
+ended by a blank line, a last chunk with empty text and finish_reason "length", `data: [DONE]`).
 One request at a time, as the real server's lock. Tokens are "<tN>" (the bench GGUF's byte
 vocabulary's placeholders); the number of requests served is appended to FAKE_LLAMA_LOG."""
 
@@ -57,18 +58,18 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "text/event-stream; charset=utf-8")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            self._chunk(": ping - 2026-01-01 00:00:00.000000\r\n\r\n")
+            self._chunk(": ping - 2026-12-07 16:53:06.107339+00:00\n\n")
             base = {"id": "cmpl-1", "object": "text_completion", "created": int(time.time()), "model": args.model_alias}
             for i in range(body["max_tokens"]):
                 time.sleep(0.002)
                 choice = {"text": f"<t{1000 + i}>", "index": 0, "logprobs": None, "finish_reason": None}
-                self._chunk("data: " + json.dumps({**base, "choices": [choice]}) + "\r\n\r\n")
+                self._chunk("data: " + json.dumps({**base, "choices": [choice]}) + "\n\n")
             last = {"text": "", "index": 0, "logprobs": None, "finish_reason": "length"}
-            self._chunk("data: " + json.dumps({**base, "choices": [last]}) + "\r\n\r\n")
-            self._chunk("data: [DONE]\r\n\r\n")
-            self._chunk("")
-            with open(os.environ["FAKE_LLAMA_LOG"], "a") as f:
+            self._chunk("data: " + json.dumps({**base, "choices": [last]}) + "\n\n")
+            with open(os.environ["FAKE_LLAMA_LOG"], "a") as f:  # before [DONE]: the client may stop us then
                 f.write(f"{body['max_tokens']}\n")
+            self._chunk("data: [DONE]\n\n")
+            self._chunk("")
 
 
 ThreadingHTTPServer((args.host, int(args.port)), Handler).serve_forever()
