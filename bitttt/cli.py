@@ -160,6 +160,17 @@ reports medians with min-max; --json writes one record shape (bitttt/bench/harne
     add_bench_serve_parser(benches)
 
 
+def _run_bench_module(args: argparse.Namespace) -> int:
+    """`bitttt bench NAME` for the benches whose flags and logic all live in bitttt/bench/NAME.py:
+    its run(args) returns an exit code, or None for success."""
+    import importlib
+
+    if getattr(args, "json", None):
+        _check_writable(args.json)
+    code = importlib.import_module(f"bitttt.bench.{args.bench}").run(args)
+    return code if isinstance(code, int) else EXIT_OK
+
+
 def add_bench_ternary_parser(sub: argparse._SubParsersAction) -> None:
     from bitttt.bench.shapes import TERNARY_SHAPES, TERNARY_TOKENS
 
@@ -484,6 +495,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="bigger request bodies get 413 (default: 4M)")
     p.add_argument("--default-max-tokens", type=int, default=512,
                    help="tokens generated when a request names no max_tokens (default: 512)")
+    p.add_argument("--prefill-chunk", type=int, default=128,
+                   help="prompt tokens fed per step between decode steps, so a long prompt does not stall "
+                        "the other streams (default: 128)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.set_defaults(func=_run_serve)
 
@@ -497,7 +511,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port < 65536:
         raise ConfigError(f"serve: --port must be in 0..65535, got {args.port}")
     engine_config = EngineConfig(max_batch=args.max_batch, max_queue=args.max_queue,
-                                 state_cache_mb=args.state_cache_mb, max_prompt_tokens=args.max_prompt_tokens)
+                                 state_cache_mb=args.state_cache_mb, max_prompt_tokens=args.max_prompt_tokens,
+                                 prefill_chunk=args.prefill_chunk)
     if args.threads is not None:
         import torch
 
@@ -576,16 +591,7 @@ def add_bench_ttt_parser(sub: argparse._SubParsersAction) -> None:
     from bitttt.bench.ttt_flags import add_arguments  # torch-free: --help stays fast
 
     add_arguments(p)
-    p.set_defaults(func=_run_bench_ttt)
-
-
-def _run_bench_ttt(args: argparse.Namespace) -> int:
-    from bitttt.bench import ttt
-
-    if args.json:
-        _check_writable(args.json)
-    ttt.run(args)
-    return EXIT_OK
+    p.set_defaults(func=_run_bench_module)
 
 
 # ---------------------------------------------------------------------------------------
@@ -602,16 +608,7 @@ def add_bench_train_parser(sub: argparse._SubParsersAction) -> None:
     from bitttt.bench.train_flags import add_arguments  # torch-free: --help stays fast
 
     add_arguments(p)
-    p.set_defaults(func=_run_bench_train)
-
-
-def _run_bench_train(args: argparse.Namespace) -> int:
-    from bitttt.bench import train
-
-    if args.json:
-        _check_writable(args.json)
-    train.run(args)
-    return EXIT_OK
+    p.set_defaults(func=_run_bench_module)
 
 
 # ---------------------------------------------------------------------------------------
@@ -628,13 +625,7 @@ def add_bench_bitnet_parser(sub: argparse._SubParsersAction) -> None:
   bitttt bench bitnet --engines bitttt transformers --threads 2 --prefill 128 --hf-tokens 2
 """)
     bitnet.add_arguments(p)
-    p.set_defaults(func=_run_bench_bitnet)
-
-
-def _run_bench_bitnet(args: argparse.Namespace) -> int:
-    from bitttt.bench import bitnet
-
-    return bitnet.run(args)
+    p.set_defaults(func=_run_bench_module)
 
 
 # ---------------------------------------------------------------------------------------
@@ -685,16 +676,7 @@ def add_bench_serve_parser(sub: argparse._SubParsersAction) -> None:
   bitttt bench serve --models 2b --layers 30 --streams 1 4 8 --rounds 2
 """)
     serve.add_arguments(p)
-    p.set_defaults(func=_run_bench_serve)
-
-
-def _run_bench_serve(args: argparse.Namespace) -> int:
-    from bitttt.bench import serve
-
-    if args.json:
-        _check_writable(args.json)
-    serve.run(args)
-    return EXIT_OK
+    p.set_defaults(func=_run_bench_module)
 
 
 def build_parser() -> argparse.ArgumentParser:

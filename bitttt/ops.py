@@ -24,6 +24,7 @@ __all__ = [
     "ternary_linear",
     "ternary_matmul_int8",
     "int8_matmul",
+    "half_matmul",
     "ternary_repack_lut16",
     "ternary_linear_lut16",
     "ternary_matmul_int8_lut16",
@@ -38,6 +39,7 @@ __all__ = [
     "fake_quant_activations",
     "fake_quant_weight",
     "bitlinear_fake_quant",
+    "bitlinear_fake_quant_shared",
     "rms_norm",
     "causal_conv1d",
     "rope_heads",
@@ -203,6 +205,14 @@ def int8_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.ops.bitttt.int8_matmul(x, w)
 
 
+def half_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """float32 [M, N] = x @ w.T for float32 x [M, K] and bfloat16 or float16 w [N, K] (the float
+    LM head at decode): sums in float32, in the kernel's own order, so results match
+    x @ w.float().T to float32 rounding, not bit for bit. CPU only (the schema has no CUDA kernel).
+    """
+    return torch.ops.bitttt.half_matmul(x, w)
+
+
 # lut16: a load-time layout of BT2 weights for the table-lookup decode kernels
 # (csrc/ternary/lut16.h). Never written to disk; its fake kernels are the C++ Meta ones.
 
@@ -285,19 +295,22 @@ def rms_norm_ternary_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: flo
 
 
 def bitnet_decode_(x: torch.Tensor, weights: list[torch.Tensor], lut16: list[torch.Tensor], kv: list[torch.Tensor],
-                   cos: torch.Tensor, sin: torch.Tensor, pos: int, n_heads: int, n_kv_heads: int, intermediate: int,
-                   eps: float) -> None:
-    """Every decoder layer of a Hugging Face BitNet model for one token, in place (CPU only).
+                   cos: torch.Tensor, sin: torch.Tensor, pos: list[int], n_heads: int, n_kv_heads: int,
+                   intermediate: int, eps: float) -> None:
+    """Every decoder layer of a Hugging Face BitNet model for one token of each of B independent
+    rows (sequences), in place (CPU only). B = len(pos).
 
-    x [C] (any shape of C elements, contiguous, float32 or bfloat16) is the token's hidden state
-    in and out. weights holds 12 tensors per layer: input norm [C], qkv packed and w_scale
-    (rows q, k, v), attn_sub_norm [H*D], o_proj packed and w_scale, post-attention norm [C],
-    gate_up packed and w_scale (rows gate, up), ffn_sub_norm [I], down_proj packed and w_scale;
-    norms in x's dtype, BT2 packed, w_scale float32, no biases. lut16 is empty or holds the
-    ternary_repack_lut16 layouts of qkv, o_proj, gate_up and down_proj per layer: the GEMVs
-    then run the lut16 kernels (same bits). kv holds each layer's k and v
-    buffers [1, H_kv, cap, D] (cap > pos) in x's dtype: positions < pos are the past, and the
-    token's k, v are written at pos. cos, sin [D]: rope_cos_sin("half") of position pos.
+    x [B, C] (any shape of B*C elements, contiguous, float32 or bfloat16) holds the rows' hidden
+    states in and out. weights holds 12 tensors per layer: input norm [C], qkv packed and
+    w_scale (rows q, k, v), attn_sub_norm [H*D], o_proj packed and w_scale, post-attention norm
+    [C], gate_up packed and w_scale (rows gate, up), ffn_sub_norm [I], down_proj packed and
+    w_scale; norms in x's dtype, BT2 packed, w_scale float32, no biases. lut16 is empty or holds
+    the ternary_repack_lut16 layouts of qkv, o_proj, gate_up and down_proj per layer: the GEMVs
+    then run the lut16 kernels (same bits). kv holds each row's k and v buffers of every layer
+    (row 0's 2 * layers first, then row 1's, ...), [1, H_kv, cap, D] (cap > pos[b]) in x's
+    dtype, no two the same: positions < pos[b] are row b's past, and its token's k, v are
+    written at pos[b]. cos, sin [B, D]: rope_cos_sin("half") of each row's position. Each
+    projection is one GEMM over the B rows; row b's result is the one-row call's, bit for bit.
     Same result as bitttt.hf.bitnet's per-op layers up to the attention's float32 summation order."""
     torch.ops.bitttt.bitnet_decode_(x, weights, lut16, kv, cos, sin, pos, n_heads, n_kv_heads, intermediate, eps)
 
@@ -305,8 +318,9 @@ def bitnet_decode_(x: torch.Tensor, weights: list[torch.Tensor], lut16: list[tor
 @torch.library.register_fake("bitttt::bitnet_decode_")
 def _bitnet_decode_fake(x, weights, lut16, kv, cos, sin, pos, n_heads, n_kv_heads, intermediate, eps):
     torch._check(x.dtype in (torch.float32, torch.bfloat16), lambda: f"bitnet_decode_: x must be float32/bfloat16, got {x.dtype}")
-    torch._check(len(weights) % 12 == 0 and len(kv) * 6 == len(weights),
-                 lambda: "bitnet_decode_: weights must hold 12 tensors per layer and kv 2 (k, v)")
+    torch._check(len(pos) > 0, lambda: "bitnet_decode_: pos must hold one position per row")
+    torch._check(len(weights) % 12 == 0 and len(weights) > 0 and len(kv) * 6 == len(weights) * len(pos),
+                 lambda: "bitnet_decode_: weights must hold 12 tensors per layer and kv 2 (k, v) per layer and row")
     torch._check(len(lut16) in (0, len(weights) // 3), lambda: "bitnet_decode_: lut16 must be empty or 4 per layer")
     return None
 
@@ -375,6 +389,17 @@ def _int8_matmul_fake(x, w):
     torch._check(x.dim() == 2 and w.dim() == 2 and x.shape[1] == w.shape[1],
                  lambda: "int8_matmul: x must be [M, K] and w [N, K]")
     return x.new_empty((x.shape[0], w.shape[0]), dtype=torch.int32)
+
+
+@torch.library.register_fake("bitttt::half_matmul")
+def _half_matmul_fake(x, w):
+    _check_defined("half_matmul", x=x, w=w)
+    _check_same_device("half_matmul", "x", x, w=w)
+    torch._check(x.dtype == torch.float32, lambda: "half_matmul: x must be float32")
+    torch._check(w.dtype in (torch.bfloat16, torch.float16), lambda: "half_matmul: w must be bfloat16 or float16")
+    torch._check(x.dim() == 2 and w.dim() == 2 and x.shape[1] == w.shape[1],
+                 lambda: "half_matmul: x must be [M, K] and w [N, K]")
+    return x.new_empty((x.shape[0], w.shape[0]), dtype=torch.float32)
 
 
 # Gradient for x (and bias) only: packed weights are frozen. The activation quantization
@@ -723,6 +748,49 @@ def bitlinear_fake_quant(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | 
     """BitLinear's training forward F.linear(fake_quant_activations(x), fake_quant_weight(w), bias)
     as one op and one autograd node, with the same straight-through gradients."""
     return _BitLinearFakeQuant.apply(x, w, bias)
+
+
+# Several bias-free BitLinears of one input (the TTT layer's q/k, v and gate projections) as
+# ONE autograd node (issue 26): the input's int8 quantization is per token, so one pass serves
+# them all, and one node replaces one per layer. Each weight keeps its own absmean scale and
+# its own GEMM, so every output and gradient is, bit for bit, the one its own BitLinear gives.
+# (One GEMM over the concatenated weights made strided outputs that the conv and the TTT op
+# then copied, and concatenating the gradients cost more than the wider GEMMs gained.)
+class _BitLinearFakeQuantShared(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, *ws: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x_dq = fake_quant_activations(x)
+        w_dqs = [fake_quant_weight(w) for w in ws]
+        ctx.save_for_backward(x_dq, *w_dqs)
+        return tuple(torch.nn.functional.linear(x_dq, w_dq) for w_dq in w_dqs)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor | None):
+        x_dq, *w_dqs = ctx.saved_tensors
+        x2 = x_dq.reshape(-1, x_dq.shape[-1])
+        grad_x = None
+        grad_ws: list[torch.Tensor | None] = [None] * len(w_dqs)
+        for i, (g, w_dq) in enumerate(zip(grads, w_dqs)):
+            if g is None:  # an output nobody read
+                if ctx.needs_input_grad[1 + i]:
+                    grad_ws[i] = torch.zeros_like(w_dq)
+                continue
+            g2 = g.reshape(-1, g.shape[-1])
+            if ctx.needs_input_grad[0]:  # summed in place, as the engine would sum the layers' grad_x
+                grad_x = g2 @ w_dq if grad_x is None else grad_x.addmm_(g2, w_dq)
+            if ctx.needs_input_grad[1 + i]:
+                grad_ws[i] = g2.T @ x2
+        if grad_x is not None:
+            grad_x = grad_x.view(x_dq.shape)
+        elif ctx.needs_input_grad[0]:
+            grad_x = torch.zeros_like(x_dq)
+        return grad_x, *grad_ws
+
+
+def bitlinear_fake_quant_shared(x: torch.Tensor, weights: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """bitlinear_fake_quant(x, w) for each bias-free weight w [N_i, K] of one input x [..., K]
+    (outputs [..., N_i]), as one autograd node with one activation quantization."""
+    return _BitLinearFakeQuantShared.apply(x, *weights)
 
 
 # ---------------------------------------------------------------------------------------

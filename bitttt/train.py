@@ -232,8 +232,10 @@ class Trainer:
 
     def _largest_weight(self) -> float:
         """max |w| over every parameter (NaN if any is NaN)."""
-        params = [p.detach() for p in self.model.parameters()]
-        return torch.stack(torch._foreach_norm(params, float("inf"))).max().item()
+        # aminmax per tensor: torch's inf-norm is not vectorized on the CPU (12.8 ms per step
+        # for tiny's 87 tensors on one thread, against 3.8 ms this way; issue 26)
+        ends = [torch.aminmax(p.detach()) for p in self.model.parameters()]
+        return torch.stack([torch.maximum(-lo, hi) for lo, hi in ends]).max().item()
 
     def _check_usable(self) -> None:
         """DivergedError unless the weights in memory give a finite loss on held-out windows: what a

@@ -40,18 +40,22 @@ STABLE_TORCH_LIBRARY(bitttt, m) {
   // Exact int32 [M, N] = x @ w.T for int8 x [M, K], w [N, K] (csrc/int8/): the int8 LM head
   // at decode (bitttt.hf.bitnet.Int8Linear). CPU only; CUDA tensors take torch's path.
   m.def("int8_matmul(Tensor x, Tensor w) -> Tensor");
+  // float32 [M, N] = x @ w.T for float32 x [M, K] and bfloat16/float16 w [N, K] (csrc/half/):
+  // the float LM head at decode (bitttt.nn.half_linear.HalfLinear). CPU only.
+  m.def("half_matmul(Tensor x, Tensor w) -> Tensor");
   // ternary_linear(RMSNorm(x)) in one call (csrc/decode/): the norm (bitttt.nn.norm.RMSNorm,
   // norm_weight [K] in x's dtype) fused into the activation quantization; bias float32. CPU only.
   m.def("rms_norm_ternary_linear(Tensor x, Tensor norm_weight, float eps, Tensor packed, Tensor w_scale, "
         "Tensor? bias=None) -> Tensor");
-  // Every decoder layer of a Hugging Face BitNet model for one token (csrc/decode/
-  // bitnet_decode_cpu.cpp): x [C] updated in place; weights, 12 per layer: (input norm, qkv
-  // packed, qkv w_scale, attn_sub_norm, o packed, o w_scale, post-attention norm, gate_up packed,
-  // gate_up w_scale, ffn_sub_norm, down packed, down w_scale); lut16: empty, or the lut16 layouts
-  // of qkv, o, gate_up, down per layer (then the GEMVs run the lut16 kernels); kv, 2 per layer:
-  // the k and v buffers [1, H_kv, cap > pos, D], written at pos; cos, sin [D] of position pos.
+  // Every decoder layer of a Hugging Face BitNet model for one token of each of B rows
+  // (csrc/decode/bitnet_decode_cpu.cpp): x [B, C] updated in place; weights, 12 per layer:
+  // (input norm, qkv packed, qkv w_scale, attn_sub_norm, o packed, o w_scale, post-attention
+  // norm, gate_up packed, gate_up w_scale, ffn_sub_norm, down packed, down w_scale); lut16:
+  // empty, or the lut16 layouts of qkv, o, gate_up, down per layer (then the GEMVs run the lut16
+  // kernels); kv, 2 per layer and row, row 0's layers first: the k and v buffers
+  // [1, H_kv, cap > pos[b], D], written at pos[b]; cos, sin [B, D] of each row's position.
   m.def("bitnet_decode_(Tensor(a!) x, Tensor[] weights, Tensor[] lut16, Tensor(b!)[] kv, Tensor cos, Tensor sin, "
-        "int pos, "
+        "int[] pos, "
         "int n_heads, int n_kv_heads, int intermediate, float eps) -> ()");
 
   // docs/design.md §3. q, k, v [B,H,T,D]; lr [B,H,T]; token_scale [b]; state W, gW [B,H,D,D],

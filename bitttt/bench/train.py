@@ -19,7 +19,7 @@ import argparse
 import math
 import sys
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -132,7 +132,7 @@ def resolve(args: argparse.Namespace) -> tuple[list[str], cfg.TrainConfig, list[
     return names, t, threads
 
 
-def run(args: argparse.Namespace, out: Any = sys.stdout) -> harness.Record | None:
+def run(args: argparse.Namespace, out: TextIO | None = None) -> harness.Record | None:
     names, t, threads = resolve(args)
     contenders = make_contenders(names, args.preset, t, args.steps)
     if args.profile:

@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 
@@ -259,7 +259,7 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
                                                                 description=__doc__.splitlines()[0]))
 
 
-def run(args: argparse.Namespace, out=sys.stdout) -> harness.Record:
+def run(args: argparse.Namespace, out: TextIO | None = None) -> harness.Record:
     """`bitttt bench ttt`: declares the cases, the harness checks and times them; writes --json."""
     device = getattr(args, "device", "cpu")
     check_device(device)

@@ -190,3 +190,12 @@ class BitLinear(nn.Module):
                 f"bias={self.bias is not None}, packed={self.is_packed}"
                 + (", lut16" if self.is_packed and self.lut16 is not None else "")
                 + (", trit5" if self.is_packed and self.trit5 is not None else ""))
+
+
+def shared_input_linears(x: torch.Tensor, layers: list[nn.Module]) -> list[torch.Tensor]:
+    """[layer(x) for layer in layers], for layers that read one input x. Unpacked bias-free
+    BitLinears run as one op (ops.bitlinear_fake_quant_shared: one activation quantization and
+    one autograd node for all), with the same bits as each layer alone, forward and backward."""
+    if len(layers) > 1 and all(type(m) is BitLinear and not m.is_packed and m.bias is None for m in layers):
+        return list(ops.bitlinear_fake_quant_shared(x, [m.weight for m in layers]))
+    return [m(x) for m in layers]

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bitttt import ops
-from bitttt.nn.bitlinear import BitLinear
+from bitttt.nn import decode
+from bitttt.nn.bitlinear import BitLinear, shared_input_linears
 from bitttt.nn.rope import apply_rope, rope_cos_sin  # rotate-half, as the TTT reference
 from bitttt.nn.ttt_mlp_torch import ttt_mlp_torch
 
@@ -100,27 +101,31 @@ class _TTTBase(nn.Module):
         return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # [B,H,T,D]
 
     def _project(self, x: torch.Tensor, cache: TTTCache | None):
-        """q, k, v [B,H,T,D] and lr [B,H,T] for x [B,T,C]; advances the conv cache."""
+        """q, k, v [B,H,T,D], lr [B,H,T] and the gate's projection (None without a gate) for
+        x [B,T,C]; advances the conv cache."""
         T = x.shape[1]
         pos0 = cache.pos if cache is not None else 0
         pos = torch.arange(T, device=x.device) + pos0  # [T]
-        q, k, v, lr, new_prev = self._project_at(x, cache.conv if cache is not None else None, pos)
+        q, k, v, lr, gate, new_prev = self._project_at(x, cache.conv if cache is not None else None, pos)
         if cache is not None and new_prev is not None:
             cache.conv = new_prev.detach()
-        return q, k, v, lr
+        return q, k, v, lr, gate
 
     def _project_at(self, x: torch.Tensor, prev: torch.Tensor | None, pos: torch.Tensor):
         """_project with the conv's previous inputs prev [B,K−1,C] (or None) and absolute
         positions pos [T], or [B,1,1] for one token per row at its own position (step_rows).
-        Returns q, k, v, lr and the conv's next previous inputs (None without a conv)."""
+        Returns q, k, v, lr, the gate's projection (None without a gate) and the conv's next
+        previous inputs (None without a conv)."""
         new_prev = None
+        # the projections of x as one op while training (shared_input_linears)
+        gate_proj = [self.g_proj] if self.use_gate else []
         if self.use_conv:
-            qk = self.qk_proj(x)
+            qk, v, *gate = shared_input_linears(x, [self.qk_proj, self.v_proj, *gate_proj])
             q, new_prev = self.conv_q(qk, prev)
             k, _ = self.conv_k(qk, prev)
         else:
-            q, k = self.q_proj(x), self.k_proj(x)
-        v = self._heads(self.v_proj(x))
+            q, k, v, *gate = shared_input_linears(x, [self.q_proj, self.k_proj, self.v_proj, *gate_proj])
+        v = self._heads(v)
         cos, sin = rope_cos_sin(pos % self.mini_batch_size, self.head_dim, self.rope_theta, q.dtype)
         if pos.dim() == 1 and ops.uses_train_kernel(q, k):  # one pass, the same values (ops.rope_heads)
             q, k = ops.rope_heads(q, cos, sin, self.num_heads), ops.rope_heads(k, cos, sin, self.num_heads)
@@ -131,31 +136,74 @@ class _TTTBase(nn.Module):
         else:
             lr_logit = self.lr_proj(x)
         lr = self.base_lr * torch.sigmoid(lr_logit).transpose(1, 2) / self.head_dim  # [B,H,T]
-        return q, k, v, lr, new_prev
+        return q, k, v, lr, (gate[0] if gate else None), new_prev
 
-    def _output(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    def _output(self, x: torch.Tensor, out: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
         B, T, C = x.shape
         y = self.post_norm(out.transpose(1, 2).reshape(B, T, C).to(x.dtype))
         if self.use_gate:
-            y = F.gelu(self.g_proj(x), approximate="tanh") * y
+            y = F.gelu(gate, approximate="tanh") * y
         return self.o_proj(y)
 
     def forward(self, x: torch.Tensor, cache: TTTCache | None = None) -> torch.Tensor:
         """x [B,T,C] -> [B,T,C]. With a cache, continues from it and updates it in place."""
-        q, k, v, lr = self._project(x, cache)
+        q, k, v, lr, gate = self._project(x, cache)
         out, state = self._inner(q, k, v, lr, cache.state if cache is not None else None)
         if cache is not None:
             cache.state, cache.pos = state, cache.pos + x.shape[1]
-        return self._output(x, out)
+        return self._output(x, out, gate)
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, cache: TTTCache) -> torch.Tensor:
         """One token x [B,C] -> [B,C] for generation; updates the cache in place."""
+        if decode.takes_fused_decode(x):
+            names = (["qk_proj"] if self.use_conv else ["q_proj", "k_proj"]) + ["v_proj"] + (["g_proj"] if self.use_gate else [])
+            proj = decode.fused_linear(self, "in_proj", [getattr(self, n) for n in names])
+            if proj is not None:
+                return self._step_fused(x, cache, proj)
         x = x.unsqueeze(1)
-        q, k, v, lr = self._project(x, cache)
+        q, k, v, lr, gate = self._project(x, cache)
         out, cache.state = self._inner_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], lr[:, :, 0], cache.state)
         cache.pos += 1
-        return self._output(x, out.unsqueeze(2))[:, 0]
+        return self._output(x, out.unsqueeze(2), gate)[:, 0]
+
+    def _step_fused(self, x: torch.Tensor, cache: TTTCache, proj: decode.FusedLinear) -> torch.Tensor:
+        """step() for one token of one sequence (bitttt.nn.decode): the same math as the per-op
+        path in fewer ops. x [1,C] -> [1,C]. proj: the input projections' rows (qk | q, k), v, (g)."""
+        C, H, D = self.hidden_size, self.num_heads, self.head_dim
+        h = proj(x)  # [1, n*C]
+        if self.use_conv:  # both convs over the same inputs: one product and sum for the two
+            w, b = decode.derived(self, "conv", [self.conv_q.conv.weight, self.conv_k.conv.weight,
+                                                 self.conv_q.conv.bias, self.conv_k.conv.bias], self._conv_tables)
+            prev = cache.conv if cache.conv is not None else x.new_zeros(1, self.conv_q.kernel - 1, C)
+            xp = torch.cat((prev, h[:, None, :C]), dim=1)  # [1, K, C]
+            qk = (xp * w).sum(1) + b  # [2, C]: q, k
+            cache.conv = xp[:, 1:]
+            rest = h[:, C:]
+        else:
+            qk, rest = h[:, :2 * C].view(2, C), h[:, 2 * C:]
+        cos, sin = decode.derived(self, "rope", [self.ln_w], self._rope_tables)  # ln_w: the device
+        p = cache.pos % self.mini_batch_size
+        qk = ops.rope_heads(qk.view(2, 1, C), cos[p:p + 1], sin[p:p + 1], H)  # [2, H, 1, D]: q and k as two rows
+        q, k, v = qk[0:1, :, 0], qk[1:2, :, 0], rest[:, :C].view(1, H, D)
+        lr = self.base_lr * torch.sigmoid(F.linear(x, self.lr_proj.weight, self.lr_proj.bias)) / D  # [1, H]
+        out, cache.state = self._inner_step(q, k, v, lr, cache.state)
+        cache.pos += 1
+        n = self.post_norm
+        y = F.layer_norm(out.reshape(1, C), (C,), n.weight, n.bias, n.eps)
+        if self.use_gate:
+            y = F.gelu(rest[:, C:], approximate="tanh") * y
+        return self.o_proj(y)
+
+    def _conv_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """conv_q's and conv_k's weights [2, K, C] and biases [2, C], as their one-token step reads them."""
+        w = torch.stack([c.conv.weight[:, 0].t() for c in (self.conv_q, self.conv_k)])
+        return w, torch.stack([self.conv_q.conv.bias, self.conv_k.conv.bias])
+
+    def _rope_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [b, D] of the positions 0..b-1 within a mini-batch (float32, on the weights' device)."""
+        positions = torch.arange(self.mini_batch_size, device=self.ln_w.device)
+        return rope_cos_sin(positions, self.head_dim, self.rope_theta, torch.float32)
 
     @torch.no_grad()
     def step_rows(self, x: torch.Tensor, caches: list[TTTCache]) -> torch.Tensor:
@@ -170,7 +218,7 @@ class _TTTBase(nn.Module):
         if self.use_conv:
             K1 = self.conv_q.kernel - 1
             prev = torch.cat([c.conv if c.conv is not None else x.new_zeros(1, K1, C) for c in caches])
-        q, k, v, lr, new_prev = self._project_at(x, prev, pos)
+        q, k, v, lr, gate, new_prev = self._project_at(x, prev, pos)
         outs = []
         for i, cache in enumerate(caches):
             out, cache.state = self._inner_step(q[i:i + 1, :, 0], k[i:i + 1, :, 0], v[i:i + 1, :, 0],
@@ -179,7 +227,7 @@ class _TTTBase(nn.Module):
             cache.pos += 1
             if new_prev is not None:
                 cache.conv = new_prev[i:i + 1].clone()  # its own tensor: the batch's is freed with the step
-        return self._output(x, torch.cat(outs).unsqueeze(2))[:, 0]
+        return self._output(x, torch.cat(outs).unsqueeze(2), gate)[:, 0]
 
 
 class TTTLinear(_TTTBase):

@@ -32,7 +32,7 @@ from typing import Any
 SEED = int(os.environ.get("BITTTT_FUZZ_SEED", "1212"))
 SCALE = float(os.environ.get("BITTTT_FUZZ_SCALE", "1"))
 # Cases per op at scale 1: about a minute for all ops together on a 2-core CI machine.
-CASES_PER_OP = {"ternary_linear": 700, "ternary_matmul_int8": 500, "int8_matmul": 300, "ttt_linear": 300,
+CASES_PER_OP = {"ternary_linear": 700, "ternary_matmul_int8": 500, "int8_matmul": 300, "half_matmul": 300, "ttt_linear": 300,
                 "ttt_linear_backward": 200, "ttt_linear_decode_": 300, "ttt_mlp": 200, "ttt_mlp_backward": 150,
                 "ttt_mlp_decode_": 200, "fake_quant_activations": 300, "fake_quant_weight": 300,
                 "ternary_repack_lut16": 200, "ternary_linear_lut16": 500, "ternary_matmul_int8_lut16": 400,
@@ -142,6 +142,12 @@ def base_int8_matmul(rng: random.Random) -> dict:
     M, K, N = rng.choice([0, 1, 2, 4, 5, 9]), rng.choice([0, 1, 31, 32, 64, 100, 300]), rng.choice([0, 1, 3, 65, 130])
     x_fill = rng.choice(["int8", "int8q"])  # int8q: no -128, the AVX2 kernel's range
     return {"op": "int8_matmul", "args": {"x": tensor([M, K], "int8", x_fill), "w": tensor([N, K], "int8", "int8")}}
+
+
+def base_half_matmul(rng: random.Random) -> dict:
+    M, K, N = rng.choice([0, 1, 2, 4, 5, 9]), rng.choice([0, 1, 7, 8, 32, 33, 100]), rng.choice([0, 1, 3, 65, 130])
+    return {"op": "half_matmul", "args": {"x": tensor([M, K]),
+                                          "w": tensor([N, K], rng.choice(["bfloat16", "float16"]))}}
 
 
 def _ttt_tensors(rng: random.Random, one_token: bool) -> tuple[dict, dict]:
@@ -289,7 +295,7 @@ def base_rope_heads_backward(rng: random.Random) -> dict:
 
 
 BASES = {"ternary_linear": base_ternary_linear, "ternary_matmul_int8": base_ternary_matmul_int8,
-         "int8_matmul": base_int8_matmul,
+         "int8_matmul": base_int8_matmul, "half_matmul": base_half_matmul,
          "ttt_linear": base_ttt_linear, "ttt_linear_backward": base_ttt_linear_backward,
          "ttt_linear_decode_": base_ttt_linear_decode_, "ttt_mlp": base_ttt_mlp,
          "ttt_mlp_backward": base_ttt_mlp_backward, "ttt_mlp_decode_": base_ttt_mlp_decode_,
@@ -303,8 +309,10 @@ BASES = {"ternary_linear": base_ternary_linear, "ternary_matmul_int8": base_tern
          "causal_conv1d": base_causal_conv1d, "causal_conv1d_backward": base_causal_conv1d_backward,
          "rope_heads": base_rope_heads, "rope_heads_backward": base_rope_heads_backward}
 # Ops this generator cannot express, and where their bad input is tested instead.
-NOT_FUZZED = {"bitnet_decode_": "its arguments are lists of tensors; tests/hf/test_fused_decode.py checks its "
-                                "refusals (short weights list, bad KV buffers)"}
+NOT_FUZZED = {"bitnet_decode_": "its arguments are lists of tensors (and an int list of row positions); "
+                                "tests/hf/test_fused_decode.py checks its refusals (short weights list, bad KV "
+                                "buffers, too few buffers for the rows, two rows sharing a buffer, x not [B, C]) "
+                                "and its B-row results against B one-row calls"}
 
 # Ops that update some of their inputs in place: those inputs are outputs too.
 IN_PLACE_INPUTS = {"ttt_linear_decode_": slice(5, 9), "ttt_mlp_decode_": slice(5, 13)}
@@ -573,6 +581,13 @@ def check_reference(case: dict, args: list, out: list, torch) -> str | None:
         x, w = args
         expected = x.long() @ w.long().T
         return None if torch.equal(out[0].long(), expected) else "differs from the int64 reference"
+    if op == "half_matmul":  # float32 sums: within K * 2**-24 * sum |x| |w| of float64's
+        x, w = args
+        if not plain:
+            return None  # extreme values: inf - inf and overflow depend on the summation order
+        bound = x.shape[1] * 2.0**-24 * (x.double().abs() @ w.double().abs().T)
+        ok = bool(((out[0].double() - x.double() @ w.double().T).abs() <= bound).all())
+        return None if ok else "differs from the float64 reference by more than float32 summation"
     if op == "ternary_linear":
         x, packed, w_scale, bias = args
         if not plain:

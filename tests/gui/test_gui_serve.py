@@ -1,7 +1,8 @@
 """The Chat tab's "Serve this model": a `bitttt serve` child, its state, its URL, Stop, and the window's close.
 
-The fake trainer's `serve` answers /health and /v1/models with the stdlib; the real tests start
-`python -m bitttt serve` on a tiny random model and talk to it with urllib."""
+The fake trainer's `serve` answers /health and /v1/models with the stdlib; the real server is
+`python -m bitttt serve` on a tiny random model. The tests that drive a server run the same script
+against both (the `server` fixture), and talk to it with urllib."""
 
 import json
 import os
@@ -9,6 +10,8 @@ import socket
 import sys
 import tkinter as tk
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import psutil
 import pytest
@@ -73,43 +76,81 @@ def test_health_is_none_while_nothing_listens():
         s.bind(("127.0.0.1", port))
 
 
-# -- the fake server -------------------------------------------------------------------------
+# -- one script, the fake server and the real one ---------------------------------------------
+# Lesson: a fake must speak the real protocol. The same test drives the fake trainer's stdlib
+# server (fast, always) and the real `bitttt serve` (integration, slow).
+
+BOTH = ["fake", pytest.param("real", marks=[pytest.mark.integration, pytest.mark.slow])]
+
+
+@dataclass
+class Server:
+    kind: str                   # "fake" or "real"
+    make: Callable[[], App]     # makes the App whose Chat tab serves
+    model: str                  # the model the tab serves
+    load_s: float               # how long the server may take to start
+
+
+@pytest.fixture
+def server(request, tmp_path) -> Server:
+    if request.param == "fake":
+        model = tmp_path / "my-model"
+        model.mkdir()
+        return Server("fake", request.getfixturevalue("make_app"), str(model), 20.0)
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    return Server("real", request.getfixturevalue("real_app"), request.getfixturevalue("tiny_model"), LOAD_S)
+
 
 @pytest.mark.gui
-def test_serve_button_shows_the_url_answers_and_stop_ends_it(make_app, tmp_path):
-    app = make_app()
+@pytest.mark.parametrize("server", BOTH, indirect=True)
+def test_serve_button_shows_the_url_answers_and_stop_ends_it(server, screenshot):
+    app = server.make()
     chat = app.tabs["chat"]
     app.show_tab("chat")
-    model = tmp_path / "my-model"
-    model.mkdir()
-    chat.model.set(str(model))
+    chat.model.set(server.model)
     chat.serve_btn.invoke()
     assert chat.serve_state.phase == "starting" and "Starting the server" in chat.serve_label.cget("text")
-    pump(app.root, lambda: chat.serve_state.phase == "serving", what="the fake server")
+    pump(app.root, lambda: chat.serve_state.phase in ("serving", "failed"), timeout=server.load_s, what="the server")
+    assert chat.serve_state.phase == "serving", chat.serve_label.cget("text")
     url = chat.serve_state.url
-    assert url in chat.serve_label.cget("text") and str(chat.serve_btn.cget("state")) == "disabled"
-    assert _get_json(url + "/models")["data"][0]["id"] == "my-model"
+    assert url.startswith("http://127.0.0.1:") and url.endswith("/v1") and url in chat.serve_label.cget("text")
+    assert str(chat.serve_btn.cget("state")) == "disabled"
+    models = _get_json(url + "/models")
+    assert [m["id"] for m in models["data"]] == [chat.serve_state.model] == [os.path.basename(server.model)]
     chat.copy_buttons["url"].invoke()
     assert app.root.clipboard_get() == url
     chat.copy_buttons["curl"].invoke()
     assert app.root.clipboard_get().startswith(f"curl {url}/chat/completions")
+    settle(app.root, 0.2)
+    screenshot(f"chat-serving-{server.kind}")
     pid = chat.serve_child.pid
     chat.serve_stop_btn.invoke()
-    pump(app.root, lambda: chat.serve_state.phase == "stopped", what="the stop")
+    pump(app.root, lambda: chat.serve_state.phase == "stopped", timeout=30, what="the stop")
     assert _gone(pid) and chat.serve_label.cget("text") == "Server stopped."
     assert str(chat.serve_btn.cget("state")) == "normal" and str(chat.copy_buttons["url"].cget("state")) == "disabled"
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url + "/models", timeout=2)
 
 
 @pytest.mark.gui
-def test_a_missing_serve_extra_is_shown_with_the_install_hint(make_app, tmp_path, monkeypatch):
-    monkeypatch.setenv("FAKE_BITTTT_MODE", "serve_missing")
-    app = make_app()
+@pytest.mark.parametrize("server", BOTH, indirect=True)
+def test_a_missing_serve_extra_is_shown_with_the_install_hint(server, tmp_path, monkeypatch):
+    if server.kind == "real":  # the real CLI, with an import of fastapi that fails
+        shadow = tmp_path / "shadow"
+        shadow.mkdir()
+        (shadow / "fastapi.py").write_text("raise ImportError('fastapi is not installed (test shadow)')\n")
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(shadow)] + [p for p in sys.path if p]))
+    else:
+        monkeypatch.setenv("FAKE_BITTTT_MODE", "serve_missing")
+    app = server.make()
     chat = app.tabs["chat"]
-    chat.model.set(str(tmp_path))
+    chat.model.set(server.model)
     chat.start_serving()
-    pump(app.root, lambda: chat.serve_state.phase == "failed", what="the failure")
+    pump(app.root, lambda: chat.serve_state.phase in ("serving", "failed"), timeout=server.load_s, what="the failure")
     text = chat.serve_label.cget("text")
-    assert "fastapi, uvicorn not installed" in text and "pip install 'bitttt[serve]'" in text
+    assert chat.serve_state.phase == "failed" and "fastapi" in text and "not installed" in text, text
+    assert "pip install 'bitttt[serve]'" in text
     assert str(chat.serve_btn.cget("state")) == "normal"
 
 
@@ -164,48 +205,3 @@ def real_app(display, tmp_path, monkeypatch):
             app.root.destroy()
         except tk.TclError:
             pass
-
-
-@pytest.mark.gui
-@pytest.mark.integration
-@pytest.mark.slow
-def test_the_real_server_serves_the_chat_model_until_stopped(real_app, tiny_model, screenshot):
-    pytest.importorskip("fastapi")
-    pytest.importorskip("uvicorn")
-    app = real_app()
-    chat = app.tabs["chat"]
-    app.show_tab("chat")
-    chat.model.set(tiny_model)
-    chat.serve_btn.invoke()
-    pump(app.root, lambda: chat.serve_state.phase in ("serving", "failed"), timeout=LOAD_S, what="the real server")
-    assert chat.serve_state.phase == "serving", chat.serve_label.cget("text")
-    url = chat.serve_state.url
-    assert url.startswith("http://127.0.0.1:") and url.endswith("/v1") and url in chat.serve_label.cget("text")
-    models = _get_json(url + "/models")
-    assert [m["id"] for m in models["data"]] == [chat.serve_state.model] == [os.path.basename(tiny_model)]
-    settle(app.root, 0.2)
-    screenshot("chat-serving")
-    pid = chat.serve_child.pid
-    chat.serve_stop_btn.invoke()
-    pump(app.root, lambda: chat.serve_state.phase == "stopped", timeout=30, what="the stop")
-    assert _gone(pid)
-    with pytest.raises(OSError):
-        urllib.request.urlopen(url + "/models", timeout=2)
-
-
-@pytest.mark.gui
-@pytest.mark.integration
-@pytest.mark.slow
-def test_the_real_cli_without_fastapi_says_what_to_install(real_app, tiny_model, tmp_path, monkeypatch):
-    shadow = tmp_path / "shadow"
-    shadow.mkdir()
-    (shadow / "fastapi.py").write_text("raise ImportError('fastapi is not installed (test shadow)')\n")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(shadow)] + [p for p in sys.path if p]))
-    app = real_app()
-    chat = app.tabs["chat"]
-    chat.model.set(tiny_model)
-    chat.start_serving()
-    pump(app.root, lambda: chat.serve_state.phase in ("serving", "failed"), timeout=LOAD_S, what="the failure")
-    text = chat.serve_label.cget("text")
-    assert chat.serve_state.phase == "failed" and "fastapi not installed" in text, text
-    assert "pip install 'bitttt[serve]'" in text

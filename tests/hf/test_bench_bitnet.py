@@ -21,7 +21,7 @@ from test_gguf import write_folder  # noqa: E402  (tests/hf is on sys.path: root
 def test_bench_bitnet_is_a_bench_subcommand():
     args = build_parser().parse_args(["bench", "bitnet", "--layers", "2", "--threads", "1", "--engines", "bitttt",
                                       "llama.cpp", "--prefill", "32"])
-    assert args.func.__name__ == "_run_bench_bitnet"
+    assert (args.func.__name__, args.bench) == ("_run_bench_module", "bitnet")
     assert (args.layers, args.threads, args.engines, args.prefill) == (2, [1], ["bitttt", "llama.cpp"], [32])
 
 

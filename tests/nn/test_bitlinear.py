@@ -314,3 +314,30 @@ def test_from_linear_keeps_dtype_and_rejects_other_modules():
     assert layer.weight.dtype == torch.bfloat16
     with pytest.raises(TypeError, match="nn.Linear"):
         BitLinear.from_linear(nn.Conv1d(8, 4, 1))
+
+
+def test_shared_input_linears_equal_the_layers_one_by_one_bit_for_bit():
+    # unpacked BitLinears of one input run as one op; outputs and weight gradients are the
+    # layers' own, called one by one, to the bit; the input's gradient sums the same products
+    # (in another order: to rounding)
+    from bitttt.nn.bitlinear import shared_input_linears
+    torch.manual_seed(12)
+    layers = [BitLinear(48, o) for o in (32, 16, 24)]
+    x = torch.randn(3, 9, 48, requires_grad=True)
+    ys = shared_input_linears(x, layers)
+    assert "BitLinearFakeQuantShared" in ys[0].grad_fn.name()
+    gs = [torch.randn(y.shape) for y in ys]
+    torch.autograd.backward(ys, gs)
+    got = [x.grad] + [m.weight.grad for m in layers]
+    x.grad = None
+    for m in layers:
+        m.weight.grad = None
+    want_ys = [m(x) for m in layers]
+    torch.autograd.backward(want_ys, gs)
+    want = [x.grad] + [m.weight.grad for m in layers]
+    for a, b in zip(list(ys) + got[1:], want_ys + want[1:]):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=1e-6)
+    with torch.no_grad():
+        for a, m in zip(shared_input_linears(x, layers), layers):
+            assert torch.equal(a, m(x))

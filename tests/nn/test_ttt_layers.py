@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from bitttt.nn import TTTCache, TTTLinear, TTTMLP
 
@@ -119,3 +120,43 @@ def test_torch_compile_ttt_linear():
     g = torch.autograd.grad(out.sum(), x)[0]
     torch.testing.assert_close(out, eager, **TOL)
     torch.testing.assert_close(g, g_eager, **TOL)
+
+
+
+def ttt_linear_written_out(layer, x):
+    """TTTLinear's forward with each projection called alone, on the reference inner model."""
+    from bitttt import reference
+    from bitttt.nn.rope import apply_rope, rope_cos_sin
+    B, T, C = x.shape
+    H, D = layer.num_heads, layer.head_dim
+    heads = lambda t: t.reshape(B, T, H, D).transpose(1, 2)  # noqa: E731
+    if layer.use_conv:
+        qk = layer.qk_proj(x)
+        q, k = layer.conv_q(qk)[0], layer.conv_k(qk)[0]
+    else:
+        q, k = layer.q_proj(x), layer.k_proj(x)
+    cos, sin = rope_cos_sin(torch.arange(T) % layer.mini_batch_size, D, layer.rope_theta, x.dtype)
+    q, k = apply_rope(heads(q), cos, sin), apply_rope(heads(k), cos, sin)
+    lr = layer.base_lr * torch.sigmoid(layer.lr_proj(x)).transpose(1, 2) / D
+    out, _ = reference.ttt_linear(q, k, heads(layer.v_proj(x)), lr, layer.token_scale(), layer.W0, layer.b0,
+                                  layer.ln_w, layer.ln_b)
+    y = layer.post_norm(out.transpose(1, 2).reshape(B, T, C))
+    return layer.o_proj(F.gelu(layer.g_proj(x), approximate="tanh") * y)
+
+
+@pytest.mark.parametrize("kw", [dict(use_gate=True), dict(use_conv=True, use_gate=True), dict(ternary=False, use_gate=True)],
+                         ids=["gate", "conv+gate", "fp-gate"])
+def test_training_forward_with_shared_projections_equals_the_layers_alone(kw):
+    # while training the projections of x run as one op (bitlinear.shared_input_linears): the
+    # output and gradients are those of each projection called alone, written out
+    layer = make(TTTLinear, **kw)
+    x = torch.randn(2, 19, 32)
+    got = layer(x)
+    got.square().mean().backward()
+    grads = {n: p.grad.clone() for n, p in layer.named_parameters()}
+    layer.zero_grad()
+    want = ttt_linear_written_out(layer, x)
+    want.square().mean().backward()
+    torch.testing.assert_close(got, want, **TOL)
+    for n, p in layer.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, rtol=1e-3, atol=1e-4, msg=lambda m, n=n: f"{n}: {m}")

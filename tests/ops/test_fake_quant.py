@@ -203,6 +203,45 @@ def test_bitlinear_fake_quant_only_the_gradients_asked_for():
     assert x.grad is None and b.grad is None
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_bitlinear_fake_quant_shared_equals_the_ste_formula_per_weight(dtype):
+    # one input, three weights of different widths and scales; each output and gradient is
+    # that weight's own STE linear (its own absmean scale), written out in float64
+    torch.manual_seed(10)
+    K = 80
+    x = (torch.randn(2, 7, K) * 2).to(dtype).requires_grad_()
+    ws = [(torch.randn(n, K) * sc).to(dtype).requires_grad_() for n, sc in [(24, 0.05), (40, 0.5), (8, 0.01)]]
+    ys = ops.bitlinear_fake_quant_shared(x, ws)
+    gs = [torch.randn(y.shape).to(dtype) for y in ys]
+    torch.autograd.backward(ys, gs)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    gx_want = 0
+    for y, g, w in zip(ys, gs, ws):
+        y_r, gx_r, gw_r, _ = ste_linear_written_out(x, w, None, g)
+        gx_want = gx_want + gx_r
+        for got, want in [(y, y_r), (w.grad, gw_r)]:
+            assert got.dtype == dtype and got.shape == want.shape
+            torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * want.abs().max().item())
+    torch.testing.assert_close(x.grad.double(), gx_want, rtol=tol, atol=tol * gx_want.abs().max().item())
+    assert "BitLinearFakeQuantShared" in ys[0].grad_fn.name()
+
+
+def test_bitlinear_fake_quant_shared_unused_outputs_and_frozen_weights():
+    # an output nobody reads sends no gradient (None): its weight's gradient is zero, the
+    # others' are theirs alone; a frozen weight gets none
+    torch.manual_seed(11)
+    x = torch.randn(5, 32, requires_grad=True)
+    w0, w1 = torch.randn(16, 32, requires_grad=True), torch.randn(12, 32, requires_grad=True)
+    w2 = torch.randn(8, 32)  # frozen
+    y0, y1, y2 = ops.bitlinear_fake_quant_shared(x, [w0, w1, w2])
+    g2 = torch.randn(y2.shape)
+    (y2 * g2).sum().backward()
+    _, gx_r, _, _ = ste_linear_written_out(x, w2, None, g2)
+    torch.testing.assert_close(x.grad.double(), gx_r, rtol=1e-5, atol=1e-5)
+    assert torch.equal(w0.grad, torch.zeros_like(w0)) and torch.equal(w1.grad, torch.zeros_like(w1))
+    assert w2.grad is None
+
+
 def test_opcheck_fake_quant_ops():
     # the C++ ops bitlinear_fake_quant runs: schema, fake kernels, autograd, aot dispatch
     torch.manual_seed(9)

@@ -236,6 +236,28 @@ def test_divergence_is_its_own_error_and_keeps_the_last_good_checkpoint(tmp_path
         assert out.err.startswith("bitttt: error: ") and "error (" not in out.out  # one form on a terminal
 
 
+@pytest.mark.parametrize("poison, want", [(None, 7.5), (float("nan"), float("nan")), (float("-inf"), float("inf")),
+                                           (-1e9, 1e9)], ids=["finite", "nan", "-inf", "negative"])
+def test_largest_weight_is_the_largest_magnitude_and_propagates_nan(poison, want):
+    # the weights check after every step: max |w| over all parameters, the largest being
+    # negative here (-7.5), NaN if any weight is NaN; the oracle is Python's max over floats
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.LayerNorm(5))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.uniform_(-1, 1)
+        model[0].weight[2, 3] = -7.5
+        if poison is not None:
+            model[1].bias[4] = poison
+    trainer = train_mod.Trainer.__new__(train_mod.Trainer)
+    trainer.model = model
+    values = [abs(v) for p in model.parameters() for v in p.detach().flatten().tolist()]
+    got = trainer._largest_weight()
+    if math.isnan(want):
+        assert math.isnan(got) and any(math.isnan(v) for v in values)
+    else:
+        assert got == want == max(values)
+
+
 # ---------------------------------------------------------------------------------------
 # 6. Missing data, models/
 # ---------------------------------------------------------------------------------------
