@@ -76,15 +76,19 @@ def trit5_setting() -> str:
     return _LUT16_SETTINGS[value]
 
 
-def set_trit5(module: nn.Module) -> None:
-    """(Re)builds `module.trit5` (a non-persistent buffer: the trit5 layout of `module.packed`
-    for `module.in_features`, 0.8x packed's bytes) where BITTTT_TRIT5 and the active kernel set
-    ask for it, else None. Call after `packed` changes."""
-    packed, setting = module.packed, trit5_setting()
+def trit5_layout(packed: torch.Tensor, K: int) -> torch.Tensor | None:
+    """The trit5 layout of BT2 `packed` (K weights per row; 0.8x packed's bytes) where
+    BITTTT_TRIT5 and the active kernel set ask for it (CPU only), else None."""
+    setting = trit5_setting()
     wanted = setting != "off" and packed.device.type == "cpu" and (
         setting == "on" or _native._C.isa() in TRIT5_AUTO_ISAS)
-    module.register_buffer("trit5", ops.ternary_repack_trit5(packed, module.in_features) if wanted else None,
-                           persistent=False)
+    return ops.ternary_repack_trit5(packed, K) if wanted else None
+
+
+def set_trit5(module: nn.Module) -> None:
+    """(Re)builds `module.trit5` from `module.packed` and `module.in_features`: a non-persistent
+    buffer, None where trit5 does not apply. Call after `packed` changes."""
+    module.register_buffer("trit5", trit5_layout(module.packed, module.in_features), persistent=False)
 
 
 def packed_linear(x: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,

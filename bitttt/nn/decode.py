@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bitttt.errors import ConfigError
-from bitttt.nn.bitlinear import BitLinear, lut16_layout, packed_linear
+from bitttt.nn.bitlinear import BitLinear, lut16_layout, packed_linear, trit5_layout
 
 FUSED_ENV = "BITTTT_FUSED_DECODE"  # the same switch as Hugging Face BitNet's one-call decode (bitttt.hf.bitnet)
 _SETTINGS = {"": True, "1": True, "on": True, "0": False, "off": False}
@@ -79,6 +79,7 @@ class FusedLinear:
             self.weight = torch.cat([layer.packed for layer in layers])
             self.w_scale = torch.cat([layer.w_scale for layer in layers])
             self.lut16 = lut16_layout(self.weight)
+            self.trit5 = trit5_layout(self.weight, layers[0].in_features)
         else:
             self.weight = torch.cat([layer.weight.detach() for layer in layers])
         self.bias = None if all(b is None for b in biases) else torch.cat(
@@ -87,7 +88,7 @@ class FusedLinear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed:
-            return packed_linear(x, self.weight, self.w_scale, self.bias, self.lut16)
+            return packed_linear(x, self.weight, self.w_scale, self.bias, self.lut16, self.trit5)
         return F.linear(x, self.weight, self.bias)
 
 
