@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bitttt import ops
 from bitttt.errors import ConfigError
-from bitttt.nn.bitlinear import BitLinear, lut16_layout, packed_linear, trit5_layout
+from bitttt.nn.bitlinear import BitLinear, lut16_layout, packed_linear
 
 FUSED_ENV = "BITTTT_FUSED_DECODE"  # the same switch as Hugging Face BitNet's one-call decode (bitttt.hf.bitnet)
 _SETTINGS = {"": True, "1": True, "on": True, "0": False, "off": False}
@@ -79,7 +80,9 @@ class FusedLinear:
             self.weight = torch.cat([layer.packed for layer in layers])
             self.w_scale = torch.cat([layer.w_scale for layer in layers])
             self.lut16 = lut16_layout(self.weight)
-            self.trit5 = trit5_layout(self.weight, layers[0].in_features)
+            # the layers' own one-token layout (BITTTT_TRIT5), over the concatenated rows
+            self.trit5 = (ops.ternary_repack_trit5(self.weight, layers[0].in_features)
+                          if getattr(layers[0], "trit5", None) is not None else None)
         else:
             self.weight = torch.cat([layer.weight.detach() for layer in layers])
         self.bias = None if all(b is None for b in biases) else torch.cat(
