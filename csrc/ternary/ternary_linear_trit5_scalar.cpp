@@ -1,6 +1,7 @@
 // The trit5 layout (trit5.h): the BT2 -> trit5 repack, and the scalar reference kernel every
 // trit5 kernel is tested against (it reads codes through trit5_code, one at a time).
 #include <algorithm>
+#include <vector>
 
 #include "ternary/trit5.h"
 
@@ -26,17 +27,22 @@ void matmul(const int8_t* xq, int64_t Kt, const uint8_t* layout, int64_t m0, int
 void repack_bt2_to_trit5(const uint8_t* packed, int64_t K, uint8_t* layout, int64_t n0, int64_t n1) {
   const int64_t Kp = bt2_padded_k(K), Kt = trit5_padded_k(K);
   const int64_t in_bytes = Kp / kBT2WeightsPerByte, out_bytes = Kt / kTrit5Digits;
+  // One row's codes in natural order (a run's byte m holds k = m + 32 s in bits 2s), then the
+  // bytes: a whole-row pass each, rather than bt2_code's divisions per weight (a 2B-parameter
+  // model repacks at load).
+  std::vector<uint8_t> codes(std::max(Kp, Kt), 1);  // past BT2's padding (Kt > Kp): weight 0 too
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = packed + n * in_bytes;
+    for (int64_t run = 0; run < Kp / kBT2RunK; ++run)
+      for (int64_t m = 0; m < kBT2RunBytes; ++m)
+        for (int s = 0; s < 4; ++s)
+          codes[run * kBT2RunK + 32 * s + m] = std::min((row[run * kBT2RunBytes + m] >> (2 * s)) & 3, 2);
     uint8_t* out = layout + n * out_bytes;
     for (int64_t block = 0; block < Kt / kTrit5BlockK; ++block) {
+      const uint8_t* c = codes.data() + block * kTrit5BlockK;
       for (int64_t j = 0; j < kTrit5BlockBytes; ++j) {
-        int c[kTrit5Digits];
-        for (int i = 0; i < kTrit5Digits; ++i) {
-          const int64_t k = block * kTrit5BlockK + i * kTrit5BlockBytes + j;
-          c[i] = k < Kp ? std::min(bt2_code(row, k), 2) : 1;  // past BT2's padding: weight 0 too
-        }
-        out[block * kTrit5BlockBytes + j] = trit5_encode(c);
+        const int digits[kTrit5Digits] = {c[j], c[64 + j], c[128 + j], c[192 + j], c[256 + j]};
+        out[block * kTrit5BlockBytes + j] = trit5_encode(digits);
       }
     }
   }

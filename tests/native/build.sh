@@ -23,7 +23,9 @@ case $("$CXX" -dumpmachine) in
     COMMON+=(-DBITTTT_X86=1)
     TERNARY=("ternary/ternary_linear_avx2.cpp|-mavx2 -mfma -mf16c $NOFMA"
              "ternary/ternary_linear_avx512vnni.cpp|-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mfma -mf16c $NOFMA"
-             "ternary/ternary_linear_lut16_avx2.cpp|-mavx2 -mfma -mf16c $NOFMA")
+             "ternary/ternary_linear_lut16_avx2.cpp|-mavx2 -mfma -mf16c $NOFMA"
+             "ternary/ternary_linear_trit5_avx2.cpp|-mavx2 -mfma -mf16c $NOFMA"
+             "ternary/ternary_linear_trit5_avx512.cpp|-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mfma -mf16c $NOFMA")
     TTT=("ttt/ttt_linear_scalar.cpp|-Wno-psabi" "ttt/ttt_linear_avx2.cpp|-mavx2 -mfma -mf16c"
          "ttt/ttt_linear_avx512.cpp|-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mfma -mf16c") ;;
   aarch64*)
@@ -33,7 +35,7 @@ case $("$CXX" -dumpmachine) in
     TTT=("ttt/ttt_linear_scalar.cpp|-Wno-psabi") ;;
   *) echo "build.sh: unsupported target $("$CXX" -dumpmachine)" >&2; exit 2 ;;
 esac
-TERNARY+=("ternary/ternary_linear_scalar.cpp|$NOFMA" "ternary/ternary_linear_lut16_scalar.cpp|$NOFMA" "ternary/dispatch.cpp|" "../tests/native/test_kernels.cpp|")
+TERNARY+=("ternary/ternary_linear_scalar.cpp|$NOFMA" "ternary/ternary_linear_lut16_scalar.cpp|$NOFMA" "ternary/ternary_linear_trit5_scalar.cpp|$NOFMA" "ternary/dispatch.cpp|" "../tests/native/test_kernels.cpp|")
 TTT+=("../tests/native/test_ttt.cpp|")
 SHARED=("cpu_features.cpp|")
 

@@ -22,6 +22,7 @@
 #include "ternary/bt2.h"
 #include "ternary/dispatch.h"
 #include "ternary/lut16.h"
+#include "ternary/trit5.h"
 
 namespace {
 
@@ -500,6 +501,103 @@ void test_lut16() {
   set_isa("auto");
 }
 
+// --- trit5 (trit5.h): the layout written here from the header's definition (byte =
+// ceil(v * 256 / 243) of the five codes of weights 64 i + j of a 320-weight block),
+// independently of repack_bt2_to_trit5; every ISA's trit5 kernels against the int64 oracle
+// and, for float outputs, bit for bit against the scalar BT2 kernels.
+std::vector<uint8_t> pack_trit5(const Weights& w) {
+  const int64_t Kt = (w.K + 319) / 320 * 320, row = Kt / 5;
+  std::vector<uint8_t> out(std::max<int64_t>(w.N * row, 1), 0);
+  for (int64_t n = 0; n < w.N; ++n)
+    for (int64_t b = 0; b < Kt / 320; ++b)
+      for (int64_t j = 0; j < 64; ++j) {
+        int v = 0;
+        for (int64_t i = 0; i < 5; ++i) {
+          const int64_t k = b * 320 + 64 * i + j;
+          v = 3 * v + (k < w.K ? w.q[n * w.K + k] + 1 : 1);
+        }
+        out[n * row + b * 64 + j] = static_cast<uint8_t>((v * 256 + 242) / 243);
+      }
+  return out;
+}
+
+// One trit5 call over [0, M) x [0, N) in 64-row tasks, as ternary_linear_trit5_cpu.cpp does.
+Result run_trit5(const Trit5Kernels& k, const std::vector<uint8_t>& layout, Dtype dt, const std::vector<float>* x,
+                 const std::vector<int8_t>* xi, int64_t M, const Weights& w, bool bias) {
+  const int64_t K = w.K, Kt = (K + 319) / 320 * 320;
+  std::vector<int8_t> xq(std::max<int64_t>(M * Kt, 1));
+  std::vector<uint16_t> xb;
+  if (x)
+    for (float v : *x) xb.push_back(float_to_bf16(v));
+  Result r{std::vector<float>(M), std::vector<int32_t>(M), {}};
+  for (int64_t m = 0; m < M; ++m) {
+    if (xi)
+      k.layout_int8(xi->data() + m * K, K, Kt, xq.data() + m * Kt, &r.x_sum[m]);
+    else if (dt == Dtype::F32)
+      k.quantize_f32(x->data() + m * K, K, Kt, xq.data() + m * Kt, &r.x_scale[m], &r.x_sum[m]);
+    else
+      k.quantize_bf16(xb.data() + m * K, K, Kt, xq.data() + m * Kt, &r.x_scale[m], &r.x_sum[m]);
+  }
+  const OutKind kind = xi ? OutKind::Int32 : dt == Dtype::F32 ? OutKind::Float32 : OutKind::BFloat16;
+  r.out.assign(M * w.N * (kind == OutKind::BFloat16 ? 2 : 4), 0xAB);
+  const Epilogue ep{kind, w.w_scale.data(), bias ? w.bias.data() : nullptr, r.x_scale.data(), r.x_sum.data(),
+                    r.out.data(), w.N};
+  for (int64_t n0 = 0; n0 < w.N; n0 += 64) k.matmul(xq.data(), Kt, layout.data(), 0, M, n0, std::min(w.N, n0 + 64), ep);
+  return r;
+}
+
+void compare_trit5(const std::string& id, const Weights& w, const std::vector<float>& x, const std::vector<int8_t>& xi,
+                   int64_t M, const std::vector<int32_t>* expected = nullptr) {
+  const std::vector<uint8_t> layout = pack_trit5(w);
+  std::vector<uint8_t> repacked(layout.size(), 0xAB);
+  if (w.N > 0) repack_bt2_to_trit5(w.packed.data(), w.K, repacked.data(), 0, w.N);
+  check(w.N == 0 || repacked == layout, "repack_bt2_to_trit5 " + id);
+  const std::vector<int32_t> want = expected ? *expected : oracle_int8(xi, M, w);
+  std::vector<const Trit5Kernels*> sets{&trit5_kernels_scalar()};
+  for (const Isa& isa : g_isas) {
+    set_isa(isa.name);
+    sets.push_back(&active_trit5_kernels());
+  }
+  for (const Trit5Kernels* k : sets) {
+    const std::string name = std::string("trit5-") + k->name + " " + id;
+    check(as_int32(run_trit5(*k, layout, Dtype::F32, nullptr, &xi, M, w, false).out) == want, name + "-int8");
+    if (x.empty()) continue;
+    for (Dtype dt : {Dtype::F32, Dtype::BF16}) {
+      const Result ref = run_linear(*g_scalar, dt, x, M, w, true, 64, 64);
+      size_t at = 0;
+      check(same_output(dt, run_trit5(*k, layout, dt, &x, nullptr, M, w, true), ref, &at),
+            name + (dt == Dtype::F32 ? "-f32" : "-bf16") + " out[" + std::to_string(at) + "]");
+    }
+  }
+}
+
+void test_trit5() {
+  for (const auto& s : kShapes) {
+    const int64_t M = std::min<int64_t>(s[0], 7), K = s[1], N = s[2];
+    Rng rng{static_cast<uint64_t>(M * 31 + K * 7 + N)};
+    const Weights w = make_weights(N, K, rng);
+    std::vector<float> x = random_tokens(M, K, rng);
+    if (M > 1) x[K + K / 2] = NAN;  // token 1's row is NaN
+    std::vector<int8_t> xi(M * K);
+    for (auto& v : xi) v = rng.int8();
+    compare_trit5(shape_id(M, K, N), w, x, xi, M);
+  }
+  // Extreme activations against every sign: 10 products of up to 512 per int16 lane (AVX2).
+  for (int64_t K : {320, 2600, 4096})
+    for (int xv : {-128, 127})
+      for (int qv : {1, -1}) {
+        const int64_t M = 5, N = 70;
+        Rng rng{3};
+        const Weights w = make_weights(N, K, rng, [&](int64_t n, int64_t) { return n % 2 ? -qv : qv; });
+        const std::vector<int8_t> xi(M * K, static_cast<int8_t>(xv));
+        std::vector<int32_t> want(M * N);
+        for (int64_t i = 0; i < M * N; ++i) want[i] = static_cast<int32_t>((i % N) % 2 ? -xv * qv * K : xv * qv * K);
+        compare_trit5("extreme-x" + std::to_string(xv) + "-q" + std::to_string(qv) + "-K" + std::to_string(K), w, {},
+                      xi, M, &want);
+      }
+  set_isa("auto");
+}
+
 std::vector<std::string> split(const std::string& s) {
   std::vector<std::string> out;
   size_t start = 0;
@@ -538,6 +636,7 @@ int main(int argc, char** argv) {
   test_saturated_float();
   test_activation_edges();
   test_lut16();
+  test_trit5();
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }
