@@ -113,8 +113,11 @@ class Attention(nn.Module):
             y, states = self._attend_rows(q, k, qkv[2], state)
             return self.out(y), states
         positions = torch.arange(pos, pos + T, device=x.device)
-        q, k = self.rotary(qkv[:2], positions).unbind(0)  # q and k in one rotation
-        y, (k, v) = causal_attention(q, k, qkv[2], state, self.max_positions)
+        # unbind, not slices: its backward stacks the three gradients in one copy, where
+        # qkv[:2] and qkv[2] each zero-filled a [3, B, H, T, D] gradient and then summed them
+        q, k, v = qkv.unbind(0)
+        q, k = self.rotary(q, positions), self.rotary(k, positions)
+        y, (k, v) = causal_attention(q, k, v, state, self.max_positions)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.out(y), ((k, v) if use_cache else None)
 
