@@ -1,12 +1,15 @@
-"""Decode speed: packed ternary inference vs the same model's fake-quant path vs its
-full-precision twin, per preset; and model size on disk (export vs float16).
+"""Decode speed of bitttt's own models: packed ternary inference vs its full-precision (float32)
+twin, each through the fused one-token path (bitttt.nn.decode, the default) and through the
+per-op path (BITTTT_FUSED_DECODE=0); optionally the fake-quant path; and model size on disk
+(export vs float16).
 
-    python benchmarks/bench_generate.py [--presets small,base] [--mixer attention] [--threads 2]
-        [--prompt-len 32] [--new-tokens 64] [--json PATH]
+    python benchmarks/bench_generate.py [--presets tiny,base] [--mixer ttt_linear] [--threads 1]
+        [--prompt-len 32] [--new-tokens 32] [--rounds 5] [--clock wall|cpu] [--fake-quant] [--json PATH]
 
-Random weights (speed does not depend on training). Greedy decoding through the model's cache,
-one prefill call then one call per token; reports decode tokens/s and median per-token latency.
-Before timing, checks that packed and fake-quant logits agree.
+Random weights (speed does not depend on training). Greedy decoding through the model's cache:
+each timed call is one prefill (untimed) then --new-tokens one-token calls; the result is ms per
+decoded token, median over interleaved rounds (bitttt/bench/harness.py). Before timing: packed
+logits agree with fake quant's, and the fused path's greedy tokens equal the per-op path's.
 """
 
 from __future__ import annotations
@@ -14,31 +17,53 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
+import sys
 import tempfile
 import time
 
 import torch
 
+from bitttt.bench import harness
 from bitttt.model import BitTTTForCausalLM, preset_config
+from bitttt.nn.decode import FUSED_ENV
 
 
-def decode_timing(model, prompt_len: int, new_tokens: int) -> dict:
-    ids = torch.randint(0, 256, (1, prompt_len))
-    lat = []
+class fused_setting:
+    """BITTTT_FUSED_DECODE set to `value` inside the block (read on every call)."""
+
+    def __init__(self, value: str) -> None:
+        self.value, self.old = value, None
+
+    def __enter__(self):
+        self.old = os.environ.get(FUSED_ENV)
+        os.environ[FUSED_ENV] = self.value
+
+    def __exit__(self, *exc):
+        if self.old is None:
+            os.environ.pop(FUSED_ENV, None)
+        else:
+            os.environ[FUSED_ENV] = self.old
+
+
+CLOCKS = {"wall": time.perf_counter,
+          # CPU time of this process: on a shared machine, the time the OS kept the decode off a
+          # CPU is not counted (a memory stall is: the CPU is busy waiting).
+          "cpu": time.process_time}
+
+
+def greedy(model, ids: torch.Tensor, new_tokens: int, clock: str = "wall") -> tuple[list[int], float]:
+    """Greedy tokens after prompt ids, and the seconds per decoded token (prefill not counted)."""
+    now = CLOCKS[clock]
     with torch.no_grad():
-        t0 = time.perf_counter()
         out = model(ids, use_cache=True)
-        prefill_s = time.perf_counter() - t0
         cache, token = out.cache, out.logits[:, -1:].argmax(-1)
+        tokens = [int(token)]
+        t0 = now()
         for _ in range(new_tokens):
-            t = time.perf_counter()
             out = model(token, cache=cache)
             cache, token = out.cache, out.logits[:, -1:].argmax(-1)
-            lat.append(time.perf_counter() - t)
-    return {"decode_tokens_per_s": new_tokens / sum(lat), "median_ms": 1000 * statistics.median(lat),
-            "prefill_tokens_per_s": prompt_len / prefill_s}
+            tokens.append(int(token))
+        return tokens, (now() - t0) / new_tokens
 
 
 def size_on_disk(model) -> int:
@@ -52,22 +77,25 @@ def size_on_disk(model) -> int:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--presets", default="small,base")
-    p.add_argument("--mixer", default="attention")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--presets", default="tiny,base")
+    p.add_argument("--mixer", default="ttt_linear")
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--prompt-len", type=int, default=32)
-    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--clock", default="wall", choices=list(CLOCKS),
+                   help="wall time, or this process's CPU time (robust on a shared machine)")
+    p.add_argument("--fake-quant", action="store_true", help="also time the fake-quant path (slow at base)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model config override, e.g. conv_kernel=0 (JSON values)")
     p.add_argument("--json", metavar="PATH")
     args = p.parse_args()
     overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     torch.set_num_threads(args.threads)
-    from bitttt import _C  # noqa: F401
-
-    print(f"torch {torch.__version__} | {platform.processor() or platform.machine()} | threads {args.threads} | "
-          f"ternary ISA {_C.isa()}")
-    rows = []
+    record = harness.Record("generate", {
+        "presets": args.presets, "mixer": args.mixer, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
+        "rounds": args.rounds, "overrides": overrides, "clock": args.clock, "shared_machine": True})
+    cases, sizes = [], {}
     for preset in args.presets.split(","):
         torch.manual_seed(0)
         fake = BitTTTForCausalLM(preset_config(preset, mixer=args.mixer, **overrides)).eval()
@@ -78,23 +106,50 @@ def main() -> None:
         packed = BitTTTForCausalLM(preset_config(preset, mixer=args.mixer, **overrides)).eval()
         packed.load_state_dict(fake.state_dict())
         packed.pack()
-        ids = torch.randint(0, 256, (1, 16))
-        with torch.no_grad():  # validate before timing
-            err = (packed(ids).logits - fake(ids).logits).abs().max().item()
-        export_bytes = size_on_disk(packed)
-        for name, model in (("packed", packed), ("fake-quant", fake), ("full-precision", fp)):
-            decode_timing(model, args.prompt_len, 4)  # warm up
-            r = decode_timing(model, args.prompt_len, args.new_tokens)
-            rows.append({"preset": preset, "path": name, **r})
-            print(f"{preset:5s} {name:15s} decode {r['decode_tokens_per_s']:8.1f} tok/s | "
-                  f"{r['median_ms']:7.2f} ms/token | prefill {r['prefill_tokens_per_s']:8.1f} tok/s")
-        speedup = rows[-3]["decode_tokens_per_s"] / rows[-1]["decode_tokens_per_s"]
-        print(f"{preset:5s} packed vs full precision: {speedup:.2f}x | max |logit diff| packed vs fake {err:.2e} | "
-              f"size: export {export_bytes / 1e6:.1f} MB vs float16 {fp16_bytes / 1e6:.1f} MB")
-        rows.append({"preset": preset, "speedup_vs_fp": speedup, "export_bytes": export_bytes, "fp16_bytes": fp16_bytes})
+        sizes[preset] = {"export_bytes": size_on_disk(packed), "fp16_bytes": fp16_bytes}
+        ids = torch.randint(0, 256, (1, args.prompt_len), generator=torch.Generator().manual_seed(1))
+
+        def check(packed=packed, fake=fake, ids=ids) -> None:
+            with torch.no_grad():
+                err = (packed(ids[:, :16]).logits - fake(ids[:, :16]).logits).abs().max().item()
+            if not err < 0.1:
+                raise harness.BenchValidationError(f"packed vs fake-quant logits differ by {err}")
+            with fused_setting("0"):
+                want, _ = greedy(packed, ids, 8)
+            with fused_setting("1"):
+                got, _ = greedy(packed, ids, 8)
+            if got != want:
+                raise harness.BenchValidationError(f"fused decode tokens {got} != per-op tokens {want}")
+
+        def contender(name: str, model, setting: str, ids=ids) -> harness.Contender:
+            def run() -> float:
+                with fused_setting(setting):
+                    return greedy(model, ids, args.new_tokens, args.clock)[1]
+            return harness.Contender(name, run, self_timed=True)
+
+        contenders = [contender("packed", packed, "1"), contender("packed-per-op", packed, "0"),
+                      contender("float32", fp, "1"), contender("float32-per-op", fp, "0")]
+        if args.fake_quant:
+            contenders.append(contender("fake-quant", fake, "1"))
+        contenders[0].check = check
+        cases.append(harness.Case(f"{preset} {args.mixer} decode", contenders, threads=args.threads, unit="ms",
+                                  extra={"preset": preset, "mixer": args.mixer}))
+    results = harness.run_cases(cases, harness.Settings(rounds=args.rounds, max_rounds=args.rounds), out=sys.stdout)
+    record.finish(results)
+    rec = record.to_json()
+    ratios = {}
+    for case in cases:
+        med = {r.contender: r.median for r in results if r.case == case.name}
+        ratios[case.name] = {"packed_vs_float32": med["float32"] / med["packed"],
+                             "per_op_packed_vs_float32": med["float32-per-op"] / med["packed-per-op"],
+                             "fused_vs_per_op_packed": med["packed-per-op"] / med["packed"]}
+        print(f"{case.name}: packed {ratios[case.name]['packed_vs_float32']:.2f}x float32 (per-op path: "
+              f"{ratios[case.name]['per_op_packed_vs_float32']:.2f}x); fused path "
+              f"{ratios[case.name]['fused_vs_per_op_packed']:.2f}x the per-op path")
+    print(f"load {record.load_before} -> {record.load_after}")
+    rec["ratios"], rec["sizes"] = ratios, sizes
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"torch": torch.__version__, "threads": args.threads, "mixer": args.mixer, "overrides": overrides, "rows": rows}, f, indent=2)
+        harness.write_json(rec, args.json)
 
 
 if __name__ == "__main__":

@@ -495,6 +495,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="bigger request bodies get 413 (default: 4M)")
     p.add_argument("--default-max-tokens", type=int, default=512,
                    help="tokens generated when a request names no max_tokens (default: 512)")
+    p.add_argument("--prefill-chunk", type=int, default=128,
+                   help="prompt tokens fed per step between decode steps, so a long prompt does not stall "
+                        "the other streams (default: 128)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.set_defaults(func=_run_serve)
 
@@ -508,7 +511,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port < 65536:
         raise ConfigError(f"serve: --port must be in 0..65535, got {args.port}")
     engine_config = EngineConfig(max_batch=args.max_batch, max_queue=args.max_queue,
-                                 state_cache_mb=args.state_cache_mb, max_prompt_tokens=args.max_prompt_tokens)
+                                 state_cache_mb=args.state_cache_mb, max_prompt_tokens=args.max_prompt_tokens,
+                                 prefill_chunk=args.prefill_chunk)
     if args.threads is not None:
         import torch
 

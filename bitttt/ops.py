@@ -28,6 +28,9 @@ __all__ = [
     "ternary_repack_lut16",
     "ternary_linear_lut16",
     "ternary_matmul_int8_lut16",
+    "ternary_repack_trit5",
+    "ternary_linear_trit5",
+    "ternary_matmul_int8_trit5",
     "rms_norm_ternary_linear",
     "bitnet_decode_",
     "TTTState",
@@ -247,6 +250,41 @@ def ternary_matmul_int8_lut16(x: torch.Tensor, layout: torch.Tensor, N: int) -> 
     return torch.ops.bitttt.ternary_matmul_int8_lut16(x, layout, N)
 
 
+# trit5: a load-time layout of BT2 weights at 5 weights per byte (csrc/ternary/trit5.h),
+# for decode GEMVs limited by memory bandwidth. Never written to disk; C++ Meta fake kernels.
+
+
+def ternary_repack_trit5(packed: torch.Tensor, K: int) -> torch.Tensor:
+    """BT2 packed uint8 [N, Kp/4] of K weights per row -> the trit5 layout uint8 [N, ceil(K/320)*64].
+
+    1.6 bits per weight (0.80x BT2's bytes at K = 2560). CPU (and meta) only. Raises
+    RuntimeError for a tensor that is not BT2 for K. BT2 code 3 (not a weight; validate_packed
+    refuses it at load) becomes +1 here, where the BT2 kernels read +2.
+    """
+    return torch.ops.bitttt.ternary_repack_trit5(packed, K)
+
+
+def ternary_linear_trit5(
+    x: torch.Tensor, layout: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """ternary_linear over a trit5 layout: bit-identical output, reading 20% fewer weight bytes.
+
+    Args:
+        x: float32 or bfloat16 [..., K], CPU.
+        layout: uint8 [N, ceil(K/320)*64] from ternary_repack_trit5(packed, K).
+        w_scale: float32 [N].
+        bias: optional [N].
+    Returns:
+        [..., N] in x's dtype, equal bit for bit to ternary_linear(x, packed, w_scale, bias).
+    """
+    return torch.ops.bitttt.ternary_linear_trit5(x, layout, w_scale, bias)
+
+
+def ternary_matmul_int8_trit5(x: torch.Tensor, layout: torch.Tensor, N: int) -> torch.Tensor:
+    """Exact int32 [M, N] = x @ q.T for int8 x [M, K] over a trit5 layout of N weight rows."""
+    return torch.ops.bitttt.ternary_matmul_int8_trit5(x, layout, N)
+
+
 def rms_norm_ternary_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, packed: torch.Tensor,
                             w_scale: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """ternary_linear(RMSNorm(x)) in one call, RMSNorm as bitttt.nn.norm's (float32 normalize,
@@ -257,19 +295,22 @@ def rms_norm_ternary_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: flo
 
 
 def bitnet_decode_(x: torch.Tensor, weights: list[torch.Tensor], lut16: list[torch.Tensor], kv: list[torch.Tensor],
-                   cos: torch.Tensor, sin: torch.Tensor, pos: int, n_heads: int, n_kv_heads: int, intermediate: int,
-                   eps: float) -> None:
-    """Every decoder layer of a Hugging Face BitNet model for one token, in place (CPU only).
+                   cos: torch.Tensor, sin: torch.Tensor, pos: list[int], n_heads: int, n_kv_heads: int,
+                   intermediate: int, eps: float) -> None:
+    """Every decoder layer of a Hugging Face BitNet model for one token of each of B independent
+    rows (sequences), in place (CPU only). B = len(pos).
 
-    x [C] (any shape of C elements, contiguous, float32 or bfloat16) is the token's hidden state
-    in and out. weights holds 12 tensors per layer: input norm [C], qkv packed and w_scale
-    (rows q, k, v), attn_sub_norm [H*D], o_proj packed and w_scale, post-attention norm [C],
-    gate_up packed and w_scale (rows gate, up), ffn_sub_norm [I], down_proj packed and w_scale;
-    norms in x's dtype, BT2 packed, w_scale float32, no biases. lut16 is empty or holds the
-    ternary_repack_lut16 layouts of qkv, o_proj, gate_up and down_proj per layer: the GEMVs
-    then run the lut16 kernels (same bits). kv holds each layer's k and v
-    buffers [1, H_kv, cap, D] (cap > pos) in x's dtype: positions < pos are the past, and the
-    token's k, v are written at pos. cos, sin [D]: rope_cos_sin("half") of position pos.
+    x [B, C] (any shape of B*C elements, contiguous, float32 or bfloat16) holds the rows' hidden
+    states in and out. weights holds 12 tensors per layer: input norm [C], qkv packed and
+    w_scale (rows q, k, v), attn_sub_norm [H*D], o_proj packed and w_scale, post-attention norm
+    [C], gate_up packed and w_scale (rows gate, up), ffn_sub_norm [I], down_proj packed and
+    w_scale; norms in x's dtype, BT2 packed, w_scale float32, no biases. lut16 is empty or holds
+    the ternary_repack_lut16 layouts of qkv, o_proj, gate_up and down_proj per layer: the GEMVs
+    then run the lut16 kernels (same bits). kv holds each row's k and v buffers of every layer
+    (row 0's 2 * layers first, then row 1's, ...), [1, H_kv, cap, D] (cap > pos[b]) in x's
+    dtype, no two the same: positions < pos[b] are row b's past, and its token's k, v are
+    written at pos[b]. cos, sin [B, D]: rope_cos_sin("half") of each row's position. Each
+    projection is one GEMM over the B rows; row b's result is the one-row call's, bit for bit.
     Same result as bitttt.hf.bitnet's per-op layers up to the attention's float32 summation order."""
     torch.ops.bitttt.bitnet_decode_(x, weights, lut16, kv, cos, sin, pos, n_heads, n_kv_heads, intermediate, eps)
 
@@ -277,8 +318,9 @@ def bitnet_decode_(x: torch.Tensor, weights: list[torch.Tensor], lut16: list[tor
 @torch.library.register_fake("bitttt::bitnet_decode_")
 def _bitnet_decode_fake(x, weights, lut16, kv, cos, sin, pos, n_heads, n_kv_heads, intermediate, eps):
     torch._check(x.dtype in (torch.float32, torch.bfloat16), lambda: f"bitnet_decode_: x must be float32/bfloat16, got {x.dtype}")
-    torch._check(len(weights) % 12 == 0 and len(kv) * 6 == len(weights),
-                 lambda: "bitnet_decode_: weights must hold 12 tensors per layer and kv 2 (k, v)")
+    torch._check(len(pos) > 0, lambda: "bitnet_decode_: pos must hold one position per row")
+    torch._check(len(weights) % 12 == 0 and len(weights) > 0 and len(kv) * 6 == len(weights) * len(pos),
+                 lambda: "bitnet_decode_: weights must hold 12 tensors per layer and kv 2 (k, v) per layer and row")
     torch._check(len(lut16) in (0, len(weights) // 3), lambda: "bitnet_decode_: lut16 must be empty or 4 per layer")
     return None
 

@@ -31,6 +31,12 @@ STABLE_TORCH_LIBRARY(bitttt, m) {
   // ternary_linear and ternary_matmul_int8 over a lut16 layout (N from w_scale, or given).
   m.def("ternary_linear_lut16(Tensor x, Tensor layout, Tensor w_scale, Tensor? bias=None) -> Tensor");
   m.def("ternary_matmul_int8_lut16(Tensor x, Tensor layout, int N) -> Tensor");
+  // The trit5 load-time layout of BT2 (csrc/ternary/trit5.h, 5 weights per byte) for decode
+  // GEMVs limited by memory: packed uint8 [N, Kp/4] of K weights per row -> layout uint8
+  // [N, ceil(K / 320) * 64]. Never written to disk. Then the ops as for lut16.
+  m.def("ternary_repack_trit5(Tensor packed, int K) -> Tensor");
+  m.def("ternary_linear_trit5(Tensor x, Tensor layout, Tensor w_scale, Tensor? bias=None) -> Tensor");
+  m.def("ternary_matmul_int8_trit5(Tensor x, Tensor layout, int N) -> Tensor");
   // Exact int32 [M, N] = x @ w.T for int8 x [M, K], w [N, K] (csrc/int8/): the int8 LM head
   // at decode (bitttt.hf.bitnet.Int8Linear). CPU only; CUDA tensors take torch's path.
   m.def("int8_matmul(Tensor x, Tensor w) -> Tensor");
@@ -41,14 +47,15 @@ STABLE_TORCH_LIBRARY(bitttt, m) {
   // norm_weight [K] in x's dtype) fused into the activation quantization; bias float32. CPU only.
   m.def("rms_norm_ternary_linear(Tensor x, Tensor norm_weight, float eps, Tensor packed, Tensor w_scale, "
         "Tensor? bias=None) -> Tensor");
-  // Every decoder layer of a Hugging Face BitNet model for one token (csrc/decode/
-  // bitnet_decode_cpu.cpp): x [C] updated in place; weights, 12 per layer: (input norm, qkv
-  // packed, qkv w_scale, attn_sub_norm, o packed, o w_scale, post-attention norm, gate_up packed,
-  // gate_up w_scale, ffn_sub_norm, down packed, down w_scale); lut16: empty, or the lut16 layouts
-  // of qkv, o, gate_up, down per layer (then the GEMVs run the lut16 kernels); kv, 2 per layer:
-  // the k and v buffers [1, H_kv, cap > pos, D], written at pos; cos, sin [D] of position pos.
+  // Every decoder layer of a Hugging Face BitNet model for one token of each of B rows
+  // (csrc/decode/bitnet_decode_cpu.cpp): x [B, C] updated in place; weights, 12 per layer:
+  // (input norm, qkv packed, qkv w_scale, attn_sub_norm, o packed, o w_scale, post-attention
+  // norm, gate_up packed, gate_up w_scale, ffn_sub_norm, down packed, down w_scale); lut16:
+  // empty, or the lut16 layouts of qkv, o, gate_up, down per layer (then the GEMVs run the lut16
+  // kernels); kv, 2 per layer and row, row 0's layers first: the k and v buffers
+  // [1, H_kv, cap > pos[b], D], written at pos[b]; cos, sin [B, D] of each row's position.
   m.def("bitnet_decode_(Tensor(a!) x, Tensor[] weights, Tensor[] lut16, Tensor(b!)[] kv, Tensor cos, Tensor sin, "
-        "int pos, "
+        "int[] pos, "
         "int n_heads, int n_kv_heads, int intermediate, float eps) -> ()");
 
   // docs/design.md §3. q, k, v [B,H,T,D]; lr [B,H,T]; token_scale [b]; state W, gW [B,H,D,D],
@@ -182,6 +189,8 @@ PYBIND11_MODULE(_C, mod) {
           "The ternary kernel set in use (BITTTT_ISA or the best available).");
   mod.def("lut16_isa", [] { return std::string(bitttt::ternary::active_lut16_kernels().name); },
           "The lut16 (table-lookup decode) kernel set that goes with the active ternary one.");
+  mod.def("trit5_isa", [] { return std::string(bitttt::ternary::active_trit5_kernels().name); },
+          "The trit5 (5 weights per byte) kernel set that goes with the active ternary one.");
   mod.def("set_isa", &bitttt::ternary::set_isa, py::arg("name"),
           "Force a ternary kernel set: 'scalar', 'avx2', 'avx512', 'neon', 'neon_dotprod' or 'auto'.");
   // Peak throughput (csrc/peak/peak.h; bitttt/bench/peak.py measures and checks with these).

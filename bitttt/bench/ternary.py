@@ -61,10 +61,35 @@ from bitttt.errors import ConfigError
 __all__ = ["BenchValidationError", "TernaryBenchConfig", "Report", "run", "write_json"]
 
 BASELINES = ("fp32", "bf16", "int8pack", "int8dyn")
-# A pseudo kernel set for --isa: ternary_linear_lut16, the table-lookup decode path over its
-# load-time layout (csrc/ternary/lut16.h), run with the AVX2 kernels.
+# Pseudo kernel sets for --isa: the ops over a load-time layout of the same BT2 weights.
+# lut16: ternary_linear_lut16, the table-lookup decode path (csrc/ternary/lut16.h), run with
+# the AVX2 kernels. trit5 / trit5-avx2: ternary_linear_trit5 over 5 weights per byte
+# (csrc/ternary/trit5.h), run with the AVX-512 / AVX2 kernels.
 LUT16 = "lut16"
 LUT16_ISA = "avx2"
+TRIT5 = "trit5"
+# pseudo ISA -> (the kernel set it runs with, its weight kind)
+LAYOUT_ISAS = {LUT16: (LUT16_ISA, LUT16), TRIT5: ("avx512", TRIT5), "trit5-avx2": ("avx2", TRIT5)}
+
+
+def kernels_of(isa: str) -> str:
+    """The real kernel set a (pseudo) ISA runs with."""
+    return LAYOUT_ISAS[isa][0] if isa in LAYOUT_ISAS else isa
+
+
+def kind_of(isa: str) -> str:
+    """The weight kind a (pseudo) ISA reads: "bitttt" (BT2) or its layout's."""
+    return LAYOUT_ISAS[isa][1] if isa in LAYOUT_ISAS else "bitttt"
+
+
+def layout_kinds(isas: list[str]) -> list[str]:
+    return sorted({kind_of(i) for i in isas} - {"bitttt"})
+
+
+def linear_of(kind: str) -> Callable[..., torch.Tensor]:
+    """The op one kind's bitttt contender calls: (x, *weight args) -> y."""
+    return {LUT16: torch.ops.bitttt.ternary_linear_lut16, TRIT5: torch.ops.bitttt.ternary_linear_trit5}.get(
+        kind, ops.ternary_linear)
 CUDA_BASELINES = ("bf16", "fp16", "fp32")  # --device cuda (bitttt/bench/ternary_cuda.py)
 DEVICES = ("cpu", "cuda")
 REGIMES = ("hot", "cold")
@@ -210,6 +235,10 @@ def weight_args(kind: str, w: torch.Tensor) -> tuple[tuple[Any, ...], int]:
     if kind == LUT16:  # the same quantized weight as "bitttt", repacked at load
         packed, w_scale = ops.quantize_weight(w)
         return (torch.ops.bitttt.ternary_repack_lut16(packed), w_scale), packed.numel()
+    if kind == TRIT5:  # the same quantized weight, 5 weights per byte
+        packed, w_scale = ops.quantize_weight(w)
+        layout = torch.ops.bitttt.ternary_repack_trit5(packed, K)
+        return (layout, w_scale), layout.numel()
     if kind == "int8pack":
         scale = w.abs().amax(1).clamp_min(1e-12) / 127  # [N], symmetric per row
         return ((w / scale[:, None]).round().clamp(-127, 127).to(torch.int8), scale), N * K
@@ -264,13 +293,11 @@ def validate(x: torch.Tensor, sw: ShapeWeights, isa: str | None) -> float:
     Returns max |err| / tolerance (< 1). Raises BenchValidationError when it is >= 1.
     """
     if isa is not None:
-        _C.set_isa(LUT16_ISA if isa == LUT16 else isa)
+        _C.set_isa(kernels_of(isa))
     kernels = isa or x.device.type
     packed, w_scale = sw.packed()
-    if isa == LUT16:
-        y = torch.ops.bitttt.ternary_linear_lut16(x, *sw.args[LUT16][0])  # [M, N]
-    else:
-        y = ops.ternary_linear(x, packed, w_scale)  # [M, N]
+    kind = kind_of(isa) if isa is not None else "bitttt"
+    y = linear_of(kind)(x, *sw.args[kind][0])  # [M, N]
     rows, cols = _ends(x.shape[0], VALIDATE_TOKENS), _ends(sw.N, VALIDATE_ROWS)
     q = ops.unpack_ternary(packed[cols.to(packed.device)], sw.K)  # [n, K]
     xr = x[rows.to(x.device)].float()
@@ -347,15 +374,13 @@ def make_contenders(sw: ShapeWeights, x: torch.Tensor, regime: str, isas: list[s
     out = []
     xb = x.bfloat16() if device == "cuda" else x  # on the GPU bitttt takes bf16 in and out
     for isa in isas:
-        kind = LUT16 if isa == LUT16 else "bitttt"
+        kind = kind_of(isa)
         cyc = args_of(kind)
 
-        def bitttt_call(cyc: Cycle = cyc, isa: str = isa) -> torch.Tensor:
+        def bitttt_call(cyc: Cycle = cyc, isa: str = isa, linear=linear_of(kind)) -> torch.Tensor:
             if device == "cpu":
-                _C.set_isa(LUT16_ISA if isa == LUT16 else isa)  # an atomic store: free next to any timed call
-            if isa == LUT16:
-                return torch.ops.bitttt.ternary_linear_lut16(xb, *cyc.next())
-            return ops.ternary_linear(xb, *cyc.next())  # hot: one copy, so a prewarm reads the timed one
+                _C.set_isa(kernels_of(isa))  # an atomic store: free next to any timed call
+            return linear(xb, *cyc.next())  # hot: one copy, so a prewarm reads the timed one
 
         out.append(Contender(contender_name(isa, isas), bitttt_call,
                              check=lambda isa=isa: validate(xb, sw, isa if device == "cpu" else None),
@@ -380,6 +405,8 @@ def add_rates(results: list[harness.Result], M: int, N: int, K: int, isas: list[
     for r in results:
         med_s = r.median / 1e6
         r.extra["gbps"] = r.extra["weight_bytes"] / med_s / 1e9
+        # The issue's unit (#25): BT2's 2-bit bytes N * Kp / 4 per call, whatever a layout reads.
+        r.extra["gbps_2bit"] = N * (-(-K // 256) * 256) / 4 / med_s / 1e9
         r.extra["gops"] = 2 * M * N * K / med_s / 1e9
         isa = next((i for i in isas if contender_name(i, isas) == r.contender), None)
         if isa is None or peaks is None:
@@ -390,7 +417,7 @@ def add_rates(results: list[harness.Result], M: int, N: int, K: int, isas: list[
         elif M == 1:
             continue  # hot weights come from cache: the DRAM read peak does not bound them
         else:
-            kernels = LUT16_ISA if isa == LUT16 else isa
+            kernels = kernels_of(isa)
             key = "int8_avx512_gmacs" if kernels == "avx512" else f"int8_{kernels}_gmacs"
             r.extra["pct_of_peak"] = peaks.percent(r.extra["gops"] / 2, key, r.threads)
 
@@ -447,8 +474,7 @@ def print_preamble(config: TernaryBenchConfig, isas: list[str], out: TextIO) -> 
 def resolve_isas(requested: list[str] | None) -> list[str]:
     """The kernel sets to time; ConfigError for one this CPU or build lacks."""
     available = list(_C.available_isas())
-    if LUT16_ISA in available:
-        available.append(LUT16)
+    available += [i for i, (kernels, _) in LAYOUT_ISAS.items() if kernels in available]
     if requested is None:
         try:
             return [_C.isa()]
@@ -510,13 +536,14 @@ def run(config: TernaryBenchConfig, out: TextIO = sys.stdout) -> Report:
 def weight_bytes(kind: str, N: int, K: int) -> int:
     """Bytes of one copy of kind's weights (bitttt: BT2 pads K to a multiple of 256)."""
     return {"bitttt": N * (-(-K // 256) * 256) // 4, "fp32": 4 * N * K, "bf16": 2 * N * K, "fp16": 2 * N * K,
-            "int8pack": N * K, "int8dyn": N * K, LUT16: N * (-(-K // 256) * 256) // 4}[kind]
+            "int8pack": N * K, "int8dyn": N * K, LUT16: N * (-(-K // 256) * 256) // 4,
+            TRIT5: N * (-(-K // 320) * 64)}[kind]
 
 
 def check_all(config: TernaryBenchConfig, isas: list[str], cache_bytes: int) -> None:
     """Every (shape, M, threads) row's contenders checked on warm weights, before any timing."""
     for N, K in config.shapes:
-        sw = make_weights(N, K, config, ["bitttt", *([LUT16] if LUT16 in isas else []), *config.baselines],
+        sw = make_weights(N, K, config, ["bitttt", *layout_kinds(isas), *config.baselines],
                           cold=False)
         for M in config.tokens:
             x = torch.randn(M, K)
@@ -532,7 +559,7 @@ def run_shape(N: int, K: int, config: TernaryBenchConfig, isas: list[str], cache
     """Every row of one shape: weights made once per regime, each row interleaved by the harness."""
     results = []
     for regime in config.regimes:
-        kinds = ["bitttt", *([LUT16] if LUT16 in isas else []), *config.baselines]
+        kinds = ["bitttt", *layout_kinds(isas), *config.baselines]
         sw = make_weights(N, K, config, kinds, cold=regime == "cold")
         for M in config.tokens:
             x = torch.randn(M, K)

@@ -249,27 +249,42 @@ class BitNetForCausalLM(nn.Module):
         self._decode_weights = (weights, [] if any(t is None for t in lut16) else lut16) if ok else ()
         return self._decode_weights or None
 
-    def _decode_one(self, input_ids: torch.Tensor, cache: ModelCache) -> tuple[torch.Tensor, ModelCache] | None:
-        """One token after `cache` through ops.bitnet_decode_: (the final hidden state [1, 1, C],
-        the new cache), or None when that path does not apply (the per-op layers run instead)."""
+    def _decode_fused(self, input_ids: torch.Tensor, cache: ModelCache) -> tuple[torch.Tensor, ModelCache] | None:
+        """One token per row through ops.bitnet_decode_: (the final hidden states [B, 1, C], the
+        new cache), or None when that path does not apply (the per-op layers run instead). The
+        cache is a batch-1 cache (input_ids [1, 1]) or a row batch (bitttt.generate.decode_rows:
+        pos a list, states[layer] a list of each row's (k, v)), returned in the same form."""
         c = self.config
-        if (input_ids.shape != (1, 1) or isinstance(cache.pos, list) or torch.is_grad_enabled()
-                or os.environ.get(FUSED_DECODE_ENV, "1") == "0" or any(s is None for s in cache.states)):
+        B, L = input_ids.shape[0], len(self.layers)
+        batch = isinstance(cache.pos, list)
+        if (input_ids.shape[1] != 1 or torch.is_grad_enabled() or os.environ.get(FUSED_DECODE_ENV, "1") == "0"
+                or len(cache.pos if batch else [cache.pos]) != B):
+            return None
+        positions = list(cache.pos) if batch else [cache.pos]
+        rows = [[cache.states[i][r] for i in range(L)] for r in range(B)] if batch else [cache.states]
+        dt = self.embed_tokens.weight.dtype
+        if any(s is None or s[0].dtype != dt or s[1].dtype != dt for row in rows for s in row):
             return None
         fused = self.decode_weights()
         if fused is None:
             return None
-        pos, limit = cache.pos, c.max_position_embeddings
-        check_context(pos, 1, limit)
-        x = self.embed_tokens(input_ids)  # [1, 1, C], a new tensor: updated in place
-        cos, sin = rope_cos_sin(torch.tensor([pos]), c.head_dim, c.rope_theta, x.dtype)  # [1, D]
-        bufs = [kv_room(t, 1, limit) for state in cache.states for t in state]
-        if any(b.dtype != x.dtype for b in bufs):
-            return None
-        ops.bitnet_decode_(x, *fused, bufs, cos[0], sin[0], pos, c.num_attention_heads, c.num_key_value_heads,
+        limit = c.max_position_embeddings
+        check_context(positions, 1, limit)
+        x = self.embed_tokens(input_ids)  # [B, 1, C], a new tensor: updated in place
+        cos, sin = rope_cos_sin(torch.tensor(positions), c.head_dim, c.rope_theta, x.dtype)  # [B, D]
+        bufs, new_rows = [], []
+        for row, pos in zip(rows, positions):
+            row_bufs = [kv_room(t, 1, limit) for state in row for t in state]
+            # Marked written before the next row asks: a row whose cache is another's (a fork)
+            # then gets a copy instead of the same buffer, as the per-op path's row loop does.
+            new_rows.append([(kv_filled(row_bufs[2 * i], pos + 1), kv_filled(row_bufs[2 * i + 1], pos + 1))
+                             for i in range(L)])
+            bufs += row_bufs
+        ops.bitnet_decode_(x, *fused, bufs, cos, sin, positions, c.num_attention_heads, c.num_key_value_heads,
                            c.intermediate_size, c.rms_norm_eps)
-        states = [(kv_filled(bufs[2 * i], pos + 1), kv_filled(bufs[2 * i + 1], pos + 1)) for i in range(len(self.layers))]
-        return x, ModelCache(states, pos + 1)
+        if batch:
+            return x, ModelCache([[new_rows[r][i] for r in range(B)] for i in range(L)], [p + 1 for p in positions])
+        return x, ModelCache(new_rows[0], positions[0] + 1)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
                 cache: ModelCache | None = None, use_cache: bool = False, logits_to_keep: int = 0) -> CausalLMOutput:
@@ -277,7 +292,7 @@ class BitNetForCausalLM(nn.Module):
         logits_to_keep > 0: logits of the last that many positions only (transformers' meaning),
         so a prefill does not pay the [T, V] LM head."""
         use_cache = use_cache or cache is not None
-        if cache is not None and labels is None and (fast := self._decode_one(input_ids, cache)) is not None:
+        if cache is not None and labels is None and (fast := self._decode_fused(input_ids, cache)) is not None:
             x, new_cache = fast
             return CausalLMOutput(self.lm_head(self.norm(x)).float(), None, new_cache)
         pos = cache.pos if cache is not None else 0

@@ -97,10 +97,41 @@ def _head_tensor(emb: torch.Tensor, head_type: str):
     return q8_0_bytes(emb), gguf.GGMLQuantizationType.Q8_0
 
 
-def write_gguf(model: BitNetForCausalLM, path: str, head_type: str | None = None) -> dict[str, int]:
+def byte_vocab(w, vocab_size: int, bos: int | None, eos_ids: list[int]) -> None:
+    """A SentencePiece-style ("llama") vocabulary that any text tokenizes into: id 0 <unk>, ids
+    1..256 the bytes (<0x00>..<0xFF>, byte fallback), BOS and EOS as control tokens, every other
+    id a placeholder <tN>. A random-weight bench model has no real tokenizer; this one gives
+    llama.cpp text to read and write at the model's vocabulary size."""
+    import gguf
+
+    T = gguf.TokenType
+    tokens = [f"<t{i}>" for i in range(vocab_size)]
+    types = [T.NORMAL] * vocab_size
+    tokens[0], types[0] = "<unk>", T.UNKNOWN
+    for b in range(256):
+        tokens[1 + b], types[1 + b] = f"<0x{b:02X}>", T.BYTE
+    for i in [bos, *eos_ids]:
+        if i is not None and 256 < i < vocab_size:
+            tokens[i], types[i] = f"<ctl{i}>", T.CONTROL
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores([0.0] * vocab_size)
+    w.add_token_types(types)
+    w.add_unk_token_id(0)
+    if bos is not None:
+        w.add_bos_token_id(bos)
+    if eos_ids:
+        w.add_eos_token_id(eos_ids[0])
+    w.add_add_bos_token(False)
+
+
+def write_gguf(model: BitNetForCausalLM, path: str, head_type: str | None = None,
+               tokenizer: str = "none") -> dict[str, int]:
     """Writes `model` as a llama.cpp GGUF at `path`; returns the bytes of each tensor kind and the
     bytes one decoded token reads (all linears, norms, the whole tied head, one embedding row).
-    head_type: the embedding/head's GGUF type (HEAD_TYPES; None: bf16 for a bfloat16 model, else f32)."""
+    head_type: the embedding/head's GGUF type (HEAD_TYPES; None: bf16 for a bfloat16 model, else f32).
+    tokenizer: "none" (token ids in, logits out) or "bytes" (byte_vocab: text in and out, for
+    llama.cpp's servers, which tokenize and detokenize every request)."""
     import gguf
 
     c = model.config
@@ -125,7 +156,12 @@ def write_gguf(model: BitNetForCausalLM, path: str, head_type: str | None = None
     w.add_vocab_size(c.vocab_size)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_TQ2_0)
     w.add_string("bitttt.head_type", head_type)
-    w.add_tokenizer_model("none")  # token ids in, logits out: llama.cpp adds dummy tokens
+    if tokenizer == "bytes":
+        byte_vocab(w, c.vocab_size, c.bos_token_id, c.eos_ids)
+    elif tokenizer == "none":
+        w.add_tokenizer_model("none")  # token ids in, logits out: llama.cpp adds dummy tokens
+    else:
+        raise ConfigError(f"GGUF tokenizer {tokenizer!r}: expected none or bytes")
     sizes = {"ternary": 0, "norms": 0, "embedding": 0}
 
     def norm(name: str, t: torch.Tensor) -> None:

@@ -59,12 +59,43 @@ def set_lut16(module: nn.Module) -> None:
     module.register_buffer("lut16", lut16_layout(module.packed), persistent=False)
 
 
+# BITTTT_TRIT5=auto (default): the trit5 layout (5 weights per byte, csrc/ternary/trit5.h) for
+# one-token calls when the kernel set at pack/load time is in TRIT5_AUTO_ISAS, where it measured
+# faster than BT2 at M=1 with cold weights (docs/design.md §2, "trit5 at decode"). 1/on: build
+# and use it at M=1 whatever the kernel set; 0/off: never. Where lut16 is built too (its auto
+# set, avx2, and this one do not overlap), lut16 is used.
+TRIT5_ENV = "BITTTT_TRIT5"
+TRIT5_AUTO_ISAS: frozenset[str] = frozenset({"avx512"})
+
+
+def trit5_setting() -> str:
+    """BITTTT_TRIT5 as 'auto', 'on' or 'off'; ConfigError for any other value."""
+    value = os.environ.get(TRIT5_ENV, "auto").strip().lower()
+    if value not in _LUT16_SETTINGS:
+        raise ConfigError(f"{TRIT5_ENV}={value!r} is not a trit5 setting", hint="use 0, 1 or auto")
+    return _LUT16_SETTINGS[value]
+
+
+def set_trit5(module: nn.Module) -> None:
+    """(Re)builds `module.trit5` (a non-persistent buffer: the trit5 layout of `module.packed`
+    for `module.in_features`, 0.8x packed's bytes) where BITTTT_TRIT5 and the active kernel set
+    ask for it, else None. Call after `packed` changes."""
+    packed, setting = module.packed, trit5_setting()
+    wanted = setting != "off" and packed.device.type == "cpu" and (
+        setting == "on" or _native._C.isa() in TRIT5_AUTO_ISAS)
+    module.register_buffer("trit5", ops.ternary_repack_trit5(packed, module.in_features) if wanted else None,
+                           persistent=False)
+
+
 def packed_linear(x: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
-                  lut16: torch.Tensor | None) -> torch.Tensor:
-    """ternary_linear(x, packed, w_scale, bias), through the lut16 layout for one token (M == 1)
-    when there is one; both give the same bits."""
-    if lut16 is not None and x.numel() == x.shape[-1] and x.device.type == "cpu":
-        return ops.ternary_linear_lut16(x, lut16, w_scale, bias)
+                  lut16: torch.Tensor | None, trit5: torch.Tensor | None = None) -> torch.Tensor:
+    """ternary_linear(x, packed, w_scale, bias), through the lut16 or else the trit5 layout for
+    one token (M == 1) when there is one; all give the same bits."""
+    if x.numel() == x.shape[-1] and x.device.type == "cpu":
+        if lut16 is not None:
+            return ops.ternary_linear_lut16(x, lut16, w_scale, bias)
+        if trit5 is not None:
+            return ops.ternary_linear_trit5(x, trit5, w_scale, bias)
     return ops.ternary_linear(x, packed, w_scale, bias)
 
 
@@ -125,6 +156,7 @@ class BitLinear(nn.Module):
         self.register_buffer("packed", packed)
         self.register_buffer("w_scale", w_scale)
         set_lut16(self)
+        set_trit5(self)
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -132,6 +164,7 @@ class BitLinear(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         if self.is_packed:
             set_lut16(self)
+            set_trit5(self)
 
     def _apply(self, fn, recurse: bool = True):
         # `.to(bfloat16)` and friends convert every float buffer; the kernel's w_scale stays
@@ -143,17 +176,20 @@ class BitLinear(nn.Module):
             self.w_scale = w_scale.to(self.w_scale.device)
         if self.is_packed and self.lut16 is not None and self.lut16.device.type != "cpu":
             self.lut16 = None  # a CPU-only layout: do not carry a copy of the weights to a GPU
+        if self.is_packed and self.trit5 is not None and self.trit5.device.type != "cpu":
+            self.trit5 = None
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_packed:
-            return packed_linear(x, self.packed, self.w_scale, self.bias, self.lut16)
+            return packed_linear(x, self.packed, self.w_scale, self.bias, self.lut16, self.trit5)
         return ops.bitlinear_fake_quant(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, packed={self.is_packed}"
-                + (", lut16" if self.is_packed and self.lut16 is not None else ""))
+                + (", lut16" if self.is_packed and self.lut16 is not None else "")
+                + (", trit5" if self.is_packed and self.trit5 is not None else ""))
 
 
 def shared_input_linears(x: torch.Tensor, layers: list[nn.Module]) -> list[torch.Tensor]:

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bitttt.nn.attention import causal_attention
+from bitttt.nn import decode
+from bitttt.nn.attention import append_kv, causal_attention
 from bitttt.nn.bitlinear import BitLinear
 from bitttt.nn.norm import RMSNorm, rms_norm_ternary
 from bitttt.nn.rope import RoPE, apply_rope
@@ -106,6 +107,8 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None,
                 pos: int = 0, use_cache: bool = False) -> tuple[torch.Tensor, tuple | None]:
         B, T, C = x.shape
+        if state is not None and not isinstance(state, list) and decode.takes_fused_decode(x):
+            return self._step_fused(x, state, pos, use_cache)
         qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # [3, B, H, T, D]
         if isinstance(state, list):  # a row batch (bitttt.model.decode_rows): row i at pos[i], its own cache
             positions = torch.tensor(pos, device=x.device).view(B, 1, 1)
@@ -121,6 +124,31 @@ class Attention(nn.Module):
         y, (k, v) = causal_attention(q, k, v, state, self.max_positions)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.out(y), ((k, v) if use_cache else None)
+
+    def _step_fused(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], pos: int,
+                    use_cache: bool) -> tuple[torch.Tensor, tuple | None]:
+        """forward() for one token of one sequence after a cache (bitttt.nn.decode): the same math
+        in fewer ops. RoPE's rotation comes from a table of positions, the scores and the output
+        are one batched matmul each over the heads, reading the KV buffer where it lies."""
+        H, D = self.n_head, self.head_dim
+        qkv = self.qkv(x).view(3, H, D // 2, 2)
+        qk = torch.view_as_real(torch.view_as_complex(qkv[:2]) * self._rotation(pos, x.device)).view(2, 1, H, 1, D)
+        k = append_kv(state[0], qk[1], self.max_positions)  # [1, H, T, D]
+        v = append_kv(state[1], qkv[2].view(1, H, 1, D), self.max_positions)
+        scores = torch.bmm(qk[0, 0, :, 0, None], k[0].transpose(1, 2)) * D ** -0.5  # [H, 1, T]
+        y = torch.bmm(scores.softmax(dim=-1), v[0])  # [H, 1, D]
+        return self.out(y.view(1, 1, H * D)), ((k, v) if use_cache else None)
+
+    def _rotation(self, pos: int, device: torch.device) -> torch.Tensor:
+        """cos + i sin of position pos [D/2] (complex64), from a table that grows by doubling (never
+        past max_positions); the same values as RoPE.cos_sin of that one position."""
+        table = self.__dict__.get("_rope_rotation")
+        if table is None or table.shape[0] <= pos or table.device != device:
+            n = max(2 * (pos + 1), 256)
+            n = min(n, self.max_positions) if self.max_positions else n
+            cos, sin = self.rotary.cos_sin(torch.arange(max(n, pos + 1), device=device), torch.float32)
+            table = self.__dict__["_rope_rotation"] = torch.complex(cos, sin)
+        return table[pos]
 
     def _attend_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, states: list) -> tuple[torch.Tensor, list]:
         """One new token per row, each row attending over its own past: q, k, v [B, H, 1, D],

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bitttt import ops
+from bitttt.nn import decode
 from bitttt.nn.bitlinear import BitLinear, shared_input_linears
 from bitttt.nn.rope import apply_rope, rope_cos_sin  # rotate-half, as the TTT reference
 from bitttt.nn.ttt_mlp_torch import ttt_mlp_torch
@@ -159,11 +160,54 @@ class _TTTBase(nn.Module):
     @torch.no_grad()
     def step(self, x: torch.Tensor, cache: TTTCache) -> torch.Tensor:
         """One token x [B,C] -> [B,C] for generation; updates the cache in place."""
+        if decode.takes_fused_decode(x):
+            names = (["qk_proj"] if self.use_conv else ["q_proj", "k_proj"]) + ["v_proj"] + (["g_proj"] if self.use_gate else [])
+            proj = decode.fused_linear(self, "in_proj", [getattr(self, n) for n in names])
+            if proj is not None:
+                return self._step_fused(x, cache, proj)
         x = x.unsqueeze(1)
         q, k, v, lr, gate = self._project(x, cache)
         out, cache.state = self._inner_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], lr[:, :, 0], cache.state)
         cache.pos += 1
         return self._output(x, out.unsqueeze(2), gate)[:, 0]
+
+    def _step_fused(self, x: torch.Tensor, cache: TTTCache, proj: decode.FusedLinear) -> torch.Tensor:
+        """step() for one token of one sequence (bitttt.nn.decode): the same math as the per-op
+        path in fewer ops. x [1,C] -> [1,C]. proj: the input projections' rows (qk | q, k), v, (g)."""
+        C, H, D = self.hidden_size, self.num_heads, self.head_dim
+        h = proj(x)  # [1, n*C]
+        if self.use_conv:  # both convs over the same inputs: one product and sum for the two
+            w, b = decode.derived(self, "conv", [self.conv_q.conv.weight, self.conv_k.conv.weight,
+                                                 self.conv_q.conv.bias, self.conv_k.conv.bias], self._conv_tables)
+            prev = cache.conv if cache.conv is not None else x.new_zeros(1, self.conv_q.kernel - 1, C)
+            xp = torch.cat((prev, h[:, None, :C]), dim=1)  # [1, K, C]
+            qk = (xp * w).sum(1) + b  # [2, C]: q, k
+            cache.conv = xp[:, 1:]
+            rest = h[:, C:]
+        else:
+            qk, rest = h[:, :2 * C].view(2, C), h[:, 2 * C:]
+        cos, sin = decode.derived(self, "rope", [self.ln_w], self._rope_tables)  # ln_w: the device
+        p = cache.pos % self.mini_batch_size
+        qk = ops.rope_heads(qk.view(2, 1, C), cos[p:p + 1], sin[p:p + 1], H)  # [2, H, 1, D]: q and k as two rows
+        q, k, v = qk[0:1, :, 0], qk[1:2, :, 0], rest[:, :C].view(1, H, D)
+        lr = self.base_lr * torch.sigmoid(F.linear(x, self.lr_proj.weight, self.lr_proj.bias)) / D  # [1, H]
+        out, cache.state = self._inner_step(q, k, v, lr, cache.state)
+        cache.pos += 1
+        n = self.post_norm
+        y = F.layer_norm(out.reshape(1, C), (C,), n.weight, n.bias, n.eps)
+        if self.use_gate:
+            y = F.gelu(rest[:, C:], approximate="tanh") * y
+        return self.o_proj(y)
+
+    def _conv_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """conv_q's and conv_k's weights [2, K, C] and biases [2, C], as their one-token step reads them."""
+        w = torch.stack([c.conv.weight[:, 0].t() for c in (self.conv_q, self.conv_k)])
+        return w, torch.stack([self.conv_q.conv.bias, self.conv_k.conv.bias])
+
+    def _rope_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [b, D] of the positions 0..b-1 within a mini-batch (float32, on the weights' device)."""
+        positions = torch.arange(self.mini_batch_size, device=self.ln_w.device)
+        return rope_cos_sin(positions, self.head_dim, self.rope_theta, torch.float32)
 
     @torch.no_grad()
     def step_rows(self, x: torch.Tensor, caches: list[TTTCache]) -> torch.Tensor:

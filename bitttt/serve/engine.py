@@ -3,11 +3,16 @@ and update_slots, in bitttt's terms).
 
 - Requests are submitted to a bounded queue and answered by id through their Handle: a stream
   of Events (text pieces, then one `done` with the finish reason and the usage counts).
-- Up to `max_batch` slots are active. Each step samples the next token of every active slot,
-  then feeds all of them in one forward (bitttt.generate.decode_rows: every linear runs with
-  M = B tokens; each slot keeps its own KV cache or TTT state). Queued requests join between
-  steps (prefilled one by one), finished and cancelled ones leave; a cancel (a client that went
-  away) frees its slot at the next step.
+- Up to `max_batch` slots are active. Each step samples the next token of every decoding
+  slot, then feeds all of them in one forward (bitttt.generate.decode_rows: every linear runs
+  with M = B tokens; each slot keeps its own KV cache or TTT state). Queued requests join
+  between steps, finished and cancelled ones leave; a cancel (a client that went away) frees
+  its slot at the next step.
+- Chunked prefill: a joining prompt is fed in chunks of at most `prefill_chunk` tokens, and a
+  step feeds at most that many prompt tokens before its decode, so a long prompt delays the
+  other slots' next token by one chunk's time, not by its whole prefill. A prompt is always cut
+  at the same places (every prefill_chunk tokens from where its cached prefix ends), whatever
+  else is running: its output does not depend on the load.
 - Prompts that extend a conversation the engine has seen resume from the state cache
   (bitttt.serve.state_cache) and feed only their new tokens.
 - Events go to each request's sink, called on the engine's thread; a sink must not block (a
@@ -40,9 +45,10 @@ class EngineConfig:
     state_cache_mb: float = 256.0  # conversation states kept for resuming (0: off)
     max_prompt_tokens: int = 8192  # a longer prompt is refused (PromptTooLong)
     rate_window_s: float = 10.0  # tokens/s is measured over the last this many seconds
+    prefill_chunk: int = 128  # prompt tokens fed per chunk, and per step at most (beside the decode)
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_queue", "max_prompt_tokens"):
+        for name in ("max_batch", "max_queue", "max_prompt_tokens", "prefill_chunk"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{name} must be a whole number >= 1, got {v!r}")
@@ -119,8 +125,9 @@ class Handle:
 @dataclass
 class _Slot:
     handle: Handle
-    cache: ModelCache
-    logits: torch.Tensor  # [V] float32: the next token's
+    cache: ModelCache | None  # None: nothing fed yet
+    logits: torch.Tensor | None  # [V] float32: the next token's (None while prefilling)
+    pending: list[int]  # prompt tokens not fed yet (the slot decodes once this is empty)
     fed: list[int]  # every token id the cache holds
     text: StopText
     generator: torch.Generator | None
@@ -219,6 +226,11 @@ class Engine:
     def busy(self) -> bool:
         return bool(self._slots or self._queue)
 
+    @property
+    def prefilling(self) -> int:
+        """Requests not decoding yet: queued, or with prompt tokens still to feed."""
+        return len(self._queue) + sum(1 for s in self._slots if s.pending)
+
     # -- the work -----------------------------------------------------------------------------
     def _run(self) -> None:
         while True:
@@ -236,8 +248,9 @@ class Engine:
 
     @torch.no_grad()
     def step(self) -> None:
-        """One round: cancelled slots leave, queued requests join (prefilled), every active slot
-        gets its next token, and the slots still going are fed in one forward."""
+        """One round: cancelled slots leave, queued requests join, up to prefill_chunk prompt
+        tokens are fed (whole chunks, in join order), every decoding slot gets its next token,
+        and the slots still going are fed in one forward."""
         self._slots = [s for s in self._slots if not self._left(s)]
         while len(self._slots) < self.config.max_batch:
             with self._wake:
@@ -247,15 +260,17 @@ class Engine:
             slot = self._join(handle)
             if slot is not None:
                 self._slots.append(slot)
+        self._prefill_chunks()
         if not self._slots:
             self._stats.batch_size = 0
             return
-        going = [s for s in self._slots if self._advance(s)]
+        decoding = [s for s in self._slots if not s.pending]
+        going = [s for s in decoding if self._advance(s)]
         self._stats.batch_size = len(self._slots)
         self._stats.steps += 1
         with self._wake:
-            self._recent.append((time.perf_counter(), len(self._slots)))
-        self._slots = going
+            self._recent.append((time.perf_counter(), len(decoding)))
+        self._slots = [s for s in self._slots if s.pending] + going
         if going:
             try:
                 logits, caches = decode_rows(self.model, [s.generated[-1] for s in going], [s.cache for s in going])
@@ -268,6 +283,26 @@ class Engine:
                 s.logits, s.cache = row, cache
                 s.fed.append(s.generated[-1])
 
+    def _prefill_chunks(self) -> None:
+        """Feeds the next chunks of the slots still prefilling, in join order, while the step's
+        budget of prefill_chunk prompt tokens allows (the first chunk always goes)."""
+        budget = self.config.prefill_chunk
+        for slot in [s for s in self._slots if s.pending]:
+            while slot.pending:
+                chunk = slot.pending[:self.config.prefill_chunk]
+                if len(chunk) > budget and budget < self.config.prefill_chunk:
+                    return
+                try:
+                    out = run_model(self.model, [chunk], slot.cache, use_cache=True)
+                except Exception as e:  # out of memory, a bug: this request fails, the others go on
+                    self._slots.remove(slot)
+                    self._finish(slot, "error", f"{type(e).__name__}: {str(e)[:500]}", keep_state=False)
+                    break
+                slot.cache, slot.pending = out.cache, slot.pending[len(chunk):]
+                budget -= len(chunk)
+                if not slot.pending:
+                    slot.logits = out.logits[0, -1].float().cpu()
+
     def _left(self, slot: _Slot) -> bool:
         if slot.handle.cancelled.is_set():
             self._finish(slot, "cancelled", keep_state=False)
@@ -275,8 +310,8 @@ class Engine:
         return False
 
     def _join(self, handle: Handle) -> _Slot | None:
-        """Prefills a request (from the longest cached prefix of its prompt) into a new slot;
-        None if it ended already (cancelled while queued, or its prefill failed)."""
+        """A new slot for a request, resumed from the longest cached prefix of its prompt (the
+        rest is fed by _prefill_chunks); None if it ended already (cancelled while queued)."""
         req = handle.request
         usage = Usage(prompt_tokens=len(req.prompt_ids))
         if handle.cancelled.is_set():
@@ -285,8 +320,7 @@ class Engine:
             return None
         try:
             cache, n_cached = self.state_cache.get(req.prompt_ids)
-            out = run_model(self.model, [req.prompt_ids[n_cached:]], cache, use_cache=True)
-        except Exception as e:  # out of memory, a bug: this request fails, the others go on
+        except Exception as e:  # out of memory copying the state: this request fails, the others go on
             self._stats.requests["error"] += 1
             handle.sink(Event("done", text=f"{type(e).__name__}: {str(e)[:500]}", finish_reason="error", usage=usage))
             return None
@@ -295,7 +329,7 @@ class Engine:
         self._stats.cached_tokens += n_cached
         p = req.sampling
         generator = torch.Generator(device="cpu").manual_seed(p.seed) if p.seed is not None else None
-        return _Slot(handle, out.cache, out.logits[0, -1].float().cpu(), list(req.prompt_ids),
+        return _Slot(handle, cache, None, list(req.prompt_ids[n_cached:]), list(req.prompt_ids),
                      StopText(self.tokenizer, p.stop), generator, torch.zeros(self.vocab_size), usage)
 
     def _advance(self, slot: _Slot) -> bool:

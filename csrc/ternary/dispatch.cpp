@@ -91,6 +91,15 @@ const Lut16Kernels& active_lut16_kernels() {
   return lut16_kernels_scalar();
 }
 
+const Trit5Kernels& active_trit5_kernels() {
+#if defined(BITTTT_X86)
+  const std::string name = active_kernels().name;
+  if (name == "avx512") return trit5_kernels_avx512();
+  if (name == "avx2" || name == "avx512_emulated") return trit5_kernels_avx2();
+#endif
+  return trit5_kernels_scalar();
+}
+
 void set_isa(const std::string& name) { g_active.store(&choose(name), std::memory_order_release); }
 
 }  // namespace bitttt::ternary

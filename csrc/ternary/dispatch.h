@@ -6,6 +6,7 @@
 
 #include "ternary/bt2.h"
 #include "ternary/lut16.h"
+#include "ternary/trit5.h"
 
 namespace bitttt::ternary {
 
@@ -17,6 +18,9 @@ const Bt2Kernels& active_kernels();
 // avx512 (the CPU has AVX2; whether they beat the avx512 BT2 kernel is measured per shape),
 // the scalar reference otherwise.
 const Lut16Kernels& active_lut16_kernels();
+// The trit5 kernels (trit5.h) of the active kernel set's ISA: avx2, avx512 (avx512_emulated
+// runs the AVX2 ones), the scalar reference otherwise (NEON has none yet).
+const Trit5Kernels& active_trit5_kernels();
 // Forces a kernel set by name ("scalar", "avx2", "avx512", "avx512_emulated", "neon",
 // "neon_dotprod", or "auto").
 void set_isa(const std::string& name);

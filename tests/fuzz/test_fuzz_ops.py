@@ -36,6 +36,7 @@ CASES_PER_OP = {"ternary_linear": 700, "ternary_matmul_int8": 500, "int8_matmul"
                 "ttt_linear_backward": 200, "ttt_linear_decode_": 300, "ttt_mlp": 200, "ttt_mlp_backward": 150,
                 "ttt_mlp_decode_": 200, "fake_quant_activations": 300, "fake_quant_weight": 300,
                 "ternary_repack_lut16": 200, "ternary_linear_lut16": 500, "ternary_matmul_int8_lut16": 400,
+                "ternary_repack_trit5": 200, "ternary_linear_trit5": 500, "ternary_matmul_int8_trit5": 400,
                 "rms_norm_ternary_linear": 300, "rms_norm": 150, "rms_norm_backward": 150, "causal_conv1d": 150,
                 "causal_conv1d_backward": 150, "rope_heads": 150, "rope_heads_backward": 150}
 CASE_TIMEOUT_S = 60  # a hang bound, not a speed test: the slowest good case takes < 1 s
@@ -110,6 +111,31 @@ def base_ternary_matmul_int8_lut16(rng: random.Random) -> dict:
     M, K, N = rng.choice([0, 1, 4, 5, 70]), rng.choice([0, 1, 100, 256, 300]), rng.choice([0, 1, 3, 17, 64, 65])
     return {"op": "ternary_matmul_int8_lut16", "args": {
         "x": tensor([M, K], "int8", "int8"), "packed": tensor([pad16(N), pad(K) // 4], "uint8", "bt2"), "N": N}}
+
+
+# The trit5 ops (csrc/ternary/trit5.h): any byte is a trit5 byte (five digits 0..2 by the
+# definition), so the layouts are random bytes; named "packed" for the width mutations.
+def trit5_width(K: int) -> int:
+    return (K + 319) // 320 * 64
+
+
+def base_ternary_repack_trit5(rng: random.Random) -> dict:
+    K, N = rng.choice([0, 1, 255, 256, 300, 320, 321, 600, 700]), rng.choice([0, 1, 3, 16, 17, 70])
+    return {"op": "ternary_repack_trit5", "args": {"packed": tensor([N, pad(K) // 4], "uint8", "bt2"), "K": K}}
+
+
+def base_ternary_linear_trit5(rng: random.Random) -> dict:
+    case = base_ternary_linear(rng)
+    case["op"] = "ternary_linear_trit5"
+    N, K = case["args"]["w_scale"]["shape"][0], case["args"]["x"]["shape"][-1]
+    case["args"]["packed"] = tensor([N, trit5_width(K)], "uint8", "bytes")
+    return case
+
+
+def base_ternary_matmul_int8_trit5(rng: random.Random) -> dict:
+    M, K, N = rng.choice([0, 1, 4, 5, 70]), rng.choice([0, 1, 100, 320, 321, 700]), rng.choice([0, 1, 3, 17, 64, 65])
+    return {"op": "ternary_matmul_int8_trit5", "args": {
+        "x": tensor([M, K], "int8", "int8"), "packed": tensor([N, trit5_width(K)], "uint8", "bytes"), "N": N}}
 
 
 def base_int8_matmul(rng: random.Random) -> dict:
@@ -276,13 +302,17 @@ BASES = {"ternary_linear": base_ternary_linear, "ternary_matmul_int8": base_tern
          "fake_quant_activations": base_fake_quant_activations, "fake_quant_weight": base_fake_quant_weight,
          "ternary_repack_lut16": base_ternary_repack_lut16, "ternary_linear_lut16": base_ternary_linear_lut16,
          "ternary_matmul_int8_lut16": base_ternary_matmul_int8_lut16,
+         "ternary_repack_trit5": base_ternary_repack_trit5, "ternary_linear_trit5": base_ternary_linear_trit5,
+         "ternary_matmul_int8_trit5": base_ternary_matmul_int8_trit5,
          "rms_norm_ternary_linear": base_rms_norm_ternary_linear,
          "rms_norm": base_rms_norm, "rms_norm_backward": base_rms_norm_backward,
          "causal_conv1d": base_causal_conv1d, "causal_conv1d_backward": base_causal_conv1d_backward,
          "rope_heads": base_rope_heads, "rope_heads_backward": base_rope_heads_backward}
 # Ops this generator cannot express, and where their bad input is tested instead.
-NOT_FUZZED = {"bitnet_decode_": "its arguments are lists of tensors; tests/hf/test_fused_decode.py checks its "
-                                "refusals (short weights list, bad KV buffers)"}
+NOT_FUZZED = {"bitnet_decode_": "its arguments are lists of tensors (and an int list of row positions); "
+                                "tests/hf/test_fused_decode.py checks its refusals (short weights list, bad KV "
+                                "buffers, too few buffers for the rows, two rows sharing a buffer, x not [B, C]) "
+                                "and its B-row results against B one-row calls"}
 
 # Ops that update some of their inputs in place: those inputs are outputs too.
 IN_PLACE_INPUTS = {"ttt_linear_decode_": slice(5, 9), "ttt_mlp_decode_": slice(5, 13)}
@@ -503,6 +533,15 @@ def _lut16_weights(layout, N: int, K: int, torch):
     return codes.permute(0, 3, 1, 2).reshape(Np, Kp)[:N, :K] - 1
 
 
+def _trit5_weights(layout, K: int, torch):
+    """int64 weights [N, K] of a trit5 layout (trit5.h: byte j of 64-byte block b holds digit
+    i = (3 * (byte * 3^i mod 256)) >> 8 of weight k = 320 b + 64 i + j)."""
+    N, width = layout.shape
+    blocks = layout.long().reshape(N, width // 64, 1, 64)
+    digits = (3 * (blocks * torch.tensor([1, 3, 9, 27, 81]).view(1, 1, 5, 1) % 256)) >> 8
+    return digits.reshape(N, width * 5)[:, :K] - 1
+
+
 def check_reference(case: dict, args: list, out: list, torch) -> str | None:
     """None if the canonical (contiguous CPU) result matches the reference, else why not."""
     from bitttt import reference
@@ -520,6 +559,19 @@ def check_reference(case: dict, args: list, out: list, torch) -> str | None:
     if op == "ternary_linear_lut16":  # as ternary_linear, over the weights the layout holds
         x, layout, w_scale, bias = args
         packed = ops_pack(_lut16_weights(layout, w_scale.shape[0], x.shape[-1], torch), torch)
+        return check_reference({**case, "op": "ternary_linear"}, [x, packed, w_scale, bias], out, torch)
+    if op == "ternary_repack_trit5":
+        packed, K = args
+        bt2 = _bt2_weights(packed, K, torch).clamp(max=1)  # code 3 becomes +1 (trit5.h)
+        same = torch.equal(_trit5_weights(out[0], K, torch), bt2)
+        return None if same else "the layout holds other weights than packed"
+    if op == "ternary_matmul_int8_trit5":
+        x, layout, N = args
+        expected = x.long() @ _trit5_weights(layout, x.shape[1], torch).T
+        return None if torch.equal(out[0].long(), expected) else "differs from the int64 reference"
+    if op == "ternary_linear_trit5":  # as ternary_linear, over the weights the layout holds
+        x, layout, w_scale, bias = args
+        packed = ops_pack(_trit5_weights(layout, x.shape[-1], torch), torch)
         return check_reference({**case, "op": "ternary_linear"}, [x, packed, w_scale, bias], out, torch)
     if op == "ternary_matmul_int8":
         x, packed = args

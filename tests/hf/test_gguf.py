@@ -192,3 +192,22 @@ def test_llama_cpp_logits_of_a_model_with_zero_ternary_weights(tmp_path, head_ty
     # llama.cpp rounds the activations to its head's matmul type (q8_0: Q8_0 blocks; bf16: bf16)
     tol = {"f32": 1e-3, "q8_0": 3e-2, "bf16": 3e-2}[head_type] * want.abs().max()
     assert (got - want).abs().max() <= tol
+
+
+def test_a_byte_vocabulary_for_llama_cpp_servers(model_and_src, tmp_path):
+    """tokenizer="bytes": a SentencePiece vocabulary llama.cpp can tokenize any text into (byte
+    fallback) and detokenize any id from, at the model's vocabulary size (a server needs both;
+    the default "none" vocabulary asserts in llama.cpp's detokenizer)."""
+    model = model_and_src[1]
+    path = str(tmp_path / "bytes.gguf")
+    write_gguf(model, path, tokenizer="bytes")
+    fields = gguf.GGUFReader(path).fields
+    assert bytes(fields["tokenizer.ggml.model"].parts[-1]).decode() == "llama"
+    tokens = fields["tokenizer.ggml.tokens"]
+    words = [bytes(tokens.parts[i]).decode() for i in tokens.data]
+    types = [int(fields["tokenizer.ggml.token_type"].parts[i][0]) for i in fields["tokenizer.ggml.token_type"].data]
+    assert len(words) == len(types) == V
+    assert words[0] == "<unk>" and words[1 + 0x41] == "<0x41>" and types[1 + 0x41] == gguf.TokenType.BYTE
+    assert len(set(words)) == V  # every id its own piece
+    with pytest.raises(ConfigError, match="tokenizer"):
+        write_gguf(model, str(tmp_path / "x.gguf"), tokenizer="bpe")
