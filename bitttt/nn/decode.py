@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bitttt import ops
 from bitttt.errors import ConfigError
 from bitttt.nn.bitlinear import BitLinear, lut16_layout, packed_linear
 
@@ -79,6 +80,9 @@ class FusedLinear:
             self.weight = torch.cat([layer.packed for layer in layers])
             self.w_scale = torch.cat([layer.w_scale for layer in layers])
             self.lut16 = lut16_layout(self.weight)
+            # the layers' own one-token layout (BITTTT_TRIT5), over the concatenated rows
+            self.trit5 = (ops.ternary_repack_trit5(self.weight, layers[0].in_features)
+                          if getattr(layers[0], "trit5", None) is not None else None)
         else:
             self.weight = torch.cat([layer.weight.detach() for layer in layers])
         self.bias = None if all(b is None for b in biases) else torch.cat(
@@ -87,7 +91,7 @@ class FusedLinear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed:
-            return packed_linear(x, self.weight, self.w_scale, self.bias, self.lut16)
+            return packed_linear(x, self.weight, self.w_scale, self.bias, self.lut16, self.trit5)
         return F.linear(x, self.weight, self.bias)
 
 
