@@ -20,7 +20,7 @@ from bitttt.nn import decode
 from bitttt.nn.attention import append_kv, causal_attention
 from bitttt.nn.bitlinear import BitLinear
 from bitttt.nn.norm import RMSNorm, rms_norm_ternary
-from bitttt.nn.rope import RoPE
+from bitttt.nn.rope import RoPE, apply_rope
 
 
 def make_linear(in_features: int, out_features: int, ternary: bool, bias: bool = False) -> nn.Module:
@@ -116,8 +116,12 @@ class Attention(nn.Module):
             y, states = self._attend_rows(q, k, qkv[2], state)
             return self.out(y), states
         positions = torch.arange(pos, pos + T, device=x.device)
-        q, k = self.rotary(qkv[:2], positions).unbind(0)  # q and k in one rotation
-        y, (k, v) = causal_attention(q, k, qkv[2], state, self.max_positions)
+        # unbind, not slices: its backward stacks the three gradients in one copy, where
+        # qkv[:2] and qkv[2] each zero-filled a [3, B, H, T, D] gradient and then summed them
+        q, k, v = qkv.unbind(0)
+        cos, sin = self.rotary.cos_sin(positions, q.dtype)
+        q, k = (apply_rope(t, cos, sin, self.rotary.convention) for t in (q, k))  # one cos, sin for both
+        y, (k, v) = causal_attention(q, k, v, state, self.max_positions)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.out(y), ((k, v) if use_cache else None)
 

@@ -43,15 +43,19 @@ class CausalDepthwiseConv(nn.Module):
 
     def forward(self, x: torch.Tensor, prev: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         B, T, C = x.shape
-        if prev is None:
-            prev = x.new_zeros(B, self.kernel - 1, C)
-        xp = torch.cat((prev.to(x.dtype), x), dim=1)             # [B, K−1+T, C]
+        K1 = self.kernel - 1
+        prev = x.new_zeros(B, K1, C) if prev is None else prev.to(x.dtype)
+        if T >= max(K1, 2) and ops.uses_train_kernel(x, prev, self.conv.weight):
+            # one C++ pass in this layout, forward and backward; the next call's prev is x's
+            # last K−1 inputs, with no [B, K−1+T, C] concatenation (two per layer per step)
+            return ops.causal_conv1d(x, prev, self.conv.weight[:, 0], self.conv.bias), x[:, T - K1:]
+        xp = torch.cat((prev, x), dim=1)                          # [B, K−1+T, C]
         if T == 1:  # decode: one dot product per channel; a Conv1d call costs ~10x more on CPU
             w = self.conv.weight[:, 0].t().to(x.dtype)            # [K, C]
             return (xp * w).sum(1, keepdim=True) + self.conv.bias.to(x.dtype), xp[:, 1:]
-        tail = xp[:, xp.shape[1] - (self.kernel - 1):]            # [B, K−1, C]: the next call's prev
+        tail = xp[:, xp.shape[1] - K1:]                           # [B, K−1, C]: the next call's prev
         if ops.uses_train_kernel(xp, self.conv.weight):  # one C++ pass in this layout, forward and backward
-            return ops.causal_conv1d(x, prev.to(x.dtype), self.conv.weight[:, 0], self.conv.bias), tail
+            return ops.causal_conv1d(x, prev, self.conv.weight[:, 0], self.conv.bias), tail
         y = self.conv(xp.transpose(1, 2)).transpose(1, 2)         # [B, T, C]
         return y, tail
 

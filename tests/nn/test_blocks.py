@@ -142,3 +142,32 @@ def test_silu_mul_gradient_against_float64():
     torch.testing.assert_close(h.grad.double(), h64.grad, atol=1e-5, rtol=1e-5)
     with torch.no_grad():
         assert torch.equal(silu_mul(h, 40), y.detach())  # inference: the same bits
+
+
+def test_attention_training_step_against_float64_written_out():
+    # the float attention mixer's output and gradients (x, qkv, out) against causal softmax
+    # attention written out in float64: q, k, v as the qkv rows [q | k | v] per head,
+    # interleaved RoPE on q and k, a -inf mask above the diagonal
+    from bitttt.nn.blocks import Attention
+    torch.manual_seed(3)
+    B, T, C, H = 2, 11, 32, 4
+    D = C // H
+    attn = Attention(C, H, ternary=False)
+    x = torch.randn(B, T, C, requires_grad=True)
+    y, _ = attn(x)
+    g = torch.randn(y.shape)
+    y.backward(g)
+    got = [y, x.grad, attn.qkv.weight.grad, attn.out.weight.grad]
+
+    x64 = x.detach().double().requires_grad_()
+    w_qkv = attn.qkv.weight.detach().double().requires_grad_()
+    w_out = attn.out.weight.detach().double().requires_grad_()
+    q, k, v = (x64 @ w_qkv.T).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
+    pos = torch.arange(T)
+    q, k = rotated(q, pos), rotated(k, pos)
+    scores = (q @ k.transpose(-1, -2)) / D ** 0.5
+    scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    y64 = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, C) @ w_out.T
+    y64.backward(g.double())
+    for a, b in zip(got, [y64, x64.grad, w_qkv.grad, w_out.grad]):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5)
