@@ -150,6 +150,23 @@ def render_bitnet(rel: str) -> str:
             f"{s['new_tokens']} greedy tokens, {s['rounds']} interleaved rounds; each engine in its own process.\n")
 
 
+def render_serve(rel: str) -> str:
+    """Aggregate decode tokens/s per stream count and contender, and each one's ratio to its
+    own one-stream rate."""
+    rec = load(rel)
+    rows: dict[int, dict[str, dict[str, Any]]] = {}
+    for c in rec["cases"]:
+        if "streams" in c:
+            rows.setdefault(c["streams"], {})[c["contender"]] = c
+    names = list(dict.fromkeys(c["contender"] for c in rec["cases"] if "streams" in c))
+    one = {n: rows[min(rows)][n]["median"] for n in names if n in rows[min(rows)]}
+    out = [[str(n)] + [f"{_range(cs[m])} ({cs[m]['median'] / one[m]:.2f}x)" if m in cs and m in one else "-"
+                       for m in names] for n, cs in sorted(rows.items())]
+    s = rec["settings"]
+    return (f"{provenance(rec, rel)}\n\n{table(['streams'] + [f'{m} tok/s (vs 1 stream)' for m in names], out)}\n\n"
+            f"{s['steps']} timed decode steps per case and round, {s['rounds']} rounds, LM head {s['lm_head']}.\n")
+
+
 def render_wait_policy_legacy(rel: str) -> str:
     """The wait-policy run of 2026-12-02, recorded before the harness (no date of its own, one run
     per engine and policy): decode tok/s per engine and policy, quiet and with 2 busy processes."""
@@ -176,6 +193,9 @@ TABLES: dict[str, tuple[str, Callable[[str], str]]] = {
     "peak": ("xeon-avx512-2c/peak.json", render_peak),
     "wait-policy": ("xeon-avx512-2c/bitnet_2b_wait_policy_cpu.json", render_wait_policy_legacy),
     "bitnet": ("xeon-avx512-2c/bitnet_2b_vs_llamacpp_q8.json", render_bitnet),
+    "bitnet-bf16": ("xeon-avx512-2c/bitnet_2b_vs_llamacpp_bf16.json", render_bitnet),
+    "serve": ("xeon-avx512-2c/serve_2b.json", render_serve),
+    "train": ("xeon-avx512-2c/train_tiny_quiet.json", render_train),
 }
 
 
