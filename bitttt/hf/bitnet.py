@@ -14,7 +14,6 @@ bitttt.generate's loop runs it unchanged; the KV cache is in the model's dtype.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +26,7 @@ from bitttt.errors import ConfigError
 from bitttt.model import CausalLMOutput, ModelCache, next_positions
 from bitttt.nn.attention import causal_attention, check_context, kv_filled, kv_room, one_token_attention  # noqa: F401
 from bitttt.nn.bitlinear import set_lut16
+from bitttt.nn.decode import FUSED_ENV, fused_decode_setting
 from bitttt.nn.half_linear import HalfLinear
 from bitttt.nn.int8_linear import Int8Linear
 from bitttt.nn.norm import RMSNorm as _RMSNorm, rms_norm_ternary
@@ -38,7 +38,8 @@ __all__ = ["BitNetConfig", "BitNetForCausalLM", "Int8Linear", "PackedTernaryLine
 MODEL_TYPE = "bitnet"
 # BITTTT_FUSED_DECODE=0 runs decode steps through the per-op layers instead of the one-call
 # decode op (ops.bitnet_decode_): for A/B benchmarks and for checking one against the other.
-FUSED_DECODE_ENV = "BITTTT_FUSED_DECODE"
+# One switch, one parser, with bitttt's own models (bitttt.nn.decode).
+FUSED_DECODE_ENV = FUSED_ENV
 
 
 @dataclass
@@ -257,7 +258,7 @@ class BitNetForCausalLM(nn.Module):
         c = self.config
         B, L = input_ids.shape[0], len(self.layers)
         batch = isinstance(cache.pos, list)
-        if (input_ids.shape[1] != 1 or torch.is_grad_enabled() or os.environ.get(FUSED_DECODE_ENV, "1") == "0"
+        if (input_ids.shape[1] != 1 or torch.is_grad_enabled() or not fused_decode_setting()
                 or len(cache.pos if batch else [cache.pos]) != B):
             return None
         positions = list(cache.pos) if batch else [cache.pos]
