@@ -131,6 +131,8 @@ class Attention(nn.Module):
         in fewer ops. RoPE's rotation comes from a table of positions, the scores and the output
         are one batched matmul each over the heads, reading the KV buffer where it lies."""
         H, D = self.n_head, self.head_dim
+        # this mixer's RoPE pairs dimensions 2i and 2i+1 ("interleaved", see __init__), so each pair
+        # is one complex number and the rotation one complex product
         qkv = self.qkv(x).view(3, H, D // 2, 2)
         qk = torch.view_as_real(torch.view_as_complex(qkv[:2]) * self._rotation(pos, x.device)).view(2, 1, H, 1, D)
         k = append_kv(state[0], qk[1], self.max_positions)  # [1, H, T, D]
