@@ -106,11 +106,15 @@ class BitTTTForCausalLM(nn.Module):
         states = cache.states if cache is not None else [None] * len(self.blocks)
         check_context(pos, input_ids.shape[1], max_positions(self.config))
         x = self.embed(input_ids)  # [B, T, C]
-        new_states = []
         with decode.dispatch_context(x):  # one token: below autograd (bitttt.nn.decode)
-            for block, state in zip(self.blocks, states):
-                x, state = block(x, state=state, pos=pos, use_cache=use_cache)
-                new_states.append(state)
+            whole = decode.whole_token(self, x, states, pos) if cache is not None else None
+            if whole is not None:  # every block in one op call
+                x, new_states = whole
+            else:
+                new_states = []
+                for block, state in zip(self.blocks, states):
+                    x, state = block(x, state=state, pos=pos, use_cache=use_cache)
+                    new_states.append(state)
             logits = self.lm_head(self.norm(x)).float()  # [B, T, V]
         loss = None
         if labels is not None:

@@ -33,6 +33,7 @@ __all__ = [
     "ternary_matmul_int8_trit5",
     "rms_norm_ternary_linear",
     "bitnet_decode_",
+    "bitttt_decode_",
     "TTTState",
     "ttt_linear",
     "ttt_linear_decode_",
@@ -322,6 +323,27 @@ def _bitnet_decode_fake(x, weights, lut16, kv, cos, sin, pos, n_heads, n_kv_head
     torch._check(len(weights) % 12 == 0 and len(weights) > 0 and len(kv) * 6 == len(weights) * len(pos),
                  lambda: "bitnet_decode_: weights must hold 12 tensors per layer and kv 2 (k, v) per layer and row")
     torch._check(len(lut16) in (0, len(weights) // 3), lambda: "bitnet_decode_: lut16 must be empty or 4 per layer")
+    return None
+
+
+def bitttt_decode_(x: torch.Tensor, weights: list[torch.Tensor], state: list[torch.Tensor], rope: torch.Tensor,
+                   mixer: int, pos: int, n_heads: int, hidden: int, layout: int, ttt: list[int], eps: float,
+                   base_lr: float) -> None:
+    """Every block of one of bitttt's own packed models for one token of one sequence, in place
+    (CPU, float32): x [1, C] holds the embedding in and the last block's output out. The lists
+    and codes are the schema's (csrc/module.cpp); bitttt.nn.decode.whole_token builds them from
+    a model. mixer 0 attention, 1 ttt_linear; layout 0 BT2, 1 lut16, 2 trit5."""
+    torch.ops.bitttt.bitttt_decode_(x, weights, state, rope, mixer, pos, n_heads, hidden, layout, ttt, eps, base_lr)
+
+
+@torch.library.register_fake("bitttt::bitttt_decode_")
+def _bitttt_decode_fake(x, weights, state, rope, mixer, pos, n_heads, hidden, layout, ttt, eps, base_lr):
+    torch._check(x.dtype == torch.float32, lambda: f"bitttt_decode_: x must be float32, got {x.dtype}")
+    torch._check(mixer in (0, 1), lambda: f"bitttt_decode_: mixer must be 0 or 1, got {mixer}")
+    torch._check(layout in (0, 1, 2), lambda: f"bitttt_decode_: layout must be 0, 1 or 2, got {layout}")
+    per_layer, per_state = (10, 2) if mixer == 0 else (21, 5)
+    torch._check(len(weights) > 0 and len(weights) % per_layer == 0 and len(state) * per_layer == len(weights) * per_state,
+                 lambda: f"bitttt_decode_: weights must hold {per_layer} tensors per layer and state {per_state}")
     return None
 
 
