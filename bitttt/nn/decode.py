@@ -180,6 +180,47 @@ def _ttt_tensors(layer: nn.Module) -> list[torch.Tensor]:
             conv_w, conv_b, cos, sin]
 
 
+@dataclasses.dataclass
+class _Plan:
+    """What ops.bitttt_decode_ reads of a model besides the states: its weights list and codes,
+    and every parameter and buffer of the modules they come from (the dict that holds it, its
+    name, the tensor, its version), so a load, a pack or a move (which replace or write them)
+    makes a new plan."""
+
+    weights: list[torch.Tensor] | None  # None: the op does not apply (a layer not packed)
+    layout: int
+    ttt: list[int]
+    base_lr: float
+    watched: list[tuple[dict, str, torch.Tensor | None, int]]
+
+    def valid(self) -> bool:
+        return all(d.get(name) is t and (t is None or t._version == v) for d, name, t, v in self.watched)
+
+
+def _make_plan(model: nn.Module) -> _Plan:
+    """The model's plan (weights None when a ternary layer is not a packed BitLinear without bias)."""
+    config = model.config
+    watched = [(d, name, t, None if t is None else t._version) for block in model.blocks for m in block.modules()
+               for d in (m._parameters, m._buffers) for name, t in d.items()]
+    parts = [_block_weights(block, config.mixer) for block in model.blocks]
+    if any(p is None for p in parts):
+        return _Plan(None, 0, [], 0.0, watched)
+    layout = _layout([m for linears, _ in parts for m in linears])
+    weights = []
+    for block, (linears, (norm1, norm2)) in zip(model.blocks, parts):
+        proj, out, gate_up, down = linears
+        weights += [norm1, _bytes(proj, layout), proj.w_scale, _bytes(out, layout), out.w_scale, norm2,
+                    _bytes(gate_up, layout), gate_up.w_scale, _bytes(down, layout), down.w_scale]
+        if config.mixer == "ttt_linear":
+            weights += _ttt_tensors(block.mixer.layer)
+    ttt, base_lr = [], 0.0
+    if config.mixer == "ttt_linear":
+        layer = model.blocks[0].mixer.layer
+        ttt = [layer.conv_q.kernel if layer.use_conv else 0, int(layer.use_gate), layer.mini_batch_size]
+        base_lr = layer.base_lr
+    return _Plan(weights, _LAYOUT_CODES[layout], ttt, base_lr, watched)
+
+
 def whole_token(model: nn.Module, x: torch.Tensor, states: list[Any], pos: int | list[int]
                 ) -> tuple[torch.Tensor, list[Any]] | None:
     """Every block of a packed BitTTTForCausalLM for one token of one sequence as one
@@ -189,45 +230,34 @@ def whole_token(model: nn.Module, x: torch.Tensor, states: list[Any], pos: int |
     state at another position. x [1, 1, C] is updated in place. The states are taken as the
     Python step takes them: a KV buffer is written in place, a TTT state consumed."""
     config = model.config
-    if (not isinstance(pos, int) or config.mixer not in _MIXER_CODES or not takes_fused_decode(x)
-            or any(s is None or isinstance(s, list) for s in states)):
+    if (not config.ternary or not isinstance(pos, int) or config.mixer not in _MIXER_CODES
+            or not takes_fused_decode(x) or any(s is None or isinstance(s, list) for s in states)):
         return None
-    parts = [_block_weights(block, config.mixer) for block in model.blocks]
-    if any(p is None for p in parts):
+    plan = model.__dict__.get("_decode_plan")
+    if plan is None or not plan.valid():
+        plan = model.__dict__["_decode_plan"] = _make_plan(model)  # a plain attribute: never in a state_dict
+    if plan.weights is None:
         return None
-    layout = _layout([m for linears, _ in parts for m in linears])
     attention = config.mixer == "attention"
-    weights, state, new_states = [], [], []
-    for block, (linears, (norm1, norm2)), s in zip(model.blocks, parts, states):
-        proj, out, gate_up, down = linears
-        weights += [norm1, _bytes(proj, layout), proj.w_scale, _bytes(out, layout), out.w_scale, norm2,
-                    _bytes(gate_up, layout), gate_up.w_scale, _bytes(down, layout), down.w_scale]
+    state, new_states = [], []
+    limit = model.blocks[0].mixer.max_positions if attention else None
+    for s in states:
         if attention:
             if s[0].shape[2] != pos:
                 return None
-            kv = [kv_room(t, 1, block.mixer.max_positions) for t in s]
+            kv = [kv_room(t, 1, limit) for t in s]
             state += kv
             new_states.append(kv)
         else:
-            layer = block.mixer.layer
             st = s.state
-            if st is None or s.pos != pos or int(st.pos) != pos or (layer.use_conv and s.conv is None):
+            if st is None or s.pos != pos or int(st.pos) != pos or (plan.ttt[0] and s.conv is None):
                 return None
-            weights += _ttt_tensors(layer)
-            conv = s.conv.clone() if layer.use_conv else None  # its own: the op updates it in place
+            conv = s.conv.clone() if plan.ttt[0] else None  # its own: the op updates it in place
             state += [st.W, st.c, st.gW, st.gc, conv if conv is not None else st.c.new_empty(0)]
             new_states.append((s, conv))
-    mixer0 = model.blocks[0].mixer
-    if attention:
-        rope = torch.view_as_real(mixer0._rotation(pos, x.device))
-        ttt_args, base_lr = [], 0.0
-    else:
-        layer0 = mixer0.layer
-        rope = x.new_empty(0)
-        ttt_args = [layer0.conv_q.kernel if layer0.use_conv else 0, int(layer0.use_gate), layer0.mini_batch_size]
-        base_lr = layer0.base_lr
-    ops.bitttt_decode_(x, weights, state, rope, _MIXER_CODES[config.mixer], pos, config.n_head,
-                       config.hidden_size, _LAYOUT_CODES[layout], ttt_args, config.norm_eps, base_lr)
+    rope = torch.view_as_real(model.blocks[0].mixer._rotation(pos, x.device)) if attention else x.new_empty(0)
+    ops.bitttt_decode_(x, plan.weights, state, rope, _MIXER_CODES[config.mixer], pos, config.n_head,
+                       config.hidden_size, plan.layout, plan.ttt, config.norm_eps, plan.base_lr)
     if attention:
         return x, [(kv_filled(k, pos + 1), kv_filled(v, pos + 1)) for k, v in new_states]
     result = []
