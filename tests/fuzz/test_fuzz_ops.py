@@ -312,7 +312,13 @@ BASES = {"ternary_linear": base_ternary_linear, "ternary_matmul_int8": base_tern
 NOT_FUZZED = {"bitnet_decode_": "its arguments are lists of tensors (and an int list of row positions); "
                                 "tests/hf/test_fused_decode.py checks its refusals (short weights list, bad KV "
                                 "buffers, too few buffers for the rows, two rows sharing a buffer, x not [B, C]) "
-                                "and its B-row results against B one-row calls"}
+                                "and its B-row results against B one-row calls",
+              "bitttt_decode_": "its arguments are lists of tensors whose meaning depends on the mixer code (21 per "
+                                "TTT layer, 10 per attention layer) and in-place states; "
+                                "tests/model/test_own_model_decode_op.py checks its refusals (x dtype, short weights "
+                                "or state lists, mixer, layout and head codes, eps, a KV buffer short of pos, the "
+                                "RoPE rotation, the TTT flags, a state of the wrong size) and its results against "
+                                "the per-op path on every mixer layout and ternary layout"}
 
 # Ops that update some of their inputs in place: those inputs are outputs too.
 IN_PLACE_INPUTS = {"ttt_linear_decode_": slice(5, 9), "ttt_mlp_decode_": slice(5, 13)}

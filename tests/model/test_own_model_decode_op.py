@@ -81,11 +81,26 @@ def test_the_op_decodes_as_the_per_op_path(variant, layout, monkeypatch):
     torch.testing.assert_close(logits, want_logits, atol=LOGITS_ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("variant", ["attention", "ttt_linear+conv"])
+def test_the_layouts_give_the_same_bits(variant, monkeypatch):
+    """lut16, trit5 and BT2 hold the same weights and their kernels the same integer sums."""
+    results = []
+    for layout in LAYOUTS:
+        for name, value in LAYOUTS[layout].items():
+            monkeypatch.setenv(name, value)
+        model = micro(**VARIANTS[variant]).pack()
+        ids = torch.randint(0, 256, (1, 7), generator=torch.Generator().manual_seed(3))
+        results.append(decode_from(model, *prefill(model, ids), 9))
+    for tokens, logits in results[1:]:
+        assert tokens == results[0][0]
+        torch.testing.assert_close(logits, results[0][1], atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("mixer", ["attention", "ttt_linear"])
 def test_the_op_gives_the_same_bits_at_any_thread_count(mixer, threads):
     """Every value is computed by one worker in one order, whoever claims the task."""
-    args = op_args(mixer, n_layer=2, n_embd=256, n_head=4, prompt=list(range(1, 40)))
+    args = op_args(mixer, n_layer=3, n_embd=1024, n_head=8, prompt=list(range(1, 40)))  # stages long enough for every worker to join
     old = torch.get_num_threads()
     try:
         outs = []
