@@ -410,7 +410,8 @@ void bitttt_decode_cpu(Tensor x, std::vector<Tensor> weights, std::vector<Tensor
   const int64_t workers = std::max<int64_t>(1, torch::stable::get_num_threads());
   const int64_t shared_bytes = align64(4 * (n_in + C + H + C + 2 * F));
   const int64_t table_bytes = lay == kLut16 ? Kp * kLut16TableBytesPerK : 0;
-  const int64_t worker_bytes = align64(4 * widest) + align64(Kp) + align64(table_bytes) + align64(4 * (pos + 1)) +
+  const int64_t scores = mixer == kAttention ? pos + 1 : 0;  // a TTT position can be any size: no scores
+  const int64_t worker_bytes = align64(4 * widest) + align64(Kp) + align64(table_bytes) + align64(4 * scores) +
                                align64(4 * 3 * D);
   Tensor storage = torch::stable::new_empty(x, {shared_bytes + workers * worker_bytes + 64}, ScalarType::Byte);
   uint8_t* base = storage.mutable_data_ptr<uint8_t>();
@@ -433,7 +434,7 @@ void bitttt_decode_cpu(Tensor x, std::vector<Tensor> weights, std::vector<Tensor
     s.tables = p;
     p += align64(table_bytes);
     s.scores = reinterpret_cast<float*>(p);
-    p += align64(4 * (pos + 1));
+    p += align64(4 * scores);
     s.q = reinterpret_cast<float*>(p);
     s.k = s.q + D;
     s.y = s.k + D;
