@@ -93,6 +93,12 @@ class BitTTTForCausalLM(nn.Module):
                     residual = name.endswith(("out", "down", "o_proj", "wo"))
                     init_linear_(module, residual_std(std, self.config.n_layer) if residual else std)
 
+    def _apply(self, fn, recurse: bool = True):
+        # a move or cast replaces the weights: drop the one-call decode's list of the old ones
+        # (bitttt.nn.decode.whole_token would rebuild it, but only at a CPU float32 decode step)
+        self.__dict__.pop("_decode_plan", None)
+        return super()._apply(fn, recurse)
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

@@ -150,6 +150,27 @@ def test_the_ttt_state_is_consumed_as_by_the_python_step(monkeypatch):
     torch.testing.assert_close(first[1], again[1], atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("change", ["load", "in-place", "cast"])
+def test_the_weights_list_follows_the_model(change, monkeypatch):
+    """The op's weights list is built once per model: a load, a write into a weight the op reads
+    through a copy (the TTT token scale) or a cast round trip must give a new list."""
+    model = micro(mixer="ttt_linear", conv_kernel=4).pack()
+    ids = torch.randint(0, 256, (1, 5), generator=torch.Generator().manual_seed(4))
+    decode_from(model, *prefill(model, ids), 3)  # builds the list from seed 0's weights
+    with torch.no_grad():
+        if change == "load":
+            model.load_state_dict(micro(seed=1, mixer="ttt_linear", conv_kernel=4).pack().state_dict())
+        elif change == "in-place":
+            for block in model.blocks:
+                block.mixer.layer.token_scale_offset.add_(0.5)
+                block.mixer.layer.conv_q.conv.weight.mul_(-1)
+        else:
+            model.half().float()
+    (tokens, logits), (want_tokens, want_logits), calls = both_paths(model, monkeypatch, ids)
+    assert calls == 19 and tokens == want_tokens
+    torch.testing.assert_close(logits, want_logits, atol=LOGITS_ATOL, rtol=0)
+
+
 @pytest.mark.parametrize("kind", ["float-twin", "fake-quant", "ttt_mlp", "batch"])
 def test_the_op_is_not_taken_where_it_does_not_apply(kind, monkeypatch):
     calls = []
