@@ -132,6 +132,7 @@ def fused_linear(owner: nn.Module, name: str, layers: list[nn.Module]) -> FusedL
 # ---------------------------------------------------------------------------------------
 
 _LAYOUT_CODES = {"bt2": 0, "lut16": 1, "trit5": 2}
+MAX_HEAD_DIM = 512  # the op's limit (its per-head scratch); a wider head keeps the Python step
 _MIXER_CODES = {"attention": 0, "ttt_linear": 1}
 
 
@@ -208,7 +209,7 @@ def _make_plan(model: nn.Module) -> _Plan:
     watched = [(d, name, t, None if t is None else t._version) for block in model.blocks for m in block.modules()
                for d in (m._parameters, m._buffers) for name, t in d.items()]
     parts = [_block_weights(block, config.mixer) for block in model.blocks]
-    if any(p is None for p in parts):
+    if any(p is None for p in parts) or config.n_embd // config.n_head > MAX_HEAD_DIM:
         return _Plan(None, 0, [], 0.0, watched)
     layout = _layout([m for linears, _ in parts for m in linears])
     weights = []

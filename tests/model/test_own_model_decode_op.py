@@ -171,12 +171,13 @@ def test_the_weights_list_follows_the_model(change, monkeypatch):
     torch.testing.assert_close(logits, want_logits, atol=LOGITS_ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["float-twin", "fake-quant", "ttt_mlp", "batch"])
+@pytest.mark.parametrize("kind", ["float-twin", "fake-quant", "ttt_mlp", "batch", "wide-head"])
 def test_the_op_is_not_taken_where_it_does_not_apply(kind, monkeypatch):
     calls = []
     monkeypatch.setattr(ops, "bitttt_decode_", lambda *a: calls.append(1))
-    model = micro(mixer="ttt_mlp" if kind == "ttt_mlp" else "attention", ternary=kind != "float-twin")
-    if kind in ("ttt_mlp", "batch"):
+    wide = dict(n_embd=2 * (decode.MAX_HEAD_DIM + 2), n_head=2) if kind == "wide-head" else {}
+    model = micro(mixer="ttt_mlp" if kind == "ttt_mlp" else "attention", ternary=kind != "float-twin", **wide)
+    if kind in ("ttt_mlp", "batch", "wide-head"):
         model.pack()
     ids = torch.randint(0, 256, (2 if kind == "batch" else 1, 5), generator=torch.Generator().manual_seed(2))
     token, cache = prefill(model, ids)
