@@ -136,7 +136,7 @@ def on_threads(n: int, fn):
 # exact, and equals the one-token call on that token (M = 1 runs other tiles).
 @pytest.mark.parametrize("M", range(2, 17))
 def test_matmul_int8_serve_batches(isa, M):
-    K, N = 1283, 197
+    K, N = 2567, 197  # Kp = 2816: past one 2048-weight K block of the prefill tiles
     x_q = serve_batch(M, K, seed=M)
     torch.manual_seed(M)
     packed = ops.pack_ternary(q := random_ternary(N, K))
