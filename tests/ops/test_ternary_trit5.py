@@ -94,7 +94,7 @@ def test_trit5_matmul_int8_exact(isa, shape):
 # block, N past two 64-row tasks on 2 threads; every row exact and equal to its one-token call.
 @pytest.mark.parametrize("M", range(2, 17))
 def test_trit5_matmul_int8_serve_batches(isa, M):
-    K, N = 2567, 197  # Kp = 2816: past one 2048-weight K block of the prefill tiles
+    K, N = 2567, 197  # K: 8 whole 320-weight blocks and a partial one
     x_q = serve_batch(M, K, seed=M)
     torch.manual_seed(M)
     layout = trit5_layout(q := random_ternary(N, K))
