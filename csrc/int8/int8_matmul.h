@@ -1,6 +1,6 @@
 // Exact int8 GEMM for the int8 LM head (bitttt.hf.bitnet.Int8Linear): out [M, N] int32 =
-// x [M, K] @ w[N, K].T. At decode (M = 1..4) it reads the whole [V, C] head once per token,
-// so it runs at the memory's speed; torch._int_mm runs such a call compute-bound (2x slower
+// x [M, K] @ w[N, K].T. At decode (M = 1 token, or bitttt serve's batch of up to 16) it reads
+// the whole [V, C] head once per call, so it runs at the memory's speed; torch._int_mm runs such a call compute-bound (2x slower
 // on the 2B head). Kernels see raw pointers; checks and threading live in int8_matmul_cpu.cpp.
 #pragma once
 
@@ -23,6 +23,9 @@ void matmul_scalar(const int8_t* x, int64_t M, int64_t K, const int8_t* w, int64
 // x must not hold -128 (vpmaddubsw's signed operand): the entry checks.
 void matmul_avx2(const int8_t* x, int64_t M, int64_t K, const int8_t* w, int64_t n0, int64_t n1, int32_t* out,
                  int64_t ldo);
+// AVX-512 F/BW + VNNI; any int8 inputs.
+void matmul_avx512(const int8_t* x, int64_t M, int64_t K, const int8_t* w, int64_t n0, int64_t n1, int32_t* out,
+                   int64_t ldo);
 #endif
 
 }  // namespace bitttt::int8

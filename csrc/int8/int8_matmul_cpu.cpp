@@ -1,6 +1,6 @@
 // CPU entry point of int8_matmul: checks, the choice of kernel and threading over torch's
 // intra-op pool. The kernel follows the ternary ops' ISA choice (BITTTT_ISA / set_isa):
-// "scalar" there runs the scalar kernel here, so one switch tests both.
+// "avx512", "avx2" and "scalar" there run that kernel here, so one switch tests them all.
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
@@ -19,17 +19,21 @@ namespace {
 using torch::headeronly::ScalarType;
 using torch::stable::Tensor;
 
-// Weight rows per task: 64 rows of the 2B head (K = 2560) are 160 KiB, which stay in L2
-// while a block of more than 4 tokens walks them again.
+// Weight rows per kernel call: 64 rows of the 2B head (K = 2560) are 160 KiB, which stay in
+// L2 while a second block of tokens (more than the kernel's 4 or 8) walks them again.
 constexpr int64_t kRowsPerTask = 64;
 // Below this many multiply-adds a call stays on one thread: waking the pool costs more.
 constexpr int64_t kMinMacsPerThread = 1 << 21;
 
 // The AVX2 kernel cannot take -128 in x (see int8_matmul_avx2.cpp); quantized activations
-// (round(x * 127 / absmax)) never hold it, so that rare case runs the scalar kernel.
+// (round(x * 127 / absmax)) never hold it, so that rare case runs the scalar kernel. The
+// AVX-512 kernel takes any x.
 MatmulKernel pick_kernel(const int8_t* x, int64_t n) {
 #if defined(BITTTT_X86)
-  if (cpu_features().avx2 && std::strcmp(ternary::active_kernels().name, "scalar") != 0 &&
+  const char* isa = ternary::active_kernels().name;
+  const CpuFeatures& f = cpu_features();
+  if (std::strcmp(isa, "avx512") == 0 && f.avx512f && f.avx512bw && f.avx512vnni) return &matmul_avx512;
+  if (f.avx2 && std::strcmp(isa, "scalar") != 0 &&
       std::find(x, x + n, int8_t{-128}) == x + n)
     return &matmul_avx2;
 #endif
@@ -64,8 +68,11 @@ Tensor int8_matmul_cpu(Tensor x, Tensor w) {
   int32_t* op = out.mutable_data_ptr<int32_t>();
   const int64_t tasks = (N + kRowsPerTask - 1) / kRowsPerTask;
   const int64_t grain = std::max<int64_t>(1, kMinMacsPerThread / (std::min(N, kRowsPerTask) * K) / M);
+  // One kernel call per task, not per range: the kernel walks its rows once per block of
+  // tokens, and 64 rows are still in L2 for the next block, a thread's whole range is not.
   torch::stable::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
-    kernel(xp, M, K, wp, begin * kRowsPerTask, std::min(N, end * kRowsPerTask), op, N);
+    for (int64_t t = begin; t < end; ++t)
+      kernel(xp, M, K, wp, t * kRowsPerTask, std::min(N, (t + 1) * kRowsPerTask), op, N);
   });
   return out;
 }

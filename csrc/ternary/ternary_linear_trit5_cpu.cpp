@@ -48,8 +48,12 @@ void run_trit5(const Trit5Kernels& kernels, const Activations& a, int64_t M, int
                int64_t N, const Epilogue& ep) {
   const int64_t n_tasks = (N + kRowsPerTask - 1) / kRowsPerTask;
   const int64_t grain = std::max<int64_t>(1, kMinMacsPerThread / (std::min(N, kRowsPerTask) * Kt * M));
+  // One kernel call per task, not per range: the kernel walks its rows once per 4 tokens (and
+  // once per token left over), and 64 rows (32 KiB at K = 2560) are still in L1/L2 for the next
+  // walk, a thread's whole range is not: bitttt serve's 8 tokens read the weights from memory once.
   torch::stable::parallel_for(0, n_tasks, grain, [&](int64_t begin, int64_t end) {
-    kernels.matmul(a.xq, Kt, layout, 0, M, begin * kRowsPerTask, std::min(N, end * kRowsPerTask), ep);
+    for (int64_t t = begin; t < end; ++t)
+      kernels.matmul(a.xq, Kt, layout, 0, M, t * kRowsPerTask, std::min(N, (t + 1) * kRowsPerTask), ep);
   });
 }
 

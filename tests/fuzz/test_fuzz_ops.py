@@ -83,7 +83,8 @@ def base_rms_norm_ternary_linear(rng: random.Random) -> dict:
 
 
 def base_ternary_matmul_int8(rng: random.Random) -> dict:
-    M, K, N = rng.choice([0, 1, 4, 5, 70]), rng.choice([0, 1, 100, 256, 300]), rng.choice([0, 1, 3, 17])
+    # M: 2..16 are bitttt serve's batches (the kernels' token blocks of 4 and their remainders)
+    M, K, N = rng.choice([0, 1, 2, 3, 4, 5, 7, 8, 11, 16, 70]), rng.choice([0, 1, 100, 256, 300]), rng.choice([0, 1, 3, 17, 65])
     return {"op": "ternary_matmul_int8", "args": {
         "x": tensor([M, K], "int8", "int8"), "packed": tensor([N, pad(K) // 4], "uint8", "bt2")}}
 
@@ -133,13 +134,16 @@ def base_ternary_linear_trit5(rng: random.Random) -> dict:
 
 
 def base_ternary_matmul_int8_trit5(rng: random.Random) -> dict:
-    M, K, N = rng.choice([0, 1, 4, 5, 70]), rng.choice([0, 1, 100, 320, 321, 700]), rng.choice([0, 1, 3, 17, 64, 65])
+    M, K, N = (rng.choice([0, 1, 2, 3, 4, 5, 7, 8, 11, 16, 70]), rng.choice([0, 1, 100, 320, 321, 700]),
+               rng.choice([0, 1, 3, 17, 64, 65, 130]))
     return {"op": "ternary_matmul_int8_trit5", "args": {
         "x": tensor([M, K], "int8", "int8"), "packed": tensor([N, trit5_width(K)], "uint8", "bytes"), "N": N}}
 
 
 def base_int8_matmul(rng: random.Random) -> dict:
-    M, K, N = rng.choice([0, 1, 2, 4, 5, 9]), rng.choice([0, 1, 31, 32, 64, 100, 300]), rng.choice([0, 1, 3, 65, 130])
+    # M: across the AVX2 kernel's 4-token and the AVX-512 kernel's 8-token blocks, up to 16
+    M, K, N = (rng.choice([0, 1, 2, 4, 5, 7, 8, 9, 12, 16]), rng.choice([0, 1, 31, 32, 63, 64, 65, 100, 300]),
+               rng.choice([0, 1, 3, 65, 130]))
     x_fill = rng.choice(["int8", "int8q"])  # int8q: no -128, the AVX2 kernel's range
     return {"op": "int8_matmul", "args": {"x": tensor([M, K], "int8", x_fill), "w": tensor([N, K], "int8", "int8")}}
 

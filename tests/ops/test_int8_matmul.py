@@ -1,18 +1,22 @@
 """int8_matmul (csrc/int8/): exact int32 x @ w.T for int8 x [M, K], w [N, K], the int8 LM head's
-core at decode. Every kernel set (the `isa` fixture: scalar, AVX2) against float64 matmul,
-which holds these sums exactly (|sum| <= K * 2**14 < 2**53), and against torch._int_mm.
+core at decode. Every kernel set (the `isa` fixture: scalar, AVX2, AVX-512) against float64
+matmul, which holds these sums exactly (|sum| <= K * 2**14 < 2**53), and against torch._int_mm.
 The AVX2 kernel takes x in [-127, 127] (what activation quantization gives); a call whose x
-holds -128 runs the scalar kernel, so both ranges are tested."""
+holds -128 runs the scalar kernel, so both ranges are tested. The AVX-512 kernel takes any x
+and its sums wrap past 2**31 on the way (see int8_matmul_avx512.cpp): the largest-K cases
+check the result is still exact."""
 
 import pytest
 import torch
 
 from bitttt import ops
 
-# K: below, at and past the 16-weight vector step; N: odd (a row without a pair) and past
-# one 64-row task; M: 1..4 and past one 4-token block.
+# K: below, at and past the 16-, 32- and 64-weight vector steps, odd; N: odd (a row without a
+# pair) and past one or two 64-row tasks; M: 1..16 (bitttt serve's batches), across the 4- and
+# 8-token blocks.
 SHAPES = [(1, 1, 1), (1, 15, 3), (1, 16, 1), (1, 17, 2), (2, 33, 5), (3, 48, 65), (4, 200, 129), (5, 257, 7),
-          (9, 2567, 131)]
+          (9, 2567, 131), (6, 64, 3), (7, 127, 9), (8, 2560, 67), (8, 63, 4), (10, 65, 5), (11, 1, 3),
+          (12, 191, 70), (13, 128, 2), (14, 321, 130), (15, 2, 9), (16, 2567, 65)]
 
 
 def exact(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -29,11 +33,32 @@ def test_equals_float64_matmul_on_every_kernel_set(isa, M, K, N, x_low):
     assert torch.equal(ops.int8_matmul(x, w), exact(x, w))
 
 
+# bitttt serve's batches: every row of an M-token call equals the one-token call on that token
+# (another block shape in each kernel), on 2 threads over rows past several 64-row tasks.
+@pytest.mark.parametrize("M", range(2, 17))
+def test_each_row_equals_its_one_token_call(isa, M):
+    g = torch.Generator().manual_seed(M)
+    x = torch.randint(-127, 128, (M, 641), dtype=torch.int8, generator=g)
+    x[0] = 127
+    x[-1] = -127
+    w = torch.randint(-128, 128, (300, 641), dtype=torch.int8, generator=g)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = ops.int8_matmul(x, w)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(out, exact(x, w))
+    for m in range(M):
+        assert torch.equal(out[m : m + 1], ops.int8_matmul(x[m : m + 1], w))
+
+
+@pytest.mark.parametrize("M", [3, 8, 16])
 @pytest.mark.parametrize("value", [-128, -127, 127])
-def test_extremes_do_not_saturate(isa, value):
+def test_extremes_do_not_saturate(isa, value, M):
     # pairs of 127 * -128 products are the most vpmaddubsw's int16 sums hold; -128 * -128 is
     # past it (the scalar kernel's case)
-    M, K, N = 3, 4099, 5
+    K, N = 4099, 5
     x = torch.full((M, K), value, dtype=torch.int8)
     w = torch.full((N, K), -128, dtype=torch.int8)
     w[1] = 127
@@ -42,12 +67,15 @@ def test_extremes_do_not_saturate(isa, value):
     assert torch.equal(got, exact(x, w))
 
 
-@pytest.mark.parametrize("value", [-128, -127])
-def test_the_largest_k_sums_exactly(isa, value):
-    K = 2**17 - 1  # K * 2**14 = 2**31 - 2**14: the last K whose worst sum fits int32
-    x = torch.full((1, K), value, dtype=torch.int8)
-    w = torch.full((2, K), -128, dtype=torch.int8)
-    assert ops.int8_matmul(x, w).tolist() == [[K * -128 * value] * 2]
+@pytest.mark.parametrize("M", [1, 9])
+@pytest.mark.parametrize("value,weight", [(-128, -128), (-127, -128), (127, 127), (127, -128), (-128, 127)])
+def test_the_largest_k_sums_exactly(isa, value, weight, M):
+    # K * 2**14 = 2**31 - 2**14: the last K whose worst sum fits int32. x = 127, w = 127 takes
+    # the AVX-512 kernel's biased sum (x + 128) * w to 255 * 127 * K, past 2**32.
+    K = 2**17 - 1
+    x = torch.full((M, K), value, dtype=torch.int8)
+    w = torch.full((2, K), weight, dtype=torch.int8)
+    assert ops.int8_matmul(x, w).tolist() == [[K * weight * value] * 2] * M
 
 
 def test_agrees_with_torch_int_mm_on_the_head_shape():

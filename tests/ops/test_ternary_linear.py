@@ -113,6 +113,39 @@ def test_matmul_int8_exact(isa, shape):
     assert torch.equal(out.long(), reference.ternary_matmul_int8(x_q, q))
 
 
+def serve_batch(M: int, K: int, seed: int) -> torch.Tensor:
+    """M tokens of int8 activations: random, then one saturated at 127 and one at -128."""
+    g = torch.Generator().manual_seed(seed)
+    x_q = torch.randint(-128, 128, (M, K), dtype=torch.int8, generator=g)
+    x_q[0] = 127
+    x_q[-1] = -128
+    return x_q
+
+
+def on_threads(n: int, fn):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(before)
+
+
+# bitttt serve's batches: M = 2..16 tokens (the 4-token tiles and every remainder), odd K,
+# N past two 64-row tasks, on 2 threads (a thread's range holds several tasks). Each row is
+# exact, and equals the one-token call on that token (M = 1 runs other tiles).
+@pytest.mark.parametrize("M", range(2, 17))
+def test_matmul_int8_serve_batches(isa, M):
+    K, N = 2567, 197  # Kp = 2816: past one 2048-weight K block of the prefill tiles
+    x_q = serve_batch(M, K, seed=M)
+    torch.manual_seed(M)
+    packed = ops.pack_ternary(q := random_ternary(N, K))
+    out = on_threads(2, lambda: ops.ternary_matmul_int8(x_q, packed))
+    assert torch.equal(out.long(), reference.ternary_matmul_int8(x_q, q))
+    for m in range(M):
+        assert torch.equal(out[m : m + 1], ops.ternary_matmul_int8(x_q[m : m + 1], packed))
+
+
 # Saturated activations times all-equal or alternating weights: the largest |sums| per
 # lane that a SIMD kernel's int16 partial sums must carry (x_q * (q + 1) reaches -256).
 EXTREME_PATTERNS = {
@@ -126,7 +159,7 @@ EXTREME_PATTERNS = {
 }
 
 
-@pytest.mark.parametrize("M", [1, 5])
+@pytest.mark.parametrize("M", [1, 5, 8, 13, 16])
 @pytest.mark.parametrize("K", [2600, 4096])
 @pytest.mark.parametrize("pattern", list(EXTREME_PATTERNS), ids=list(EXTREME_PATTERNS))
 def test_matmul_int8_extreme_values(isa, pattern, K, M):

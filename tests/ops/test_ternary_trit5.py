@@ -27,7 +27,9 @@ from test_ternary_linear import (  # noqa: E402
     _good,
     assert_matches,
     random_ternary,
+    on_threads,
     sample_inputs,
+    serve_batch,
     shape_id,
 )
 
@@ -88,22 +90,37 @@ def test_trit5_matmul_int8_exact(isa, shape):
     assert torch.equal(out.long(), reference.ternary_matmul_int8(x_q, q))
 
 
+# bitttt serve's batches, as test_ternary_linear.py's: M = 2..16 tokens, K across a partial
+# block, N past two 64-row tasks on 2 threads; every row exact and equal to its one-token call.
+@pytest.mark.parametrize("M", range(2, 17))
+def test_trit5_matmul_int8_serve_batches(isa, M):
+    K, N = 2567, 197  # K: 8 whole 320-weight blocks and a partial one
+    x_q = serve_batch(M, K, seed=M)
+    torch.manual_seed(M)
+    layout = trit5_layout(q := random_ternary(N, K))
+    out = on_threads(2, lambda: ops.ternary_matmul_int8_trit5(x_q, layout, N))
+    assert torch.equal(out.long(), reference.ternary_matmul_int8(x_q, q))
+    for m in range(M):
+        assert torch.equal(out[m : m + 1], ops.ternary_matmul_int8_trit5(x_q[m : m + 1], layout, N))
+
+
 # Extreme activations against every weight sign: the AVX2 kernel's int16 lanes add 10
 # products of up to 512 per block before widening. K = 320 and 640 end on a block, 2600 and
 # 4096 in a partial one.
+@pytest.mark.parametrize("M", [5, 8, 13, 16])
 @pytest.mark.parametrize("K", [320, 640, 2600, 4096])
 @pytest.mark.parametrize("pattern", list(EXTREME_PATTERNS), ids=list(EXTREME_PATTERNS))
-def test_trit5_matmul_int8_extreme_values(isa, pattern, K):
+def test_trit5_matmul_int8_extreme_values(isa, pattern, K, M):
     x_of, q_of = EXTREME_PATTERNS[pattern]
     x_row = [x_of(k) for k in range(K)]
     q_row = [q_of(k) for k in range(K)]
     expected = sum(a * b for a, b in zip(x_row, q_row))  # Python ints: exact
     N = 70  # a full 64-row task, then a partial tile
-    x_q = torch.tensor([x_row] * 5, dtype=torch.int8)  # a 4-token tile, then one token
+    x_q = torch.tensor([x_row] * M, dtype=torch.int8)  # 4-token tiles, then the tokens left
     q = torch.tensor([q_row] * N, dtype=torch.int8)
     q[1::2] *= -1
     out = ops.ternary_matmul_int8_trit5(x_q, trit5_layout(q), N)
-    assert torch.equal(out, torch.tensor([[expected, -expected] * (N // 2)] * 5, dtype=torch.int32))
+    assert torch.equal(out, torch.tensor([[expected, -expected] * (N // 2)] * M, dtype=torch.int32))
 
 
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
