@@ -43,6 +43,7 @@ __all__ = [
     "rms_norm",
     "causal_conv1d",
     "rope_heads",
+    "silu_mul",
     "TTTMLPState",
     "ttt_mlp",
     "ttt_mlp_decode_",
@@ -805,6 +806,52 @@ def bitlinear_fake_quant_shared(x: torch.Tensor, weights: list[torch.Tensor]) ->
 def uses_train_kernel(*tensors: torch.Tensor) -> bool:
     """Whether the csrc/train/ kernels take these tensors: all float32 on the CPU."""
     return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+
+
+def silu_mul(h: torch.Tensor, hidden: int) -> torch.Tensor:
+    """silu(h[..., :hidden]) * h[..., hidden:] for float32 CPU h [..., 2·hidden] (SwiGLU's gate and up
+    as one tensor), one C++ pass forward and one backward (csrc/train/silu_mul*). Differentiable in h."""
+    return torch.ops.bitttt.silu_mul(h, hidden)
+
+
+def _check_silu_mul_h(op, h, hidden):
+    _check_defined(op, h=h)
+    torch._check(h.dtype == torch.float32, lambda: f"{op}: takes float32 (other dtypes use the torch path)")
+    torch._check(h.dim() >= 1, lambda: f"{op}: h must have a last (feature) dimension")
+    torch._check(hidden > 0 and h.shape[-1] == 2 * hidden,
+                 lambda: f"{op}: h's last dimension must be 2*hidden = {2 * hidden}, got {h.shape[-1]}")
+
+
+@torch.library.register_fake("bitttt::silu_mul")
+def _silu_mul_fake(h, hidden):
+    _check_silu_mul_h("silu_mul", h, hidden)
+    return h.new_empty((*h.shape[:-1], hidden))
+
+
+@torch.library.register_fake("bitttt::silu_mul_backward")
+def _silu_mul_backward_fake(grad, h, hidden):
+    op = "silu_mul_backward"
+    _check_silu_mul_h(op, h, hidden)
+    _check_defined(op, grad=grad)
+    _check_same_device(op, "h", h, grad=grad)
+    torch._check(grad.dtype == torch.float32, lambda: f"{op}: takes float32 (other dtypes use the torch path)")
+    torch._check(tuple(grad.shape) == (*h.shape[:-1], hidden),
+                 lambda: f"{op}: grad must be h's shape with the last dimension halved")
+    return torch.empty_like(h, memory_format=torch.contiguous_format)
+
+
+def _silu_mul_setup_context(ctx, inputs, output):
+    h, hidden = inputs
+    ctx.save_for_backward(h)
+    ctx.hidden = hidden
+
+
+def _silu_mul_backward(ctx, grad_y):
+    (h,) = ctx.saved_tensors
+    return torch.ops.bitttt.silu_mul_backward(grad_y, h, ctx.hidden), None
+
+
+torch.library.register_autograd("bitttt::silu_mul", _silu_mul_backward, setup_context=_silu_mul_setup_context)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
