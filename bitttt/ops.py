@@ -44,6 +44,7 @@ __all__ = [
     "causal_conv1d",
     "rope_heads",
     "silu_mul",
+    "gelu_tanh_mul",
     "TTTMLPState",
     "ttt_mlp",
     "ttt_mlp_decode_",
@@ -852,6 +853,51 @@ def _silu_mul_backward(ctx, grad_y):
 
 
 torch.library.register_autograd("bitttt::silu_mul", _silu_mul_backward, setup_context=_silu_mul_setup_context)
+
+
+def gelu_tanh_mul(gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """F.gelu(gate, approximate="tanh") * y for float32 CPU tensors of one shape (the TTT layers'
+    output gate), one C++ pass forward and one backward (csrc/train/silu_mul*). Differentiable in both."""
+    return torch.ops.bitttt.gelu_tanh_mul(gate, y)
+
+
+def _check_gelu_tanh_mul(op, gate, y):
+    _check_defined(op, gate=gate, y=y)
+    _check_same_device(op, "gate", gate, y=y)
+    torch._check(gate.dtype == torch.float32 and y.dtype == torch.float32,
+                 lambda: f"{op}: takes float32 (other dtypes use the torch path)")
+    torch._check(tuple(y.shape) == tuple(gate.shape), lambda: f"{op}: y must have gate's shape")
+
+
+@torch.library.register_fake("bitttt::gelu_tanh_mul")
+def _gelu_tanh_mul_fake(gate, y):
+    _check_gelu_tanh_mul("gelu_tanh_mul", gate, y)
+    return torch.empty_like(gate, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("bitttt::gelu_tanh_mul_backward")
+def _gelu_tanh_mul_backward_fake(grad, gate, y):
+    op = "gelu_tanh_mul_backward"
+    _check_gelu_tanh_mul(op, gate, y)
+    _check_defined(op, grad=grad)
+    _check_same_device(op, "gate", gate, grad=grad)
+    torch._check(grad.dtype == torch.float32, lambda: f"{op}: takes float32 (other dtypes use the torch path)")
+    torch._check(tuple(grad.shape) == tuple(gate.shape), lambda: f"{op}: grad must have gate's shape")
+    return (torch.empty_like(gate, memory_format=torch.contiguous_format),
+            torch.empty_like(y, memory_format=torch.contiguous_format))
+
+
+def _gelu_tanh_mul_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _gelu_tanh_mul_backward(ctx, grad):
+    gate, y = ctx.saved_tensors
+    return torch.ops.bitttt.gelu_tanh_mul_backward(grad, gate, y)
+
+
+torch.library.register_autograd("bitttt::gelu_tanh_mul", _gelu_tanh_mul_backward,
+                                setup_context=_gelu_tanh_mul_setup_context)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

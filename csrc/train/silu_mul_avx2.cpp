@@ -83,8 +83,33 @@ void backward(const float* dy, const float* h, float* dh, int64_t n) {
   }
 }
 
+// sigmoid(2u), u = k·(g + c·g³): 0.5·(1 + tanh(u))
+inline V gelu_sigmoid(V g) {
+  return sigmoid(mul(set1(2.0f * kGeluK), fmadd(mul(set1(kGeluC), mul(g, g)), g, g)));
+}
+
+void gelu_forward(const float* g, const float* y, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; i += kW) {
+    const int64_t m = std::min<int64_t>(kW, n - i);
+    const V x = load(g + i, m);
+    store(out + i, mul(mul(x, gelu_sigmoid(x)), load(y + i, m)), m);
+  }
+}
+
+void gelu_backward(const float* dy, const float* g, const float* y, float* dg, float* dy_in, int64_t n) {
+  const V one = set1(1.0f);
+  for (int64_t i = 0; i < n; i += kW) {
+    const int64_t m = std::min<int64_t>(kW, n - i);
+    const V x = load(g + i, m), s = gelu_sigmoid(x), d = load(dy + i, m);
+    const V du = mul(set1(2.0f * kGeluK), fmadd(set1(3.0f * kGeluC), mul(x, x), one));
+    const V dgelu = fmadd(mul(mul(x, s), sub(one, s)), du, s);
+    store(dg + i, mul(mul(d, load(y + i, m)), dgelu), m);
+    store(dy_in + i, mul(d, mul(x, s)), m);
+  }
+}
+
 }  // namespace
 
-SiluMulKernels silu_mul_kernels() { return {"avx2", &forward, &backward}; }
+SiluMulKernels silu_mul_kernels() { return {"avx2", &forward, &backward, &gelu_forward, &gelu_backward}; }
 
 }  // namespace bitttt::train::avx2

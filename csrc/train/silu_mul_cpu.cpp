@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <tuple>
 #include <vector>
 
 #include "ternary/dispatch.h"
@@ -108,11 +109,64 @@ Tensor silu_mul_backward_cpu(Tensor grad, Tensor h, int64_t F) {
   return dh;
 }
 
+// The TTT layers' output gate: gelu_tanh(gate) * y, elementwise over two tensors of one shape.
+constexpr int64_t kChunk = 1 << 12;  // elements per task
+
+void check_same_shape(const char* op, const char* name, const Tensor& a, const Tensor& b) {
+  STD_TORCH_CHECK(a.dim() == b.dim(), op, ": ", name, " must have gate's shape");
+  for (int64_t d = 0; d < a.dim(); ++d) STD_TORCH_CHECK(a.size(d) == b.size(d), op, ": ", name, " must have gate's shape");
+}
+
+template <typename Fn>
+void for_chunks(int64_t n, const Fn& fn) {
+  for_rows((n + kChunk - 1) / kChunk, kChunk, [&](int64_t c) { fn(c * kChunk, std::min(kChunk, n - c * kChunk)); });
+}
+
+Tensor gelu_tanh_mul_cpu(Tensor gate, Tensor y) {
+  const char* op = "gelu_tanh_mul";
+  check_float_cpu(op, "gate", gate);
+  check_float_cpu(op, "y", y);
+  check_same_shape(op, "y", gate, y);
+  gate = contig(gate);
+  y = contig(y);
+  Tensor out = torch::stable::empty_like(gate);
+  const float* pg = gate.const_data_ptr<float>();
+  const float* py = y.const_data_ptr<float>();
+  float* po = out.mutable_data_ptr<float>();
+  const SiluMulKernels& k = active_silu_mul();
+  for_chunks(gate.numel(), [&](int64_t i, int64_t n) { k.gelu_forward(pg + i, py + i, po + i, n); });
+  return out;
+}
+
+std::tuple<Tensor, Tensor> gelu_tanh_mul_backward_cpu(Tensor grad, Tensor gate, Tensor y) {
+  const char* op = "gelu_tanh_mul_backward";
+  check_float_cpu(op, "grad", grad);
+  check_float_cpu(op, "gate", gate);
+  check_float_cpu(op, "y", y);
+  check_same_shape(op, "y", gate, y);
+  check_same_shape(op, "grad", gate, grad);
+  grad = contig(grad);
+  gate = contig(gate);
+  y = contig(y);
+  Tensor dg = torch::stable::empty_like(gate);
+  Tensor dy = torch::stable::empty_like(y);
+  const float* pd = grad.const_data_ptr<float>();
+  const float* pg = gate.const_data_ptr<float>();
+  const float* py = y.const_data_ptr<float>();
+  float* pdg = dg.mutable_data_ptr<float>();
+  float* pdy = dy.mutable_data_ptr<float>();
+  const SiluMulKernels& k = active_silu_mul();
+  for_chunks(gate.numel(), [&](int64_t i, int64_t n) { k.gelu_backward(pd + i, pg + i, py + i, pdg + i, pdy + i, n); });
+  return {dg, dy};
+}
+
 }  // namespace
 
 STABLE_TORCH_LIBRARY_IMPL(bitttt, CPU, m) {
   m.impl("silu_mul", TORCH_BOX(&silu_mul_cpu));
   m.impl("silu_mul_backward", TORCH_BOX(&silu_mul_backward_cpu));
+  m.impl("gelu_tanh_mul", TORCH_BOX(&gelu_tanh_mul_cpu));
+  m.impl("gelu_tanh_mul_backward", TORCH_BOX(&gelu_tanh_mul_backward_cpu));
 }
 
 }  // namespace bitttt::train

@@ -27,8 +27,24 @@ void backward(const float* dy, const float* h, float* dh, int64_t n) {
   }
 }
 
+// sigmoid(2u), u = k·(g + c·g³): 0.5·(1 + tanh(u))
+inline float gelu_sigmoid(float g) { return sigmoid(2.0f * kGeluK * (g + kGeluC * g * g * g)); }
+
+void gelu_forward(const float* g, const float* y, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = (g[i] * gelu_sigmoid(g[i])) * y[i];
+}
+
+void gelu_backward(const float* dy, const float* g, const float* y, float* dg, float* dy_in, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = g[i], s = gelu_sigmoid(x);
+    const float du = 2.0f * kGeluK * (1.0f + 3.0f * kGeluC * x * x);
+    dg[i] = dy[i] * y[i] * (s + x * s * (1.0f - s) * du);
+    dy_in[i] = dy[i] * (x * s);
+  }
+}
+
 }  // namespace
 
-SiluMulKernels silu_mul_kernels() { return {"scalar", &forward, &backward}; }
+SiluMulKernels silu_mul_kernels() { return {"scalar", &forward, &backward, &gelu_forward, &gelu_backward}; }
 
 }  // namespace bitttt::train::scalar

@@ -251,3 +251,66 @@ def test_silu_mul_opcheck_and_bad_inputs():
         ops.silu_mul(torch.randn(2, 16, dtype=torch.float64), 8)
     with pytest.raises(RuntimeError, match="silu_mul_backward: grad must be h's shape"):
         torch.ops.bitttt.silu_mul_backward(torch.randn(3, 8), torch.randn(2, 16), 8)
+
+
+# The TTT output gate gelu_tanh(gate) * y (csrc/train/silu_mul*, the same sigmoid).
+
+
+def reference_gelu_tanh_mul(gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """0.5·g·(1 + tanh(sqrt(2/pi)·(g + 0.044715·g³)))·y, written out (not torch's gelu)."""
+    u = (2 / torch.pi) ** 0.5 * (gate + 0.044715 * gate ** 3)
+    return 0.5 * gate * (1 + torch.tanh(u)) * y
+
+
+@pytest.mark.parametrize("shape", [(1,), (3, 7), (2, 5, 33), (16, 128, 256), (0, 4)], ids=lambda s: "x".join(map(str, s)))
+def test_gelu_tanh_mul_against_float64_every_isa(shape, restore_isa):
+    torch.manual_seed(10)
+    gate, y = torch.randn(shape) * 3, torch.randn(shape)
+    for isa in _isas():
+        restore_isa.set_isa(isa)
+        check_against_reference(ops.gelu_tanh_mul, reference_gelu_tanh_mul, [gate, y])
+
+
+def test_gelu_tanh_mul_simd_files_match_the_scalar_one(restore_isa):
+    torch.manual_seed(12)
+    for n in range(1, 41):
+        gate = torch.cat((torch.linspace(-30, 30, 3 * n), torch.randn(n) * 3))
+        gate[:3] = torch.tensor([float("inf"), float("-inf"), float("nan")])[: min(3, gate.numel())]
+        gate = gate[torch.randperm(gate.numel())][:n]
+        y, g = torch.randn(n), torch.randn(n)
+        restore_isa.set_isa("scalar")
+        want = (ops.gelu_tanh_mul(gate, y), *torch.ops.bitttt.gelu_tanh_mul_backward(g, gate, y))
+        for isa in _isas():
+            restore_isa.set_isa(isa)
+            got = (ops.gelu_tanh_mul(gate, y), *torch.ops.bitttt.gelu_tanh_mul_backward(g, gate, y))
+            for a, b in zip(got, want):
+                assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.isinf(), b.isinf()), (isa, n)
+                fin = b.isfinite()
+                # the sigmoid's argument 2u (|2u| up to the clamp, 80) rounds differently with FMA,
+                # and exp turns an ulp of it (up to 7.6e-6 relative at 80) into that much of the output
+                torch.testing.assert_close(a[fin], b[fin], atol=1e-30, rtol=3e-5, msg=lambda m: f"{isa} n={n}: {m}")
+
+
+def test_gelu_tanh_mul_the_ttt_gate_path_opcheck_and_bad_inputs():
+    """The gated TTT layer's output runs the op under autograd and agrees with torch's gelu
+    there; opcheck; bad shapes and dtypes are named."""
+    from torch.profiler import profile
+
+    from bitttt.nn.ttt import TTTLinear
+
+    torch.manual_seed(13)
+    layer = TTTLinear(32, 2, mini_batch_size=4, use_gate=True, use_conv=True)
+    x = torch.randn(2, 8, 32, requires_grad=True)
+    with profile() as prof:
+        y = layer(x)
+    assert "bitttt::gelu_tanh_mul" in {e.name for e in prof.events()}
+    with torch.no_grad():
+        torch.testing.assert_close(y, layer(x), atol=1e-5, rtol=1e-5)
+    gate, v = torch.randn(3, 5, 8, requires_grad=True), torch.randn(3, 5, 8, requires_grad=True)
+    torch.library.opcheck(torch.ops.bitttt.gelu_tanh_mul.default, (gate, v))
+    torch.library.opcheck(torch.ops.bitttt.gelu_tanh_mul_backward.default,
+                          (torch.randn(3, 5, 8), torch.randn(3, 5, 8), torch.randn(3, 5, 8)))
+    with pytest.raises(RuntimeError, match="gelu_tanh_mul: y must have gate's shape"):
+        ops.gelu_tanh_mul(torch.randn(2, 8), torch.randn(2, 7))
+    with pytest.raises(RuntimeError, match="gelu_tanh_mul: takes float32"):
+        ops.gelu_tanh_mul(torch.randn(2, 8, dtype=torch.float64), torch.randn(2, 8, dtype=torch.float64))
