@@ -131,6 +131,12 @@ STABLE_TORCH_LIBRARY_FRAGMENT(bitttt, m) {
   // Rotate-half RoPE fused with the split into heads: x [B, T, H*D], cos, sin [T, D] -> [B, H, T, D].
   m.def("rope_heads(Tensor x, Tensor cos, Tensor sin, int H) -> Tensor");
   m.def("rope_heads_backward(Tensor grad, Tensor cos, Tensor sin) -> Tensor");
+  // SwiGLU's middle: h [..., 2F] = [gate | up] -> silu(gate) * up [..., F]; its backward -> grad_h.
+  m.def("silu_mul(Tensor h, int hidden) -> Tensor");
+  m.def("silu_mul_backward(Tensor grad, Tensor h, int hidden) -> Tensor");
+  // The TTT output gate: gelu_tanh(gate) * y (same shapes); its backward -> (grad_gate, grad_y).
+  m.def("gelu_tanh_mul(Tensor gate, Tensor y) -> Tensor");
+  m.def("gelu_tanh_mul_backward(Tensor grad, Tensor gate, Tensor y) -> (Tensor, Tensor)");
 }
 
 namespace {
