@@ -7,8 +7,8 @@
 #include <torch/headeronly/core/ScalarType.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
-#include <vector>
 
 #include "ttt/ttt.h"
 
@@ -26,13 +26,15 @@ inline std::string shape_str(const Tensor& t) {
   return s + "]";
 }
 
-inline void check_shape(const char* op, const char* name, const Tensor& t, std::vector<int64_t> want,
+// The message is built only on failure: the decode step runs these checks every token.
+inline void check_shape(const char* op, const char* name, const Tensor& t, std::initializer_list<int64_t> want,
                         const char* dims) {
   bool ok = t.dim() == static_cast<int64_t>(want.size());
-  for (size_t i = 0; ok && i < want.size(); ++i) ok = t.size(i) == want[i];
+  for (size_t i = 0; ok && i < want.size(); ++i) ok = t.size(static_cast<int64_t>(i)) == want.begin()[i];
+  if (ok) return;
   std::string w = "[";
-  for (size_t i = 0; i < want.size(); ++i) w += (i ? ", " : "") + std::to_string(want[i]);
-  STD_TORCH_CHECK(ok, op, ": ", name, " must be ", dims, " = ", w, "], got ", shape_str(t));
+  for (size_t i = 0; i < want.size(); ++i) w += (i ? ", " : "") + std::to_string(want.begin()[i]);
+  STD_TORCH_CHECK(false, op, ": ", name, " must be ", dims, " = ", w, "], got ", shape_str(t));
 }
 
 inline std::string device_str(const Tensor& t) {

@@ -53,16 +53,25 @@ void for_each_head(int64_t BH, int64_t macs_per_head, const F& fn) {
   });
 }
 
-// Pointers of head bh (batch bh / H, head bh % H) into the call's tensors.
+// The call's tensors as head 0 sees them. Read once per call: each data pointer read is a
+// call through the stable ABI, which at B·H heads per decode step costs as much as a head.
 template <typename T>
-HeadForward<T> head_forward(const host::ForwardCall& f, int64_t bh) {
-  const int64_t T_ = f.dm.T, D = f.dm.D, h = bh % f.H, nck = num_checkpoints(f.dm);
+HeadForward<T> forward_base(const host::ForwardCall& f) {
   const bool ck = f.has_checkpoints();
-  return HeadForward<T>{ptr<T>(f.q) + bh * T_ * D, ptr<T>(f.k) + bh * T_ * D, ptr<T>(f.v) + bh * T_ * D,
-                        ptr<T>(f.lr) + bh * T_, ptr<T>(f.ts), ptr<T>(f.ln_w) + h * D, ptr<T>(f.ln_b) + h * D,
-                        mptr<T>(f.W) + bh * D * D, mptr<T>(f.c) + bh * D, mptr<T>(f.gW) + bh * D * D,
-                        mptr<T>(f.gc) + bh * D, mptr<T>(f.out) + bh * T_ * D,
-                        ck ? mptr<T>(f.ckW) + bh * nck * D * D : nullptr, ck ? mptr<T>(f.ckc) + bh * nck * D : nullptr};
+  return HeadForward<T>{ptr<T>(f.q), ptr<T>(f.k), ptr<T>(f.v), ptr<T>(f.lr), ptr<T>(f.ts), ptr<T>(f.ln_w),
+                        ptr<T>(f.ln_b), mptr<T>(f.W), mptr<T>(f.c), mptr<T>(f.gW), mptr<T>(f.gc), mptr<T>(f.out),
+                        ck ? mptr<T>(f.ckW) : nullptr, ck ? mptr<T>(f.ckc) : nullptr};
+}
+
+// Pointers of head bh (batch bh / H, head bh % H): base (forward_base) moved to it.
+template <typename T>
+HeadForward<T> head_forward(const HeadForward<T>& base, const Dims& dm, int64_t H, int64_t bh) {
+  const int64_t T_ = dm.T, D = dm.D, h = bh % H, nck = num_checkpoints(dm);
+  const bool ck = base.ckpt_W != nullptr;
+  return HeadForward<T>{base.q + bh * T_ * D, base.k + bh * T_ * D, base.v + bh * T_ * D, base.lr + bh * T_,
+                        base.ts, base.ln_w + h * D, base.ln_b + h * D, base.W + bh * D * D, base.c + bh * D,
+                        base.gW + bh * D * D, base.gc + bh * D, base.out + bh * T_ * D,
+                        ck ? base.ckpt_W + bh * nck * D * D : nullptr, ck ? base.ckpt_c + bh * nck * D : nullptr};
 }
 
 template <typename T>
@@ -71,7 +80,9 @@ void forward_launch(const host::ForwardCall& f) {
   void (*fwd)(const Dims&, const HeadForward<T>&);
   if constexpr (std::is_same_v<T, float>) fwd = kern.forward_f32;
   else fwd = kern.forward_f64;
-  for_each_head(f.B * f.H, 4 * f.dm.T * f.dm.D * f.dm.D, [&](int64_t bh) { fwd(f.dm, head_forward<T>(f, bh)); });
+  const HeadForward<T> base = forward_base<T>(f);
+  for_each_head(f.B * f.H, 4 * f.dm.T * f.dm.D * f.dm.D,
+                [&](int64_t bh) { fwd(f.dm, head_forward<T>(base, f.dm, f.H, bh)); });
 }
 
 void forward_launch(const host::ForwardCall& f) {
@@ -102,17 +113,25 @@ Tensor ttt_linear_decode_cpu(Tensor q, Tensor k, Tensor v, Tensor lr, Tensor ts,
   return f.out;
 }
 
+// The call's tensors as head 0 sees them (read once per call, as forward_base).
 template <typename T>
-HeadBackward<T> head_backward(const host::BackwardCall& g, int64_t bh) {
-  const int64_t T_ = g.dm.T, D = g.dm.D, b = g.dm.b, h = bh % g.H, nck = num_checkpoints(g.dm);
-  return HeadBackward<T>{ptr<T>(g.q) + bh * T_ * D, ptr<T>(g.k) + bh * T_ * D, ptr<T>(g.v) + bh * T_ * D,
-                         ptr<T>(g.lr) + bh * T_, ptr<T>(g.ts), ptr<T>(g.ln_w) + h * D, ptr<T>(g.ln_b) + h * D,
-                         ptr<T>(g.gW0) + bh * D * D, ptr<T>(g.gc0) + bh * D, ptr<T>(g.ckW) + bh * nck * D * D,
-                         ptr<T>(g.ckc) + bh * nck * D, ptr<T>(g.grad_out) + bh * T_ * D, mptr<T>(g.dW) + bh * D * D,
-                         mptr<T>(g.dc) + bh * D, mptr<T>(g.dgW) + bh * D * D, mptr<T>(g.dgc) + bh * D,
-                         mptr<T>(g.dq) + bh * T_ * D, mptr<T>(g.dk) + bh * T_ * D, mptr<T>(g.dv) + bh * T_ * D,
-                         mptr<T>(g.dlr) + bh * T_, mptr<T>(g.dts_h) + bh * b, mptr<T>(g.dlnw_h) + bh * D,
-                         mptr<T>(g.dlnb_h) + bh * D};
+HeadBackward<T> backward_base(const host::BackwardCall& g) {
+  return HeadBackward<T>{ptr<T>(g.q),      ptr<T>(g.k),       ptr<T>(g.v),       ptr<T>(g.lr),     ptr<T>(g.ts),
+                         ptr<T>(g.ln_w),   ptr<T>(g.ln_b),    ptr<T>(g.gW0),     ptr<T>(g.gc0),    ptr<T>(g.ckW),
+                         ptr<T>(g.ckc),    ptr<T>(g.grad_out), mptr<T>(g.dW),    mptr<T>(g.dc),    mptr<T>(g.dgW),
+                         mptr<T>(g.dgc),   mptr<T>(g.dq),     mptr<T>(g.dk),     mptr<T>(g.dv),    mptr<T>(g.dlr),
+                         mptr<T>(g.dts_h), mptr<T>(g.dlnw_h), mptr<T>(g.dlnb_h)};
+}
+
+template <typename T>
+HeadBackward<T> head_backward(const HeadBackward<T>& p, const Dims& dm, int64_t H, int64_t bh) {
+  const int64_t T_ = dm.T, D = dm.D, b = dm.b, h = bh % H, nck = num_checkpoints(dm);
+  return HeadBackward<T>{p.q + bh * T_ * D,        p.k + bh * T_ * D,    p.v + bh * T_ * D,  p.lr + bh * T_,
+                         p.ts,                     p.ln_w + h * D,       p.ln_b + h * D,     p.gW0 + bh * D * D,
+                         p.gc0 + bh * D,           p.ckpt_W + bh * nck * D * D,              p.ckpt_c + bh * nck * D,
+                         p.grad_out + bh * T_ * D, p.dW + bh * D * D,    p.dc + bh * D,      p.dgW + bh * D * D,
+                         p.dgc + bh * D,           p.dq + bh * T_ * D,   p.dk + bh * T_ * D, p.dv + bh * T_ * D,
+                         p.dlr + bh * T_,          p.dts + bh * b,       p.dln_w + bh * D,   p.dln_b + bh * D};
 }
 
 // Sums x [B, H, n] over B (into [H, n]) or over B and H (into [n]), in a fixed order.
@@ -133,7 +152,9 @@ void backward_launch(const host::BackwardCall& g) {
   void (*bwd)(const Dims&, const HeadBackward<T>&);
   if constexpr (std::is_same_v<T, float>) bwd = kern.backward_f32;
   else bwd = kern.backward_f64;
-  for_each_head(g.B * g.H, 12 * g.dm.T * g.dm.D * g.dm.D, [&](int64_t bh) { bwd(g.dm, head_backward<T>(g, bh)); });
+  const HeadBackward<T> base = backward_base<T>(g);
+  for_each_head(g.B * g.H, 12 * g.dm.T * g.dm.D * g.dm.D,
+                [&](int64_t bh) { bwd(g.dm, head_backward<T>(base, g.dm, g.H, bh)); });
   reduce_heads<T>(g.dts_h, g.B, g.H, g.dm.b, true, g.dts);
   reduce_heads<T>(g.dlnw_h, g.B, g.H, g.dm.D, false, g.dlnw);
   reduce_heads<T>(g.dlnb_h, g.B, g.H, g.dm.D, false, g.dlnb);
