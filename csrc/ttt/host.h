@@ -28,11 +28,17 @@ T* mptr(const Tensor& t) { return t.mutable_data_ptr<T>(); }
 inline Tensor contig(const Tensor& t) { return t.is_contiguous() ? t : torch::stable::contiguous(t); }
 inline Tensor copy_contiguous(const Tensor& t) { return torch::stable::clone(contig(t)); }
 
+// Element strides of an input over (batch, head): where head (b, h) starts is b·batch + h·head.
+struct HeadStrides {
+  int64_t batch, head;
+};
+
 // One forward call (ttt_linear over T tokens, or the decode step) as the kernels see it.
 struct ForwardCall {
   Dims dm;
   int64_t B, H;
-  Tensor q, k, v, lr, ts, ln_w, ln_b;  // contiguous inputs
+  Tensor q, k, v, lr, ts, ln_w, ln_b;  // contiguous inputs; the CPU decode step's q, k, v, lr: see strides
+  HeadStrides sq, sk, sv, slr;         // of q, k, v, lr (contiguous ones, unless prepare_decode's rows)
   Tensor W, c, gW, gc;                 // the state the kernels advance in place
   Tensor out;                          // [B,H,T,D] ([B,H,D] for the decode step)
   Tensor ckW, ckc;                     // [B,H,n_ckpt,D,D], [B,H,n_ckpt,D]; n_ckpt may be 0
@@ -46,23 +52,36 @@ inline ForwardCall prepare_forward(const Dims& dm, const Tensor& q, const Tensor
                                    const Tensor& lr, const Tensor& ts, const Tensor& W, const Tensor& c,
                                    const Tensor& gW, const Tensor& gc, const Tensor& ln_w, const Tensor& ln_b) {
   const int64_t B = q.size(0), H = q.size(1), D = dm.D, nck = num_checkpoints(dm);
-  ForwardCall f{dm, B, H, contig(q), contig(k), contig(v), contig(lr), contig(ts), contig(ln_w), contig(ln_b),
-                copy_contiguous(W), copy_contiguous(c), copy_contiguous(gW), copy_contiguous(gc),
-                Tensor(), Tensor(), Tensor()};
+  const HeadStrides tok{H * dm.T * D, dm.T * D}, one{H * dm.T, dm.T};
+  ForwardCall f{dm,  B,   H,   contig(q), contig(k), contig(v), contig(lr), contig(ts), contig(ln_w), contig(ln_b),
+                tok, tok, tok, one,       copy_contiguous(W), copy_contiguous(c), copy_contiguous(gW),
+                copy_contiguous(gc), Tensor(), Tensor(), Tensor()};
   f.out = torch::stable::new_empty(f.q, {B, H, dm.T, D});
   f.ckW = torch::stable::new_empty(f.q, {B, H, nck, D, D});
   f.ckc = torch::stable::new_empty(f.q, {B, H, nck, D});
   return f;
 }
 
+// A [B,H,D] token input of the decode step as the CPU kernels take it: as it is when each
+// head's row is contiguous (the model's q, k, v are slices of one projection: a copy of
+// each cost µs per token), else a contiguous copy.
+inline Tensor rows_contig(const Tensor& t) { return t.stride(2) == 1 ? t : torch::stable::contiguous(t); }
+inline HeadStrides head_strides(const Tensor& t) { return HeadStrides{t.stride(0), t.stride(1)}; }
+
 // The decode step: the caller's state tensors (checked contiguous) advanced in place, out
-// [B,H,D], no checkpoints (their tensors stay undefined).
+// [B,H,D], no checkpoints (their tensors stay undefined). rows (the CPU kernels): q, k, v
+// need only contiguous rows and lr any strides (ForwardCall's strides say where each head
+// is); else (CUDA) all are contiguous.
 inline ForwardCall prepare_decode(const Dims& dm, const Tensor& q, const Tensor& k, const Tensor& v,
                                   const Tensor& lr, const Tensor& ts, const Tensor& W, const Tensor& c,
-                                  const Tensor& gW, const Tensor& gc, const Tensor& ln_w, const Tensor& ln_b) {
+                                  const Tensor& gW, const Tensor& gc, const Tensor& ln_w, const Tensor& ln_b,
+                                  bool rows = false) {
   const int64_t B = q.size(0), H = q.size(1);
-  ForwardCall f{dm, B, H, contig(q), contig(k), contig(v), contig(lr), contig(ts), contig(ln_w), contig(ln_b),
-                W, c, gW, gc, Tensor(), Tensor(), Tensor()};
+  ForwardCall f{dm, B, H, Tensor(), Tensor(), Tensor(), Tensor(), contig(ts), contig(ln_w), contig(ln_b),
+                {}, {}, {}, {}, W, c, gW, gc, Tensor(), Tensor(), Tensor()};
+  f.q = rows ? rows_contig(q) : contig(q), f.k = rows ? rows_contig(k) : contig(k);
+  f.v = rows ? rows_contig(v) : contig(v), f.lr = rows ? lr : contig(lr);
+  f.sq = head_strides(f.q), f.sk = head_strides(f.k), f.sv = head_strides(f.v), f.slr = head_strides(f.lr);
   f.out = torch::stable::new_empty(f.q, {B, H, dm.D});
   return f;
 }

@@ -65,10 +65,12 @@ HeadForward<T> forward_base(const host::ForwardCall& f) {
 
 // Pointers of head bh (batch bh / H, head bh % H): base (forward_base) moved to it.
 template <typename T>
-HeadForward<T> head_forward(const HeadForward<T>& base, const Dims& dm, int64_t H, int64_t bh) {
-  const int64_t T_ = dm.T, D = dm.D, h = bh % H, nck = num_checkpoints(dm);
+HeadForward<T> head_forward(const HeadForward<T>& base, const host::ForwardCall& f, int64_t bh) {
+  const Dims& dm = f.dm;
+  const int64_t T_ = dm.T, D = dm.D, bb = bh / f.H, h = bh % f.H, nck = num_checkpoints(dm);
   const bool ck = base.ckpt_W != nullptr;
-  return HeadForward<T>{base.q + bh * T_ * D, base.k + bh * T_ * D, base.v + bh * T_ * D, base.lr + bh * T_,
+  auto at = [bb, h](const host::HeadStrides& s) { return bb * s.batch + h * s.head; };
+  return HeadForward<T>{base.q + at(f.sq), base.k + at(f.sk), base.v + at(f.sv), base.lr + at(f.slr),
                         base.ts, base.ln_w + h * D, base.ln_b + h * D, base.W + bh * D * D, base.c + bh * D,
                         base.gW + bh * D * D, base.gc + bh * D, base.out + bh * T_ * D,
                         ck ? base.ckpt_W + bh * nck * D * D : nullptr, ck ? base.ckpt_c + bh * nck * D : nullptr};
@@ -82,7 +84,7 @@ void forward_launch(const host::ForwardCall& f) {
   else fwd = kern.forward_f64;
   const HeadForward<T> base = forward_base<T>(f);
   for_each_head(f.B * f.H, 4 * f.dm.T * f.dm.D * f.dm.D,
-                [&](int64_t bh) { fwd(f.dm, head_forward<T>(base, f.dm, f.H, bh)); });
+                [&](int64_t bh) { fwd(f.dm, head_forward<T>(base, f, bh)); });
 }
 
 void forward_launch(const host::ForwardCall& f) {
@@ -108,7 +110,7 @@ Tensor ttt_linear_decode_cpu(Tensor q, Tensor k, Tensor v, Tensor lr, Tensor ts,
   const char* op = "ttt_linear_decode_";
   Dims dm = checks::check_inputs(op, Where::CPU, q, k, v, lr, ts, W, c, gW, gc, pos, ln_w, ln_b, true);
   checks::check_state_contiguous(op, W, c, gW, gc);
-  host::ForwardCall f = host::prepare_decode(dm, q, k, v, lr, ts, W, c, gW, gc, ln_w, ln_b);
+  host::ForwardCall f = host::prepare_decode(dm, q, k, v, lr, ts, W, c, gW, gc, ln_w, ln_b, true);
   forward_launch(f);
   return f.out;
 }

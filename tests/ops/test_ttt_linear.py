@@ -128,6 +128,27 @@ def test_decode_equals_functional_op_in_float32():
     assert_state_close(st_d, st_f, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("D", [8, 64], ids=["D8-generic", "D64-fused"])
+def test_decode_takes_strided_rows(D):
+    """The CPU decode step reads q, k, v rows in place (slices of one projection, as the model
+    passes them), lr at any strides, and copies a row that is not contiguous: all equal the
+    float64 reference over that token."""
+    leaves, pos = both(sample_inputs(B=2, T=6, D=D, b=16), 5)
+    out_r, st_r = call(ref.ttt_linear, leaves, pos)
+    q, k, v, lr, ts, W, c, gW, gc, ln_w, ln_b = leaves
+    B, H = q.shape[:2]
+    qkv = torch.stack([q[:, :, 0], k[:, :, 0], v[:, :, 0]], 1).transpose(1, 2).contiguous()  # [B, H, 3, D]
+    lr_t = lr[:, :, 0].t().contiguous().t()  # [B, H] with strides (1, B)
+    spread = torch.zeros(B, H, D, 2, dtype=q.dtype)
+    spread[..., 0] = k[:, :, 0]  # k with row stride 2: the op copies it
+    state = [x.clone() for x in (W, c, gW, gc)]
+    out = torch.ops.bitttt.ttt_linear_decode_(qkv[:, :, 0], spread[..., 0], qkv[:, :, 2], lr_t, ts, *state, pos,
+                                             ln_w, ln_b)
+    assert qkv[:, :, 0].stride(2) == 1 and not qkv[:, :, 0].is_contiguous() and lr_t.stride() == (1, B)
+    torch.testing.assert_close(out, out_r[:, :, 0], **F64_TOL)
+    assert_state_close((*state, pos + 1), st_r, **F64_TOL)
+
+
 def test_chunked_calls_from_unaligned_offsets():
     args = sample_inputs(B=2, T=50, D=8, b=16)
     q, k, v, lr = args[:4]
