@@ -9,7 +9,8 @@ per-op path (BITTTT_FUSED_DECODE=0); optionally the fake-quant path; and model s
 Random weights (speed does not depend on training). Greedy decoding through the model's cache:
 each timed call is one prefill (untimed) then --new-tokens one-token calls; the result is ms per
 decoded token, median over interleaved rounds (bitttt/bench/harness.py). Before timing: packed
-logits agree with fake quant's, and the fused path's greedy tokens equal the per-op path's.
+logits agree with fake quant's, and the fused path's logits the per-op path's on the per-op
+path's greedy tokens (both within 0.1).
 """
 
 from __future__ import annotations
@@ -66,6 +67,17 @@ def greedy(model, ids: torch.Tensor, new_tokens: int, clock: str = "wall") -> tu
         return tokens, (now() - t0) / new_tokens
 
 
+def forced_logits(model, ids: torch.Tensor, tokens: list[int]) -> torch.Tensor:
+    """The logits [len(tokens), V] of one-token decode steps fed `tokens` after prompt ids."""
+    with torch.no_grad():
+        cache, logits = model(ids, use_cache=True).cache, []
+        for t in tokens:
+            out = model(torch.tensor([[t]]), cache=cache)
+            cache = out.cache
+            logits.append(out.logits[0, -1])
+    return torch.stack(logits)
+
+
 def size_on_disk(model) -> int:
     from safetensors.torch import save_file
 
@@ -115,11 +127,17 @@ def main() -> None:
             if not err < 0.1:
                 raise harness.BenchValidationError(f"packed vs fake-quant logits differ by {err}")
             with fused_setting("0"):
-                want, _ = greedy(packed, ids, 8)
+                tokens, _ = greedy(packed, ids, 8)
+                want = forced_logits(packed, ids, tokens)
             with fused_setting("1"):
-                got, _ = greedy(packed, ids, 8)
-            if got != want:
-                raise harness.BenchValidationError(f"fused decode tokens {got} != per-op tokens {want}")
+                got = forced_logits(packed, ids, tokens)
+            # the packed model's one-call op sums floats in its own order: an activation at a
+            # rounding boundary can take the next int8 code (a 1e-2 change at `base`, which a
+            # random model's near-tied top logits can turn into another greedy token), so the
+            # same tokens are fed to both paths and their logits compared as fake quant's are
+            err = (got - want).abs().max().item()
+            if not err < 0.1:
+                raise harness.BenchValidationError(f"fused decode logits differ from the per-op path's by {err}")
 
         def contender(name: str, model, setting: str, ids=ids) -> harness.Contender:
             def run() -> float:

@@ -126,11 +126,13 @@ def model_device(model: BitTTTForCausalLM) -> torch.device:
 
 
 def run_model(model: BitTTTForCausalLM, ids: list[list[int]], cache: ModelCache | None, use_cache: bool = False):
-    """One forward over token ids on the model's device. On CUDA the float layers run under
-    bf16 autocast (as in training); the ternary and TTT ops run their own CUDA kernels."""
+    """One forward over token ids on the model's device; its logits are the last position's only
+    ([B, 1, V]: every caller samples from it, and a prefill chunk of a 2B model would otherwise
+    pay a 128256-row head per prompt token). On CUDA the float layers run under bf16 autocast
+    (as in training); the ternary and TTT ops run their own CUDA kernels."""
     device = model_device(model)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        return model(torch.tensor(ids, device=device), cache=cache, use_cache=use_cache)
+        return model(torch.tensor(ids, device=device), cache=cache, use_cache=use_cache, logits_to_keep=1)
 
 
 def decode_rows(model: BitTTTForCausalLM, tokens: list[int], caches: list[ModelCache]) -> tuple[torch.Tensor, list[ModelCache]]:

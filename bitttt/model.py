@@ -93,25 +93,40 @@ class BitTTTForCausalLM(nn.Module):
                     residual = name.endswith(("out", "down", "o_proj", "wo"))
                     init_linear_(module, residual_std(std, self.config.n_layer) if residual else std)
 
+    def _apply(self, fn, recurse: bool = True):
+        # a move or cast replaces the weights: drop the one-call decode's list of the old ones
+        # (bitttt.nn.decode.whole_token would rebuild it, but only at a CPU float32 decode step)
+        self.__dict__.pop("_decode_plan", None)
+        return super()._apply(fn, recurse)
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
-                cache: ModelCache | None = None, use_cache: bool = False) -> CausalLMOutput:
+                cache: ModelCache | None = None, use_cache: bool = False,
+                logits_to_keep: int = 0) -> CausalLMOutput:
         """input_ids [B, T] at positions cache.pos.. (0 without a cache); labels [B, T] are the
         targets of each position (already shifted), -100 to skip. With use_cache (or a cache
-        given) the output carries the updated cache; the cache passed in is not modified."""
+        given) the output carries the updated cache; the cache passed in is not modified.
+        logits_to_keep > 0: logits of the last that many positions only (transformers'
+        meaning, as HF BitNet's forward), so a prefill does not pay the head for every position."""
         use_cache = use_cache or cache is not None
         pos = cache.pos if cache is not None else 0
         states = cache.states if cache is not None else [None] * len(self.blocks)
         check_context(pos, input_ids.shape[1], max_positions(self.config))
         x = self.embed(input_ids)  # [B, T, C]
-        new_states = []
         with decode.dispatch_context(x):  # one token: below autograd (bitttt.nn.decode)
-            for block, state in zip(self.blocks, states):
-                x, state = block(x, state=state, pos=pos, use_cache=use_cache)
-                new_states.append(state)
-            logits = self.lm_head(self.norm(x)).float()  # [B, T, V]
+            whole = decode.whole_token(self, x, states, pos) if cache is not None else None
+            if whole is not None:  # every block in one op call
+                x, new_states = whole
+            else:
+                new_states = []
+                for block, state in zip(self.blocks, states):
+                    x, state = block(x, state=state, pos=pos, use_cache=use_cache)
+                    new_states.append(state)
+            if logits_to_keep > 0 and labels is None:
+                x = x[:, -logits_to_keep:]
+            logits = self.lm_head(self.norm(x)).float()  # [B, T or logits_to_keep, V]
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)

@@ -33,6 +33,7 @@ __all__ = [
     "ternary_matmul_int8_trit5",
     "rms_norm_ternary_linear",
     "bitnet_decode_",
+    "bitttt_decode_",
     "TTTState",
     "ttt_linear",
     "ttt_linear_decode_",
@@ -43,6 +44,8 @@ __all__ = [
     "rms_norm",
     "causal_conv1d",
     "rope_heads",
+    "silu_mul",
+    "gelu_tanh_mul",
     "TTTMLPState",
     "ttt_mlp",
     "ttt_mlp_decode_",
@@ -322,6 +325,27 @@ def _bitnet_decode_fake(x, weights, lut16, kv, cos, sin, pos, n_heads, n_kv_head
     torch._check(len(weights) % 12 == 0 and len(weights) > 0 and len(kv) * 6 == len(weights) * len(pos),
                  lambda: "bitnet_decode_: weights must hold 12 tensors per layer and kv 2 (k, v) per layer and row")
     torch._check(len(lut16) in (0, len(weights) // 3), lambda: "bitnet_decode_: lut16 must be empty or 4 per layer")
+    return None
+
+
+def bitttt_decode_(x: torch.Tensor, weights: list[torch.Tensor], state: list[torch.Tensor], rope: torch.Tensor,
+                   mixer: int, pos: int, n_heads: int, hidden: int, layout: int, ttt: list[int], eps: float,
+                   base_lr: float) -> None:
+    """Every block of one of bitttt's own packed models for one token of one sequence, in place
+    (CPU, float32): x [1, C] holds the embedding in and the last block's output out. The lists
+    and codes are the schema's (csrc/module.cpp); bitttt.nn.decode.whole_token builds them from
+    a model. mixer 0 attention, 1 ttt_linear; layout 0 BT2, 1 lut16, 2 trit5."""
+    torch.ops.bitttt.bitttt_decode_(x, weights, state, rope, mixer, pos, n_heads, hidden, layout, ttt, eps, base_lr)
+
+
+@torch.library.register_fake("bitttt::bitttt_decode_")
+def _bitttt_decode_fake(x, weights, state, rope, mixer, pos, n_heads, hidden, layout, ttt, eps, base_lr):
+    torch._check(x.dtype == torch.float32, lambda: f"bitttt_decode_: x must be float32, got {x.dtype}")
+    torch._check(mixer in (0, 1), lambda: f"bitttt_decode_: mixer must be 0 or 1, got {mixer}")
+    torch._check(layout in (0, 1, 2), lambda: f"bitttt_decode_: layout must be 0, 1 or 2, got {layout}")
+    per_layer, per_state = (10, 2) if mixer == 0 else (21, 5)
+    torch._check(len(weights) > 0 and len(weights) % per_layer == 0 and len(state) * per_layer == len(weights) * per_state,
+                 lambda: f"bitttt_decode_: weights must hold {per_layer} tensors per layer and state {per_state}")
     return None
 
 
@@ -805,6 +829,97 @@ def bitlinear_fake_quant_shared(x: torch.Tensor, weights: list[torch.Tensor]) ->
 def uses_train_kernel(*tensors: torch.Tensor) -> bool:
     """Whether the csrc/train/ kernels take these tensors: all float32 on the CPU."""
     return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+
+
+def silu_mul(h: torch.Tensor, hidden: int) -> torch.Tensor:
+    """silu(h[..., :hidden]) * h[..., hidden:] for float32 CPU h [..., 2·hidden] (SwiGLU's gate and up
+    as one tensor), one C++ pass forward and one backward (csrc/train/silu_mul*). Differentiable in h."""
+    return torch.ops.bitttt.silu_mul(h, hidden)
+
+
+def _check_silu_mul_h(op, h, hidden):
+    _check_defined(op, h=h)
+    torch._check(h.dtype == torch.float32, lambda: f"{op}: takes float32 (other dtypes use the torch path)")
+    torch._check(h.dim() >= 1, lambda: f"{op}: h must have a last (feature) dimension")
+    torch._check(hidden > 0 and h.shape[-1] == 2 * hidden,
+                 lambda: f"{op}: h's last dimension must be 2*hidden = {2 * hidden}, got {h.shape[-1]}")
+
+
+@torch.library.register_fake("bitttt::silu_mul")
+def _silu_mul_fake(h, hidden):
+    _check_silu_mul_h("silu_mul", h, hidden)
+    return h.new_empty((*h.shape[:-1], hidden))
+
+
+@torch.library.register_fake("bitttt::silu_mul_backward")
+def _silu_mul_backward_fake(grad, h, hidden):
+    op = "silu_mul_backward"
+    _check_silu_mul_h(op, h, hidden)
+    _check_defined(op, grad=grad)
+    _check_same_device(op, "h", h, grad=grad)
+    torch._check(grad.dtype == torch.float32, lambda: f"{op}: takes float32 (other dtypes use the torch path)")
+    torch._check(tuple(grad.shape) == (*h.shape[:-1], hidden),
+                 lambda: f"{op}: grad must be h's shape with the last dimension halved")
+    return torch.empty_like(h, memory_format=torch.contiguous_format)
+
+
+def _silu_mul_setup_context(ctx, inputs, output):
+    h, hidden = inputs
+    ctx.save_for_backward(h)
+    ctx.hidden = hidden
+
+
+def _silu_mul_backward(ctx, grad_y):
+    (h,) = ctx.saved_tensors
+    return torch.ops.bitttt.silu_mul_backward(grad_y, h, ctx.hidden), None
+
+
+torch.library.register_autograd("bitttt::silu_mul", _silu_mul_backward, setup_context=_silu_mul_setup_context)
+
+
+def gelu_tanh_mul(gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """F.gelu(gate, approximate="tanh") * y for float32 CPU tensors of one shape (the TTT layers'
+    output gate), one C++ pass forward and one backward (csrc/train/silu_mul*). Differentiable in both."""
+    return torch.ops.bitttt.gelu_tanh_mul(gate, y)
+
+
+def _check_gelu_tanh_mul(op, gate, y):
+    _check_defined(op, gate=gate, y=y)
+    _check_same_device(op, "gate", gate, y=y)
+    torch._check(gate.dtype == torch.float32 and y.dtype == torch.float32,
+                 lambda: f"{op}: takes float32 (other dtypes use the torch path)")
+    torch._check(tuple(y.shape) == tuple(gate.shape), lambda: f"{op}: y must have gate's shape")
+
+
+@torch.library.register_fake("bitttt::gelu_tanh_mul")
+def _gelu_tanh_mul_fake(gate, y):
+    _check_gelu_tanh_mul("gelu_tanh_mul", gate, y)
+    return torch.empty_like(gate, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("bitttt::gelu_tanh_mul_backward")
+def _gelu_tanh_mul_backward_fake(grad, gate, y):
+    op = "gelu_tanh_mul_backward"
+    _check_gelu_tanh_mul(op, gate, y)
+    _check_defined(op, grad=grad)
+    _check_same_device(op, "gate", gate, grad=grad)
+    torch._check(grad.dtype == torch.float32, lambda: f"{op}: takes float32 (other dtypes use the torch path)")
+    torch._check(tuple(grad.shape) == tuple(gate.shape), lambda: f"{op}: grad must have gate's shape")
+    return (torch.empty_like(gate, memory_format=torch.contiguous_format),
+            torch.empty_like(y, memory_format=torch.contiguous_format))
+
+
+def _gelu_tanh_mul_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _gelu_tanh_mul_backward(ctx, grad):
+    gate, y = ctx.saved_tensors
+    return torch.ops.bitttt.gelu_tanh_mul_backward(grad, gate, y)
+
+
+torch.library.register_autograd("bitttt::gelu_tanh_mul", _gelu_tanh_mul_backward,
+                                setup_context=_gelu_tanh_mul_setup_context)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -57,6 +57,21 @@ STABLE_TORCH_LIBRARY(bitttt, m) {
   m.def("bitnet_decode_(Tensor(a!) x, Tensor[] weights, Tensor[] lut16, Tensor(b!)[] kv, Tensor cos, Tensor sin, "
         "int[] pos, "
         "int n_heads, int n_kv_heads, int intermediate, float eps) -> ()");
+  // Every block of one of bitttt's own packed models (bitttt.model) for one token of one
+  // sequence (csrc/decode/bitttt_decode_cpu.cpp), float32: x [1, C] (the embedding in, the last
+  // block's output out) updated in place. mixer 0 (attention) or 1 (ttt_linear); layout 0 (BT2),
+  // 1 (lut16) or 2 (trit5): every ternary layer's bytes in it. weights per layer: norm1 [C],
+  // the input projection (attention: q, k, v rows; ttt_linear: qk or q, k, then v, then g with
+  // the gate) and its w_scale, the output projection and w_scale, norm2 [C], gate_up and
+  // w_scale, down and w_scale; ttt_linear then lr_w [H, C], lr_b [H], token_scale [b], ln_w,
+  // ln_b [H, D], post_norm weight and bias [C], the convs' weights [2, K, C] and biases [2, C]
+  // (empty without the conv), RoPE cos, sin [b, D] of the positions in a mini-batch. state per
+  // layer: attention the k, v buffers [1, H, cap > pos, D], written at pos; ttt_linear W, c, gW,
+  // gc (the TTT state at pos) and the conv's previous inputs [1, K-1, C], updated in place.
+  // rope: attention's rotation of pos [D/2, 2] (cos, sin pairs). ttt: [conv kernel (0: none),
+  // gate (0/1), mini-batch b].
+  m.def("bitttt_decode_(Tensor(a!) x, Tensor[] weights, Tensor(b!)[] state, Tensor rope, int mixer, int pos, "
+        "int n_heads, int hidden, int layout, int[] ttt, float eps, float base_lr) -> ()");
 
   // docs/design.md §3. q, k, v [B,H,T,D]; lr [B,H,T]; token_scale [b]; state W, gW [B,H,D,D],
   // c, gc [B,H,D] at absolute position pos; ln_w, ln_b [H,D]; float32 or float64, all alike.
@@ -116,6 +131,12 @@ STABLE_TORCH_LIBRARY_FRAGMENT(bitttt, m) {
   // Rotate-half RoPE fused with the split into heads: x [B, T, H*D], cos, sin [T, D] -> [B, H, T, D].
   m.def("rope_heads(Tensor x, Tensor cos, Tensor sin, int H) -> Tensor");
   m.def("rope_heads_backward(Tensor grad, Tensor cos, Tensor sin) -> Tensor");
+  // SwiGLU's middle: h [..., 2F] = [gate | up] -> silu(gate) * up [..., F]; its backward -> grad_h.
+  m.def("silu_mul(Tensor h, int hidden) -> Tensor");
+  m.def("silu_mul_backward(Tensor grad, Tensor h, int hidden) -> Tensor");
+  // The TTT output gate: gelu_tanh(gate) * y (same shapes); its backward -> (grad_gate, grad_y).
+  m.def("gelu_tanh_mul(Tensor gate, Tensor y) -> Tensor");
+  m.def("gelu_tanh_mul_backward(Tensor grad, Tensor gate, Tensor y) -> (Tensor, Tensor)");
 }
 
 namespace {

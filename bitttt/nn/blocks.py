@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bitttt import ops
 from bitttt.nn import decode
 from bitttt.nn.attention import append_kv, causal_attention
 from bitttt.nn.bitlinear import BitLinear
@@ -58,8 +59,11 @@ class _SiluMul(torch.autograd.Function):
 
 
 def silu_mul(h: torch.Tensor, hidden: int) -> torch.Tensor:
-    """silu(gate) * up for h = [gate, up] [..., 2·hidden]; one autograd node when training."""
+    """silu(gate) * up for h = [gate, up] [..., 2·hidden]; one autograd node when training
+    (float32 on the CPU: one C++ pass each way, ops.silu_mul)."""
     if torch.is_grad_enabled() and h.requires_grad:
+        if ops.uses_train_kernel(h):
+            return ops.silu_mul(h, hidden)
         return _SiluMul.apply(h, hidden)
     gate, up = h.split(hidden, dim=-1)
     return F.silu(gate) * up

@@ -146,7 +146,10 @@ class _TTTBase(nn.Module):
         B, T, C = x.shape
         y = self.post_norm(out.transpose(1, 2).reshape(B, T, C).to(x.dtype))
         if self.use_gate:
-            y = F.gelu(gate, approximate="tanh") * y
+            if torch.is_grad_enabled() and (gate.requires_grad or y.requires_grad) and ops.uses_train_kernel(gate, y):
+                y = ops.gelu_tanh_mul(gate, y)  # training: one C++ pass each way (inference keeps torch's bits)
+            else:
+                y = F.gelu(gate, approximate="tanh") * y
         return self.o_proj(y)
 
     def forward(self, x: torch.Tensor, cache: TTTCache | None = None) -> torch.Tensor:

@@ -9,6 +9,9 @@
 // ties (x * s_x at k + 0.5) in the next layer's activation quantization likely, where a
 // prefill and a decode step would then round apart; the composition's rounding noise does
 // not. Compiled with -ffp-contract=off so that no FMA changes these roundings.
+//
+// The row kernels live in fake_quant_kernels.inc, compiled per ISA (fake_quant.h), all with the
+// same bits; this file checks, threads and picks the active ISA's set.
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
@@ -19,23 +22,17 @@
 #include <cstring>
 #include <limits>
 
+#include "quant/fake_quant.h"
+#include "ternary/dispatch.h"
+
 namespace bitttt::quant {
 namespace {
 
 using torch::headeronly::ScalarType;
 using torch::stable::Tensor;
 
-constexpr float kAbsmaxFloor = 1e-5f;  // reference.ABSMAX_FLOOR
 // Below this many elements per task a loop stays on one thread: waking the pool costs more.
 constexpr int64_t kMinElemsPerTask = 1 << 15;
-
-// Round half to even, as torch.round, for |v| < 2^22: adding 1.5 * 2^23 leaves no fraction bits,
-// so the float addition itself rounds (in the default rounding mode). std::nearbyint is a libm
-// call per element on baseline x86-64 (no SSE4.1 roundps), ten times the cost of the loop.
-inline float round_half_even(float v) {
-  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
-  return (v + kMagic) - kMagic;
-}
 
 Tensor contig(const Tensor& t) { return t.is_contiguous() ? t : torch::stable::contiguous(t); }
 
@@ -46,41 +43,25 @@ void check_float_cpu(const char* op, const char* name, const Tensor& t) {
   STD_TORCH_CHECK(t.scalar_type() == ScalarType::Float, op, ": takes float32 (other dtypes use the torch path)");
 }
 
+// The row kernels of the active ternary ISA (avx512_emulated and avx2 run the AVX2 file).
+const FakeQuantKernels& active_fake_quant() {
+  static const FakeQuantKernels scalar_set = scalar::fake_quant_kernels();
+#if defined(BITTTT_X86)
+  static const FakeQuantKernels avx2_set = avx2::fake_quant_kernels();
+  static const FakeQuantKernels avx512_set = avx512::fake_quant_kernels();
+  const char* isa = ternary::active_kernels().name;
+  if (std::strcmp(isa, "avx512") == 0) return avx512_set;
+  if (std::strcmp(isa, "avx2") == 0 || std::strcmp(isa, "avx512_emulated") == 0) return avx2_set;
+#endif
+  return scalar_set;
+}
+
 template <typename F>
 void for_rows(int64_t rows, int64_t cols, const F& fn) {
   const int64_t grain = std::max<int64_t>(1, kMinElemsPerTask / std::max<int64_t>(cols, 1));
   torch::stable::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) fn(r);
   });
-}
-
-// One token: x_q = round(x * s).clamp(-128, 127), dq = x_q / s with s = 127 / max(absmax, floor);
-// a token holding NaN or ±inf comes out all NaN (as reference.quantize_activations gives).
-void fake_quant_row(const float* x, float* out, int64_t K) {
-  // |x| as its bit pattern: for non-negative floats the integer order is the float order, and
-  // inf and NaN lie above every finite value. An integer max vectorizes; a float one (NaN
-  // rules) does not.
-  uint32_t max_bits = 0;
-  for (int64_t i = 0; i < K; ++i) {
-    uint32_t bits;
-    std::memcpy(&bits, &x[i], sizeof bits);
-    bits &= 0x7fffffffu;
-    max_bits = bits > max_bits ? bits : max_bits;
-  }
-  const bool non_finite = max_bits >= 0x7f800000u;  // inf or NaN
-  float absmax;
-  std::memcpy(&absmax, &max_bits, sizeof absmax);
-  if (non_finite) {
-    std::fill(out, out + K, NAN);
-    return;
-  }
-  // A true division, as the reference and the kernels do (127 * (1 / t) rounds differently).
-  const float s = 127.0f / std::max(absmax, kAbsmaxFloor);
-  for (int64_t i = 0; i < K; ++i) {
-    // |x * s| <= 127 here (s = 127 / absmax), well inside round_half_even's range
-    const float q = std::min(std::max(round_half_even(x[i] * s), -128.0f), 127.0f);
-    out[i] = x[i] + (q / s - x[i]);
-  }
 }
 
 // x [..., K] float32 -> the same shape: per-token int8 quantize-dequantize.
@@ -94,7 +75,8 @@ Tensor fake_quant_activations_cpu(Tensor x) {
   const int64_t M = K > 0 ? x.numel() / K : 0;
   const float* px = x.const_data_ptr<float>();
   float* po = out.mutable_data_ptr<float>();
-  for_rows(M, K, [&](int64_t r) { fake_quant_row(px + r * K, po + r * K, K); });
+  const FakeQuantKernels& k = active_fake_quant();
+  for_rows(M, K, [&](int64_t r) { k.activation_row(px + r * K, po + r * K, K); });
   return out;
 }
 
@@ -112,18 +94,10 @@ Tensor fake_quant_weight_cpu(Tensor w, Tensor scale) {
   const float* pw = w.const_data_ptr<float>();
   float* po = out.mutable_data_ptr<float>();
   const float s = *scale.const_data_ptr<float>();
-  for_rows(N, K, [&](int64_t r) {
-    const float* wr = pw + r * K;
-    float* outr = po + r * K;
-    const float sc = s;  // a local copy: a captured reference is reloaded after every store
-    for (int64_t i = 0; i < K; ++i) {
-      // clamped to [-2, 2] first (round_half_even's range); the codes are the same. std::min/max
-      // (NaN passes through, as the comparisons did) let GCC vectorize the loop (with
-      // -fno-trapping-math: the division is then not "control flow"); it was scalar, 4x slower.
-      const float v = std::min(std::max(wr[i] / sc, -2.0f), 2.0f);
-      const float q = std::min(std::max(round_half_even(v), -1.0f), 1.0f);
-      outr[i] = wr[i] + (q * sc - wr[i]);
-    }
+  const FakeQuantKernels& k = active_fake_quant();
+  const int64_t grain = std::max<int64_t>(1, kMinElemsPerTask / std::max<int64_t>(K, 1));
+  torch::stable::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+    k.weight_rows(pw, po, K, s, begin, end);
   });
   return out;
 }

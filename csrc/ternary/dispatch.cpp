@@ -84,9 +84,12 @@ const Bt2Kernels& active_kernels() {
 }
 
 const Lut16Kernels& active_lut16_kernels() {
+  [[maybe_unused]] const std::string name = active_kernels().name;
 #if defined(BITTTT_X86)
-  const std::string name = active_kernels().name;
   if (name == "avx2" || name == "avx512" || name == "avx512_emulated") return lut16_kernels_avx2();
+#endif
+#if defined(BITTTT_ARM64)
+  if (name == "neon" || name == "neon_dotprod") return lut16_kernels_neon();
 #endif
   return lut16_kernels_scalar();
 }

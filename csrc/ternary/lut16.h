@@ -68,6 +68,9 @@ const Lut16Kernels& lut16_kernels_scalar();
 #if defined(BITTTT_X86)
 const Lut16Kernels& lut16_kernels_avx2();
 #endif
+#if defined(BITTTT_ARM64)
+const Lut16Kernels& lut16_kernels_neon();
+#endif
 
 // BT2 packed [N, Kp/4] -> lut16 layout [Np, Kp/4] for rows [n0, n1) of the layout
 // (multiples of kLut16Rows; rows >= N get code 1). Plain C++: it runs once per weight.

@@ -38,7 +38,9 @@ CASES_PER_OP = {"ternary_linear": 700, "ternary_matmul_int8": 500, "int8_matmul"
                 "ternary_repack_lut16": 200, "ternary_linear_lut16": 500, "ternary_matmul_int8_lut16": 400,
                 "ternary_repack_trit5": 200, "ternary_linear_trit5": 500, "ternary_matmul_int8_trit5": 400,
                 "rms_norm_ternary_linear": 300, "rms_norm": 150, "rms_norm_backward": 150, "causal_conv1d": 150,
-                "causal_conv1d_backward": 150, "rope_heads": 150, "rope_heads_backward": 150}
+                "causal_conv1d_backward": 150, "rope_heads": 150, "rope_heads_backward": 150,
+                "silu_mul": 150, "silu_mul_backward": 150,
+                "gelu_tanh_mul": 150, "gelu_tanh_mul_backward": 150}
 CASE_TIMEOUT_S = 60  # a hang bound, not a speed test: the slowest good case takes < 1 s
 WORKER_START_S = 120  # more time for the first answer of a worker: it imports torch
 # Address space of a worker (torch itself takes ~0.7 GB): a huge size fails to allocate at
@@ -298,6 +300,26 @@ def base_rope_heads_backward(rng: random.Random) -> dict:
                                                   "sin": tensor([T, D], "float32", "small")}}
 
 
+def base_silu_mul(rng: random.Random) -> dict:
+    F = rng.choice([0, 1, 7, 16, 17, 40])
+    return {"op": "silu_mul", "args": {"h": tensor([*_lead(rng), 2 * F]), "hidden": F}}
+
+
+def base_silu_mul_backward(rng: random.Random) -> dict:
+    lead, F = _lead(rng), rng.choice([0, 1, 7, 16, 17, 40])
+    return {"op": "silu_mul_backward", "args": {"grad": tensor([*lead, F]), "h": tensor([*lead, 2 * F]), "hidden": F}}
+
+
+def base_gelu_tanh_mul(rng: random.Random) -> dict:
+    shape = [*_lead(rng), rng.choice([0, 1, 7, 16, 17, 40])]
+    return {"op": "gelu_tanh_mul", "args": {"gate": tensor(shape), "y": tensor(shape)}}
+
+
+def base_gelu_tanh_mul_backward(rng: random.Random) -> dict:
+    shape = [*_lead(rng), rng.choice([0, 1, 7, 16, 17, 40])]
+    return {"op": "gelu_tanh_mul_backward", "args": {"grad": tensor(shape), "gate": tensor(shape), "y": tensor(shape)}}
+
+
 BASES = {"ternary_linear": base_ternary_linear, "ternary_matmul_int8": base_ternary_matmul_int8,
          "int8_matmul": base_int8_matmul, "half_matmul": base_half_matmul,
          "ttt_linear": base_ttt_linear, "ttt_linear_backward": base_ttt_linear_backward,
@@ -311,12 +333,20 @@ BASES = {"ternary_linear": base_ternary_linear, "ternary_matmul_int8": base_tern
          "rms_norm_ternary_linear": base_rms_norm_ternary_linear,
          "rms_norm": base_rms_norm, "rms_norm_backward": base_rms_norm_backward,
          "causal_conv1d": base_causal_conv1d, "causal_conv1d_backward": base_causal_conv1d_backward,
-         "rope_heads": base_rope_heads, "rope_heads_backward": base_rope_heads_backward}
+         "rope_heads": base_rope_heads, "rope_heads_backward": base_rope_heads_backward,
+         "silu_mul": base_silu_mul, "silu_mul_backward": base_silu_mul_backward,
+         "gelu_tanh_mul": base_gelu_tanh_mul, "gelu_tanh_mul_backward": base_gelu_tanh_mul_backward}
 # Ops this generator cannot express, and where their bad input is tested instead.
 NOT_FUZZED = {"bitnet_decode_": "its arguments are lists of tensors (and an int list of row positions); "
                                 "tests/hf/test_fused_decode.py checks its refusals (short weights list, bad KV "
                                 "buffers, too few buffers for the rows, two rows sharing a buffer, x not [B, C]) "
-                                "and its B-row results against B one-row calls"}
+                                "and its B-row results against B one-row calls",
+              "bitttt_decode_": "its arguments are lists of tensors whose meaning depends on the mixer code (21 per "
+                                "TTT layer, 10 per attention layer) and in-place states; "
+                                "tests/model/test_own_model_decode_op.py checks its refusals (x dtype, short weights "
+                                "or state lists, mixer, layout and head codes, eps, a KV buffer short of pos, the "
+                                "RoPE rotation, the TTT flags, a state of the wrong size) and its results against "
+                                "the per-op path on every mixer layout and ternary layout"}
 
 # Ops that update some of their inputs in place: those inputs are outputs too.
 IN_PLACE_INPUTS = {"ttt_linear_decode_": slice(5, 9), "ttt_mlp_decode_": slice(5, 13)}

@@ -26,7 +26,7 @@ class CountingLM(torch.nn.Module):
         super().__init__()
         self.dummy = torch.nn.Parameter(torch.zeros(1))  # a device for generate.model_device
 
-    def forward(self, input_ids, labels=None, cache=None, use_cache=False):
+    def forward(self, input_ids, labels=None, cache=None, use_cache=False, logits_to_keep=0):
         logits = torch.zeros(1, input_ids.shape[1], self.V)
         logits[0, -1, (input_ids[0, -1].item() + 1) % self.V] = 1.0
         pos = (cache.pos if cache is not None else 0) + input_ids.shape[1]

@@ -76,6 +76,27 @@ def test_two_prefills_equal_one(mixer):
     torch.testing.assert_close(torch.cat((a.logits, b.logits), 1), full, atol=LOGITS_ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("keep", [1, 3])
+def test_logits_to_keep_is_the_tail_of_the_full_logits(keep):
+    model = micro("ttt_linear")
+    ids = torch.randint(0, 256, (2, 9))
+    with torch.no_grad():
+        full = model(ids).logits
+        tail = model(ids, logits_to_keep=keep).logits
+    assert tail.shape == (2, keep, 320)
+    torch.testing.assert_close(tail, full[:, -keep:], atol=1e-6, rtol=0)  # the head GEMM at M=2 vs M=18 rounds apart
+
+
+def test_run_model_computes_the_head_for_the_last_position_only():
+    from bitttt.generate import run_model
+    model = micro("attention")
+    with torch.no_grad():
+        out = run_model(model, [[5, 6, 7, 8]], None, use_cache=True)
+        full = model(torch.tensor([[5, 6, 7, 8]])).logits
+    assert out.logits.shape == (1, 1, 320) and out.cache.pos == 4
+    torch.testing.assert_close(out.logits[:, -1], full[:, -1], atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("mixer", MIXERS)
 def test_packed_equals_fake_quant(mixer):
     model = micro(mixer)

@@ -31,7 +31,8 @@ case $("$CXX" -dumpmachine) in
   aarch64*)
     COMMON+=(-DBITTTT_ARM64=1)
     TERNARY=("ternary/ternary_linear_neon.cpp|$NOFMA"
-             "ternary/ternary_linear_neon_dotprod.cpp|-march=armv8.2-a+dotprod $NOFMA")
+             "ternary/ternary_linear_neon_dotprod.cpp|-march=armv8.2-a+dotprod $NOFMA"
+             "ternary/ternary_linear_lut16_neon.cpp|$NOFMA")
     TTT=("ttt/ttt_linear_scalar.cpp|-Wno-psabi") ;;
   *) echo "build.sh: unsupported target $("$CXX" -dumpmachine)" >&2; exit 2 ;;
 esac

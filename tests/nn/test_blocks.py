@@ -141,7 +141,9 @@ def test_silu_mul_gradient_against_float64():
     torch.testing.assert_close(y.double(), y64, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(h.grad.double(), h64.grad, atol=1e-5, rtol=1e-5)
     with torch.no_grad():
-        assert torch.equal(silu_mul(h, 40), y.detach())  # inference: the same bits
+        # inference keeps torch's silu (the decode paths' bits); training runs ops.silu_mul,
+        # whose exp is a polynomial within a few ulp of it
+        torch.testing.assert_close(silu_mul(h, 40), y.detach(), atol=1e-6, rtol=1e-6)
 
 
 def test_attention_training_step_against_float64_written_out():

@@ -265,3 +265,37 @@ def test_int8_activation_codes_equal_the_reference():
     want_q, want_s = reference.quantize_activations(x)
     assert torch.equal(got_q, want_q)
     torch.testing.assert_close(got_s, want_s, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.fixture
+def each_isa():
+    """Runs the test body once per kernel set this CPU has (csrc/quant/fake_quant_*.cpp)."""
+    from bitttt import _native
+
+    yield lambda: list(_native._C.available_isas()), _native._C.set_isa
+    _native._C.set_isa("auto")
+
+
+def test_every_isa_file_gives_the_compositions_bits(each_isa):
+    """fake_quant_kernels.inc compiled per ISA (scalar, AVX2, AVX-512): the same bits as the
+    torch composition for every row length 1..40 and 255..257 (the vector tails), ties, the
+    absmax floor, non-finite tokens and weights."""
+    isas, set_isa = each_isa
+    torch.manual_seed(11)
+    cases = []
+    for K in [*range(1, 41), 255, 256, 257]:
+        x = torch.randn(7, K) * 3
+        x[1] = torch.arange(K) - K // 2  # .5 ties
+        x[2] = 1e-7
+        x[3, K // 2] = float("nan")
+        x[4, K - 1] = float("inf")
+        x[5] *= 1e30
+        w = torch.randn(5, K) * 0.02
+        cases.append((x, w))
+    w_ties = torch.tensor([[0.5, -0.5, 1.5, 2.5, 0.0, -1.0] * 7])
+    for isa in isas():
+        set_isa(isa)
+        for x, w in cases:
+            assert_same_bits(ops.fake_quant_activations(x), composed_activations(x))
+            assert_same_bits(ops.fake_quant_weight(w), composed_weight(w))
+        assert_same_bits(ops.fake_quant_weight(w_ties), composed_weight(w_ties))

@@ -162,3 +162,155 @@ def test_modules_take_the_kernels_and_agree_with_their_compositions():
     xp = torch.cat((prev, x), dim=1)
     torch.testing.assert_close(y, conv.conv(xp.transpose(1, 2)).transpose(1, 2), atol=FWD_TOL, rtol=FWD_TOL)
     assert torch.equal(tail, xp[:, -3:])
+
+
+# SwiGLU's silu(gate) * up (csrc/train/silu_mul*): one file per ISA, each against float64 torch
+# and against the scalar reference file.
+
+
+def reference_silu_mul(h: torch.Tensor, hidden: int) -> torch.Tensor:
+    gate, up = h[..., :hidden], h[..., hidden:]
+    return gate * torch.sigmoid(gate) * up
+
+
+def _isas():
+    from bitttt import _native
+
+    return list(_native._C.available_isas())
+
+
+@pytest.fixture
+def restore_isa():
+    from bitttt import _native
+
+    yield _native._C
+    _native._C.set_isa("auto")
+
+
+@pytest.mark.parametrize("lead,hidden", [((1,), 1), ((3,), 7), ((2, 5), 33), ((16, 128), 768), ((0, 4), 8)],
+                         ids=lambda v: str(v))
+def test_silu_mul_against_float64_every_isa(lead, hidden, restore_isa):
+    torch.manual_seed(6)
+    h = torch.randn(*lead, 2 * hidden) * 4  # gates well into both tails of the sigmoid
+    for isa in _isas():
+        restore_isa.set_isa(isa)
+        check_against_reference(lambda h: ops.silu_mul(h, hidden), lambda h: reference_silu_mul(h, hidden), [h])
+
+
+def test_silu_mul_simd_files_match_the_scalar_one(restore_isa):
+    """Every length 1..40 (the SIMD tails), gates from -100 to 100 and ±inf, NaN: the SIMD
+    files' polynomial exp within a few ulp of the scalar file's std::exp, and the same
+    infinities and NaNs."""
+    torch.manual_seed(7)
+    for n in range(1, 41):
+        gate = torch.cat((torch.linspace(-100, 100, 3 * n), torch.randn(n) * 5))
+        gate[:3] = torch.tensor([float("inf"), float("-inf"), float("nan")])[: min(3, gate.numel())]
+        gate = gate[torch.randperm(gate.numel())][:n]
+        h = torch.cat((gate, torch.randn(n))).view(1, 2 * n)
+        g = torch.randn(1, n)
+        restore_isa.set_isa("scalar")
+        y0, d0 = ops.silu_mul(h, n), torch.ops.bitttt.silu_mul_backward(g, h, n)
+        for isa in _isas():
+            restore_isa.set_isa(isa)
+            y, d = ops.silu_mul(h, n), torch.ops.bitttt.silu_mul_backward(g, h, n)
+            for a, b in ((y, y0), (d, d0)):
+                assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.isinf(), b.isinf()), (isa, n)
+                fin = b.isfinite()
+                torch.testing.assert_close(a[fin], b[fin], atol=1e-30, rtol=4e-7, msg=lambda m: f"{isa} n={n}: {m}")
+
+
+def test_silu_mul_non_contiguous_and_the_swiglu_path():
+    """A strided h is taken; blocks.silu_mul under autograd runs the op and agrees with the
+    torch autograd.Function it replaces (the path other devices and dtypes keep)."""
+    from torch.profiler import profile
+
+    from bitttt.nn import blocks
+
+    torch.manual_seed(8)
+    h = torch.randn(10, 3, 2 * 24).transpose(0, 1)
+    check_against_reference(lambda h: ops.silu_mul(h, 24), lambda h: reference_silu_mul(h, 24), [h])
+    h1, h2 = h.clone().requires_grad_(), h.clone().requires_grad_()
+    with profile() as prof:
+        y1 = blocks.silu_mul(h1, 24)
+    assert "bitttt::silu_mul" in {e.name for e in prof.events()}
+    y2 = blocks._SiluMul.apply(h2, 24)
+    g = torch.randn_like(y1)
+    y1.backward(g)
+    y2.backward(g)
+    torch.testing.assert_close(y1, y2, atol=FWD_TOL, rtol=FWD_TOL)
+    torch.testing.assert_close(h1.grad, h2.grad, atol=FWD_TOL, rtol=FWD_TOL)
+
+
+def test_silu_mul_opcheck_and_bad_inputs():
+    torch.manual_seed(9)
+    torch.library.opcheck(torch.ops.bitttt.silu_mul.default, (torch.randn(2, 5, 16, requires_grad=True), 8))
+    torch.library.opcheck(torch.ops.bitttt.silu_mul_backward.default, (torch.randn(2, 5, 8), torch.randn(2, 5, 16), 8))
+    with pytest.raises(RuntimeError, match="silu_mul: h's last dimension must be 2\\*hidden = 16, got 15"):
+        ops.silu_mul(torch.randn(2, 15), 8)
+    with pytest.raises(RuntimeError, match="silu_mul: takes float32"):
+        ops.silu_mul(torch.randn(2, 16, dtype=torch.float64), 8)
+    with pytest.raises(RuntimeError, match="silu_mul_backward: grad must be h's shape"):
+        torch.ops.bitttt.silu_mul_backward(torch.randn(3, 8), torch.randn(2, 16), 8)
+
+
+# The TTT output gate gelu_tanh(gate) * y (csrc/train/silu_mul*, the same sigmoid).
+
+
+def reference_gelu_tanh_mul(gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """0.5·g·(1 + tanh(sqrt(2/pi)·(g + 0.044715·g³)))·y, written out (not torch's gelu)."""
+    u = (2 / torch.pi) ** 0.5 * (gate + 0.044715 * gate ** 3)
+    return 0.5 * gate * (1 + torch.tanh(u)) * y
+
+
+@pytest.mark.parametrize("shape", [(1,), (3, 7), (2, 5, 33), (16, 128, 256), (0, 4)], ids=lambda s: "x".join(map(str, s)))
+def test_gelu_tanh_mul_against_float64_every_isa(shape, restore_isa):
+    torch.manual_seed(10)
+    gate, y = torch.randn(shape) * 3, torch.randn(shape)
+    for isa in _isas():
+        restore_isa.set_isa(isa)
+        check_against_reference(ops.gelu_tanh_mul, reference_gelu_tanh_mul, [gate, y])
+
+
+def test_gelu_tanh_mul_simd_files_match_the_scalar_one(restore_isa):
+    torch.manual_seed(12)
+    for n in range(1, 41):
+        gate = torch.cat((torch.linspace(-30, 30, 3 * n), torch.randn(n) * 3))
+        gate[:3] = torch.tensor([float("inf"), float("-inf"), float("nan")])[: min(3, gate.numel())]
+        gate = gate[torch.randperm(gate.numel())][:n]
+        y, g = torch.randn(n), torch.randn(n)
+        restore_isa.set_isa("scalar")
+        want = (ops.gelu_tanh_mul(gate, y), *torch.ops.bitttt.gelu_tanh_mul_backward(g, gate, y))
+        for isa in _isas():
+            restore_isa.set_isa(isa)
+            got = (ops.gelu_tanh_mul(gate, y), *torch.ops.bitttt.gelu_tanh_mul_backward(g, gate, y))
+            for a, b in zip(got, want):
+                assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.isinf(), b.isinf()), (isa, n)
+                fin = b.isfinite()
+                # the sigmoid's argument 2u (|2u| up to the clamp, 80) rounds differently with FMA,
+                # and exp turns an ulp of it (up to 7.6e-6 relative at 80) into that much of the output
+                torch.testing.assert_close(a[fin], b[fin], atol=1e-30, rtol=3e-5, msg=lambda m: f"{isa} n={n}: {m}")
+
+
+def test_gelu_tanh_mul_the_ttt_gate_path_opcheck_and_bad_inputs():
+    """The gated TTT layer's output runs the op under autograd and agrees with torch's gelu
+    there; opcheck; bad shapes and dtypes are named."""
+    from torch.profiler import profile
+
+    from bitttt.nn.ttt import TTTLinear
+
+    torch.manual_seed(13)
+    layer = TTTLinear(32, 2, mini_batch_size=4, use_gate=True, use_conv=True)
+    x = torch.randn(2, 8, 32, requires_grad=True)
+    with profile() as prof:
+        y = layer(x)
+    assert "bitttt::gelu_tanh_mul" in {e.name for e in prof.events()}
+    with torch.no_grad():
+        torch.testing.assert_close(y, layer(x), atol=1e-5, rtol=1e-5)
+    gate, v = torch.randn(3, 5, 8, requires_grad=True), torch.randn(3, 5, 8, requires_grad=True)
+    torch.library.opcheck(torch.ops.bitttt.gelu_tanh_mul.default, (gate, v))
+    torch.library.opcheck(torch.ops.bitttt.gelu_tanh_mul_backward.default,
+                          (torch.randn(3, 5, 8), torch.randn(3, 5, 8), torch.randn(3, 5, 8)))
+    with pytest.raises(RuntimeError, match="gelu_tanh_mul: y must have gate's shape"):
+        ops.gelu_tanh_mul(torch.randn(2, 8), torch.randn(2, 7))
+    with pytest.raises(RuntimeError, match="gelu_tanh_mul: takes float32"):
+        ops.gelu_tanh_mul(torch.randn(2, 8, dtype=torch.float64), torch.randn(2, 8, dtype=torch.float64))

@@ -127,7 +127,7 @@ class LoopingLM(torch.nn.Module):
         super().__init__()
         self.dummy = torch.nn.Parameter(torch.zeros(1))   # a device for generate.model_device
 
-    def forward(self, input_ids, labels=None, cache=None, use_cache=False):
+    def forward(self, input_ids, labels=None, cache=None, use_cache=False, logits_to_keep=0):
         from bitttt.model import CausalLMOutput, ModelCache
 
         last = input_ids[0, -1].item()

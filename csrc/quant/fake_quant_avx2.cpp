@@ -1,0 +1,13 @@
+// The fake quantization's row kernels for AVX2 (8 lanes): fake_quant_kernels.inc.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "quant/fake_quant.h"
+
+#define BITTTT_FAKE_QUANT_ISA "avx2"
+
+namespace bitttt::quant::avx2 {
+#include "quant/fake_quant_kernels.inc"
+}  // namespace bitttt::quant::avx2
