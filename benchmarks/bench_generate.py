@@ -101,12 +101,13 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model config override, e.g. conv_kernel=0 (JSON values)")
     p.add_argument("--json", metavar="PATH")
+    p.add_argument("--shared", action="store_true", help="say in the record that the machine was shared with other work")
     args = p.parse_args()
     overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     torch.set_num_threads(args.threads)
     record = harness.Record("generate", {
         "presets": args.presets, "mixer": args.mixer, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
-        "rounds": args.rounds, "overrides": overrides, "clock": args.clock, "shared_machine": True})
+        "rounds": args.rounds, "overrides": overrides, "clock": args.clock, "shared_machine": args.shared})
     cases, sizes = [], {}
     for preset in args.presets.split(","):
         torch.manual_seed(0)

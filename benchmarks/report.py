@@ -167,6 +167,17 @@ def render_serve(rel: str) -> str:
             f"{s['steps']} timed decode steps per case and round, {s['rounds']} rounds, LM head {s['lm_head']}.\n")
 
 
+def render_generate(rel: str) -> str:
+    """benchmarks/bench_generate.py: ms per decoded token of each contender (packed ternary, its
+    per-op path, the float32 twin and its per-op path) and the float32 twin's time over each."""
+    rec = load(rel)
+    cases = rec["cases"]
+    twin = next(c["median"] for c in cases if c["contender"] == "float32")
+    out = [[c["case"], c["contender"], str(c["threads"]), _range(c), f"{twin / c['median']:.2f}x"] for c in cases]
+    return (f"{provenance(rec, rel)}\n\n"
+            f"{table(['case', 'contender', 'threads', 'ms/token', 'speed vs float32'], out)}\n")
+
+
 def render_wait_policy_legacy(rel: str) -> str:
     """The wait-policy run of 2026-12-02, recorded before the harness (no date of its own, one run
     per engine and policy): decode tok/s per engine and policy, quiet and with 2 busy processes."""
@@ -196,6 +207,8 @@ TABLES: dict[str, tuple[str, Callable[[str], str]]] = {
     "bitnet-bf16": ("xeon-avx512-2c/bitnet_2b_vs_llamacpp_bf16.json", render_bitnet),
     "serve": ("xeon-avx512-2c/serve_2b.json", render_serve),
     "train": ("xeon-avx512-2c/train_tiny_quiet.json", render_train),
+    "generate-ttt": ("xeon-avx512-2c/generate_base_ttt_linear_1t_quiet.json", render_generate),
+    "generate-attention": ("xeon-avx512-2c/generate_base_attention_1t_quiet.json", render_generate),
 }
 
 
