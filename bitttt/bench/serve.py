@@ -340,8 +340,9 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> dict[str, Any]:
               "settings": {"models": args.models, "streams": args.streams, "steps": args.steps, "rounds": args.rounds,
                            "turns": args.turns, "user_tokens": TURN_USER_TOKENS, "reply_tokens": TURN_REPLY_TOKENS,
                            "lm_head": args.lm_head, "layers_2b": args.layers if "2b" in args.models else None,
-                           "llama_python": getattr(args, "llama_python", None)},
-              "cases": cases, "shared_machine": bool(getattr(args, "shared", False))}
+                           "llama_python": getattr(args, "llama_python", None),
+                           "shared_machine": bool(getattr(args, "shared", False))},
+              "cases": cases}
     if args.json:
         harness.write_json(record, args.json)
         print(f"wrote {args.json}", file=out)

@@ -20,6 +20,7 @@ def test_bench_serve_quick_writes_a_record(tmp_path):
     assert cli.main(["bench", "serve", "--quick", "--json", str(path)]) == 0
     record = json.loads(path.read_text())
     assert harness.check_record(record) == []
+    assert record["settings"]["shared_machine"] is False
     cases = {(c["case"], c["contender"]): c for c in record["cases"]}
     assert {c["streams"] for c in record["cases"] if "streams" in c} == {1, 4}
     cached = cases[("tiny TTFT of turn 4", "state cache")]
