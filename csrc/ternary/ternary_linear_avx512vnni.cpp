@@ -72,13 +72,17 @@ inline void dot_tile(const int8_t* x, int64_t Kp, const uint8_t* w, int64_t row_
 
 // Prefill tiles are 4 rows x 4 tokens: 16 zmm accumulators of 32.
 constexpr int64_t kGemmRows = 4;
+// Serve batches of 5..16 tokens: 2 rows x up to 8 tokens (16 accumulators), each row's
+// codes decoded once per 8 tokens (tiles.inc, matmul_few).
+constexpr int kFewGroupTokens = 8;
 
 #include "ternary/tiles_x86.inc"
 
 }  // namespace
 
 const Bt2Kernels& BITTTT_AVX512_KERNELS() {
-  static const Bt2Kernels kernels{BITTTT_AVX512_NAME, quantize_f32, quantize_bf16, layout_int8, matmul};
+  static const Bt2Kernels kernels{BITTTT_AVX512_NAME, quantize_f32, quantize_bf16, layout_int8,
+                                  matmul<kFewGroupTokens>};
   return kernels;
 }
 

@@ -253,6 +253,13 @@ void test_shapes() {
   std::vector<int8_t> xq(11 * 700);
   for (auto& v : xq) v = rng.int8();
   compare_int8("M11-K700-N19-tasks5x3", xq, 11, w, nullptr, 5, 3);
+  // bitttt serve's batches in one call each: one group of 4..8 tokens, or two (AVX-512 tiles).
+  const Weights ws = make_weights(19, 2600, rng);
+  for (int64_t M : {6, 9, 16}) {
+    std::vector<int8_t> xs(M * 2600);
+    for (auto& v : xs) v = rng.int8();
+    compare_int8(shape_id(M, 2600, 19), xs, M, ws);
+  }
 }
 
 // Saturated int8 activations times all-equal or alternating weights: the largest |sums| per
@@ -275,7 +282,7 @@ void test_extreme_int8() {
   };
   for (const Pattern& p : patterns)
     for (int64_t K : {2600, 4096})
-      for (int64_t M : {1, 5}) {
+      for (int64_t M : {1, 5, 8, 13, 16}) {  // one token, then the serve batch's 4..8-token groups
         const int64_t N = 6;
         Rng rng{1};
         const Weights w = make_weights(N, K, rng, [&](int64_t n, int64_t k) { return (n % 2 ? -1 : 1) * p.q(k); });
