@@ -205,6 +205,8 @@ TABLES: dict[str, tuple[str, Callable[[str], str]]] = {
     "wait-policy": ("xeon-avx512-2c/bitnet_2b_wait_policy_cpu.json", render_wait_policy_legacy),
     "bitnet": ("xeon-avx512-2c/bitnet_2b_vs_llamacpp_q8.json", render_bitnet),
     "bitnet-bf16": ("xeon-avx512-2c/bitnet_2b_vs_llamacpp_bf16.json", render_bitnet),
+    "bitnet-bf16-2t": ("xeon-avx512-2c/bitnet_2b_vs_llamacpp_bf16_2t.json", render_bitnet),
+    "bitnet-busy": ("xeon-avx512-2c/bitnet_2b_vs_llamacpp_q8_busy2.json", render_bitnet),
     "serve": ("xeon-avx512-2c/serve_2b.json", render_serve),
     "train": ("xeon-avx512-2c/train_tiny_quiet.json", render_train),
     "generate-ttt": ("xeon-avx512-2c/generate_base_ttt_linear_1t_quiet.json", render_generate),

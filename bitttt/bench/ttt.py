@@ -7,7 +7,9 @@ heads of size D and mini-batch b, on the same inputs:
   its per-mini-batch dual form `torch.compile`d (the Python loop over mini-batches stays
   eager: compiling the whole loop unrolls T/b iterations). The compiled one is the fair
   baseline; the eager one is what a plain PyTorch port runs;
-- decode µs/step: `ops.ttt_linear_decode_` (in place) vs the reference on one token;
+- decode µs/step: `ops.ttt_linear_decode_` (in place) vs the reference on one token, each timed
+  call DECODE_STEPS steps back to back (as generation calls it; one 10-20 µs call alone is
+  mostly timer and cache noise) and reported per step;
 - forward+backward ms (loss = out.sum() + W.sum(), gradients of every input), op vs reference
   up to --ref-grad-max-tokens;
 - beside the forward+backward entries: bytes saved for backward (unique storages autograd keeps)
@@ -41,6 +43,7 @@ from bitttt.errors import ConfigError
 
 VALIDATE_TOKENS = 64  # tokens compared before timing
 VALIDATE_TOL = 1e-3   # float32, LayerNorm outputs O(1)
+DECODE_STEPS = 32  # decode steps per timed call
 GRAD_TOL = 1e-3  # op vs reference gradients on VALIDATE_TOKENS tokens, float32, relative to each's max
 
 
@@ -199,8 +202,22 @@ def cases(B: int, T: int, H: int, D: int, b: int, device: str, with_compile: boo
         out_r, _ = reference.ttt_linear(*tok1, *args[4:], state=st_r)
         return _close("decode", out.reshape(out_r.shape), out_r, VALIDATE_TOL)
 
-    decode = [Contender("op", lambda: ops.ttt_linear_decode_(*tok, args[4], st, args[7], args[8]), check=check_decode),
-              Contender("reference", lambda: reference.ttt_linear(*tok1, *args[4:], state=st_r))]
+    def per_step(step: Callable[[], Any]) -> Callable[[], float]:
+        """DECODE_STEPS calls of step, timed together: seconds per step."""
+        def run() -> float:
+            sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(DECODE_STEPS):
+                step()
+            sync()
+            return (time.perf_counter() - t0) / DECODE_STEPS
+        return run
+
+    decode = [Contender("op", per_step(lambda: ops.ttt_linear_decode_(*tok, args[4], st, args[7], args[8])),
+                        check=check_decode, self_timed=True, extra={"steps_per_call": DECODE_STEPS}),
+              Contender("reference", per_step(lambda: reference.ttt_linear(*tok1, *args[4:], state=st_r)),
+                        self_timed=True, extra={"steps_per_call": DECODE_STEPS})]
     leaves = [x.clone().requires_grad_(x.is_floating_point()) for x in args]
 
     def fwd_bwd(fn: Callable[..., Any]) -> Callable[[], None]:

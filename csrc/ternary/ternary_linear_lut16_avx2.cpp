@@ -96,24 +96,7 @@ void dot_blocks(const uint8_t* tab, int64_t Kp, const uint8_t* w, int64_t block_
   }
 }
 
-void gemv(const int8_t* /*xq*/, const uint8_t* tab, int64_t Kp, const uint8_t* layout, int64_t m, int64_t n0,
-          int64_t n1, const Epilogue& ep) {
-  const int64_t block_bytes = kLut16Rows * (Kp / kBT2WeightsPerByte);
-  int32_t dots[kTileBlocks * kLut16Rows];
-  for (int64_t n = n0; n < n1; n += kTileBlocks * kLut16Rows) {
-    const int64_t blocks = std::min<int64_t>(kTileBlocks, (n1 - n + kLut16Rows - 1) / kLut16Rows);
-    const uint8_t* w = layout + n / kLut16Rows * block_bytes;
-    switch (blocks) {
-      case 4: dot_blocks<4>(tab, Kp, w, block_bytes, dots); break;
-      case 3: dot_blocks<3>(tab, Kp, w, block_bytes, dots); break;
-      case 2: dot_blocks<2>(tab, Kp, w, block_bytes, dots); break;
-      default: dot_blocks<1>(tab, Kp, w, block_bytes, dots); break;
-    }
-    for (int64_t r = 0; r < std::min(n1 - n, blocks * kLut16Rows); ++r) store_output(ep, m, n + r, dots[r]);
-  }
-}
-
-static_assert(kTileBlocks == 4, "gemv's switch covers 1..4 blocks");
+#include "ternary/lut16_tiles.inc"
 
 }  // namespace
 

@@ -16,6 +16,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "train/checks.h"
+
 namespace bitttt::train {
 namespace {
 
@@ -25,15 +27,6 @@ using torch::stable::Tensor;
 constexpr int64_t kMinElemsPerTask = 1 << 15;  // below this a loop stays on one thread
 constexpr int64_t kLanes = 16;                 // partial sums per row reduction
 constexpr int64_t kColBlock = 64;              // columns per dw task
-
-Tensor contig(const Tensor& t) { return t.is_contiguous() ? t : torch::stable::contiguous(t); }
-
-void check_float_cpu(const char* op, const char* name, const Tensor& t) {
-  STD_TORCH_CHECK(t.defined(), op, ": ", name, " must be a tensor, got None");
-  STD_TORCH_CHECK(t.is_cpu(), op, ": the CPU kernel takes CPU tensors, got ", name, " elsewhere");
-  STD_TORCH_CHECK(t.scalar_type() == ScalarType::Float, op, ": takes float32 (other dtypes use the torch path), got ",
-                  name, " of another dtype");
-}
 
 // Σ a[i] * b[i], in kLanes independent partial sums.
 inline float dot(const float* a, const float* b, int64_t n) {

@@ -16,6 +16,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "train/checks.h"
+
 namespace bitttt::train {
 namespace {
 
@@ -23,15 +25,6 @@ using torch::headeronly::ScalarType;
 using torch::stable::Tensor;
 
 constexpr int64_t kMinElemsPerTask = 1 << 15;  // below this a loop stays on one thread
-
-Tensor contig(const Tensor& t) { return t.is_contiguous() ? t : torch::stable::contiguous(t); }
-
-void check_float_cpu(const char* op, const char* name, const Tensor& t) {
-  STD_TORCH_CHECK(t.defined(), op, ": ", name, " must be a tensor, got None");
-  STD_TORCH_CHECK(t.is_cpu(), op, ": the CPU kernel takes CPU tensors, got ", name, " elsewhere");
-  STD_TORCH_CHECK(t.scalar_type() == ScalarType::Float, op, ": takes float32 (other dtypes use the torch path), got ",
-                  name, " of another dtype");
-}
 
 void check_tables(const char* op, const Tensor& cos, const Tensor& sin, int64_t T, int64_t D) {
   check_float_cpu(op, "cos", cos);

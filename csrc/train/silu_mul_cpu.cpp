@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "ternary/dispatch.h"
+#include "train/checks.h"
 #include "train/silu_mul.h"
 
 namespace bitttt::train {
@@ -39,15 +40,6 @@ const SiluMulKernels& active_silu_mul() {
   if (std::strcmp(isa, "avx2") == 0 || std::strcmp(isa, "avx512_emulated") == 0) return avx2_set;
 #endif
   return scalar_set;
-}
-
-Tensor contig(const Tensor& t) { return t.is_contiguous() ? t : torch::stable::contiguous(t); }
-
-void check_float_cpu(const char* op, const char* name, const Tensor& t) {
-  STD_TORCH_CHECK(t.defined(), op, ": ", name, " must be a tensor, got None");
-  STD_TORCH_CHECK(t.is_cpu(), op, ": the CPU kernel takes CPU tensors, got ", name, " elsewhere");
-  STD_TORCH_CHECK(t.scalar_type() == ScalarType::Float, op, ": takes float32 (other dtypes use the torch path), got ",
-                  name, " of another dtype");
 }
 
 void check_h(const char* op, const Tensor& h, int64_t F) {
