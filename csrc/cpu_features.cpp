@@ -13,6 +13,10 @@
 #else
 #include <cpuid.h>
 #endif
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #elif defined(__aarch64__) || defined(_M_ARM64)
 #define BITTTT_CPU_ARM64 1
 #if defined(__linux__)
@@ -58,6 +62,18 @@ uint64_t xgetbv0() {
 
 inline bool bit(uint32_t reg, int b) { return (reg >> b) & 1u; }
 
+// Linux keeps AMX's 8 KB tile state off until a process asks for it: a tile instruction
+// before that raises SIGILL. The grant is for the whole process, all threads included.
+bool os_grants_amx_tiles() {
+#if defined(__linux__) && defined(SYS_arch_prctl)
+  constexpr int kArchReqXcompPerm = 0x1023;  // ARCH_REQ_XCOMP_PERM, <asm/prctl.h>
+  constexpr int kXfeatureXtiledata = 18;     // XFEATURE_XTILEDATA
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;  // no way to check the OS saves the tiles: the AVX-512 kernels instead
+#endif
+}
+
 void detect_x86(CpuFeatures& f) {
   const uint32_t max_leaf = cpuid(0, 0).eax;
   if (max_leaf < 1) return;
@@ -79,6 +95,9 @@ void detect_x86(CpuFeatures& f) {
   f.avx512vl = bit(l7.ebx, 31);
   f.avx512vnni = bit(l7.ecx, 11);
   f.avx512bf16 = bit(l71.eax, 5);
+  const bool os_tiles = (xcr0 & 0x60000) == 0x60000;  // XTILECFG and XTILEDATA
+  f.amx_int8 = f.avx512f && f.avx512bw && f.avx512vnni && bit(l7.edx, 24) && bit(l7.edx, 25) && os_tiles &&
+               os_grants_amx_tiles();
 }
 #endif
 

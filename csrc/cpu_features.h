@@ -14,6 +14,10 @@ struct CpuFeatures {
   bool avx512vnni = false;
   bool avx512bf16 = false;
   bool avx_vnni = false;
+  // AMX tiles with int8 dot products (TDPBSSD): the CPU has them, XCR0 enables the tile state
+  // and the OS granted it to this process (Linux: arch_prctl ARCH_REQ_XCOMP_PERM, asked once
+  // here). False on other OSes, where we cannot check that grant.
+  bool amx_int8 = false;
   // AArch64: Advanced SIMD is part of the baseline; the dot-product extension (SDOT/UDOT,
   // FEAT_DotProd, Armv8.2+) is optional and asked of the OS.
   bool neon = false;

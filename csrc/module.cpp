@@ -147,6 +147,11 @@ py::dict build_info() {
   info["torch"] = BITTTT_TORCH_VERSION;
   info["stable_abi_target"] = "2.10";
   info["compiled_isas"] = bitttt::ternary::compiled_isas();
+#if defined(BITTTT_AMX)
+  info["amx"] = true;  // the AMX tile kernels (set "amx") are built
+#else
+  info["amx"] = false;
+#endif
   info["ttt_isa"] = bitttt::ttt::active_isa();
   info["ttt_mlp_isa"] = bitttt::ttt_mlp::active_isa();
   return info;
@@ -164,6 +169,7 @@ py::dict cpu_features() {
   d["avx512vnni"] = f.avx512vnni;
   d["avx512bf16"] = f.avx512bf16;
   d["avx_vnni"] = f.avx_vnni;
+  d["amx_int8"] = f.amx_int8;
   d["neon"] = f.neon;
   d["dotprod"] = f.dotprod;
   return d;
@@ -212,8 +218,10 @@ PYBIND11_MODULE(_C, mod) {
           "The lut16 (table-lookup decode) kernel set that goes with the active ternary one.");
   mod.def("trit5_isa", [] { return std::string(bitttt::ternary::active_trit5_kernels().name); },
           "The trit5 (5 weights per byte) kernel set that goes with the active ternary one.");
+  mod.def("amx_active", &bitttt::ternary::amx_active,
+          "True while the AVX-512 set runs AMX tiles for 2..16 tokens (set 'amx', the default where available).");
   mod.def("set_isa", &bitttt::ternary::set_isa, py::arg("name"),
-          "Force a ternary kernel set: 'scalar', 'avx2', 'avx512', 'neon', 'neon_dotprod' or 'auto'.");
+          "Force a ternary kernel set: 'scalar', 'avx2', 'avx512', 'amx', 'neon', 'neon_dotprod' or 'auto'.");
   // Peak throughput (csrc/peak/peak.h; bitttt/bench/peak.py measures and checks with these).
   mod.def("peak_kernels", &peak_kernels,
           "The compute peak kernels: name, kind (int8|fp32), isa, instruction, lanes_per_iter, ops_per_lane, "

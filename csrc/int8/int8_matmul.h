@@ -27,5 +27,14 @@ void matmul_avx2(const int8_t* x, int64_t M, int64_t K, const int8_t* w, int64_t
 void matmul_avx512(const int8_t* x, int64_t M, int64_t K, const int8_t* w, int64_t n0, int64_t n1, int32_t* out,
                    int64_t ldo);
 #endif
+#if defined(BITTTT_AMX)
+constexpr int64_t kAmxMinTokens = 2, kAmxMaxTokens = 16;
+// AMX tiles, for kAmxMinTokens..kAmxMaxTokens tokens; any int8 inputs. Takes x in the VNNI layout
+// that amx_layout builds (amx_layout_bytes(M, K) bytes), not [M, K].
+void matmul_amx(const int8_t* xb, int64_t M, int64_t K, const int8_t* w, int64_t n0, int64_t n1, int32_t* out,
+                int64_t ldo);
+int64_t amx_layout_bytes(int64_t M, int64_t K);
+void amx_layout(const int8_t* x, int64_t M, int64_t K, int8_t* xb);
+#endif
 
 }  // namespace bitttt::int8

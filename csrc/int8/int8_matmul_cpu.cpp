@@ -1,6 +1,7 @@
 // CPU entry point of int8_matmul: checks, the choice of kernel and threading over torch's
 // intra-op pool. The kernel follows the ternary ops' ISA choice (BITTTT_ISA / set_isa):
-// "avx512", "avx2" and "scalar" there run that kernel here, so one switch tests them all.
+// "avx512", "avx2" and "scalar" there run that kernel here, so one switch tests them all;
+// "amx" (the default where the CPU and OS have AMX) runs AMX tiles for 2..16 tokens.
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
@@ -63,7 +64,17 @@ Tensor int8_matmul_cpu(Tensor x, Tensor w) {
   w = as_contiguous(w);
 
   const int8_t* xp = x.const_data_ptr<int8_t>();
-  const MatmulKernel kernel = pick_kernel(xp, M * K);
+  MatmulKernel kernel = pick_kernel(xp, M * K);
+#if defined(BITTTT_AMX)
+  // The tiles want the tokens in the VNNI layout: built once here, read by every task.
+  Tensor x_amx;
+  if (ternary::amx_active() && M >= kAmxMinTokens && M <= kAmxMaxTokens) {
+    x_amx = torch::stable::new_empty(x, {amx_layout_bytes(M, K)}, ScalarType::Char);
+    amx_layout(xp, M, K, x_amx.mutable_data_ptr<int8_t>());
+    xp = x_amx.const_data_ptr<int8_t>();
+    kernel = &matmul_amx;
+  }
+#endif
   const int8_t* wp = w.const_data_ptr<int8_t>();
   int32_t* op = out.mutable_data_ptr<int32_t>();
   const int64_t tasks = (N + kRowsPerTask - 1) / kRowsPerTask;

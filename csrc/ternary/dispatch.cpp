@@ -19,6 +19,9 @@ const Bt2Kernels* kernels_by_name(const std::string& name) {
   if (name == "avx512" && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.avx512vnni)
     return &bt2_kernels_avx512vnni();
 #endif
+#if defined(BITTTT_AMX)
+  if (name == "amx" && cpu_features().amx_int8) return &bt2_kernels_amx();
+#endif
 #if defined(BITTTT_ARM64)
   if (name == "neon" && cpu_features().neon) return &bt2_kernels_neon();
   if (name == "neon_dotprod" && cpu_features().dotprod) return &bt2_kernels_neon_dotprod();
@@ -31,7 +34,7 @@ const Bt2Kernels* kernels_by_name(const std::string& name) {
 
 // The fastest real (not emulated) kernel set this CPU runs.
 std::string best_isa() {
-  for (const char* name : {"avx512", "avx2", "neon_dotprod", "neon"})
+  for (const char* name : {"amx", "avx512", "avx2", "neon_dotprod", "neon"})
     if (kernels_by_name(name)) return name;
   return "scalar";
 }
@@ -101,6 +104,14 @@ const Trit5Kernels& active_trit5_kernels() {
   if (name == "avx2" || name == "avx512_emulated") return trit5_kernels_avx2();
 #endif
   return trit5_kernels_scalar();
+}
+
+bool amx_active() {
+#if defined(BITTTT_AMX)
+  return &active_kernels() == &bt2_kernels_amx();
+#else
+  return false;
+#endif
 }
 
 void set_isa(const std::string& name) { g_active.store(&choose(name), std::memory_order_release); }

@@ -21,10 +21,15 @@ const Lut16Kernels& active_lut16_kernels();
 // The trit5 kernels (trit5.h) of the active kernel set's ISA: avx2, avx512 (avx512_emulated
 // runs the AVX2 ones), the scalar reference otherwise (NEON has none yet).
 const Trit5Kernels& active_trit5_kernels();
-// Forces a kernel set by name ("scalar", "avx2", "avx512", "avx512_emulated", "neon",
+// True while the active set is "amx": the AVX-512 set (same name, layouts and other op
+// families) whose matmul and the int8 head run AMX tiles for 2..16 tokens. "auto" picks it
+// where cpu_features().amx_int8; BITTTT_ISA=avx512 (or set_isa("avx512")) turns the tiles off.
+bool amx_active();
+// Forces a kernel set by name ("scalar", "avx2", "avx512", "amx", "avx512_emulated", "neon",
 // "neon_dotprod", or "auto").
 void set_isa(const std::string& name);
-// Kernel sets this build has and this CPU can run (test-only "avx512_emulated" included).
+// Kernel sets this build has and this CPU can run (test-only "avx512_emulated" included;
+// not "amx", which reports itself as "avx512").
 std::vector<std::string> available_isas();
 // Kernel sets compiled into this build.
 std::vector<std::string> compiled_isas();

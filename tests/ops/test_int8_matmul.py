@@ -25,7 +25,7 @@ def exact(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("x_low", [-127, -128], ids=["quantized-x", "any-x"])
 @pytest.mark.parametrize("M,K,N", SHAPES)
-def test_equals_float64_matmul_on_every_kernel_set(isa, M, K, N, x_low):
+def test_equals_float64_matmul_on_every_kernel_set(isa_amx, M, K, N, x_low):
     g = torch.Generator().manual_seed(M * 1000 + K + N)
     x = torch.randint(x_low, 128, (M, K), dtype=torch.int8, generator=g)
     x[0, 0] = x_low  # the any-x case holds -128 for sure
@@ -36,7 +36,7 @@ def test_equals_float64_matmul_on_every_kernel_set(isa, M, K, N, x_low):
 # bitttt serve's batches: every row of an M-token call equals the one-token call on that token
 # (another block shape in each kernel), on 2 threads over rows past several 64-row tasks.
 @pytest.mark.parametrize("M", range(2, 17))
-def test_each_row_equals_its_one_token_call(isa, M):
+def test_each_row_equals_its_one_token_call(isa_amx, M):
     g = torch.Generator().manual_seed(M)
     x = torch.randint(-127, 128, (M, 641), dtype=torch.int8, generator=g)
     x[0] = 127
@@ -55,7 +55,7 @@ def test_each_row_equals_its_one_token_call(isa, M):
 
 @pytest.mark.parametrize("M", [3, 8, 16])
 @pytest.mark.parametrize("value", [-128, -127, 127])
-def test_extremes_do_not_saturate(isa, value, M):
+def test_extremes_do_not_saturate(isa_amx, value, M):
     # pairs of 127 * -128 products are the most vpmaddubsw's int16 sums hold; -128 * -128 is
     # past it (the scalar kernel's case)
     K, N = 4099, 5
@@ -69,7 +69,7 @@ def test_extremes_do_not_saturate(isa, value, M):
 
 @pytest.mark.parametrize("M", [1, 9])
 @pytest.mark.parametrize("value,weight", [(-128, -128), (-127, -128), (127, 127), (127, -128), (-128, 127)])
-def test_the_largest_k_sums_exactly(isa, value, weight, M):
+def test_the_largest_k_sums_exactly(isa_amx, value, weight, M):
     # K * 2**14 = 2**31 - 2**14: the last K whose worst sum fits int32. x = 127, w = 127 takes
     # the AVX-512 kernel's biased sum (x + 128) * w to 255 * 127 * K, past 2**32.
     K = 2**17 - 1

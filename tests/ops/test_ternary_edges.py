@@ -223,6 +223,29 @@ def test_validate_packed_non_contiguous():
         ops.validate_packed(packed.T.contiguous().T)
 
 
+@pytest.mark.skipif(not (_C.build_info()["amx"] and _C.cpu_features()["amx_int8"]),
+                    reason="no AMX here (CPU, OS grant or compiler)")
+def test_amx_is_the_default_and_avx512_turns_it_off():
+    """Where AMX runs, "auto" (a fresh process) picks the AMX tiles; BITTTT_ISA=avx512 runs the
+    VNNI kernels alone and BITTTT_ISA=amx asks for the tiles; both report the "avx512" set."""
+    def fresh(isa: str | None) -> list[str]:
+        env = {k: v for k, v in os.environ.items() if k != "BITTTT_ISA"}
+        if isa:
+            env["BITTTT_ISA"] = isa
+        return subprocess.run([sys.executable, "-c", "from bitttt import _C; print(_C.isa(), _C.amx_active())"],
+                              capture_output=True, text=True, env=env, check=True).stdout.split()
+    assert fresh(None) == ["avx512", "True"]
+    assert fresh("avx512") == ["avx512", "False"]
+    assert fresh("amx") == ["avx512", "True"]
+    try:
+        _C.set_isa("avx512")
+        assert not _C.amx_active()
+        _C.set_isa("amx")
+        assert _C.amx_active()
+    finally:
+        _C.set_isa("auto")
+
+
 def test_set_isa_switches_every_kernel_family_and_auto_restores():
     """set_isa(name) switches the ternary, TTT-Linear and TTT-MLP kernels; 'auto' gives back
     what a fresh process picks (the oracle: a subprocess without BITTTT_ISA); an unknown name

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from bitttt import ops, reference
+from bitttt import _C, ops, reference
 
 # Float32 outputs: the integer sums are identical, only the epilogue's rounding order
 # differs (the kernels multiply by 1/s_x, the reference divides by s_x): a few ulps.
@@ -102,7 +102,7 @@ def kernel_activation_codes(x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
-def test_matmul_int8_exact(isa, shape):
+def test_matmul_int8_exact(isa_amx, shape):
     M, K, N = shape
     torch.manual_seed(M * 31 + K * 7 + N)
     x_q = torch.randint(-128, 128, (M, K), dtype=torch.int8)
@@ -131,11 +131,15 @@ def on_threads(n: int, fn):
         torch.set_num_threads(before)
 
 
+# The AMX tile kernels (the "amx" set): built, and the CPU and OS have them.
+AMX = _C.build_info()["amx"] and _C.cpu_features()["amx_int8"]
+
+
 # bitttt serve's batches: M = 2..16 tokens (the 4-token tiles and every remainder), odd K,
 # N past two 64-row tasks, on 2 threads (a thread's range holds several tasks). Each row is
 # exact, and equals the one-token call on that token (M = 1 runs other tiles).
 @pytest.mark.parametrize("M", range(2, 17))
-def test_matmul_int8_serve_batches(isa, M):
+def test_matmul_int8_serve_batches(isa_amx, M):
     K, N = 2567, 197  # Kp = 2816: past one 2048-weight K block of the prefill tiles
     x_q = serve_batch(M, K, seed=M)
     torch.manual_seed(M)
@@ -162,7 +166,7 @@ EXTREME_PATTERNS = {
 @pytest.mark.parametrize("M", [1, 5, 8, 13, 16])
 @pytest.mark.parametrize("K", [2600, 4096])
 @pytest.mark.parametrize("pattern", list(EXTREME_PATTERNS), ids=list(EXTREME_PATTERNS))
-def test_matmul_int8_extreme_values(isa, pattern, K, M):
+def test_matmul_int8_extreme_values(isa_amx, pattern, K, M):
     x_of, q_of = EXTREME_PATTERNS[pattern]
     x_row = [x_of(k) for k in range(K)]
     q_row = [q_of(k) for k in range(K)]
@@ -176,13 +180,41 @@ def test_matmul_int8_extreme_values(isa, pattern, K, M):
     assert torch.equal(out, want)
 
 
+# The AMX tiles (2..16 tokens) against the scalar reference, bit for bit: the same int32 sums
+# and the same epilogue, so the float32 and bfloat16 outputs are equal too. K = 2600 (odd
+# blocks: Kp = 2816, past one 64-weight tile step many times, a padded tail), N = 197 (three
+# 64-row panels and a panel of 5 rows: C tiles of 16, 16, 16, 5 and zero rows), one token
+# saturated at +127 and one at -128.
+@pytest.mark.skipif(not AMX, reason="no AMX here (CPU, OS grant or compiler): the tiles cannot run")
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("M", range(2, 17))
+def test_amx_equals_scalar_bit_for_bit(M, dtype):
+    x = torch.randn(M, 2600, generator=torch.Generator().manual_seed(M)).to(dtype)
+    x[0] = 5.0  # every activation quantizes to 127
+    x[-1, ::2] = -7.0  # the absmax: these quantize to -127 (-128 comes in x_q, the int8 op's input)
+    torch.manual_seed(M)
+    packed = ops.pack_ternary(random_ternary(197, 2600))
+    w_scale = torch.rand(197) + 0.5
+    bias = torch.randn(197)
+    x_q = serve_batch(M, 2600, seed=M)
+    out = {}
+    try:
+        for name in ("scalar", "amx"):
+            _C.set_isa(name)
+            out[name] = (ops.ternary_linear(x, packed, w_scale, bias), ops.ternary_matmul_int8(x_q, packed))
+    finally:
+        _C.set_isa("auto")
+    assert torch.equal(out["amx"][0], out["scalar"][0])
+    assert torch.equal(out["amx"][1], out["scalar"][1])
+
+
 def test_matmul_int8_zero_rows(isa):
     q = random_ternary(5, 300)
     out = ops.ternary_matmul_int8(torch.zeros(0, 300, dtype=torch.int8), ops.pack_ternary(q))
     assert out.dtype == torch.int32 and tuple(out.shape) == (0, 5)
 
 
-def test_matmul_int8_non_contiguous_x(isa):
+def test_matmul_int8_non_contiguous_x(isa_amx):
     torch.manual_seed(1)
     x_q = torch.randint(-128, 128, (300, 9), dtype=torch.int8).T  # [9, 300]
     assert not x_q.is_contiguous()
@@ -199,7 +231,7 @@ def test_matmul_int8_non_contiguous_x(isa):
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
 @pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
-def test_ternary_linear_matches_reference(isa, shape, dtype, bias):
+def test_ternary_linear_matches_reference(isa_amx, shape, dtype, bias):
     M, K, N = shape
     x, q, packed, w_scale, b = sample_inputs((M,), K, N, dtype, bias, seed=M * 31 + K * 7 + N)
     y = ops.ternary_linear(x, packed, w_scale, b)
@@ -261,7 +293,7 @@ def test_bf16_x_with_float32_bias(isa):
     assert_matches(y, expected_linear(x, q, w_scale, b))
 
 
-def test_single_token_in_batch_is_independent(isa):
+def test_single_token_in_batch_is_independent(isa_amx):
     # A token's output depends only on that token (per-token scales, no cross-row state).
     x, q, packed, w_scale, b = sample_inputs((64,), 2600, 100, bias=True, seed=5)
     full = ops.ternary_linear(x, packed, w_scale, b)
@@ -389,7 +421,7 @@ SATURATED = {
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
 @pytest.mark.parametrize("K", [2600, 4096])
 @pytest.mark.parametrize("pattern", list(SATURATED), ids=list(SATURATED))
-def test_saturated_activations(isa, pattern, K, dtype):
+def test_saturated_activations(isa_amx, pattern, K, dtype):
     x_of, q_of, sign = SATURATED[pattern]
     M, N = 5, 4
     x = torch.tensor([[x_of(k) for k in range(K)]] * M).to(dtype)
@@ -410,7 +442,7 @@ def test_saturated_activations(isa, pattern, K, dtype):
 @pytest.mark.parametrize("position", [0, 150, 299], ids=["k0", "k150", "klast"])
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "neginf"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
-def test_non_finite_token_gives_nan_row(isa, dtype, bad, position):
+def test_non_finite_token_gives_nan_row(isa_amx, dtype, bad, position):
     x, q, packed, w_scale, b = sample_inputs((6,), 300, 17, dtype, bias=True, seed=9)
     bad_rows, good_rows = [1, 4], [0, 2, 3, 5]
     x[1, position] = bad

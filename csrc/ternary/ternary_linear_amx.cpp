@@ -1,0 +1,162 @@
+// AMX BT2 kernels for calls of 2..16 tokens (bitttt serve's decode batches); compiled with
+// -mamx-tile -mamx-int8 and the AVX-512 flags, chosen at run time (dispatch.cpp: "amx").
+// Other token counts, quantization and the activation layout are the AVX-512 VNNI set's.
+//
+// One TDPBSSD multiplies a tile A of M tokens x 64 int8 activations by a tile B of 64 k x 16
+// weight rows (4 k per 32-bit column) into M x 16 int32 sums: 16 * 64 * M multiply-adds per
+// instruction, against 64 per vpdpbusd. A is the activations as the AVX-512 layout already
+// holds them (M rows of 64 bytes, stride Kp). B must hold, in row kk, each weight row's codes
+// of the 4 k that A's bytes 4kk..4kk+3 meet: in that layout (ternary_linear_avx512vnni.cpp),
+// bytes 64s..64s+63 of a 256-k block meet bits 2s..2s+1 of the weight row's 64 bytes in
+// order, so B for shift s is the 16 rows' 64 bytes transposed as a 16 x 16 matrix of 32-bit
+// words, then each byte shifted and masked. Codes are 0..2 (weight + 1); the epilogue
+// subtracts the token's activation sum, as in every BT2 kernel. Integer sums: the results
+// are the scalar reference's, bit for bit.
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "amx.h"
+#include "ternary/bt2.h"
+
+namespace bitttt::ternary {
+namespace {
+
+constexpr int64_t kPairBytes = 2 * kBT2RunBytes;  // a weight row's 64 bytes per 256 k
+constexpr int64_t kPairK = 2 * kBT2RunK;
+static_assert(kBT2PadK % kPairK == 0, "Kp must hold whole run pairs");
+constexpr int kTileRows = amx::kMaxRows;  // weight rows per B tile (its 16 int32 columns)
+constexpr int kGroups = 4;                // C tiles 0..3: 64 weight rows per panel
+constexpr int64_t kPanelRows = kGroups * kTileRows;
+constexpr int kMinTokens = 2, kMaxTokens = amx::kMaxRows;
+constexpr int kTileBytes = kTileRows * amx::kMaxColsb;  // one B tile: 1 KB
+// Prefetch the weight rows this many bytes ahead (4 pairs): 64 rows stream at once, each in
+// 64-byte steps, which the hardware prefetchers follow poorly.
+constexpr int64_t kPrefetchBytes = 4 * kPairBytes;
+
+// permutex2var indices of transpose_16x16's rounds b = 8, 4, 2, 1: row i (bit b clear) keeps
+// its left b-blocks and takes row i + b's (lo); row i + b takes row i's right ones (hi).
+struct SwapIndices {
+  alignas(64) int32_t lo[4][16];
+  alignas(64) int32_t hi[4][16];
+};
+constexpr SwapIndices swap_indices() {
+  SwapIndices t{};
+  for (int round = 0, b = 8; round < 4; ++round, b /= 2)
+    for (int j = 0; j < 16; ++j) {
+      t.lo[round][j] = (j & b) ? 16 + j - b : j;
+      t.hi[round][j] = (j & b) ? 16 + j : j + b;
+    }
+  return t;
+}
+alignas(64) constexpr SwapIndices kSwap = swap_indices();
+
+// Transposes r as a 16 x 16 matrix of 32-bit words: four rounds, each swapping the
+// off-diagonal b x b blocks of every 2b x 2b block (b = 8, 4, 2, 1).
+inline void transpose_16x16(__m512i r[16]) {
+  for (int round = 0, b = 8; round < 4; ++round, b /= 2) {
+    const __m512i lo = _mm512_load_si512(kSwap.lo[round]), hi = _mm512_load_si512(kSwap.hi[round]);
+    for (int i = 0; i < 16; ++i) {
+      if (i & b) continue;
+      const __m512i a = r[i], c = r[i + b];
+      r[i] = _mm512_permutex2var_epi32(a, lo, c);
+      r[i + b] = _mm512_permutex2var_epi32(a, hi, c);
+    }
+  }
+}
+
+// The four B tiles (shifts s = 0..3) of `rows` weight rows (rows past them: zero) for one
+// 256-k block: w points at the first row's 64 bytes of that block.
+inline void decode_group(const uint8_t* w, int64_t row_bytes, int64_t rows, int8_t* tiles) {
+  __m512i r[16];
+  for (int i = 0; i < 16; ++i) {
+    if (i < rows) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + i * row_bytes + kPrefetchBytes), _MM_HINT_T0);
+      r[i] = _mm512_loadu_si512(w + i * row_bytes);
+    } else {
+      r[i] = _mm512_setzero_si512();
+    }
+  }
+  transpose_16x16(r);
+  const __m512i mask = _mm512_set1_epi8(3);
+  for (int s = 0; s < 4; ++s)
+    for (int kk = 0; kk < 16; ++kk)
+      _mm512_store_si512(tiles + s * kTileBytes + kk * 64, _mm512_and_si512(_mm512_srli_epi16(r[kk], 2 * s), mask));
+}
+
+// Writes the M x rows sums of a C tile (tokens [m0, m0 + M), rows [n, n + rows)) through the epilogue.
+inline void store_group(const int32_t (*sums)[kTileRows], int64_t m0, int64_t M, int64_t n, int64_t rows,
+                        const Epilogue& ep) {
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t j = 0; j < rows; ++j) store_output(ep, m0 + m, n + j, sums[m][j]);
+}
+
+// Tokens [m0, m1) (2..16) x rows [n0, n1) in panels of 64 rows: four C tiles of M x 16 sums.
+void matmul_tiles(const int8_t* xq, int64_t Kp, const uint8_t* packed, int64_t m0, int64_t m1, int64_t n0,
+                  int64_t n1, const Epilogue& ep) {
+  const int64_t M = m1 - m0, row_bytes = Kp / kBT2WeightsPerByte;
+  amx::TileConfig config;
+  for (int g = 0; g < kGroups; ++g) amx::set_tile(config, g, static_cast<int>(M), amx::kMaxColsb);
+  amx::set_tile(config, 4, static_cast<int>(M), amx::kMaxColsb);  // A: M tokens x 64 k
+  amx::set_tile(config, 5, kTileRows, amx::kMaxColsb);            // B: 64 k x 16 rows
+  amx::set_tile(config, 6, kTileRows, amx::kMaxColsb);
+  const amx::TileScope scope(config);
+  alignas(64) int8_t tiles[kGroups][4 * kTileBytes];  // 16 KB of decoded codes: stays in L1
+  const int8_t* x = xq + m0 * Kp;
+  for (int64_t n = n0; n < n1; n += kPanelRows) {
+    const int64_t rows = std::min(kPanelRows, n1 - n);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int64_t p = 0; p < Kp / kPairK; ++p) {
+      for (int g = 0; g < kGroups; ++g)
+        decode_group(packed + (n + g * kTileRows) * row_bytes + p * kPairBytes, row_bytes,
+                     std::clamp<int64_t>(rows - g * kTileRows, 0, kTileRows), tiles[g]);
+      for (int s = 0; s < 4; ++s) {
+        // C tile g += A (tile 4) x group g's B; B alternates between tiles 5 and 6 so that a
+        // load can overlap the previous product. (Tile numbers are literals: GCC's intrinsics
+        // paste them into the instruction.)
+        _tile_loadd(4, x + p * kPairK + s * 64, Kp);
+        _tile_loadd(5, tiles[0] + s * kTileBytes, amx::kMaxColsb);
+        _tile_dpbssd(0, 4, 5);
+        _tile_loadd(6, tiles[1] + s * kTileBytes, amx::kMaxColsb);
+        _tile_dpbssd(1, 4, 6);
+        _tile_loadd(5, tiles[2] + s * kTileBytes, amx::kMaxColsb);
+        _tile_dpbssd(2, 4, 5);
+        _tile_loadd(6, tiles[3] + s * kTileBytes, amx::kMaxColsb);
+        _tile_dpbssd(3, 4, 6);
+      }
+    }
+    auto group_rows = [&](int g) { return std::clamp<int64_t>(rows - g * kTileRows, 0, kTileRows); };
+    alignas(64) int32_t sums[kGroups][kMaxTokens][kTileRows];
+    constexpr int64_t kSumStride = kTileRows * sizeof(int32_t);
+    _tile_stored(0, sums[0], kSumStride);
+    _tile_stored(1, sums[1], kSumStride);
+    _tile_stored(2, sums[2], kSumStride);
+    _tile_stored(3, sums[3], kSumStride);
+    for (int g = 0; g < kGroups; ++g) store_group(sums[g], m0, M, n + g * kTileRows, group_rows(g), ep);
+  }
+}
+
+void matmul(const int8_t* xq, int64_t Kp, const uint8_t* packed, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
+            const Epilogue& ep) {
+  const int64_t M = m1 - m0;
+  if (M < kMinTokens || M > kMaxTokens) return bt2_kernels_avx512vnni().matmul(xq, Kp, packed, m0, m1, n0, n1, ep);
+  matmul_tiles(xq, Kp, packed, m0, m1, n0, n1, ep);
+}
+
+}  // namespace
+
+// The AVX-512 set's name: the other op families (TTT, fake quantization, ...) and the trit5
+// choice key on it, and this set is that one with tiles for 2..16 tokens.
+const Bt2Kernels& bt2_kernels_amx() {
+  static const Bt2Kernels kernels = [] {
+    Bt2Kernels k = bt2_kernels_avx512vnni();
+    k.matmul = matmul;
+    return k;
+  }();
+  return kernels;
+}
+
+}  // namespace bitttt::ternary
