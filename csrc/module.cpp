@@ -219,7 +219,7 @@ PYBIND11_MODULE(_C, mod) {
   mod.def("trit5_isa", [] { return std::string(bitttt::ternary::active_trit5_kernels().name); },
           "The trit5 (5 weights per byte) kernel set that goes with the active ternary one.");
   mod.def("amx_active", &bitttt::ternary::amx_active,
-          "True while the AVX-512 set runs AMX tiles for 2..16 tokens (set 'amx', the default where available).");
+          "True while the AVX-512 set runs AMX tiles (set 'amx', the default where available).");
   mod.def("set_isa", &bitttt::ternary::set_isa, py::arg("name"),
           "Force a ternary kernel set: 'scalar', 'avx2', 'avx512', 'amx', 'neon', 'neon_dotprod' or 'auto'.");
   // Peak throughput (csrc/peak/peak.h; bitttt/bench/peak.py measures and checks with these).

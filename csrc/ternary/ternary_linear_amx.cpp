@@ -1,6 +1,7 @@
-// AMX BT2 kernels for calls of 2..16 tokens (bitttt serve's decode batches); compiled with
-// -mamx-tile -mamx-int8 and the AVX-512 flags, chosen at run time (dispatch.cpp: "amx").
-// Other token counts, quantization and the activation layout are the AVX-512 VNNI set's.
+// AMX BT2 kernels for calls of 2 or more tokens (bitttt serve's decode batches of 2..16, and
+// prefill in blocks of 16); compiled with -mamx-tile -mamx-int8 and the AVX-512 flags, chosen
+// at run time (dispatch.cpp: "amx"). One token, quantization and the activation layout are
+// the AVX-512 VNNI set's.
 //
 // One TDPBSSD multiplies a tile A of M tokens x 64 int8 activations by a tile B of 64 k x 16
 // weight rows (4 k per 32-bit column) into M x 16 int32 sums: 16 * 64 * M multiply-adds per
@@ -15,6 +16,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <utility>
 
 #include "amx.h"
 #include "ternary/bt2.h"
@@ -51,18 +53,29 @@ constexpr SwapIndices swap_indices() {
 }
 alignas(64) constexpr SwapIndices kSwap = swap_indices();
 
+// One round of transpose_16x16: rows i (bit b clear) and i + b exchange blocks. Templates,
+// so that every step is unrolled and the 16 rows stay in registers (as loops, GCC kept them on
+// the stack: 30% slower).
+template <int Round, int... J>
+inline void swap_round(__m512i* r, std::integer_sequence<int, J...>) {
+  constexpr int b = 8 >> Round;
+  const __m512i lo = _mm512_load_si512(kSwap.lo[Round]), hi = _mm512_load_si512(kSwap.hi[Round]);
+  auto swap = [&](int i) {
+    const __m512i a = r[i], c = r[i + b];
+    r[i] = _mm512_permutex2var_epi32(a, lo, c);
+    r[i + b] = _mm512_permutex2var_epi32(a, hi, c);
+  };
+  (swap(J / b * 2 * b + J % b), ...);  // the 8 pairs (i, i + b) with bit b of i clear
+}
+
 // Transposes r as a 16 x 16 matrix of 32-bit words: four rounds, each swapping the
 // off-diagonal b x b blocks of every 2b x 2b block (b = 8, 4, 2, 1).
-inline void transpose_16x16(__m512i r[16]) {
-  for (int round = 0, b = 8; round < 4; ++round, b /= 2) {
-    const __m512i lo = _mm512_load_si512(kSwap.lo[round]), hi = _mm512_load_si512(kSwap.hi[round]);
-    for (int i = 0; i < 16; ++i) {
-      if (i & b) continue;
-      const __m512i a = r[i], c = r[i + b];
-      r[i] = _mm512_permutex2var_epi32(a, lo, c);
-      r[i + b] = _mm512_permutex2var_epi32(a, hi, c);
-    }
-  }
+inline void transpose_16x16(__m512i* r) {
+  constexpr auto pairs = std::make_integer_sequence<int, 8>{};
+  swap_round<0>(r, pairs);
+  swap_round<1>(r, pairs);
+  swap_round<2>(r, pairs);
+  swap_round<3>(r, pairs);
 }
 
 // The four B tiles (shifts s = 0..3) of `rows` weight rows (rows past them: zero) for one
@@ -139,17 +152,23 @@ void matmul_tiles(const int8_t* xq, int64_t Kp, const uint8_t* packed, int64_t m
   }
 }
 
+// One token runs the AVX-512 kernels (a GEMV streams its rows as fast as they come); more run
+// the tiles, 16 tokens at a time (a 64-row task's rows stay in L2 for the next 16).
 void matmul(const int8_t* xq, int64_t Kp, const uint8_t* packed, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
             const Epilogue& ep) {
-  const int64_t M = m1 - m0;
-  if (M < kMinTokens || M > kMaxTokens) return bt2_kernels_avx512vnni().matmul(xq, Kp, packed, m0, m1, n0, n1, ep);
-  matmul_tiles(xq, Kp, packed, m0, m1, n0, n1, ep);
+  for (int64_t m = m0; m < m1; m += kMaxTokens) {
+    const int64_t e = std::min(m1, m + kMaxTokens);
+    if (e - m < kMinTokens)
+      bt2_kernels_avx512vnni().matmul(xq, Kp, packed, m, e, n0, n1, ep);
+    else
+      matmul_tiles(xq, Kp, packed, m, e, n0, n1, ep);
+  }
 }
 
 }  // namespace
 
 // The AVX-512 set's name: the other op families (TTT, fake quantization, ...) and the trit5
-// choice key on it, and this set is that one with tiles for 2..16 tokens.
+// choice key on it, and this set is that one with tiles for 2+ tokens.
 const Bt2Kernels& bt2_kernels_amx() {
   static const Bt2Kernels kernels = [] {
     Bt2Kernels k = bt2_kernels_avx512vnni();
