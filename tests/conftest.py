@@ -19,7 +19,7 @@ if os.environ.get("BITTTT_TEST_ISAS"):
     AVAILABLE_ISAS = [i for i in os.environ["BITTTT_TEST_ISAS"].split(",") if i in AVAILABLE_ISAS] or AVAILABLE_ISAS
 
 
-# "amx": the AVX-512 set with AMX tiles for calls of 2+ tokens (the ternary matmul; 2..16: the int8
+# "amx": the AVX-512 set with AMX tiles for calls of 8+ tokens (the ternary matmul; 2..16: the int8
 # head). It reports itself as "avx512" (the other op families key on that name), so it is not in
 # available_isas(); where the build, CPU and OS have it, the matmul tests take `isa_amx` below.
 AMX_ISAS = ["amx"] if _C.build_info()["amx"] and _C.cpu_features()["amx_int8"] else []

@@ -108,7 +108,7 @@ const Bt2Kernels& bt2_kernels_avx2();
 const Bt2Kernels& bt2_kernels_avx512vnni();
 #endif
 #if defined(BITTTT_AMX)
-const Bt2Kernels& bt2_kernels_amx();  // the AVX-512 set with AMX tiles for 2+ tokens
+const Bt2Kernels& bt2_kernels_amx();  // the AVX-512 set with AMX tiles for 8+ tokens
 #endif
 #if defined(BITTTT_ARM64)
 const Bt2Kernels& bt2_kernels_neon();

@@ -22,7 +22,7 @@ const Lut16Kernels& active_lut16_kernels();
 // runs the AVX2 ones), the scalar reference otherwise (NEON has none yet).
 const Trit5Kernels& active_trit5_kernels();
 // True while the active set is "amx": the AVX-512 set (same name, layouts and other op
-// families) whose matmul runs AMX tiles for 2 or more tokens, and the int8 head for 2..16.
+// families) whose matmul runs AMX tiles for 8 or more tokens, and the int8 head for 2..16.
 // "auto" picks it where cpu_features().amx_int8; BITTTT_ISA=avx512 (or set_isa("avx512"))
 // turns the tiles off.
 bool amx_active();

@@ -1,6 +1,6 @@
-// AMX BT2 kernels for calls of 2 or more tokens (bitttt serve's decode batches of 2..16, and
+// AMX BT2 kernels for calls of 8 or more tokens (bitttt serve's decode batches of 8..16, and
 // prefill in blocks of 16); compiled with -mamx-tile -mamx-int8 and the AVX-512 flags, chosen
-// at run time (dispatch.cpp: "amx"). One token, quantization and the activation layout are
+// at run time (dispatch.cpp: "amx"). Fewer tokens, quantization and the activation layout are
 // the AVX-512 VNNI set's.
 //
 // One TDPBSSD multiplies a tile A of M tokens x 64 int8 activations by a tile B of 64 k x 16
@@ -28,13 +28,11 @@ constexpr int64_t kPairBytes = 2 * kBT2RunBytes;  // a weight row's 64 bytes per
 constexpr int64_t kPairK = 2 * kBT2RunK;
 static_assert(kBT2PadK % kPairK == 0, "Kp must hold whole run pairs");
 constexpr int kTileRows = amx::kMaxRows;  // weight rows per B tile (its 16 int32 columns)
-constexpr int kGroups = 4;                // C tiles 0..3: 64 weight rows per panel
-constexpr int64_t kPanelRows = kGroups * kTileRows;
-constexpr int kMinTokens = 2, kMaxTokens = amx::kMaxRows;
+// From 8 tokens: with weights from memory (1 thread, shared Xeon) the VNNI kernels' 4- and
+// 8-token tiles were up to 1.4x faster below 8 tokens (the decode into B tiles is a fixed
+// cost per weight), about even at 8, and slower from 10 on.
+constexpr int kMinTokens = 8, kMaxTokens = amx::kMaxRows;
 constexpr int kTileBytes = kTileRows * amx::kMaxColsb;  // one B tile: 1 KB
-// Prefetch the weight rows this many bytes ahead (4 pairs): 64 rows stream at once, each in
-// 64-byte steps, which the hardware prefetchers follow poorly.
-constexpr int64_t kPrefetchBytes = 4 * kPairBytes;
 
 // permutex2var indices of transpose_16x16's rounds b = 8, 4, 2, 1: row i (bit b clear) keeps
 // its left b-blocks and takes row i + b's (lo); row i + b takes row i's right ones (hi).
@@ -84,7 +82,9 @@ inline void decode_group(const uint8_t* w, int64_t row_bytes, int64_t rows, int8
   __m512i r[16];
   for (int i = 0; i < 16; ++i) {
     if (i < rows) {
-      _mm_prefetch(reinterpret_cast<const char*>(w + i * row_bytes + kPrefetchBytes), _MM_HINT_T0);
+      // Two groups ahead, into L2: each row is short (640 bytes at K = 2560), too short for
+      // the hardware prefetchers to get ahead of 16 rows read side by side.
+      _mm_prefetch(reinterpret_cast<const char*>(w + (i + 2 * kTileRows) * row_bytes), _MM_HINT_T1);
       r[i] = _mm512_loadu_si512(w + i * row_bytes);
     } else {
       r[i] = _mm512_setzero_si512();
@@ -97,63 +97,59 @@ inline void decode_group(const uint8_t* w, int64_t row_bytes, int64_t rows, int8
       _mm512_store_si512(tiles + s * kTileBytes + kk * 64, _mm512_and_si512(_mm512_srli_epi16(r[kk], 2 * s), mask));
 }
 
-// Writes the M x rows sums of a C tile (tokens [m0, m0 + M), rows [n, n + rows)) through the epilogue.
-inline void store_group(const int32_t (*sums)[kTileRows], int64_t m0, int64_t M, int64_t n, int64_t rows,
-                        const Epilogue& ep) {
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t j = 0; j < rows; ++j) store_output(ep, m0 + m, n + j, sums[m][j]);
-}
-
-// Tokens [m0, m1) (2..16) x rows [n0, n1) in panels of 64 rows: four C tiles of M x 16 sums.
+// Tokens [m0, m1) (2..16) x rows [n0, n1), 16 rows at a time over the whole K (16 rows
+// stream from memory side by side, which the hardware prefetchers follow; 64 rows at once
+// were 2x slower on weights from memory). C tile s (0..3) sums shift s's products, so that
+// consecutive products never wait for each other; the dot is C0 + C1 + C2 + C3.
 void matmul_tiles(const int8_t* xq, int64_t Kp, const uint8_t* packed, int64_t m0, int64_t m1, int64_t n0,
                   int64_t n1, const Epilogue& ep) {
   const int64_t M = m1 - m0, row_bytes = Kp / kBT2WeightsPerByte;
   amx::TileConfig config;
-  for (int g = 0; g < kGroups; ++g) amx::set_tile(config, g, static_cast<int>(M), amx::kMaxColsb);
-  amx::set_tile(config, 4, static_cast<int>(M), amx::kMaxColsb);  // A: M tokens x 64 k
-  amx::set_tile(config, 5, kTileRows, amx::kMaxColsb);            // B: 64 k x 16 rows
-  amx::set_tile(config, 6, kTileRows, amx::kMaxColsb);
+  for (int t = 0; t < 4; ++t) amx::set_tile(config, t, static_cast<int>(M), amx::kMaxColsb);  // C: M x 16 rows
+  for (int t = 4; t < 6; ++t) amx::set_tile(config, t, static_cast<int>(M), amx::kMaxColsb);  // A: M x 64 k
+  for (int t = 6; t < 8; ++t) amx::set_tile(config, t, kTileRows, amx::kMaxColsb);             // B: 64 k x 16 rows
   const amx::TileScope scope(config);
-  alignas(64) int8_t tiles[kGroups][4 * kTileBytes];  // 16 KB of decoded codes: stays in L1
+  alignas(64) int8_t tiles[4 * kTileBytes];  // one 256-k block's decoded codes: 4 KB, in L1
   const int8_t* x = xq + m0 * Kp;
-  for (int64_t n = n0; n < n1; n += kPanelRows) {
-    const int64_t rows = std::min(kPanelRows, n1 - n);
+  for (int64_t n = n0; n < n1; n += kTileRows) {
+    const int64_t rows = std::min<int64_t>(kTileRows, n1 - n);
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);
     _tile_zero(3);
     for (int64_t p = 0; p < Kp / kPairK; ++p) {
-      for (int g = 0; g < kGroups; ++g)
-        decode_group(packed + (n + g * kTileRows) * row_bytes + p * kPairBytes, row_bytes,
-                     std::clamp<int64_t>(rows - g * kTileRows, 0, kTileRows), tiles[g]);
-      for (int s = 0; s < 4; ++s) {
-        // C tile g += A (tile 4) x group g's B; B alternates between tiles 5 and 6 so that a
-        // load can overlap the previous product. (Tile numbers are literals: GCC's intrinsics
-        // paste them into the instruction.)
-        _tile_loadd(4, x + p * kPairK + s * 64, Kp);
-        _tile_loadd(5, tiles[0] + s * kTileBytes, amx::kMaxColsb);
-        _tile_dpbssd(0, 4, 5);
-        _tile_loadd(6, tiles[1] + s * kTileBytes, amx::kMaxColsb);
-        _tile_dpbssd(1, 4, 6);
-        _tile_loadd(5, tiles[2] + s * kTileBytes, amx::kMaxColsb);
-        _tile_dpbssd(2, 4, 5);
-        _tile_loadd(6, tiles[3] + s * kTileBytes, amx::kMaxColsb);
-        _tile_dpbssd(3, 4, 6);
-      }
+      decode_group(packed + n * row_bytes + p * kPairBytes, row_bytes, rows, tiles);
+      // A and B alternate between two tiles each, so that a load need not wait for the
+      // product reading the tile's previous contents. Tile numbers are literals: GCC's
+      // intrinsics paste them into the instruction.
+      const int8_t* xp = x + p * kPairK;
+      _tile_loadd(4, xp, Kp);
+      _tile_loadd(6, tiles, amx::kMaxColsb);
+      _tile_dpbssd(0, 4, 6);
+      _tile_loadd(5, xp + 64, Kp);
+      _tile_loadd(7, tiles + kTileBytes, amx::kMaxColsb);
+      _tile_dpbssd(1, 5, 7);
+      _tile_loadd(4, xp + 128, Kp);
+      _tile_loadd(6, tiles + 2 * kTileBytes, amx::kMaxColsb);
+      _tile_dpbssd(2, 4, 6);
+      _tile_loadd(5, xp + 192, Kp);
+      _tile_loadd(7, tiles + 3 * kTileBytes, amx::kMaxColsb);
+      _tile_dpbssd(3, 5, 7);
     }
-    auto group_rows = [&](int g) { return std::clamp<int64_t>(rows - g * kTileRows, 0, kTileRows); };
-    alignas(64) int32_t sums[kGroups][kMaxTokens][kTileRows];
+    alignas(64) int32_t sums[4][kMaxTokens][kTileRows];
     constexpr int64_t kSumStride = kTileRows * sizeof(int32_t);
     _tile_stored(0, sums[0], kSumStride);
     _tile_stored(1, sums[1], kSumStride);
     _tile_stored(2, sums[2], kSumStride);
     _tile_stored(3, sums[3], kSumStride);
-    for (int g = 0; g < kGroups; ++g) store_group(sums[g], m0, M, n + g * kTileRows, group_rows(g), ep);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t j = 0; j < rows; ++j)
+        store_output(ep, m0 + m, n + j, sums[0][m][j] + sums[1][m][j] + sums[2][m][j] + sums[3][m][j]);
   }
 }
 
-// One token runs the AVX-512 kernels (a GEMV streams its rows as fast as they come); more run
-// the tiles, 16 tokens at a time (a 64-row task's rows stay in L2 for the next 16).
+// Fewer than 8 tokens run the AVX-512 kernels; more run the tiles, 16 tokens at a time (a
+// 64-row task's rows stay in L2 for the next 16), a remainder under 8 the AVX-512 kernels.
 void matmul(const int8_t* xq, int64_t Kp, const uint8_t* packed, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
             const Epilogue& ep) {
   for (int64_t m = m0; m < m1; m += kMaxTokens) {
@@ -168,7 +164,7 @@ void matmul(const int8_t* xq, int64_t Kp, const uint8_t* packed, int64_t m0, int
 }  // namespace
 
 // The AVX-512 set's name: the other op families (TTT, fake quantization, ...) and the trit5
-// choice key on it, and this set is that one with tiles for 2+ tokens.
+// choice key on it, and this set is that one with tiles for 8+ tokens.
 const Bt2Kernels& bt2_kernels_amx() {
   static const Bt2Kernels kernels = [] {
     Bt2Kernels k = bt2_kernels_avx512vnni();

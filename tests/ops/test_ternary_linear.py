@@ -180,11 +180,10 @@ def test_matmul_int8_extreme_values(isa_amx, pattern, K, M):
     assert torch.equal(out, want)
 
 
-# The AMX tiles (2..16 tokens) against the scalar reference, bit for bit: the same int32 sums
-# and the same epilogue, so the float32 and bfloat16 outputs are equal too. K = 2600 (odd
-# blocks: Kp = 2816, past one 64-weight tile step many times, a padded tail), N = 197 (three
-# 64-row panels and a panel of 5 rows: C tiles of 16, 16, 16, 5 and zero rows), one token
-# saturated at +127 and one at -128.
+# The "amx" set at M = 2..16 (tiles from 8 tokens, the VNNI kernels below) against the scalar
+# reference, bit for bit: the same int32 sums and the same epilogue, so the float32 and
+# bfloat16 outputs are equal too. K = 2600 (Kp = 2816: 11 blocks of 256 k, a padded tail),
+# N = 197 (12 groups of 16 rows and one of 5), one token saturated at +127 and one at -128.
 @pytest.mark.skipif(not AMX, reason="no AMX here (CPU, OS grant or compiler): the tiles cannot run")
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS.get)
 @pytest.mark.parametrize("M", range(2, 17))
