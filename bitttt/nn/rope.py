@@ -39,7 +39,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, convention
     if convention == "half":
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos + torch.cat((-x2, x1), dim=-1) * sin
-    if x.dtype in (torch.float32, torch.float64) and x.stride(-1) == 1:
+    # Not under torch.compile: Inductor generates no code for complex ops (it falls back to
+    # eager for them), while it fuses the real form below into one kernel.
+    if x.dtype in (torch.float32, torch.float64) and x.stride(-1) == 1 and not torch.compiler.is_compiling():
         # The pair as a complex number times cos + i sin: one op forward and backward where
         # the real form takes a stack, four multiplies and their copies (training step).
         xc = torch.view_as_complex(x.unflatten(-1, (-1, 2)))
