@@ -82,24 +82,6 @@ def test_the_conventions_are_one_rotation_in_two_layouts():
         RoPE(D, convention="neox")
 
 
-def test_compiled_interleaved_rotary_is_real_arithmetic_and_the_same_rotation():
-    """Under torch.compile the interleaved rotation takes the real form: Inductor generates no
-    code for complex ops (it would fall back to eager for them in the compiled training step)."""
-    graphs = []
-
-    def backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm
-
-    torch.manual_seed(4)
-    x = torch.randn(2, 3, 9, 16)
-    positions = torch.arange(9)
-    got = torch.compile(Rotary(16), backend=backend, fullgraph=True)(x, positions)
-    targets = [str(n.target) for gm in graphs for n in gm.graph.nodes if n.op in ("call_function", "call_method")]
-    assert targets and not any("complex" in t for t in targets), targets
-    torch.testing.assert_close(got, rotated(x, positions), rtol=1e-6, atol=1e-6)
-
-
 @pytest.mark.parametrize("eps", [1e-6, 0.5])
 def test_rms_norm_is_torch_and_transformers_rms_norm(eps):
     transformers = pytest.importorskip("transformers")
