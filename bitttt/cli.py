@@ -280,7 +280,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     opt("--device", "where to train", choices=["auto", "cpu", "cuda"])
     opt("--seed", "seed for weights and batches", type=int)
     opt("--threads", "CPU threads; 0: one per core", type=int)
-    opt("--compile", "torch.compile the model", action=argparse.BooleanOptionalAction)
+    opt("--compile", "torch.compile the model's forward and backward at start-up (tens of seconds on a CPU); "
+        "eager, with a warning, where that fails", action=argparse.BooleanOptionalAction)
     opt("--log-format", "stdout format; events.jsonl is always written", choices=["text", "jsonl"])
     g.add_argument("--nproc", type=int, metavar="N", help="data parallel on this machine: start N processes "
                    "(one per GPU, or CPU cores shared out) under torchrun; --batch-size is per process. For "

@@ -26,7 +26,10 @@ MAX_BPE_VOCAB = 2**20
 
 # Presets: small overrides of the model defaults below (training overrides: TRAIN_PRESETS).
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {},  # 4 x 256: learns visibly in minutes on 2 CPU cores
+    # 4 x 256: learns visibly in minutes on 2 CPU cores. SwiGLU 2 x 256 wide, not 8/3 (768): the
+    # default run's held-out bits/byte stayed put (1.614 vs 1.616, same seed, 500 steps) with
+    # 22% fewer matmul FLOPs per token, ~1.2x the training steps/s (issue 26)
+    "tiny": {"intermediate_size": 512},
     "small": {"n_layer": 8, "n_embd": 512, "n_head": 8},
     "base": {"n_layer": 12, "n_embd": 768, "n_head": 12},  # the TTT paper's 125M shape
 }

@@ -528,14 +528,19 @@ def ttt_linear_decode_(q, k, v, lr, token_scale, state: TTTState, ln_w, ln_b):
     q, k, v: [B,H,D]; lr: [B,H]. Returns (out [B,H,D], the state with pos + 1); equal to
     ttt_linear over that one token.
     """
-    out_dtype = q.dtype
+    # Generation calls this once per token and layer: every step here is on its critical path
+    # (the op looked up once at import, the state unpacked once).
+    W, c, gW, gc, pos = state
+    pos = int(pos)
     if q.dtype in _LOW_PRECISION:
-        q, k, v, lr = q.float(), k.float(), v.float(), lr.float()
-    out = torch.ops.bitttt.ttt_linear_decode_.default(q, k, v, lr, token_scale, state.W, state.c, state.gW,
-                                                      state.gc, int(state.pos), ln_w, ln_b)
-    if out.dtype != out_dtype:
-        out = out.to(out_dtype)
-    return out, TTTState(state.W, state.c, state.gW, state.gc, int(state.pos) + 1)
+        out = _TTT_LINEAR_DECODE(q.float(), k.float(), v.float(), lr.float(), token_scale, W, c, gW, gc, pos, ln_w,
+                                 ln_b).to(q.dtype)
+    else:
+        out = _TTT_LINEAR_DECODE(q, k, v, lr, token_scale, W, c, gW, gc, pos, ln_w, ln_b)
+    return out, TTTState(W, c, gW, gc, pos + 1)
+
+
+_TTT_LINEAR_DECODE = torch.ops.bitttt.ttt_linear_decode_.default
 
 
 def _check_shape(op, name, t, want, dims):

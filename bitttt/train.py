@@ -153,13 +153,41 @@ class Trainer:
         torch.manual_seed(t.seed)
         self.model = BitTTTForCausalLM(self.config).to(self.device)
         check()
-        self.forward = torch.compile(self.world.wrap(self.model)) if t.compile else self.world.wrap(self.model)
+        self.forward = self.world.wrap(self.model)
         self.optimizer = make_optimizer(self.model, t, self.device)
         self.held_out = eval_mod.HeldOut.build(self.data.val, t.seq_len, t.eval_tokens, self.tokenizer)
         self.ternary_monitor = TernaryMonitor()
         if self.resume_ckpt:
             self._load(self.resume_ckpt)
         check()
+        self.compile_s: float | None = None  # seconds --compile took; None: eager
+        self.compile_error: str | None = None  # why --compile fell back to eager
+        if t.compile:
+            self._compile()
+            check()
+
+    def _compile(self) -> None:
+        """--compile: the forward torch.compile'd (its backward through AOTAutograd), compiled
+        here on one batch of the run's shape, forward and backward (its gradients are dropped),
+        so the first step's rate is a step's. Where compiling fails (no C++ compiler, an op
+        Inductor cannot lower) the run stays eager and says why (one warning, at the start)."""
+        t, eager = self.t, self.forward
+        compiled = torch.compile(eager)
+        x, y = data_mod.get_batch(self.data.train, t.batch_size, t.seq_len, t.seed, 0, 0, self.device,
+                                  *self.world.batch_share)  # the real batches' layout: no recompile at step 1
+        start = time.perf_counter()
+        try:
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                loss = compiled(x, labels=y).loss
+            loss.backward()
+        except Exception as e:  # whatever the compiler raises, eager still trains
+            torch._dynamo.reset()  # drop what was half compiled
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            self.compile_error = f"--compile: torch.compile failed ({type(e).__name__}: {first[:200]}); training eagerly"
+        else:
+            self.forward, self.compile_s = compiled, round(time.perf_counter() - start, 1)
+        finally:
+            self.model.zero_grad(set_to_none=True)
 
     def _tokenizer(self) -> Tokenizer:
         path = os.path.join(self.run_dir, "tokenizer.json")
@@ -306,7 +334,10 @@ class Trainer:
                   n_params=self.model.num_params(), device=str(self.device), total_steps=t.steps, argv=self.argv,
                   start_step=self.step, resumed_from=self.resume_ckpt, world_size=self.world.size,
                   process_start=round(process_start_time(), 3),
-                  global_batch_size=self.t.batch_size * self.t.grad_accum * self.world.size)
+                  global_batch_size=self.t.batch_size * self.t.grad_accum * self.world.size,
+                  compile_s=self.compile_s)
+        if self.compile_error:
+            self.emit("warning", message=self.compile_error)
         if self.step == 0:
             self._eval_event()  # a stop during it: StopRequested, nothing trained (the caller's start-up stop)
         t0, first_step, last_log_step = time.time(), self.step, self.step

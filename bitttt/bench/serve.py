@@ -311,7 +311,9 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> dict[str, Any]:
                 extra = {"transport": "loopback HTTP, streaming /v1/completions"} if contender == LLAMA_CONTENDER else {}
                 cases.append(case(f"{name} decode, {n} streams", contender, args.threads, values[n], "tokens/s",
                                   streams=n, **extra))
-                print(f"{name:5s} {n:3d} streams: {statistics.median(values[n]):8.1f} tokens/s aggregate "
+                step_ms = n / statistics.median(values[n]) * 1e3  # a slow single stream shows here first
+                print(f"{name:5s} {n:3d} streams: {statistics.median(values[n]):8.1f} tokens/s aggregate, "
+                      f"{step_ms:.1f} ms per step "
                       f"({statistics.median(values[n]) / statistics.median(values[args.streams[0]]):.2f}x "
                       f"{args.streams[0]} stream{'s' if args.streams[0] > 1 else ''}), {contender}", file=out, flush=True)
         if name != "2b":  # a TTT conversation: the state cache's case

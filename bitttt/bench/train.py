@@ -6,7 +6,9 @@ grad-norm reads, grad clipping, AdamW, zero_grad), driven for every contender, t
 included, so they differ only in the model. Contenders (`--contenders`):
 - `nanogpt`: the plain float32 transformer (learned positions, GELU MLP, SDPA, AdamW);
 - `<mixer>-float` / `<mixer>-ternary`: `bitttt train --preset P --mixer <mixer>`, with
-  `--no-ternary` (the float twin) or without (the default, ternary).
+  `--no-ternary` (the float twin) or without (the default, ternary);
+- any of these with `+compile`: its forward `torch.compile`d, as `bitttt train --compile`
+  (the check step compiles it, outside the timing; `compile_s` records how long it took).
 The harness (bitttt/bench/harness.py) checks each contender first (one step: a finite loss
 near ln(vocab), weights that move), then interleaves them over rounds in rotating order; one
 call is a window of `--steps` steps. One case per thread count. `--profile N` instead prints
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from types import SimpleNamespace
 from typing import Any, TextIO
 
@@ -36,8 +39,12 @@ from bitttt.train import Trainer, make_optimizer
 START_LOSS_TOL = 1.0  # a fresh model's loss is within this of ln(vocab): logits start near uniform
 
 
+COMPILED = "+compile"  # a contender name's suffix: its forward torch.compile'd
+
+
 def contender_names() -> list[str]:
-    return [BASELINE] + [f"{m}-{k}" for m in cfg.MIXERS for k in ("float", "ternary")]
+    plain = [BASELINE] + [f"{m}-{k}" for m in cfg.MIXERS for k in ("float", "ternary")]
+    return plain + [n + COMPILED for n in plain]
 
 
 class _LossOutput:
@@ -60,6 +67,8 @@ def make_trainer(name: str, preset: str, t: cfg.TrainConfig, tokens: np.ndarray)
     """A Trainer holding only what train_step reads (no run directory, tokenizer or held-out set)."""
     torch.manual_seed(0)
     p = preset_config(preset)
+    compiled = name.endswith(COMPILED)
+    name = name.removesuffix(COMPILED)
     if name == BASELINE:
         model: torch.nn.Module = NanoGPT(BaselineConfig(vocab_size=p.vocab_size, block_size=t.seq_len,
                                                         n_layer=p.n_layer, n_embd=p.n_embd, n_head=p.n_head))
@@ -68,6 +77,8 @@ def make_trainer(name: str, preset: str, t: cfg.TrainConfig, tokens: np.ndarray)
         mixer, kind = name.rsplit("-", 1)
         model = forward = BitTTTForCausalLM(preset_config(preset, mixer=mixer, ternary=kind == "ternary"))
     model.train()
+    if compiled:
+        forward = torch.compile(forward)
     trainer = Trainer.__new__(Trainer)
     trainer.t, trainer.lr_decay, trainer.device = t, None, torch.device("cpu")
     trainer.world = distributed.World()
@@ -103,10 +114,19 @@ def make_contenders(names: list[str], preset: str, t: cfg.TrainConfig, steps: in
                 state["step"] += 1
                 trainer.train_step(state["step"])
 
-        n_params = sum(p.numel() for p in trainer.model.parameters())
-        out.append(Contender(name, window, check=lambda n=name, tr=trainer: check_step(n, tr, vocab),
-                             extra={"n_params": n_params}))
+        extra: dict[str, Any] = {"n_params": sum(p.numel() for p in trainer.model.parameters())}
+        out.append(Contender(name, window, check=lambda n=name, tr=trainer, e=extra: timed_check(n, tr, vocab, e),
+                             extra=extra))
     return out
+
+
+def timed_check(name: str, trainer: Trainer, vocab: int, extra: dict[str, Any]) -> float:
+    """check_step; a compiled contender's extra gets the seconds it took (the compile, mostly)."""
+    start = time.perf_counter()
+    loss = check_step(name, trainer, vocab)
+    if name.endswith(COMPILED):  # the first case's check compiles; the graph serves every thread count
+        extra.setdefault("compile_s", round(time.perf_counter() - start, 2))
+    return loss
 
 
 def add_ratios(results: list[harness.Result]) -> None:

@@ -11,7 +11,9 @@ heads of size D and mini-batch b, on the same inputs:
   call DECODE_STEPS steps back to back (as generation calls it; one 10-20 µs call alone is
   mostly timer and cache noise) and reported per step;
 - forward+backward ms (loss = out.sum() + W.sum(), gradients of every input), op vs reference
-  up to --ref-grad-max-tokens;
+  up to --ref-grad-max-tokens, eager and (unless --no-compile) with its per-mini-batch dual
+  form `torch.compile`d, forward and backward (AOTAutograd), warmed up before the rounds; if
+  compiling fails here the case records the error (`compiled_error`) instead of that contender;
 - beside the forward+backward entries: bytes saved for backward (unique storages autograd keeps)
   and the peak memory (CPU: process RSS growth sampled every millisecond; CUDA: torch's peak
   allocation).
@@ -143,6 +145,17 @@ def compiled_reference(b: int):
     return run
 
 
+def compiled_fwd_bwd_reference(b: int) -> Callable[..., Any]:
+    """compiled_reference returning (out, (W,)) like the op and the eager reference return (out, state)."""
+    cref = compiled_reference(b)
+
+    def run(*args):
+        out, W = cref(*args)
+        return out, (W,)
+
+    return run
+
+
 def _close(name: str, got: torch.Tensor, want: torch.Tensor, tol: float) -> float:
     err = float((got - want).abs().max())
     scale = max(float(want.abs().max()), 1.0)
@@ -163,17 +176,17 @@ def check_prefill(fn: Callable[..., Any], args: list[torch.Tensor], name: str) -
     return max(err, _close(f"{name} fast weights", W, st_r[0], VALIDATE_TOL)) if m == out_r.shape[2] else err
 
 
-def check_grads(args: list[torch.Tensor]) -> float:
-    """The op's gradients of every input against the reference's, on the first tokens."""
+def check_grads(args: list[torch.Tensor], fn: Callable[..., Any] | None = None, name: str = "op") -> float:
+    """fn's (default: the op's) gradients of every input against the eager reference's, on the first tokens."""
     n = min(VALIDATE_TOKENS, args[0].shape[2])
     part = [x[:, :, :n] for x in args[:4]] + args[4:]
     grads = []
-    for fn in (ops.ttt_linear, reference.ttt_linear):
+    for fn in (fn or ops.ttt_linear, reference.ttt_linear):
         leaves = [x.detach().clone().requires_grad_(x.is_floating_point()) for x in part]
         out, st = fn(*leaves)
         torch.autograd.backward([out.sum() + st[0].sum()])
         grads.append([x.grad for x in leaves])
-    return max(_close(f"gradient {i}", g, r, GRAD_TOL) for i, (g, r) in enumerate(zip(*grads, strict=True))
+    return max(_close(f"{name} gradient {i}", g, r, GRAD_TOL) for i, (g, r) in enumerate(zip(*grads, strict=True))
                if g is not None and r is not None)
 
 
@@ -234,12 +247,34 @@ def cases(B: int, T: int, H: int, D: int, b: int, device: str, with_compile: boo
         return {"saved_bytes": saved_bytes(lambda: fn(*leaves)), "peak_bytes": peak_rss_growth(fwd_bwd(fn))}
 
     train = [Contender("op", fwd_bwd(ops.ttt_linear), check=lambda: check_grads(args), extra=memory(ops.ttt_linear))]
+    train_extra: dict[str, Any] = {}
     if B * T <= ref_grad_max_tokens:
         train.append(Contender("reference", fwd_bwd(reference.ttt_linear), extra=memory(reference.ttt_linear)))
+        if with_compile:
+            compiled = compiled_fwd_bwd(b, args, leaves, fwd_bwd, memory)
+            if isinstance(compiled, Contender):
+                train.append(compiled)
+            else:
+                train_extra["compiled_error"] = compiled
     common = dict(threads=threads, device=device, extra=shape)
     return [Case(f"prefill B={B} T={T}", prefill, unit="tok/s", work=B * T, **common),
             Case(f"decode B={B} pos={p}", decode, unit="us", **common),
-            Case(f"fwd+bwd B={B} T={T}", train, unit="ms", **common)]
+            Case(f"fwd+bwd B={B} T={T}", train, unit="ms", **{**common, "extra": {**shape, **train_extra}})]
+
+
+def compiled_fwd_bwd(b: int, args: list[torch.Tensor], leaves: list[torch.Tensor],
+                     fwd_bwd: Callable[[Callable[..., Any]], Callable[[], None]],
+                     memory: Callable[[Callable[..., Any]], dict[str, int]]) -> Contender | str:
+    """The "reference-compiled" forward+backward contender, compiled and warmed up here (outside
+    the rounds), or why torch.compile failed on this machine (one line)."""
+    fn = compiled_fwd_bwd_reference(b)
+    try:
+        fwd_bwd(fn)()  # compiles the forward and the backward graphs
+        extra = memory(fn)
+    except Exception as e:  # noqa: BLE001 - any compiler failure: recorded, the bench goes on
+        return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
+    return Contender("reference-compiled", fwd_bwd(fn), check=lambda: check_grads(args, fn, "compiled reference"),
+                     extra=extra)
 
 
 def add_peak_pct(results: list[harness.Result], peaks: harness.Peaks | None, isa: str) -> None:
@@ -261,6 +296,8 @@ def format_results(results: list[harness.Result]) -> str:
         by_case.setdefault(r.case, {})[r.contender] = r
     for case, rs in by_case.items():
         op = rs["op"]
+        if "compiled_error" in op.extra:
+            lines.append(f"{case}: no reference-compiled: torch.compile failed: {op.extra['compiled_error']}")
         for name, r in rs.items():
             if name != "op":
                 ratio = op.median / r.median if op.unit.endswith("/s") else r.median / op.median

@@ -117,3 +117,32 @@ def test_percent_of_fp32_peak():
 def test_no_peaks_flag_parses():
     assert ttt.build_parser().parse_args(["--no-peaks"]).no_peaks
     assert not ttt.build_parser().parse_args([]).no_peaks
+
+
+def compile_args(**kw):
+    base = ["--batch", "1", "--tokens", "32", "--heads", "2", "--head-dim", "8", "--mini-batch", "16", "--rounds", "5",
+            "--threads", "1", "--no-peaks"]
+    return ttt.build_parser().parse_args(base + [str(a) for pair in kw.items() for a in pair])
+
+
+@pytest.mark.slow
+def test_fwd_bwd_has_a_compiled_reference_checked_against_the_eager_one():
+    record = ttt.run(compile_args(), out=io.StringIO())
+    got = {r.contender for r in record.results if r.case.startswith("fwd+bwd")}
+    assert got == {"op", "reference", "reference-compiled"}
+    assert not any("compiled_error" in r.extra for r in record.results)
+
+
+def test_a_compile_failure_is_recorded_in_the_fwd_bwd_case(monkeypatch):
+    def broken(b):
+        def run(*a):
+            raise RuntimeError("no C++ compiler\nmore detail")
+        return run
+
+    monkeypatch.setattr(ttt, "compiled_reference", broken)
+    cs = ttt.cases(1, 32, 2, 8, 16, "cpu", True, 8192)  # builds the contenders; only the fwd+bwd warm-up runs
+    fb = next(c for c in cs if c.name.startswith("fwd+bwd"))
+    assert [c.name for c in fb.contenders] == ["op", "reference"]
+    assert fb.extra["compiled_error"] == "RuntimeError: no C++ compiler"
+    r = harness.Result(fb.name, "op", 1, "passive", 1.0, 1.0, 1.0, "ms", 5, dict(fb.extra))
+    assert "torch.compile failed: RuntimeError: no C++ compiler" in ttt.format_results([r])

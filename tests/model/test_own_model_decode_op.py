@@ -16,6 +16,7 @@ from bitttt.model import BitTTTConfig, BitTTTForCausalLM
 from bitttt.nn import decode
 from bitttt.nn.attention import KV_MIN_CAPACITY
 from bitttt.nn.bitlinear import LUT16_ENV, TRIT5_ENV
+from greedy import decode_from, prefill  # noqa: E402  (tests/ is on sys.path)
 
 LOGITS_ATOL = 1e-5  # as tests/hf/test_fused_decode.py's float32 one-call decode
 
@@ -36,23 +37,6 @@ def micro(seed: int = 0, **kw) -> BitTTTForCausalLM:
     config = dict(vocab_size=320, n_layer=2, n_embd=64, n_head=2, mini_batch=4, intermediate_size=0)
     config.update(kw)
     return BitTTTForCausalLM(BitTTTConfig(**config)).eval()
-
-
-def prefill(model, ids: torch.Tensor):
-    with torch.no_grad():
-        out = model(ids, use_cache=True)
-    return out.logits[:, -1:].argmax(-1), out.cache
-
-
-def decode_from(model, token, cache, steps: int) -> tuple[list[int], torch.Tensor]:
-    tokens, logits = [], []
-    with torch.no_grad():
-        for _ in range(steps):
-            out = model(token, cache=cache)
-            logits.append(out.logits)
-            token, cache = out.logits[:, -1:].argmax(-1), out.cache
-            tokens.append(int(token))
-    return tokens, torch.cat(logits, 1)
 
 
 def both_paths(model, monkeypatch, ids, steps=19) -> tuple[tuple, tuple, int]:

@@ -10,6 +10,7 @@ from bitttt.errors import ConfigError
 from bitttt.model import BitTTTConfig, BitTTTForCausalLM
 from bitttt.nn import decode
 from bitttt.nn.bitlinear import LUT16_ENV, TRIT5_ENV, BitLinear
+from greedy import decode_greedy  # noqa: E402  (tests/ is on sys.path)
 
 # mixer, config overrides: every TTT layout the fused step has (conv or q/k, gate or none)
 VARIANTS = {
@@ -24,18 +25,6 @@ VARIANTS = {
 def micro(seed: int = 0, **kw) -> BitTTTForCausalLM:
     torch.manual_seed(seed)
     return BitTTTForCausalLM(BitTTTConfig(vocab_size=320, n_layer=2, n_embd=64, n_head=2, mini_batch=4, **kw)).eval()
-
-
-def decode_greedy(model, ids: torch.Tensor, steps: int) -> tuple[list[int], torch.Tensor]:
-    with torch.no_grad():
-        out = model(ids, use_cache=True)
-        token, cache, tokens, logits = out.logits[:, -1:].argmax(-1), out.cache, [], []
-        for _ in range(steps):
-            out = model(token, cache=cache)
-            logits.append(out.logits)
-            token, cache = out.logits[:, -1:].argmax(-1), out.cache
-            tokens.append(int(token))
-    return tokens, torch.cat(logits, 1)
 
 
 def both_paths(model, monkeypatch, ids, steps=19):

@@ -194,6 +194,21 @@ def test_bfloat16_inputs_run_in_float32():
     torch.testing.assert_close(out, out_r.bfloat16())
 
 
+def test_bfloat16_decode_runs_in_float32_and_returns_bfloat16():
+    args = [a.float() for a in sample_inputs(B=1, T=21, D=32, b=16)]
+    q, k, v, lr = (x.bfloat16() for x in args[:4])
+    ts, ln_w, ln_b = args[4], args[7], args[8]
+    _, st = ops.ttt_linear(q[:, :, :20].float(), k[:, :, :20].float(), v[:, :, :20].float(), lr[:, :, :20].float(),
+                           *args[4:])
+    st_r = ops.TTTState(*(x.clone() for x in st[:4]), st.pos)
+    out, st = ops.ttt_linear_decode_(q[:, :, 20], k[:, :, 20], v[:, :, 20], lr[:, :, 20], ts, st, ln_w, ln_b)
+    # the oracle: the float32 prefill over the same (bfloat16-rounded) token
+    out_r, st_r = ops.ttt_linear(*(x[:, :, 20:].float() for x in (q, k, v, lr)), *args[4:], state=st_r)
+    assert out.dtype == torch.bfloat16 and st.W.dtype == torch.float32 and st.pos == 21
+    torch.testing.assert_close(out, out_r[:, :, 0].bfloat16())
+    assert_state_close(st, st_r, rtol=0, atol=0)
+
+
 def test_scalar_kernels_match(tmp_path):
     """BITTTT_ISA=scalar selects the portable kernel copy; it agrees with the default one."""
     code = (
