@@ -1,4 +1,4 @@
-// AMX BT2 kernels for calls of 8 or more tokens (bitttt serve's decode batches of 8..16, and
+// AMX BT2 kernels for calls of 8-9 or more tokens (bitttt serve's decode batches up to 16, and
 // prefill in blocks of 16); compiled with -mamx-tile -mamx-int8 and the AVX-512 flags, chosen
 // at run time (dispatch.cpp: "amx"). Fewer tokens, quantization and the activation layout are
 // the AVX-512 VNNI set's.
@@ -28,10 +28,13 @@ constexpr int64_t kPairBytes = 2 * kBT2RunBytes;  // a weight row's 64 bytes per
 constexpr int64_t kPairK = 2 * kBT2RunK;
 static_assert(kBT2PadK % kPairK == 0, "Kp must hold whole run pairs");
 constexpr int kTileRows = amx::kMaxRows;  // weight rows per B tile (its 16 int32 columns)
-// From 8 tokens: with weights from memory (1 thread, shared Xeon) the VNNI kernels' 4- and
-// 8-token tiles were up to 1.4x faster below 8 tokens (the decode into B tiles is a fixed
-// cost per weight), about even at 8, and slower from 10 on.
-constexpr int kMinTokens = 8, kMaxTokens = amx::kMaxRows;
+// The tiles from 9 tokens, or from 8 where Kp > 4096 (the VNNI set's 8-token tiles need
+// Kp <= 4096, tiles.inc). With weights from memory (shared Xeon) the VNNI tiles were up to
+// 1.4x faster below 8 tokens (the decode into B tiles is a fixed cost per weight) and even at
+// 8 with Kp = 2560 (amx_kernels_1t_shared.json); the AMX tiles 1.2-1.5x at 8 with Kp = 6912
+// and 1.1-1.9x at 16 (benchmarks/results/xeon-avx512-2c/amx_kernels_shared.json).
+constexpr int kMaxTokens = amx::kMaxRows;
+inline int64_t min_tile_tokens(int64_t Kp) { return Kp > 4096 ? 8 : 9; }
 constexpr int kTileBytes = kTileRows * amx::kMaxColsb;  // one B tile: 1 KB
 
 // permutex2var indices of transpose_16x16's rounds b = 8, 4, 2, 1: row i (bit b clear) keeps
@@ -148,13 +151,13 @@ void matmul_tiles(const int8_t* xq, int64_t Kp, const uint8_t* packed, int64_t m
   }
 }
 
-// Fewer than 8 tokens run the AVX-512 kernels; more run the tiles, 16 tokens at a time (a
-// 64-row task's rows stay in L2 for the next 16), a remainder under 8 the AVX-512 kernels.
+// Fewer than min_tile_tokens run the AVX-512 kernels; more run the tiles, 16 tokens at a time
+// (a 64-row task's rows stay in L2 for the next 16), a smaller remainder the AVX-512 kernels.
 void matmul(const int8_t* xq, int64_t Kp, const uint8_t* packed, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
             const Epilogue& ep) {
   for (int64_t m = m0; m < m1; m += kMaxTokens) {
     const int64_t e = std::min(m1, m + kMaxTokens);
-    if (e - m < kMinTokens)
+    if (e - m < min_tile_tokens(Kp))
       bt2_kernels_avx512vnni().matmul(xq, Kp, packed, m, e, n0, n1, ep);
     else
       matmul_tiles(xq, Kp, packed, m, e, n0, n1, ep);
