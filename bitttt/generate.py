@@ -96,17 +96,30 @@ class NgramBan:
         return sorted(self.follow.get(tuple(self.ids[len(self.ids) - self.n + 1:]), ()))
 
 
+def greedy_token(logits: torch.Tensor) -> int:
+    """The id of the first largest logit (the first NaN if any), as torch.argmax gives it. On the
+    CPU numpy's argmax does it: torch's took ~0.2 ms on a 128256-entry row (BitNet 2B's vocab),
+    ~10x numpy's, once per stream and step in bitttt serve."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32:
+        return int(logits.numpy().argmax())
+    return int(logits.argmax())
+
+
 def sample_next(logits: torch.Tensor, p: SamplingParams, seen: torch.Tensor | None,
                 generator: torch.Generator | None, banned: list[int] | None = None) -> int:
     """logits [V] float32 -> the next token id; `banned` ids are never chosen (unless all are)."""
-    logits = logits.float().clone()
-    if p.repetition_penalty != 1.0 and seen is not None and seen.numel():
+    logits = logits.detach().float()
+    penalize = p.repetition_penalty != 1.0 and seen is not None and seen.numel()
+    ban = bool(banned) and len(banned) < logits.numel()
+    if penalize or ban:
+        logits = logits.clone()  # the caller's logits stay as they were
+    if penalize:
         prev = logits[seen]
         logits[seen] = torch.where(prev > 0, prev / p.repetition_penalty, prev * p.repetition_penalty)
-    if banned and len(banned) < logits.numel():
+    if ban:
         logits[banned] = float("-inf")
     if p.temperature == 0:
-        return int(logits.argmax())
+        return greedy_token(logits)
     logits = logits / p.temperature
     if p.top_k > 0:
         kth = torch.topk(logits, min(p.top_k, logits.numel())).values[-1]

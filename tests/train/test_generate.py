@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from bitttt import cli, export
+from bitttt import cli, export, generate
 from bitttt.checkpoint import load_model
 from bitttt.chat_server import chat_jsonl
 from bitttt.generate import ChatSession, SamplingParams, generate_ids
@@ -160,3 +160,21 @@ def test_sampling_params_reject_wrong_types():
                 {"top_p": float("nan")}, {"no_repeat_ngram": -2}, {"bogus": 1}):
         with pytest.raises(ConfigError):
             SamplingParams.from_dict(bad)
+
+
+@pytest.mark.parametrize("case", ["random", "ties", "nan", "all -inf", "strided"])
+def test_greedy_token_is_torch_argmax(case):
+    """The oracle is torch.argmax: the first largest logit, the first NaN where there is one."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(128256, generator=g)
+    if case == "ties":
+        logits[[7, 70000, 128255]] = 50.0
+    elif case == "nan":
+        logits[[900, 90000]] = float("nan")
+    elif case == "all -inf":
+        logits = torch.full((320,), float("-inf"))
+    elif case == "strided":
+        logits = torch.randn(320, 4, generator=g)[:, 2]
+        logits[[3, 200]] = 9.0
+    assert generate.greedy_token(logits) == int(logits.argmax())
+    assert generate.greedy_token(logits.double()) == int(logits.double().argmax())  # the torch path
