@@ -10,7 +10,6 @@ every call reads them from memory (or the L3 where it holds them: say which in t
 from __future__ import annotations
 
 import argparse
-import datetime
 import statistics
 import sys
 import time
@@ -74,14 +73,10 @@ def main(argv: list[str] | None = None) -> int:
                       "median": statistics.median(ms), "min": min(ms), "max": max(ms), "unit": "ms",
                       "rounds": len(ms), "tokens": m, "isa": isa})
         print(f"{shape:18s} M={m:2d} {isa:7s} median {statistics.median(ms):8.3f} ms  min {min(ms):8.3f}", flush=True)
-    record = {"schema": harness.SCHEMA, "bench": "amx_kernels",
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "command": "python benchmarks/bench_amx.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "machine": harness.machine(None), "versions": harness.versions(), "load_before": load_before,
-              "load_after": harness.load_average(),
-              "settings": {"layers": LAYERS, "head": HEAD, "tokens": args.tokens, "isa": args.isa,
-                           "rounds": args.rounds, "cold_mb": args.cold_mb, "shared_machine": args.shared},
-              "cases": cases}
+    command = "python benchmarks/bench_amx.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    settings = {"layers": LAYERS, "head": HEAD, "tokens": args.tokens, "isa": args.isa, "rounds": args.rounds,
+                "cold_mb": args.cold_mb, "shared_machine": args.shared}
+    record = harness.record_of("amx_kernels", command, load_before, settings, cases)
     if args.json:
         harness.write_json(record, args.json)
         print(f"wrote {args.json}")

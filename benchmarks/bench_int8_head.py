@@ -8,7 +8,6 @@ two head copies alternating so every call reads its head from memory (660 MB > t
 from __future__ import annotations
 
 import argparse
-import datetime
 import statistics
 import sys
 import time
@@ -54,14 +53,10 @@ def main(argv: list[str] | None = None) -> int:
                       "wait_policy": harness.current_wait_policy(), "median": statistics.median(ms), "min": min(ms),
                       "max": max(ms), "unit": "ms", "rounds": len(ms), "tokens": m, "isa": isa})
         print(f"M={m:2d} {isa:7s} median {statistics.median(ms):7.2f} ms  min {min(ms):7.2f}", flush=True)
-    record = {"schema": harness.SCHEMA, "bench": "int8_head",
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "command": "python benchmarks/bench_int8_head.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "machine": harness.machine(None), "versions": harness.versions(), "load_before": load_before,
-              "load_after": harness.load_average(),
-              "settings": {"shape": [V, C], "tokens": args.tokens, "isa": args.isa, "rounds": args.rounds,
-                           "regime": "cold (two heads alternating)", "shared_machine": args.shared},
-              "cases": cases}
+    command = "python benchmarks/bench_int8_head.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    settings = {"shape": [V, C], "tokens": args.tokens, "isa": args.isa, "rounds": args.rounds,
+                "regime": "cold (two heads alternating)", "shared_machine": args.shared}
+    record = harness.record_of("int8_head", command, load_before, settings, cases)
     if args.json:
         harness.write_json(record, args.json)
         print(f"wrote {args.json}")

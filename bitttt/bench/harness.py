@@ -655,6 +655,17 @@ class Record:
         write_json(self.to_json(), path)
 
 
+def record_of(bench: str, command: str, load_before: list[float], settings: dict[str, Any],
+              cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """The result record of a bench that builds its own cases (bench serve, benchmarks/*.py),
+    in the shape Report.to_json writes: dated now, on this machine (no peaks), load measured
+    now as load_after."""
+    return {"schema": SCHEMA, "bench": bench,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": command, "machine": machine(None), "versions": versions(), "load_before": load_before,
+            "load_after": load_average(), "settings": settings, "cases": cases}
+
+
 def write_json(record: dict[str, Any], path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:

@@ -22,7 +22,6 @@ not the harness's per-call contenders: a case is the engine stepping N streams f
 from __future__ import annotations
 
 import argparse
-import datetime
 import http.client
 import json
 import os
@@ -334,17 +333,13 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> dict[str, Any]:
                   f"state cache ({seen['state cache'][1]} of {seen['state cache'][0]} prompt tokens cached), "
                   f"{statistics.median(ttft['no cache']) * 1e3:.1f} ms without: {speedup:.1f}x", file=out, flush=True)
         del model
-    record = {"schema": harness.SCHEMA, "bench": "serve",
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "command": "bitttt " + " ".join(getattr(args, "argv", []) or ["bench", "serve"]),
-              "machine": harness.machine(None), "versions": harness.versions(), "load_before": load_before,
-              "load_after": harness.load_average(),
-              "settings": {"models": args.models, "streams": args.streams, "steps": args.steps, "rounds": args.rounds,
-                           "turns": args.turns, "user_tokens": TURN_USER_TOKENS, "reply_tokens": TURN_REPLY_TOKENS,
-                           "lm_head": args.lm_head, "layers_2b": args.layers if "2b" in args.models else None,
-                           "llama_python": getattr(args, "llama_python", None),
-                           "shared_machine": bool(getattr(args, "shared", False))},
-              "cases": cases}
+    settings = {"models": args.models, "streams": args.streams, "steps": args.steps, "rounds": args.rounds,
+                "turns": args.turns, "user_tokens": TURN_USER_TOKENS, "reply_tokens": TURN_REPLY_TOKENS,
+                "lm_head": args.lm_head, "layers_2b": args.layers if "2b" in args.models else None,
+                "llama_python": getattr(args, "llama_python", None),
+                "shared_machine": bool(getattr(args, "shared", False))}
+    command = "bitttt " + " ".join(getattr(args, "argv", []) or ["bench", "serve"])
+    record = harness.record_of("serve", command, load_before, settings, cases)
     if args.json:
         harness.write_json(record, args.json)
         print(f"wrote {args.json}", file=out)
