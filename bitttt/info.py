@@ -109,6 +109,7 @@ def collect() -> dict[str, Any]:
             "available_isas": list(_C.available_isas()),
             "isa": isa,
             "isa_error": isa_error,
+            "amx_tiles": bool(isa is not None and _C.amx_active()),  # the avx512 set's AMX tiles run
             "BITTTT_ISA": os.environ.get("BITTTT_ISA"),
         },
         "cuda": cuda_info(),
@@ -134,6 +135,8 @@ def format_text(info: dict[str, Any]) -> str:
         isa = f"{tern['isa']} (forced by BITTTT_ISA={tern['BITTTT_ISA']})"
     else:
         isa = f"{tern['isa']} (BITTTT_ISA unset: best available)"
+    if tern.get("amx_tiles"):
+        isa += "; AMX tiles for calls of 8+ tokens (BITTTT_ISA=avx512 turns them off)"
     l3 = f", L3 {c['l3_cache_bytes'] // 2**20} MiB" if c["l3_cache_bytes"] else ""
     detected = [name for name, present in c["features"].items() if present]
     rows = [

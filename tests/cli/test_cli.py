@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -51,6 +52,26 @@ def test_info_json(capsys):
     assert cuda["device_count"] == len(cuda["devices"])
     # Either the kernels are here, or the report says why not.
     assert cuda["kernels_compiled"] != bool(cuda["kernels_missing_reason"])
+
+
+def info_json(env_isa: str | None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "BITTTT_ISA"}
+    if env_isa is not None:
+        env["BITTTT_ISA"] = env_isa
+    out = subprocess.run([sys.executable, "-c", "import sys; from bitttt import cli; sys.exit(cli.main(['info', '--json']))"],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def test_info_says_whether_the_amx_tiles_run():
+    """The oracle: what the CPU and the build have (cpu_features, build_info), and BITTTT_ISA."""
+    from bitttt import _C
+
+    has_amx = bool(_C.cpu_features().get("amx_int8")) and bool(_C.build_info().get("amx"))
+    assert info_json(None)["ternary"]["amx_tiles"] is has_amx
+    if "avx512" in _C.available_isas():
+        assert info_json("avx512")["ternary"]["amx_tiles"] is False
+    assert info_json("scalar")["ternary"]["amx_tiles"] is False
 
 
 @pytest.mark.parametrize("argv", [
