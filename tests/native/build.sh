@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the torch-free kernel tests, OUT/test_kernels (BT2 ternary kernels) and OUT/test_ttt
 # (TTT-Linear kernels), with the given C++ compiler for the compiler's target: x86-64
-# (scalar, avx2, avx512; TTT scalar, avx2, avx512) or aarch64 (scalar, neon, neon_dotprod;
-# TTT scalar). Language mode and per-file flags are CMakeLists.txt's.
+# (scalar, avx2, avx512, and amx where the compiler has it; TTT scalar, avx2, avx512) or
+# aarch64 (scalar, neon, neon_dotprod; TTT scalar). Language mode and per-file flags are
+# CMakeLists.txt's.
 #   tests/native/build.sh [CXX] [OUT]      e.g. tests/native/build.sh aarch64-linux-gnu-g++ build/native/aarch64
 set -euo pipefail
 CXX=${1:-g++}
@@ -27,7 +28,13 @@ case $("$CXX" -dumpmachine) in
              "ternary/ternary_linear_trit5_avx2.cpp|-mavx2 -mfma -mf16c $NOFMA"
              "ternary/ternary_linear_trit5_avx512.cpp|-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mfma -mf16c $NOFMA")
     TTT=("ttt/ttt_linear_scalar.cpp|-Wno-psabi" "ttt/ttt_linear_avx2.cpp|-mavx2 -mfma -mf16c"
-         "ttt/ttt_linear_avx512.cpp|-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mfma -mf16c") ;;
+         "ttt/ttt_linear_avx512.cpp|-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mfma -mf16c")
+    # The AMX tiles where the compiler takes their flags (CMakeLists.txt's check); they run
+    # only where the CPU has AMX and the OS grants it (test_kernels says which).
+    if echo 'int main() { return 0; }' | "$CXX" -mamx-tile -mamx-int8 -x c++ -c -o /dev/null - 2>/dev/null; then
+      COMMON+=(-DBITTTT_AMX=1)
+      TERNARY+=("ternary/ternary_linear_amx.cpp|-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mfma -mf16c -mamx-tile -mamx-int8 $NOFMA")
+    fi ;;
   aarch64*)
     COMMON+=(-DBITTTT_ARM64=1)
     TERNARY=("ternary/ternary_linear_neon.cpp|$NOFMA"

@@ -638,6 +638,15 @@ int main(int argc, char** argv) {
       g_isas.push_back({n, &active_kernels()});
     check(active_kernels().name == n, "set_isa(" + n + ") selects it");
   }
+#if defined(BITTTT_AMX)
+  // The AMX set is the avx512 one (same name) with tiles for 8+ tokens: tested as its own set.
+  std::printf("amx tiles: %s\n", f.amx_int8 ? "tested" : "not granted on this CPU/OS");
+  if (f.amx_int8) {
+    set_isa("amx");
+    check(amx_active(), "set_isa(amx) runs the AMX tiles");
+    g_isas.push_back({"amx", &active_kernels()});
+  }
+#endif
   test_shapes();
   test_extreme_int8();
   test_saturated_float();
