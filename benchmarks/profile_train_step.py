@@ -2,8 +2,8 @@
 of bitttt models and the plain transformer, one table per contender, forward and backward apart.
 
     python benchmarks/profile_train_step.py [--contenders ttt_linear-ternary,attention-float,nanogpt]
-        [--threads 2] [--steps 2] [--top 25] [--unfused-bitlinear | --composed-train-ops] [--ab-rounds N]
-        [--json PATH]
+        [--threads 2 | --threads 1,2 --rounds N] [--steps 2] [--top 25]
+        [--unfused-bitlinear | --composed-train-ops] [--ab-rounds N] [--json PATH]
 
 Each contender is built as `bitttt bench train` builds it (bitttt/bench/train.py: the trainer's own step:
 forward, backward, grad clipping, AdamW), warmed up with one step, then profiled over --steps
@@ -15,6 +15,11 @@ Timings on a shared machine are noisy; the op counts are not.
 --composed-train-ops adds, for each bitttt contender, its twin with RMSNorm, the TTT causal conv,
 RoPE (csrc/train/) and SwiGLU's silu*up as the torch compositions they were before; with
 --ab-rounds N the pairs are timed, interleaved.
+
+--threads 1,2 (several counts) profiles every contender at each count, interleaved over --rounds
+rounds in one process, and prints per contender the 1-vs-2-thread table: each op's self ms per step
+(median over the rounds) at each count and its speed-up, worst-scaling time first (issue 26: which
+ops do not speed up with a second thread, or pay its wake-ups).
 
 --unfused-bitlinear adds, for each ternary contender, its twin with BitLinear's training forward
 as the three autograd nodes it was before ops.bitlinear_fake_quant (fake_quant_activations,
@@ -155,6 +160,53 @@ def profile_contender(name: str, trainer, steps: int) -> dict:
             "calls_by_phase": dict(calls_phase), "ops": rows}
 
 
+def profile_scaling(trainers: dict, threads: list[int], steps: int, rounds: int) -> list[dict]:
+    """Per contender, each op's self ms per step at each thread count: the median over `rounds`
+    interleaved profiles (contenders and counts alternate, so load changes hit them alike)."""
+    runs: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    for _ in range(rounds):
+        for n in threads:
+            torch.set_num_threads(n)
+            for name, trainer in trainers.items():
+                runs[(name, n)].append(profile_contender(name, trainer, steps))
+    out = []
+    for name in trainers:
+        ops_ms: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+        calls: dict[tuple[str, str], float] = {}
+        step_ms = {}
+        for n in threads:
+            step_ms[n] = float(np.median([p["step_ms"] for p in runs[(name, n)]]))
+            per_op: dict[tuple[str, str], list[float]] = defaultdict(list)
+            for p in runs[(name, n)]:
+                for r in p["ops"]:
+                    per_op[(r["op"], r["phase"])].append(r["self_ms_per_step"])
+                    calls[(r["op"], r["phase"])] = r["calls_per_step"]
+            for key, ms in per_op.items():
+                ops_ms[key][n] = float(np.median(ms + [0.0] * (rounds - len(ms))))
+        rows = [{"op": op, "phase": phase, "calls_per_step": calls[(op, phase)],
+                 "self_ms_per_step": {str(n): ms.get(n, 0.0) for n in threads}}
+                for (op, phase), ms in ops_ms.items()]
+        lo, hi = threads[0], threads[-1]
+        # what a perfectly scaling op would have saved and did not: the time lost to poor scaling
+        rows.sort(key=lambda r: -(r["self_ms_per_step"][str(hi)] - r["self_ms_per_step"][str(lo)] * lo / hi))
+        out.append({"contender": name, "step_ms": {str(n): v for n, v in step_ms.items()}, "ops": rows})
+    return out
+
+
+def print_scaling(p: dict, threads: list[int], top: int) -> None:
+    lo, hi = threads[0], threads[-1]
+    steps = "  ".join(f"{n} thr {p['step_ms'][str(n)]:.1f} ms" for n in threads)
+    print(f"== {p['contender']}: step (wall, median) {steps}; speed-up {p['step_ms'][str(lo)] / p['step_ms'][str(hi)]:.2f}x")
+    print(f"{'op':44s} {'phase':9s} {'calls':>6s} " + " ".join(f"{f'ms@{n}':>8s}" for n in threads)
+          + f" {'speed-up':>8s} {'lost ms':>8s}")
+    for r in p["ops"][:top]:
+        ms = r["self_ms_per_step"]
+        a, b = ms[str(lo)], ms[str(hi)]
+        print(f"{r['op'][:44]:44s} {r['phase']:9s} {r['calls_per_step']:6.0f} "
+              + " ".join(f"{ms[str(n)]:8.2f}" for n in threads)
+              + f" {(a / b if b > 0 else float('inf')):7.2f}x {b - a * lo / hi:8.2f}")
+
+
 def print_table(p: dict, top: int) -> None:
     print(f"== {p['contender']}: step {p['step_ms']:.1f} ms wall; self CPU ms by phase "
           + ", ".join(f"{k} {v:.1f} ({p['calls_by_phase'][k]:.0f} calls)" for k, v in p["self_ms_by_phase"].items()))
@@ -169,7 +221,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--contenders", default="ttt_linear-ternary,attention-float,nanogpt")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", default="2", help="a count, or counts such as 1,2 for the scaling table")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved profiles per count (with several --threads)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--steps", type=int, default=2, help="steps profiled (after one warm-up step)")
@@ -187,7 +240,8 @@ def main() -> None:
     unknown = set(names) - set(contender_names())
     if unknown:
         ap.error(f"unknown contenders {sorted(unknown)}; choose from {', '.join(contender_names())}")
-    torch.set_num_threads(args.threads)
+    threads = [int(n) for n in args.threads.split(",")]
+    torch.set_num_threads(threads[0])
     t = cfg.TrainConfig(preset=args.preset, batch_size=args.batch_size, seq_len=args.seq_len, steps=10_000)
     tokens = np.random.default_rng(0).integers(0, 256, size=1 << 20, dtype=np.uint16)
     if args.composed_train_ops:
@@ -196,13 +250,20 @@ def main() -> None:
         names += [n + UNFUSED for n in names if n.endswith("-ternary")]
     load_before = list(os.getloadavg())
     results = []
-    if args.ab_rounds:
+    if len(threads) > 1:
+        trainers = {name: make_contender(name, args.preset, t, tokens) for name in names}
+        for trainer in trainers.values():
+            trainer.train_step(1)  # warm up
+        results = profile_scaling(trainers, threads, args.steps, args.rounds)
+        for p in results:
+            print_scaling(p, threads, args.top)
+    elif args.ab_rounds:
         trainers = {name: make_contender(name, args.preset, t, tokens) for name in names}
         for trainer in trainers.values():
             trainer.train_step(1)  # warm up
         results = time_interleaved(trainers, t, args.steps, args.ab_rounds)
         for r in results:
-            print(f"{r['contender']:40s} thr {args.threads}  {r['median']:7.0f} [{r['min']:.0f}-{r['max']:.0f}] tok/s")
+            print(f"{r['contender']:40s} thr {threads[0]}  {r['median']:7.0f} [{r['min']:.0f}-{r['max']:.0f}] tok/s")
     else:
         for name in names:
             trainer = make_contender(name, args.preset, t, tokens)
@@ -212,10 +273,10 @@ def main() -> None:
             results.append(p)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"command": " ".join(sys.argv), "torch": torch.__version__, "threads": args.threads,
+            json.dump({"command": " ".join(sys.argv), "torch": torch.__version__, "threads": threads,
                        "preset": args.preset, "batch_size": args.batch_size, "seq_len": args.seq_len,
                        "load_before": load_before, "load_after": list(os.getloadavg()),
-                       "timings" if args.ab_rounds else "profiles": results}, f, indent=1)
+                       "scaling" if len(threads) > 1 else "timings" if args.ab_rounds else "profiles": results}, f, indent=1)
 
 
 if __name__ == "__main__":

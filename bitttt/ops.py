@@ -44,6 +44,7 @@ __all__ = [
     "rms_norm",
     "causal_conv1d",
     "rope_heads",
+    "rope_qkv",
     "silu_mul",
     "gelu_tanh_mul",
     "TTTMLPState",
@@ -1072,6 +1073,62 @@ def _rope_heads_backward(ctx, grad):
 
 
 torch.library.register_autograd("bitttt::rope_heads", _rope_heads_backward, setup_context=_rope_heads_setup_context)
+
+
+def rope_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The attention mixer's interleaved RoPE (bitttt.nn.rope's "interleaved") fused with the split
+    of its qkv projection into heads, float32 CPU: qkv [B, T, 3*H*D], cos, sin [T, D/2]
+    (rope_cos_sin's) -> q, k rotated and v, each [B, H, T, D] contiguous. Differentiable in qkv."""
+    return torch.ops.bitttt.rope_qkv(qkv, cos, sin, num_heads)
+
+
+@torch.library.register_fake("bitttt::rope_qkv")
+def _rope_qkv_fake(qkv, cos, sin, H):
+    op = "rope_qkv"
+    _check_defined(op, qkv=qkv, cos=cos, sin=sin)
+    _check_same_device(op, "qkv", qkv, cos=cos, sin=sin)
+    torch._check(qkv.dtype == torch.float32, lambda: f"{op}: takes float32, got qkv {qkv.dtype}")
+    torch._check(qkv.dim() == 3, lambda: f"{op}: qkv must be [B, T, 3*H*D]")
+    torch._check(H > 0 and qkv.shape[2] % (3 * H) == 0 and (qkv.shape[2] // (3 * H)) % 2 == 0,
+                 lambda: f"{op}: qkv's last dimension {qkv.shape[2]} must split into 3 x H={H} heads of an even size")
+    B, T, C3 = qkv.shape
+    D = C3 // (3 * H)
+    _check_rope_tables(op, cos, sin, T, D // 2)
+    return tuple(qkv.new_empty(B, H, T, D) for _ in range(3))
+
+
+@torch.library.register_fake("bitttt::rope_qkv_backward")
+def _rope_qkv_backward_fake(grad_q, grad_k, grad_v, cos, sin):
+    op = "rope_qkv_backward"
+    _check_defined(op, grad_q=grad_q, grad_k=grad_k, grad_v=grad_v, cos=cos, sin=sin)
+    _check_same_device(op, "grad_q", grad_q, grad_k=grad_k, grad_v=grad_v, cos=cos, sin=sin)
+    torch._check(all(t.dtype == torch.float32 for t in (grad_q, grad_k, grad_v)), lambda: f"{op}: takes float32")
+    torch._check(grad_q.dim() == 4 and grad_q.shape[3] % 2 == 0, lambda: f"{op}: grad_q must be [B, H, T, D] with D even")
+    torch._check(tuple(grad_k.shape) == tuple(grad_q.shape) and tuple(grad_v.shape) == tuple(grad_q.shape),
+                 lambda: f"{op}: grad_k and grad_v must have grad_q's shape [B, H, T, D]")
+    B, H, T, D = grad_q.shape
+    _check_rope_tables(op, cos, sin, T, D // 2)
+    return grad_q.new_empty(B, T, 3 * H * D)
+
+
+def _rope_qkv_setup_context(ctx, inputs, output):
+    _, cos, sin, _ = inputs
+    ctx.save_for_backward(cos, sin)
+
+
+def _rope_qkv_backward(ctx, grad_q, grad_k, grad_v):
+    cos, sin = ctx.saved_tensors
+    grads = (grad_q, grad_k, grad_v)
+    like = next((g for g in grads if g is not None), None)
+    if like is None:
+        return None, None, None, None
+    # an output that did not reach the loss has no gradient (None): zeros in its place
+    grad_q, grad_k, grad_v = (torch.zeros_like(like) if g is None else g for g in grads)
+    return torch.ops.bitttt.rope_qkv_backward(grad_q, grad_k, grad_v, cos, sin), None, None, None
+
+
+torch.library.register_autograd("bitttt::rope_qkv", _rope_qkv_backward, setup_context=_rope_qkv_setup_context)
 
 
 # ---------------------------------------------------------------------------------------

@@ -131,6 +131,10 @@ STABLE_TORCH_LIBRARY_FRAGMENT(bitttt, m) {
   // Rotate-half RoPE fused with the split into heads: x [B, T, H*D], cos, sin [T, D] -> [B, H, T, D].
   m.def("rope_heads(Tensor x, Tensor cos, Tensor sin, int H) -> Tensor");
   m.def("rope_heads_backward(Tensor grad, Tensor cos, Tensor sin) -> Tensor");
+  // The attention mixer's interleaved RoPE fused with the split of its qkv projection into heads:
+  // qkv [B, T, 3*H*D], cos, sin [T, D/2] -> q, k (rotated), v [B, H, T, D]; backward -> grad_qkv.
+  m.def("rope_qkv(Tensor qkv, Tensor cos, Tensor sin, int H) -> (Tensor, Tensor, Tensor)");
+  m.def("rope_qkv_backward(Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor cos, Tensor sin) -> Tensor");
   // SwiGLU's middle: h [..., 2F] = [gate | up] -> silu(gate) * up [..., F]; its backward -> grad_h.
   m.def("silu_mul(Tensor h, int hidden) -> Tensor");
   m.def("silu_mul_backward(Tensor grad, Tensor h, int hidden) -> Tensor");

@@ -113,7 +113,15 @@ class Attention(nn.Module):
         B, T, C = x.shape
         if state is not None and not isinstance(state, list) and decode.takes_fused_decode(x):
             return self._step_fused(x, state, pos, use_cache)
-        qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # [3, B, H, T, D]
+        h = self.qkv(x)  # [B, T, 3C]
+        if torch.is_grad_enabled() and h.requires_grad and ops.uses_train_kernel(h) and not isinstance(state, list):
+            # training: RoPE and the split into heads as one C++ pass each way (ops.rope_qkv),
+            # where the path below costs two complex multiplies forward and four copies backward
+            cos, sin = self.rotary.cos_sin(torch.arange(pos, pos + T, device=x.device), h.dtype)
+            q, k, v = ops.rope_qkv(h, cos, sin, self.n_head)
+            y, (k, v) = causal_attention(q, k, v, state, self.max_positions)
+            return self.out(y.transpose(1, 2).reshape(B, T, C)), ((k, v) if use_cache else None)
+        qkv = h.view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # [3, B, H, T, D]
         if isinstance(state, list):  # a row batch (bitttt.model.decode_rows): row i at pos[i], its own cache
             positions = torch.tensor(pos, device=x.device).view(B, 1, 1)
             q, k = self.rotary(qkv[:2], positions).unbind(0)

@@ -1,7 +1,7 @@
 // RMSNorm forward and backward for training (bitttt.nn.RMSNorm; issue 26), float32 on the CPU.
 // torch has no fused CPU RMSNorm: its composition takes ~7 elementwise ops forward and ~12
 // backward per norm, each a pass over [M, C] and a thread-pool wake-up. Here: one pass forward,
-// two backward (rows for dx, column blocks for dw).
+// one backward (dx rows and per-chunk dw sums together).
 //
 // y = w * (x * r), r = 1 / sqrt(mean(x²) + eps) per row (the module's float32 order: normalize,
 // then scale). With xh = x * r:
@@ -26,7 +26,6 @@ using torch::stable::Tensor;
 
 constexpr int64_t kMinElemsPerTask = 1 << 15;  // below this a loop stays on one thread
 constexpr int64_t kLanes = 16;                 // partial sums per row reduction
-constexpr int64_t kColBlock = 64;              // columns per dw task
 
 // Σ a[i] * b[i], in kLanes independent partial sums.
 inline float dot(const float* a, const float* b, int64_t n) {
@@ -108,31 +107,35 @@ std::tuple<Tensor, Tensor> rms_norm_backward_cpu(Tensor grad, Tensor x, Tensor w
   const float* pr = r.const_data_ptr<float>();
   float* pgx = gx.mutable_data_ptr<float>();
   float* pgw = gw.mutable_data_ptr<float>();
-  for_rows(M, C, [&](int64_t m) {
-    const float* gr = pg + m * C;
-    const float* xr = px + m * C;
-    float* out = pgx + m * C;
-    const float ri = pr[m];
-    // mean(g*w*xh) = r * mean(g*w*x); out holds g*w meanwhile
-    for (int64_t c = 0; c < C; ++c) out[c] = gr[c] * pw[c];
-    const float proj = ri * dot(out, xr, C) / static_cast<float>(C);
-    for (int64_t c = 0; c < C; ++c) out[c] = ri * (out[c] - xr[c] * ri * proj);
-  });
-  // dw: each task owns a block of columns and walks every row
-  const int64_t blocks = (C + kColBlock - 1) / kColBlock;
-  torch::stable::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t c0 = blk * kColBlock, c1 = std::min(C, c0 + kColBlock);
-      float acc[kColBlock] = {};
-      for (int64_t m = 0; m < M; ++m) {
+  // One pass over grad and x: each chunk of rows writes its dx rows and its own partial dw; the
+  // partials are then summed in chunk order. Chunks depend on the shape only (not on the thread
+  // count), so dw is the same at any number of threads. (The dw used to be a second parallel
+  // region, over column blocks, that read grad and x again and paid a second wake-up.)
+  const int64_t chunk_rows = std::max<int64_t>(1, kMinElemsPerTask / C);
+  const int64_t chunks = (M + chunk_rows - 1) / chunk_rows;
+  std::vector<float> partial(chunks * C, 0.0f);
+  torch::stable::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      float* acc = partial.data() + k * C;
+      for (int64_t m = k * chunk_rows; m < std::min(M, (k + 1) * chunk_rows); ++m) {
         const float* gr = pg + m * C;
         const float* xr = px + m * C;
+        float* out = pgx + m * C;
         const float ri = pr[m];
-        for (int64_t c = c0; c < c1; ++c) acc[c - c0] += gr[c] * (xr[c] * ri);
+        // mean(g*w*xh) = r * mean(g*w*x); out holds g*w meanwhile
+        for (int64_t c = 0; c < C; ++c) out[c] = gr[c] * pw[c];
+        const float proj = ri * dot(out, xr, C) / static_cast<float>(C);
+        for (int64_t c = 0; c < C; ++c) {
+          const float xh = xr[c] * ri;
+          acc[c] += gr[c] * xh;
+          out[c] = ri * (out[c] - xh * proj);
+        }
       }
-      for (int64_t c = c0; c < c1; ++c) pgw[c] = acc[c - c0];
     }
   });
+  std::fill(pgw, pgw + C, 0.0f);
+  for (int64_t k = 0; k < chunks; ++k)
+    for (int64_t c = 0; c < C; ++c) pgw[c] += partial[k * C + c];
   return {gx, gw};
 }
 

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <tuple>
 
 #include "train/checks.h"
 
@@ -102,11 +103,114 @@ Tensor rope_heads_backward_cpu(Tensor grad, Tensor cos, Tensor sin) {
   return gx;
 }
 
+// The attention mixer's q, k, v (bitttt.nn.blocks.Attention; issue 26): interleaved RoPE, pair
+// (2i, 2i+1) turned by angle i, fused with the split of the qkv projection into heads. The torch
+// path took a complex multiply per q and k (slow on the CPU), and backward a multiply, a clone
+// out of the complex view, a stack of the three gradients and a reshape copy; this is one pass
+// each way.
+//   qkv [B, T, 3·H·D] (rows contiguous), cos, sin [T, D/2] -> q, k, v [B, H, T, D]:
+//   q[2i] = x[2i]·c − x[2i+1]·s,  q[2i+1] = x[2i]·s + x[2i+1]·c  (x: q's part of the row; k alike),
+//   v = v's part, copied. Its adjoint: dx[2i] = g[2i]·c + g[2i+1]·s, dx[2i+1] = g[2i+1]·c − g[2i]·s.
+std::tuple<Tensor, Tensor, Tensor> rope_qkv_cpu(Tensor qkv, Tensor cos, Tensor sin, int64_t H) {
+  const char* op = "rope_qkv";
+  check_float_cpu(op, "qkv", qkv);
+  STD_TORCH_CHECK(qkv.dim() == 3, op, ": qkv must be [B, T, 3*H*D], got ", qkv.dim(), "-D");
+  STD_TORCH_CHECK(H > 0 && qkv.size(2) % (3 * H) == 0 && (qkv.size(2) / (3 * H)) % 2 == 0, op,
+                  ": qkv's last dimension ", qkv.size(2), " must split into 3 x H=", H, " heads of an even size");
+  const int64_t B = qkv.size(0), T = qkv.size(1), D = qkv.size(2) / (3 * H), h = D / 2, C = H * D;
+  check_tables(op, cos, sin, T, h);
+  qkv = contig(qkv);
+  cos = contig(cos);
+  sin = contig(sin);
+  Tensor q = torch::stable::new_empty(qkv, {B, H, T, D});
+  Tensor k = torch::stable::new_empty(qkv, {B, H, T, D});
+  Tensor v = torch::stable::new_empty(qkv, {B, H, T, D});
+  const float* px = qkv.const_data_ptr<float>();
+  const float* pc = cos.const_data_ptr<float>();
+  const float* ps = sin.const_data_ptr<float>();
+  float* pout[3] = {q.mutable_data_ptr<float>(), k.mutable_data_ptr<float>(), v.mutable_data_ptr<float>()};
+  for_tasks(B * T, 3 * C, [&](int64_t row) {  // one token: q, k and v of all its heads
+    const int64_t b = row / T, t = row % T;
+    const float* c = pc + t * h;
+    const float* s = ps + t * h;
+    for (int64_t part = 0; part < 3; ++part) {
+      for (int64_t hd = 0; hd < H; ++hd) {
+        const float* x = px + row * 3 * C + part * C + hd * D;
+        float* o = pout[part] + ((b * H + hd) * T + t) * D;
+        if (part == 2) {
+          std::copy(x, x + D, o);
+          continue;
+        }
+        for (int64_t i = 0; i < h; ++i) {
+          const float x0 = x[2 * i], x1 = x[2 * i + 1];
+          o[2 * i] = x0 * c[i] - x1 * s[i];
+          o[2 * i + 1] = x0 * s[i] + x1 * c[i];
+        }
+      }
+    }
+  });
+  return {q, k, v};
+}
+
+// grad_q, grad_k, grad_v [B, H, T, D] (any strides with the last one 1: attention's backward hands
+// them over as [B, T, H, D] transposed), cos, sin [T, D/2] -> grad_qkv [B, T, 3·H·D].
+Tensor rope_qkv_backward_cpu(Tensor gq, Tensor gk, Tensor gv, Tensor cos, Tensor sin) {
+  const char* op = "rope_qkv_backward";
+  check_float_cpu(op, "grad_q", gq);
+  check_float_cpu(op, "grad_k", gk);
+  check_float_cpu(op, "grad_v", gv);
+  STD_TORCH_CHECK(gq.dim() == 4 && gq.size(3) % 2 == 0, op, ": grad_q must be [B, H, T, D] with D even");
+  const int64_t B = gq.size(0), H = gq.size(1), T = gq.size(2), D = gq.size(3), h = D / 2, C = H * D;
+  for (const Tensor* g : {&gk, &gv}) {
+    STD_TORCH_CHECK(g->dim() == 4 && g->size(0) == B && g->size(1) == H && g->size(2) == T && g->size(3) == D, op,
+                    ": grad_k and grad_v must have grad_q's shape [B, H, T, D]");
+  }
+  check_tables(op, cos, sin, T, h);
+  Tensor gs[3] = {gq.stride(3) == 1 ? gq : torch::stable::contiguous(gq),
+                  gk.stride(3) == 1 ? gk : torch::stable::contiguous(gk),
+                  gv.stride(3) == 1 ? gv : torch::stable::contiguous(gv)};
+  cos = contig(cos);
+  sin = contig(sin);
+  Tensor gx = torch::stable::new_empty(gq, {B, T, 3 * C});
+  const float* pg[3];
+  int64_t st[3][3];  // strides of b, h, t per gradient
+  for (int p = 0; p < 3; ++p) {
+    pg[p] = gs[p].const_data_ptr<float>();
+    for (int d = 0; d < 3; ++d) st[p][d] = gs[p].stride(d);
+  }
+  const float* pc = cos.const_data_ptr<float>();
+  const float* ps = sin.const_data_ptr<float>();
+  float* po = gx.mutable_data_ptr<float>();
+  for_tasks(B * T, 3 * C, [&](int64_t row) {
+    const int64_t b = row / T, t = row % T;
+    const float* c = pc + t * h;
+    const float* s = ps + t * h;
+    for (int64_t part = 0; part < 3; ++part) {
+      for (int64_t hd = 0; hd < H; ++hd) {
+        const float* g = pg[part] + b * st[part][0] + hd * st[part][1] + t * st[part][2];
+        float* o = po + row * 3 * C + part * C + hd * D;
+        if (part == 2) {
+          std::copy(g, g + D, o);
+          continue;
+        }
+        for (int64_t i = 0; i < h; ++i) {
+          const float g0 = g[2 * i], g1 = g[2 * i + 1];
+          o[2 * i] = g0 * c[i] + g1 * s[i];
+          o[2 * i + 1] = g1 * c[i] - g0 * s[i];
+        }
+      }
+    }
+  });
+  return gx;
+}
+
 }  // namespace
 
 STABLE_TORCH_LIBRARY_IMPL(bitttt, CPU, m) {
   m.impl("rope_heads", TORCH_BOX(&rope_heads_cpu));
   m.impl("rope_heads_backward", TORCH_BOX(&rope_heads_backward_cpu));
+  m.impl("rope_qkv", TORCH_BOX(&rope_qkv_cpu));
+  m.impl("rope_qkv_backward", TORCH_BOX(&rope_qkv_backward_cpu));
 }
 
 }  // namespace bitttt::train

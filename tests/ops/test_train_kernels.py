@@ -40,7 +40,7 @@ def check_against_reference(fn, ref, inputs):
                                    msg=lambda m, n=name: f"grad of input {n}: {m}")
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (2, 33, 257), (16, 128, 256), (4, 0, 8)],
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (2, 33, 257), (16, 128, 256), (3, 300, 100), (4, 0, 8)],
                          ids=lambda s: "x".join(map(str, s)))
 def test_rms_norm_against_float64(shape):
     torch.manual_seed(0)
@@ -59,11 +59,41 @@ def test_rms_norm_non_contiguous():
 
 
 @pytest.mark.parametrize("B,T,C,K", [(2, 19, 70, 4), (1, 1, 3, 4), (3, 2, 16, 4), (16, 128, 256, 4), (2, 9, 33, 1),
-                                     (2, 5, 8, 7)], ids=lambda v: str(v))
+                                     (2, 5, 8, 7), (2, 300, 64, 4), (2, 0, 8, 4)], ids=lambda v: str(v))
 def test_causal_conv_against_float64(B, T, C, K):
     torch.manual_seed(2)
     inputs = [torch.randn(B, T, C), torch.randn(B, K - 1, C), torch.randn(C, K), torch.randn(C)]
     check_against_reference(ops.causal_conv1d, reference_causal_conv, inputs)
+
+
+@pytest.fixture
+def restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _grads(fn, inputs):
+    ins = [t.clone().requires_grad_() for t in inputs]
+    y = fn(*ins)
+    y.backward(torch.ones_like(y))
+    return [y.detach()] + [t.grad for t in ins]
+
+
+def test_weight_gradients_do_not_depend_on_the_thread_count(restore_threads):
+    """rms_norm's and the conv's weight gradients are sums over every row, taken in chunks of
+    rows: the chunks follow the shape, not the thread count, so 1 and 3 threads agree bitwise
+    (a run's numbers do not change with --threads)."""
+    torch.manual_seed(3)
+    cases = [(lambda x, w: ops.rms_norm(x, w, 1e-6), [torch.randn(8, 300, 100), torch.randn(100)]),
+             (ops.causal_conv1d, [torch.randn(4, 300, 64), torch.randn(4, 3, 64), torch.randn(64, 4), torch.randn(64)])]
+    for fn, inputs in cases:
+        torch.set_num_threads(1)
+        one = _grads(fn, inputs)
+        torch.set_num_threads(3)
+        three = _grads(fn, inputs)
+        for a, b in zip(one, three, strict=True):
+            assert torch.equal(a, b)
 
 
 def test_causal_conv_strided_weight():
@@ -116,6 +146,88 @@ def test_opcheck_train_ops():
     torch.library.opcheck(torch.ops.bitttt.causal_conv1d.default, args)
     cos, sin = torch.randn(5, 8), torch.randn(5, 8)
     torch.library.opcheck(torch.ops.bitttt.rope_heads.default, (torch.randn(2, 5, 16, requires_grad=True), cos, sin, 2))
+
+
+def reference_rope_qkv(qkv, cos, sin, H):
+    """Split [B, T, 3*H*D] into q, k, v heads [B, H, T, D], then turn q's and k's pairs (2i, 2i+1)
+    as complex numbers times cos + i sin (written here, not nn.rope's code)."""
+    B, T, C3 = qkv.shape
+    D = C3 // (3 * H)
+    q, k, v = qkv.view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
+    rot = torch.complex(cos, sin)  # [T, D/2]
+
+    def turn(x):
+        z = torch.complex(x[..., 0::2], x[..., 1::2]) * rot
+        return torch.stack((z.real, z.imag), dim=-1).flatten(-2)
+
+    return turn(q), turn(k), v
+
+
+@pytest.mark.parametrize("B,T,H,D", [(2, 19, 4, 64), (1, 1, 1, 2), (3, 16, 3, 10)], ids=lambda v: str(v))
+def test_rope_qkv_against_float64(B, T, H, D):
+    """q, k, v and the gradient of qkv, each output given its own random gradient; the gradients
+    also arrive as transposed views (how attention's backward hands them over)."""
+    from bitttt.nn.rope import rope_cos_sin
+
+    torch.manual_seed(7)
+    cos, sin = rope_cos_sin(torch.arange(T) % 16, D, 10000.0, torch.float32, convention="interleaved")
+    qkv = torch.randn(B, T, 3 * H * D)
+    grads = [torch.randn(B, T, H, D).transpose(1, 2) for _ in range(3)]  # [B, H, T, D], not contiguous
+    x = qkv.clone().requires_grad_()
+    outs = ops.rope_qkv(x, cos, sin, H)
+    torch.autograd.backward(outs, grads)
+    x64 = qkv.double().requires_grad_()
+    refs = reference_rope_qkv(x64, cos.double(), sin.double(), H)
+    torch.autograd.backward(refs, [g.double() for g in grads])
+    for name, out, ref in zip("qkv", outs, refs, strict=True):
+        assert out.is_contiguous() and out.shape == (B, H, T, D)
+        torch.testing.assert_close(out.double(), ref, atol=FWD_TOL, rtol=FWD_TOL, msg=lambda m, n=name: f"{n}: {m}")
+    torch.testing.assert_close(x.grad.double(), x64.grad, atol=FWD_TOL, rtol=FWD_TOL)
+
+
+def test_rope_qkv_opcheck_unused_outputs_and_bad_inputs():
+    from bitttt.nn.rope import rope_cos_sin
+
+    torch.manual_seed(8)
+    cos, sin = rope_cos_sin(torch.arange(5), 8, 10000.0, torch.float32, convention="interleaved")
+    qkv = torch.randn(2, 5, 3 * 2 * 8, requires_grad=True)
+    torch.library.opcheck(torch.ops.bitttt.rope_qkv.default, (qkv, cos, sin, 2))
+    q, k, v = ops.rope_qkv(qkv, cos, sin, 2)
+    v.sum().backward()  # q and k unused: their parts of the gradient are zero
+    assert torch.equal(qkv.grad[..., :32], torch.zeros(2, 5, 32)) and torch.equal(qkv.grad[..., 32:], torch.ones(2, 5, 16))
+    with pytest.raises(RuntimeError, match="rope_qkv: qkv's last dimension 30 must split"):
+        ops.rope_qkv(torch.randn(2, 5, 30), cos, sin, 2)  # heads of 5
+    with pytest.raises(RuntimeError, match="rope_qkv: cos and sin must be"):
+        ops.rope_qkv(torch.randn(2, 4, 48), cos, sin, 2)
+
+
+def test_attention_takes_rope_qkv_and_agrees_with_its_composition(monkeypatch):
+    """The attention mixer in training runs ops.rope_qkv; output and every gradient match the torch
+    path it replaces (complex RoPE on unbound q, k), which it still takes without the kernel."""
+    from torch.profiler import profile
+
+    from bitttt.nn.blocks import Attention
+
+    torch.manual_seed(9)
+    attn = Attention(64, 4, ternary=False)
+    x = torch.randn(3, 12, 64)
+
+    def run():
+        attn.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_()
+        with profile() as prof:
+            y, _ = attn(xi, pos=5)
+            y.backward(torch.cos(torch.arange(y.numel()).view_as(y).float()))
+        names = {e.name for e in prof.events()}
+        return [y.detach(), xi.grad] + [p.grad.clone() for p in attn.parameters()], names
+
+    fused, names = run()
+    assert "bitttt::rope_qkv" in names and "bitttt::rope_qkv_backward" in names
+    monkeypatch.setattr(ops, "uses_train_kernel", lambda *t: False)
+    composed, names = run()
+    assert "bitttt::rope_qkv" not in names
+    for a, b in zip(fused, composed, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_bad_inputs_name_the_problem():
