@@ -45,6 +45,8 @@ __all__ = [
     "causal_conv1d",
     "rope_heads",
     "rope_qkv",
+    "clip_grad_norm_",
+    "max_abs",
     "silu_mul",
     "gelu_tanh_mul",
     "TTTMLPState",
@@ -1129,6 +1131,38 @@ def _rope_qkv_backward(ctx, grad_q, grad_k, grad_v):
 
 
 torch.library.register_autograd("bitttt::rope_qkv", _rope_qkv_backward, setup_context=_rope_qkv_setup_context)
+
+
+def clip_grad_norm_(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """torch.nn.utils.clip_grad_norm_ on a list of contiguous float32 CPU gradients, in one C++
+    pass (csrc/train/grad_clip_cpu.cpp): the global L2 norm (a float32 scalar tensor, returned),
+    and the gradients scaled in place by max_norm / (norm + 1e-6) where that is below 1."""
+    return torch.ops.bitttt.clip_grad_norm_(grads, max_norm)
+
+
+def max_abs(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """max |x| over contiguous float32 CPU tensors, one C++ pass: a float32 scalar tensor, NaN if
+    any element is NaN."""
+    return torch.ops.bitttt.max_abs(tensors)
+
+
+def _check_tensor_list(op, tensors):
+    torch._check(len(tensors) > 0, lambda: f"{op}: needs at least one tensor")
+    for t in tensors:
+        torch._check(t.dtype == torch.float32, lambda: f"{op}: takes float32 (other dtypes use the torch path)")
+        torch._check(t.device == tensors[0].device, lambda: f"{op}: every tensor on one device")
+
+
+@torch.library.register_fake("bitttt::clip_grad_norm_")
+def _clip_grad_norm_fake(grads, max_norm):
+    _check_tensor_list("clip_grad_norm_", grads)
+    return grads[0].new_empty(())
+
+
+@torch.library.register_fake("bitttt::max_abs")
+def _max_abs_fake(tensors):
+    _check_tensor_list("max_abs", tensors)
+    return tensors[0].new_empty(())
 
 
 # ---------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from bitttt.diagnostics import TernaryMonitor
 from bitttt import config as cfg
 from bitttt import data as data_mod
 from bitttt import distributed
+from bitttt import ops
 from bitttt import evaluate as eval_mod
 from bitttt.config import MODEL_KEYS, check_keys, resolve
 from bitttt.devices import mem_bytes, pick_device
@@ -121,6 +122,32 @@ def make_optimizer(model: torch.nn.Module, t: cfg.TrainConfig, device: torch.dev
         # fused: one kernel per parameter group; torch's CPU default loops in Python over every
         # parameter (~30 ops each: 3x the time of the fused step on the tiny TTT model, issue 26)
         lr=t.lr, betas=(t.beta1, t.beta2), fused=device.type in ("cuda", "cpu"))
+
+
+def _one_pass(tensors: list[torch.Tensor]) -> bool:
+    """Whether ops.clip_grad_norm_ and ops.max_abs take these: contiguous float32 on the CPU."""
+    return bool(tensors) and ops.uses_train_kernel(*tensors) and all(t.is_contiguous() for t in tensors)
+
+
+def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> float:
+    """torch.nn.utils.clip_grad_norm_ of the model's gradients (the norm before clipping). On the
+    CPU in float32 it is one C++ pass (ops.clip_grad_norm_) where torch's foreach path takes ~4 ops
+    per parameter, each a thread wake-up (issue 26)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if _one_pass(grads):
+        return ops.clip_grad_norm_(grads, max_norm).item()
+    return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True).item()
+
+
+def largest_weight(model: torch.nn.Module) -> float:
+    """max |w| over every parameter (NaN if any is NaN)."""
+    params = [p.detach() for p in model.parameters()]
+    if _one_pass(params):
+        return ops.max_abs(params).item()
+    # aminmax per tensor: torch's inf-norm is not vectorized on the CPU (12.8 ms per step
+    # for tiny's 87 tensors on one thread, against 3.8 ms this way; issue 26)
+    ends = [torch.aminmax(p) for p in params]
+    return torch.stack([torch.maximum(-lo, hi) for lo, hi in ends]).max().item()
 
 
 class Trainer:
@@ -240,7 +267,7 @@ class Trainer:
                 (loss / t.grad_accum).backward()
             total += loss.item() / t.grad_accum
         total = self.world.mean(total)  # every rank decides on the same loss (and so diverges together)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip, foreach=True).item()
+        grad_norm = clip_grad_norm(self.model, t.grad_clip)
         if not (math.isfinite(total) and math.isfinite(grad_norm)):  # before the step: weights stay finite
             self.optimizer.zero_grad(set_to_none=True)
             raise DivergedError(f"training diverged at step {step}: the loss is {total}, the gradient norm "
@@ -260,10 +287,7 @@ class Trainer:
 
     def _largest_weight(self) -> float:
         """max |w| over every parameter (NaN if any is NaN)."""
-        # aminmax per tensor: torch's inf-norm is not vectorized on the CPU (12.8 ms per step
-        # for tiny's 87 tensors on one thread, against 3.8 ms this way; issue 26)
-        ends = [torch.aminmax(p.detach()) for p in self.model.parameters()]
-        return torch.stack([torch.maximum(-lo, hi) for lo, hi in ends]).max().item()
+        return largest_weight(self.model)
 
     def _check_usable(self) -> None:
         """DivergedError unless the weights in memory give a finite loss on held-out windows: what a

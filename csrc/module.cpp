@@ -141,6 +141,10 @@ STABLE_TORCH_LIBRARY_FRAGMENT(bitttt, m) {
   // The TTT output gate: gelu_tanh(gate) * y (same shapes); its backward -> (grad_gate, grad_y).
   m.def("gelu_tanh_mul(Tensor gate, Tensor y) -> Tensor");
   m.def("gelu_tanh_mul_backward(Tensor grad, Tensor gate, Tensor y) -> (Tensor, Tensor)");
+  // The trainer's step: the gradients' global L2 norm, clipped in place to max_norm (torch's
+  // clip_grad_norm_ formula) -> the norm; and max |x| over a list of tensors (NaN if any is NaN).
+  m.def("clip_grad_norm_(Tensor(a!)[] grads, float max_norm) -> Tensor");
+  m.def("max_abs(Tensor[] tensors) -> Tensor");
 }
 
 namespace {

@@ -426,3 +426,56 @@ def test_gelu_tanh_mul_the_ttt_gate_path_opcheck_and_bad_inputs():
         ops.gelu_tanh_mul(torch.randn(2, 8), torch.randn(2, 7))
     with pytest.raises(RuntimeError, match="gelu_tanh_mul: takes float32"):
         ops.gelu_tanh_mul(torch.randn(2, 8, dtype=torch.float64), torch.randn(2, 8, dtype=torch.float64))
+
+
+def _grad_list(seed, shapes, scale):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g) * scale for s in shapes]
+
+
+SHAPES = [(320, 256), (256,), (768, 256), (1,), (3, 70000), (4,)]  # one spans several chunks
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 50.0], ids=["under", "near", "over"])
+def test_clip_grad_norm_matches_torch(scale):
+    """ops.clip_grad_norm_ against the float64 formula (norm; gradients times max_norm / (norm +
+    1e-6) when that is below 1) and against torch.nn.utils.clip_grad_norm_ on the same gradients
+    (float32 sums in another order: within 1e-5)."""
+    grads = _grad_list(10, SHAPES, scale)
+    norm64 = torch.stack([g.double().pow(2).sum() for g in grads]).sum().sqrt()
+    coef64 = min(1.0, 1.0 / (norm64.item() + 1e-6))
+    params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.clone()
+    expected = torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+    mine = [g.clone() for g in grads]
+    norm = ops.clip_grad_norm_(mine, 1.0)
+    assert norm.dtype == torch.float32 and norm.dim() == 0
+    torch.testing.assert_close(norm.double(), norm64, rtol=2e-7, atol=0)
+    torch.testing.assert_close(norm, expected, rtol=1e-5, atol=0)
+    for a, g, p in zip(mine, grads, params, strict=True):
+        torch.testing.assert_close(a.double(), g.double() * coef64, rtol=1e-6, atol=0)
+        torch.testing.assert_close(a, p.grad, rtol=1e-5, atol=1e-12)
+    if scale < 1:
+        assert all(torch.equal(a, g) for a, g in zip(mine, grads, strict=True))
+
+
+def test_clip_grad_norm_and_max_abs_edges(restore_threads):
+    """A NaN gradient gives a NaN norm; max_abs is the largest |x| (negative ones too) and NaN if
+    any element is; both agree bitwise at 1 and 3 threads."""
+    grads = _grad_list(11, SHAPES, 5.0)
+    grads[4][2, 69999] = -1e4
+    assert ops.max_abs(grads).item() == 1e4
+    results = []
+    for n in (1, 3):
+        torch.set_num_threads(n)
+        mine = [g.clone() for g in grads]
+        results.append((ops.clip_grad_norm_(mine, 1.0), mine, ops.max_abs(grads)))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][2], results[1][2])
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1], strict=True))
+    grads[2][5, 7] = float("nan")
+    assert ops.max_abs(grads).isnan() and ops.clip_grad_norm_([g.clone() for g in grads], 1.0).isnan()
+    with pytest.raises(RuntimeError, match="max_abs: takes contiguous"):
+        ops.max_abs([torch.randn(4, 6).t()])
+    torch.library.opcheck(torch.ops.bitttt.max_abs.default, ([torch.randn(3, 5), torch.randn(7)],))
+    torch.library.opcheck(torch.ops.bitttt.clip_grad_norm_.default, ([torch.randn(3, 5) * 9, torch.randn(7)], 1.0))

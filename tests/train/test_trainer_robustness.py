@@ -3,6 +3,7 @@ divergence, missing data, and one held-out measure shared with `bitttt eval`."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -256,6 +257,31 @@ def test_largest_weight_is_the_largest_magnitude_and_propagates_nan(poison, want
         assert math.isnan(got) and any(math.isnan(v) for v in values)
     else:
         assert got == want == max(values)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_step_clip_is_torch_clip_grad_norm(dtype):
+    # the step's clipping (one C++ pass for float32 CPU gradients, torch's own otherwise) against
+    # torch.nn.utils.clip_grad_norm_ on a twin model with the same gradients: norm and clipped grads
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.LayerNorm(5), torch.nn.Linear(5, 3)).to(dtype)
+    model[2].weight.requires_grad_(False)  # a frozen parameter has no gradient
+    twin = copy.deepcopy(model)
+    for m in (model, twin):
+        m(torch.randn(4, 6, dtype=dtype)).pow(2).sum().mul(100).backward()
+        for p in m.parameters():
+            if p.grad is not None:
+                p.grad.copy_(torch.arange(p.numel(), dtype=dtype).view_as(p) - 2.5)
+    want = torch.nn.utils.clip_grad_norm_(twin.parameters(), 1.0).item()
+    assert want > 1  # so it clips
+    with torch.profiler.profile() as prof:
+        got = train_mod.clip_grad_norm(model, 1.0)
+    assert ("bitttt::clip_grad_norm_" in {e.name for e in prof.events()}) == (dtype == torch.float32)
+    assert got == pytest.approx(want, rel=1e-6)
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert (a.grad is None) == (b.grad is None)
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=0)
 
 
 # ---------------------------------------------------------------------------------------
