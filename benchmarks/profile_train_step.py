@@ -12,6 +12,12 @@ backward (inside an autograd engine node), optimizer (AdamW's step, zero_grad) o
 (everything else: forward, loss, grad-norm clipping).
 Timings on a shared machine are noisy; the op counts are not.
 
+Reading the table: a custom op with a Python autograd registration (torch.library.register_autograd,
+bitttt/ops.py) shows its forward kernel's time as the self time of `GeneratedBackwardFor_bitttt_<op>`
+in the forward phase: that generated autograd.Function runs the kernel through op.redispatch, which
+the profiler records as no event of its own; the `bitttt::<op>` row beside it is only the dispatcher
+entry (a few µs a call). The backward kernels, called through torch.ops, have their own rows.
+
 --composed-train-ops adds, for each bitttt contender, its twin with RMSNorm, the TTT causal conv,
 RoPE (csrc/train/) and SwiGLU's silu*up as the torch compositions they were before; with
 --ab-rounds N the pairs are timed, interleaved.
