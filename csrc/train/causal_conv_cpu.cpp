@@ -25,6 +25,7 @@ using torch::headeronly::ScalarType;
 using torch::stable::Tensor;
 
 constexpr int64_t kMinElemsPerTask = 1 << 15;  // below this a loop stays on one thread
+constexpr int64_t kColBlock = 64;              // channels per dw task
 constexpr int64_t kMaxKernel = 64;             // accumulators per channel live on the stack
 
 struct ConvShape {
@@ -121,16 +122,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> causal_conv1d_backward_cpu(Tensor gra
   for (int64_t c = 0; c < s.C; ++c)
     for (int64_t j = 0; j < s.K; ++j) wt[j * s.C + c] = pw[c * s.K + j];
   const float* pwt = wt.data();
-  // One pass: chunks of (b, time block) write the dxp rows they own and their own partial dw,
-  // dbias, summed in chunk order afterwards (chunks depend on the shape only, so the sums are the
-  // same at any thread count). dw, dbias used to be a second parallel region over channel blocks
-  // that read grad and x again and paid a second wake-up.
-  const int64_t tb = std::max<int64_t>(1, kMinElemsPerTask / (s.C * s.K));  // time steps per chunk
-  const int64_t per_b = std::max<int64_t>(1, (s.T + tb - 1) / tb);  // T = 0: one chunk still zeroes dprev
-  const int64_t chunks = s.B * per_b;
-  std::vector<float> partial(chunks * (s.K + 1) * s.C, 0.0f);  // per chunk: dw^T [K, C], then dbias [C]
   // dxp row i = b's time step i of xp: the outputs t = i − j that read it
-  auto dxp_row = [&](int64_t b, int64_t i) {
+  const int64_t S = s.T + s.K - 1;
+  for_rows(s.B * S, s.C * s.K, [&](int64_t row) {
+    const int64_t b = row / S, i = row % S;
     float* out = i < s.K - 1 ? pgp + (b * (s.K - 1) + i) * s.C : pgx + (b * s.T + i - (s.K - 1)) * s.C;
     std::fill(out, out + s.C, 0.0f);
     for (int64_t j = 0; j < s.K; ++j) {
@@ -140,34 +135,31 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> causal_conv1d_backward_cpu(Tensor gra
       const float* wj = pwt + j * s.C;
       for (int64_t c = 0; c < s.C; ++c) out[c] += gr[c] * wj[c];
     }
-  };
-  torch::stable::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      const int64_t b = k / per_b, t0 = (k % per_b) * tb, t1 = std::min(s.T, t0 + tb);
-      // xp rows t0+K−1 .. t1+K−2 hold x[t0..t1); the first chunk of b also owns prev's rows
-      for (int64_t i = t0 == 0 ? 0 : t0 + s.K - 1; i < t1 + s.K - 1; ++i) dxp_row(b, i);
-      float* accw = partial.data() + k * (s.K + 1) * s.C;
-      float* accb = accw + s.K * s.C;
-      for (int64_t t = t0; t < t1; ++t) {
-        const float* gr = pg + (b * s.T + t) * s.C;
-        for (int64_t c = 0; c < s.C; ++c) accb[c] += gr[c];
-        for (int64_t j = 0; j < s.K; ++j) {
-          const float* xr = xp_row(px, pp, s, b, t + j);
-          float* aw = accw + j * s.C;
-          for (int64_t c = 0; c < s.C; ++c) aw[c] += gr[c] * xr[c];
+  });
+  // dw, dbias: each task owns a block of channels and walks every (b, t)
+  const int64_t blocks = (s.C + kColBlock - 1) / kColBlock;
+  torch::stable::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t c0 = blk * kColBlock, n = std::min(s.C, c0 + kColBlock) - c0;
+      std::vector<float> accw(s.K * kColBlock, 0.0f);
+      float accb[kColBlock] = {};
+      for (int64_t b = 0; b < s.B; ++b) {
+        for (int64_t t = 0; t < s.T; ++t) {
+          const float* gr = pg + (b * s.T + t) * s.C + c0;
+          for (int64_t c = 0; c < n; ++c) accb[c] += gr[c];
+          for (int64_t j = 0; j < s.K; ++j) {
+            const float* xr = xp_row(px, pp, s, b, t + j) + c0;
+            float* aw = accw.data() + j * kColBlock;
+            for (int64_t c = 0; c < n; ++c) aw[c] += gr[c] * xr[c];
+          }
         }
+      }
+      for (int64_t c = 0; c < n; ++c) {
+        pgb[c0 + c] = accb[c];
+        for (int64_t j = 0; j < s.K; ++j) pgw[(c0 + c) * s.K + j] = accw[j * kColBlock + c];
       }
     }
   });
-  std::vector<float> sum((s.K + 1) * s.C, 0.0f);
-  for (int64_t k = 0; k < chunks; ++k) {
-    const float* p = partial.data() + k * (s.K + 1) * s.C;
-    for (int64_t e = 0; e < (s.K + 1) * s.C; ++e) sum[e] += p[e];
-  }
-  for (int64_t c = 0; c < s.C; ++c) {
-    pgb[c] = sum[s.K * s.C + c];
-    for (int64_t j = 0; j < s.K; ++j) pgw[c * s.K + j] = sum[j * s.C + c];
-  }
   return {gx, gp, gw, gb};
 }
 

@@ -81,9 +81,9 @@ def _grads(fn, inputs):
 
 
 def test_weight_gradients_do_not_depend_on_the_thread_count(restore_threads):
-    """rms_norm's and the conv's weight gradients are sums over every row, taken in chunks of
-    rows: the chunks follow the shape, not the thread count, so 1 and 3 threads agree bitwise
-    (a run's numbers do not change with --threads)."""
+    """rms_norm's and the conv's weight gradients are sums over every row, taken in chunks (of rows;
+    of channels) that follow the shape, not the thread count: 1 and 3 threads agree bitwise (a
+    run's numbers do not change with --threads)."""
     torch.manual_seed(3)
     cases = [(lambda x, w: ops.rms_norm(x, w, 1e-6), [torch.randn(8, 300, 100), torch.randn(100)]),
              (ops.causal_conv1d, [torch.randn(4, 300, 64), torch.randn(4, 3, 64), torch.randn(64, 4), torch.randn(64)])]
