@@ -779,16 +779,17 @@ torch.library.register_autograd("bitttt::fake_quant_weight", _straight_through_w
 
 # BitLinear's training forward as an exact integer GEMM (issue 26). F.linear(x_dq, w_dq) sums
 # the products of int8 activation codes and ternary weight codes, scaled, in float32; the same
-# sum in int32 (torch._int_mm: oneDNN's VNNI / AMX / AVX2 int8 GEMM) is exact and, at training
-# sizes, ~3x faster than the float32 GEMM (M = 2048 tokens, K = 256, N = 1024, 2 threads:
-# 1.0 vs 3.0 ms with AVX-512 VNNI; 2.8 vs 5.1 ms with AVX2 alone). The output is then
-# float(acc) * s_w * (1 / s_x) (+ bias), the packed ternary kernels' epilogue, to their bits; it
-# differs from F.linear(x_dq, w_dq) by float32 rounding only. The backward is unchanged: it
-# uses x_dq and w_dq (the same bits as the fake quants give), written in the same passes as the
-# codes. Below some tens of tokens the quantization and epilogue passes cost as much as the GEMM
-# saves (measured crossover: ~64 tokens with AVX-512 VNNI, ~128 with AVX2 alone); other devices,
-# dtypes and CPUs keep F.linear.
-_INT8_GEMM_MIN_TOKENS = {"AVX512": 64, "AVX2": 128}  # torch's CPU capability -> fewest tokens
+# sum in int32 (torch._int_mm: oneDNN's VNNI / AMX / AVX2 int8 GEMM) is exact and faster: the
+# whole forward of one layer at the tiny preset's training shapes (M = 2048 tokens, K = 256..1024,
+# N = 256..1024) took 1.15-2.2x less time with AVX-512 VNNI and 1.2-1.4x less with AVX2 alone
+# (benchmarks/bench_bitlinear_forward.py; benchmarks/results/xeon-avx512-2c/bitlinear_forward_int8*).
+# The output is then float(acc) * s_w * (1 / s_x) (+ bias), the packed ternary kernels' epilogue,
+# to their bits; it differs from F.linear(x_dq, w_dq) by float32 rounding only. The backward is
+# unchanged: it uses x_dq and w_dq (the same bits as the fake quants give), written in the same
+# passes as the codes. With few tokens the quantization and epilogue passes cost as much as the
+# GEMM saves (measured crossover: ~64 tokens with AVX-512 VNNI, 128-256 with AVX2 alone); other
+# devices, dtypes and CPUs keep F.linear.
+_INT8_GEMM_MIN_TOKENS = {"AVX512": 64, "AVX2": 256}  # torch's CPU capability -> fewest tokens
 
 
 def _int8_gemm_min_tokens() -> int | None:
