@@ -1,7 +1,8 @@
 """BitLinear's training forward (ops.bitlinear_fake_quant, float32 CPU, no grad): the exact int8
 GEMM (torch._int_mm between the fake-quant passes and the epilogue) vs F.linear(x_dq, w_dq),
-at the tiny preset's training shapes (M = 16 x 128 tokens) and near the token threshold;
-interleaved rounds (bitttt/bench/harness.py).
+and two options not taken: the same passes around bitttt's own int8_matmul, and packing the
+weight for ternary_linear each call; at the tiny preset's training shapes (M = 16 x 128 tokens)
+and near the token threshold; interleaved rounds (bitttt/bench/harness.py).
 
     python benchmarks/bench_bitlinear_forward.py --threads 2 1 --shared \\
         --json benchmarks/results/<machine>/bitlinear_forward_int8.json
@@ -63,8 +64,30 @@ def contenders(M: int, K: int, N: int) -> list[harness.Contender]:
         want = packed_output()
         torch.testing.assert_close(forward(None), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
 
+    def own_int8_matmul() -> torch.Tensor:
+        # the same passes with bitttt's own int8 GEMM (csrc/int8, built for the decode's few tokens)
+        _, x_q, x_scale = torch.ops.bitttt.fake_quant_activations_int8(x)
+        w_scale = ops._absmean_scale(w)
+        _, w_q = torch.ops.bitttt.fake_quant_weight_int8(w, w_scale)
+        return torch.ops.bitttt.int8_gemm_epilogue(ops.int8_matmul(x_q, w_q), x_scale, w_scale, None)
+
+    def packed_bt2() -> torch.Tensor:
+        # the packed inference kernel: x_dq and w_dq still made for the backward, the weight
+        # packed anew (it changes every step)
+        ops.fake_quant_activations(x)
+        ops.fake_quant_weight(w)
+        return packed_output()
+
+    def check_exact(fn):
+        def check() -> None:
+            if not torch.equal(fn(), packed_output()):
+                raise harness.BenchValidationError(f"M={M} K={K} N={N}: differs from ternary_linear")
+        return check
+
     return [harness.Contender("int8 GEMM (torch._int_mm)", lambda: forward(1), check_int8),
-            harness.Contender("fp32 GEMM (F.linear)", lambda: forward(None), check_float)]
+            harness.Contender("fp32 GEMM (F.linear)", lambda: forward(None), check_float),
+            harness.Contender("int8 GEMM (bitttt int8_matmul)", own_int8_matmul, check_exact(own_int8_matmul)),
+            harness.Contender("BT2 pack + ternary_linear", packed_bt2, check_exact(packed_bt2))]
 
 
 def main(argv: list[str] | None = None) -> int:
