@@ -287,3 +287,34 @@ def test_opcheck_int8_forward_ops():
     torch.library.opcheck(torch.ops.bitttt.fake_quant_weight_int8.default, (w, ops._absmean_scale(w)))
     for b in (None, torch.randn(8)):
         torch.library.opcheck(torch.ops.bitttt.int8_gemm_epilogue.default, (acc, torch.rand(6), torch.tensor(0.5), b))
+
+
+@needs_int8_gemm
+@pytest.mark.parametrize("mixer", ["attention", "ttt_linear"])
+def test_model_training_step_as_on_the_float_gemm(monkeypatch, mixer):
+    # a whole model's loss and gradients, int8 GEMM forward vs F.linear: float32 rounding apart
+    # (through two layers a rounding can move one hidden activation across an int8 tie: one
+    # step of ~1/127 of its token's absmax, hence the loose bound)
+    from bitttt.model import BitTTTConfig, BitTTTForCausalLM
+
+    ids = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(9))
+    calls = []
+    int8_linear = ops._int8_linear
+    monkeypatch.setattr(ops, "_int8_linear", lambda *a: calls.append(1) or int8_linear(*a))
+    results = []
+    for min_tokens in (1, None):
+        monkeypatch.setattr(ops, "_INT8_GEMM_MIN_TOKENS_HERE", min_tokens)
+        calls.clear()
+        torch.manual_seed(0)
+        model = BitTTTForCausalLM(BitTTTConfig(vocab_size=320, n_layer=2, n_embd=64, n_head=2, mixer=mixer,
+                                               mini_batch=4))
+        logits = model(ids).logits
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+        assert bool(calls) == (min_tokens is not None)  # the int8 GEMM ran, or did not
+    (loss_int, grads_int), (loss_float, grads_float) = results
+    torch.testing.assert_close(loss_int, loss_float, rtol=1e-4, atol=0)
+    assert len(grads_int) == len(grads_float)
+    for a, b in zip(grads_int, grads_float):
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2 * b.abs().max().item())
