@@ -1192,7 +1192,7 @@ def _rope_qkv_fake(qkv, cos, sin, H):
     _check_same_device(op, "qkv", qkv, cos=cos, sin=sin)
     torch._check(qkv.dtype == torch.float32, lambda: f"{op}: takes float32, got qkv {qkv.dtype}")
     torch._check(qkv.dim() == 3, lambda: f"{op}: qkv must be [B, T, 3*H*D]")
-    torch._check(H > 0 and qkv.shape[2] % (3 * H) == 0 and (qkv.shape[2] // (3 * H)) % 2 == 0,
+    torch._check(0 < H <= qkv.shape[2] // 6 and qkv.shape[2] % (3 * H) == 0 and (qkv.shape[2] // (3 * H)) % 2 == 0,
                  lambda: f"{op}: qkv's last dimension {qkv.shape[2]} must split into 3 x H={H} heads of an even size")
     B, T, C3 = qkv.shape
     D = C3 // (3 * H)

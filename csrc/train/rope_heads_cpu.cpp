@@ -115,8 +115,10 @@ std::tuple<Tensor, Tensor, Tensor> rope_qkv_cpu(Tensor qkv, Tensor cos, Tensor s
   const char* op = "rope_qkv";
   check_float_cpu(op, "qkv", qkv);
   STD_TORCH_CHECK(qkv.dim() == 3, op, ": qkv must be [B, T, 3*H*D], got ", qkv.dim(), "-D");
-  STD_TORCH_CHECK(H > 0 && qkv.size(2) % (3 * H) == 0 && (qkv.size(2) / (3 * H)) % 2 == 0, op,
-                  ": qkv's last dimension ", qkv.size(2), " must split into 3 x H=", H, " heads of an even size");
+  // H <= size / 6 first: heads of at least 2, and 3 * H cannot overflow
+  STD_TORCH_CHECK(H > 0 && H <= qkv.size(2) / 6 && qkv.size(2) % (3 * H) == 0 && (qkv.size(2) / (3 * H)) % 2 == 0,
+                  op, ": qkv's last dimension ", qkv.size(2), " must split into 3 x H=", H,
+                  " heads of an even size");
   const int64_t B = qkv.size(0), T = qkv.size(1), D = qkv.size(2) / (3 * H), h = D / 2, C = H * D;
   check_tables(op, cos, sin, T, h);
   qkv = contig(qkv);

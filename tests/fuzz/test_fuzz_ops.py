@@ -40,6 +40,7 @@ CASES_PER_OP = {"ternary_linear": 700, "ternary_matmul_int8": 500, "int8_matmul"
                 "ternary_repack_trit5": 200, "ternary_linear_trit5": 500, "ternary_matmul_int8_trit5": 400,
                 "rms_norm_ternary_linear": 300, "rms_norm": 150, "rms_norm_backward": 150, "causal_conv1d": 150,
                 "causal_conv1d_backward": 150, "rope_heads": 150, "rope_heads_backward": 150,
+                "rope_qkv": 150, "rope_qkv_backward": 150,
                 "silu_mul": 150, "silu_mul_backward": 150,
                 "gelu_tanh_mul": 150, "gelu_tanh_mul_backward": 150}
 CASE_TIMEOUT_S = 60  # a hang bound, not a speed test: the slowest good case takes < 1 s
@@ -317,6 +318,20 @@ def base_rope_heads_backward(rng: random.Random) -> dict:
                                                   "sin": tensor([T, D], "float32", "small")}}
 
 
+def base_rope_qkv(rng: random.Random) -> dict:
+    B, T, H, D = rng.choice([0, 1, 2]), rng.choice([0, 1, 5, 16]), rng.choice([1, 2, 3]), rng.choice([2, 8, 16])
+    return {"op": "rope_qkv", "args": {"qkv": tensor([B, T, 3 * H * D]), "cos": tensor([T, D // 2], "float32", "small"),
+                                       "sin": tensor([T, D // 2], "float32", "small"), "H": H}}
+
+
+def base_rope_qkv_backward(rng: random.Random) -> dict:
+    B, T, H, D = rng.choice([0, 1, 2]), rng.choice([0, 1, 5, 16]), rng.choice([1, 2, 3]), rng.choice([2, 8, 16])
+    return {"op": "rope_qkv_backward", "args": {"grad_q": tensor([B, H, T, D]), "grad_k": tensor([B, H, T, D]),
+                                                "grad_v": tensor([B, H, T, D]),
+                                                "cos": tensor([T, D // 2], "float32", "small"),
+                                                "sin": tensor([T, D // 2], "float32", "small")}}
+
+
 def base_silu_mul(rng: random.Random) -> dict:
     F = rng.choice([0, 1, 7, 16, 17, 40])
     return {"op": "silu_mul", "args": {"h": tensor([*_lead(rng), 2 * F]), "hidden": F}}
@@ -353,6 +368,7 @@ BASES = {"ternary_linear": base_ternary_linear, "ternary_matmul_int8": base_tern
          "rms_norm": base_rms_norm, "rms_norm_backward": base_rms_norm_backward,
          "causal_conv1d": base_causal_conv1d, "causal_conv1d_backward": base_causal_conv1d_backward,
          "rope_heads": base_rope_heads, "rope_heads_backward": base_rope_heads_backward,
+         "rope_qkv": base_rope_qkv, "rope_qkv_backward": base_rope_qkv_backward,
          "silu_mul": base_silu_mul, "silu_mul_backward": base_silu_mul_backward,
          "gelu_tanh_mul": base_gelu_tanh_mul, "gelu_tanh_mul_backward": base_gelu_tanh_mul_backward}
 # Ops this generator cannot express, and where their bad input is tested instead.
@@ -365,7 +381,13 @@ NOT_FUZZED = {"bitnet_decode_": "its arguments are lists of tensors (and an int 
                                 "tests/model/test_own_model_decode_op.py checks its refusals (x dtype, short weights "
                                 "or state lists, mixer, layout and head codes, eps, a KV buffer short of pos, the "
                                 "RoPE rotation, the TTT flags, a state of the wrong size) and its results against "
-                                "the per-op path on every mixer layout and ternary layout"}
+                                "the per-op path on every mixer layout and ternary layout",
+              "clip_grad_norm_": "its argument is a list of tensors (modified in place); "
+                                 "tests/ops/test_train_kernels.py checks it against float64 and torch's "
+                                 "clip_grad_norm_, a NaN gradient, a non-contiguous tensor and opcheck",
+              "max_abs": "its argument is a list of tensors; tests/ops/test_train_kernels.py checks it (negative "
+                         "and NaN elements, thread counts, a non-contiguous tensor, opcheck), and "
+                         "tests/train/test_trainer_robustness.py the weight check built on it"}
 
 # Ops that update some of their inputs in place: those inputs are outputs too.
 IN_PLACE_INPUTS = {"ttt_linear_decode_": slice(5, 9), "ttt_mlp_decode_": slice(5, 13)}
