@@ -7,12 +7,14 @@
 #include <torch/csrc/stable/tensor.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <tuple>
 #include <type_traits>
 
 #include "ternary/dispatch.h"
 #include "ttt/checks.h"
+#include "ttt/cpu.h"
 #include "ttt/host.h"
 #include "ttt/ttt.h"
 
@@ -40,7 +42,9 @@ const Kernels& kernels_for(const char* isa) {
 }
 
 // Runs fn(bh) for every (batch, head) in torch's pool; each head is one task, so the result
-// does not depend on the thread count.
+// does not depend on the thread count. The threads take heads from a shared counter rather
+// than a fixed half each: on a busy machine one thread is often descheduled, and the other
+// then does its heads instead of waiting for it at the end (training at 2 threads, B·H = 64).
 template <typename F>
 void for_each_head(int64_t BH, int64_t macs_per_head, const F& fn) {
   const int64_t grain = std::max<int64_t>(1, kMinMacsPerThread / std::max<int64_t>(macs_per_head, 1));
@@ -48,8 +52,12 @@ void for_each_head(int64_t BH, int64_t macs_per_head, const F& fn) {
     for (int64_t bh = 0; bh < BH; ++bh) fn(bh);
     return;
   }
-  torch::stable::parallel_for(0, BH, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t bh = begin; bh < end; ++bh) fn(bh);
+  const int64_t tasks = (BH + grain - 1) / grain;
+  std::atomic<int64_t> next{0};
+  torch::stable::parallel_for(0, tasks, 1, [&](int64_t, int64_t) {
+    for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < tasks;
+         t = next.fetch_add(1, std::memory_order_relaxed))
+      for (int64_t bh = t * grain; bh < std::min(BH, (t + 1) * grain); ++bh) fn(bh);
   });
 }
 
@@ -103,6 +111,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ttt_linear_cp
   return {f.out, f.W, f.c, f.gW, f.gc, f.ckW, f.ckc};
 }
 
+}  // namespace
+
 // One token for every head, updating (W, c, gW, gc) in place: generation. q, k, v [B,H,D],
 // lr [B,H]. Equal to ttt_linear over that token.
 Tensor ttt_linear_decode_cpu(Tensor q, Tensor k, Tensor v, Tensor lr, Tensor ts, Tensor W, Tensor c, Tensor gW,
@@ -114,6 +124,8 @@ Tensor ttt_linear_decode_cpu(Tensor q, Tensor k, Tensor v, Tensor lr, Tensor ts,
   forward_launch(f);
   return f.out;
 }
+
+namespace {
 
 // The call's tensors as head 0 sees them (read once per call, as forward_base).
 template <typename T>

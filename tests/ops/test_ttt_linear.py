@@ -149,6 +149,69 @@ def test_decode_takes_strided_rows(D):
     assert_state_close((*state, pos + 1), st_r, **F64_TOL)
 
 
+def _decode_case(D=64):
+    """Inputs of one decode step at an unaligned position, rows of one projection as the
+    model passes them, and the float64 reference's output and state after it."""
+    leaves, pos = both(sample_inputs(B=2, T=6, D=D, b=16), 5)
+    out_r, st_r = call(ref.ttt_linear, leaves, pos)
+    q, k, v, lr, ts, W, c, gW, gc, ln_w, ln_b = leaves
+    qkv = torch.stack([q[:, :, 0], k[:, :, 0], v[:, :, 0]], 1).transpose(1, 2).contiguous()  # [B, H, 3, D]
+    tok = (qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], lr[:, :, 0])
+    return tok, ts, ops.TTTState(W, c, gW, gc, pos), ln_w, ln_b, out_r[:, :, 0], st_r
+
+
+def _fresh(st):
+    return ops.TTTState(*(x.clone() for x in st[:4]), st.pos)
+
+
+@pytest.mark.parametrize("D", [8, 64], ids=["D8-generic", "D64-fused"])
+def test_decode_lean_path_equals_reference_and_op(D, monkeypatch):
+    """On the CPU ops.ttt_linear_decode_ calls the kernel without the dispatcher (bitttt._C's
+    lean path): the float64 reference's output and state, and the registered op's bit for bit."""
+    tok, ts, st, ln_w, ln_b, out_r, st_r = _decode_case(D)
+    st_op = _fresh(st)
+    out_op = torch.ops.bitttt.ttt_linear_decode_(*tok, ts, *st_op[:4], st.pos, ln_w, ln_b)
+
+    def no_dispatcher(*a):
+        raise AssertionError("the CPU decode step went through the dispatcher")
+    monkeypatch.setattr(ops, "_TTT_LINEAR_DECODE", no_dispatcher)
+    out, st_l = ops.ttt_linear_decode_(*tok, ts, _fresh(st), ln_w, ln_b)
+    torch.testing.assert_close(out, out_r, **F64_TOL)
+    assert_state_close(st_l, st_r, **F64_TOL)
+    assert torch.equal(out, out_op) and all(torch.equal(a, b_) for a, b_ in zip(st_l[:4], st_op[:4]))
+    assert st_l.pos == st.pos + 1 and out.shape == tok[0].shape and out.is_contiguous()
+
+
+def test_decode_without_tensor_handles_takes_the_op(monkeypatch):
+    """A torch without the tensor-handle converter the lean path needs: the op, same result."""
+    tok, ts, st, ln_w, ln_b, out_r, st_r = _decode_case()
+    monkeypatch.setattr(ops, "_TENSOR_HANDLES", None)
+    monkeypatch.setattr(ops, "_C", None)  # the lean path would fail on this
+    out, st_o = ops.ttt_linear_decode_(*tok, ts, _fresh(st), ln_w, ln_b)
+    torch.testing.assert_close(out, out_r, **F64_TOL)
+    assert_state_close(st_o, st_r, **F64_TOL)
+
+
+LEAN_BAD = [
+    ("k shape", lambda a: a.__setitem__(1, a[1][:, :1]), "ttt_linear_decode_: k must be [B, H, D]"),
+    ("lr shape", lambda a: a.__setitem__(3, a[3][:, :, None]), "ttt_linear_decode_: lr must be [B, H]"),
+    ("float32 v", lambda a: a.__setitem__(2, a[2].float()), "ttt_linear_decode_: v must have q's dtype"),
+    ("int q", lambda a: a.__setitem__(0, a[0].long()), "ttt_linear_decode_: q must be float32 or float64"),
+    ("meta c", lambda a: a.__setitem__(6, a[6].to("meta")), "ttt_linear_decode_: c must be on the CPU"),
+    ("strided W", lambda a: a.__setitem__(5, a[5].transpose(-1, -2)), "must be contiguous"),
+]
+
+
+@pytest.mark.parametrize("name,mutate,msg", LEAN_BAD, ids=[b[0] for b in LEAN_BAD])
+def test_decode_lean_path_checks_like_the_op(name, mutate, msg):
+    tok, ts, st, ln_w, ln_b, _, _ = _decode_case(8)
+    args = [*tok, ts, *_fresh(st)[:4], ln_w, ln_b]
+    mutate(args)
+    state = ops.TTTState(*args[5:9], st.pos)
+    with pytest.raises(RuntimeError, match=msg.replace("[", r"\[").replace("]", r"\]")):
+        ops.ttt_linear_decode_(*args[:5], state, *args[9:])
+
+
 def test_chunked_calls_from_unaligned_offsets():
     args = sample_inputs(B=2, T=50, D=8, b=16)
     q, k, v, lr = args[:4]
