@@ -537,8 +537,8 @@ def ttt_linear_decode_(q, k, v, lr, token_scale, state: TTTState, ln_w, ln_b):
     if out_dtype in _LOW_PRECISION:
         q, k, v, lr = q.float(), k.float(), v.float(), lr.float()
     if q.is_cpu and _TENSOR_HANDLES is not None and not torch.compiler.is_compiling():
-        out = _STEAL_HANDLE(_C._ttt_linear_decode(_TENSOR_HANDLES((q, k, v, lr, token_scale, W, c, gW, gc, ln_w,
-                                                                   ln_b)), pos))
+        out = _STEAL_HANDLES([_C._ttt_linear_decode(_TENSOR_HANDLES((q, k, v, lr, token_scale, W, c, gW, gc, ln_w,
+                                                                     ln_b)), pos)])[0]
     else:
         out = _TTT_LINEAR_DECODE(q, k, v, lr, token_scale, W, c, gW, gc, pos, ln_w, ln_b)
     if out_dtype in _LOW_PRECISION:
@@ -555,9 +555,11 @@ _TTT_LINEAR_DECODE = torch.ops.bitttt.ttt_linear_decode_.default
 # handles, made by the converter torch's AOT Inductor C++ wrapper uses; a torch without it
 # takes the op.
 _aoti = getattr(torch._C, "_aoti", None)
+# (The list form of the way back: torch 2.13's one-tensor alloc_tensor_by_stealing_from_void_ptr
+# keeps a reference, so every output it returns would leak.)
 _TENSOR_HANDLES = getattr(_aoti, "unsafe_alloc_void_ptrs_from_tensors", None)
-_STEAL_HANDLE = getattr(_aoti, "alloc_tensor_by_stealing_from_void_ptr", None)
-if _STEAL_HANDLE is None:
+_STEAL_HANDLES = getattr(_aoti, "alloc_tensors_by_stealing_from_void_ptrs", None)
+if _STEAL_HANDLES is None:
     _TENSOR_HANDLES = None
 _C = _native._C
 

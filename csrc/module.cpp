@@ -212,7 +212,7 @@ std::pair<double, uint64_t> peak_read(int threads, int64_t bytes, int reps) {
 // dispatcher. handles: the 11 tensors (q, k, v, lr, token_scale, W, c, gW, gc, ln_w, ln_b) as
 // torch._C._aoti.unsafe_alloc_void_ptrs_from_tensors gives them (capsules of new tensor
 // handles, the stable ABI's way in from Python); this takes ownership of all of them. Returns
-// out as a new handle for torch._C._aoti.alloc_tensor_by_stealing_from_void_ptr. Private:
+// out as a new handle for torch._C._aoti.alloc_tensors_by_stealing_from_void_ptrs. Private:
 // anything but those capsules crashes.
 void* ttt_linear_decode_handles(const py::list& handles, int64_t pos) {
   using torch::stable::Tensor;

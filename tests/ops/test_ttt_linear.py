@@ -182,6 +182,17 @@ def test_decode_lean_path_equals_reference_and_op(D, monkeypatch):
     assert st_l.pos == st.pos + 1 and out.shape == tok[0].shape and out.is_contiguous()
 
 
+def test_decode_lean_path_frees_its_outputs():
+    """The tensor handles travel both ways without keeping a reference: an output nobody holds
+    is freed (torch 2.13's one-tensor way back kept every output alive, a leak per token)."""
+    import weakref
+    tok, ts, st, ln_w, ln_b, _, _ = _decode_case(8)
+    out, _ = ops.ttt_linear_decode_(*tok, ts, st, ln_w, ln_b)
+    ref_out = weakref.ref(out)
+    del out
+    assert ref_out() is None
+
+
 def test_decode_without_tensor_handles_takes_the_op(monkeypatch):
     """A torch without the tensor-handle converter the lean path needs: the op, same result."""
     tok, ts, st, ln_w, ln_b, out_r, st_r = _decode_case()
