@@ -509,9 +509,12 @@ def ttt_linear(q, k, v, lr, token_scale, W0, b0, ln_w, ln_b, state: TTTState | N
         raise RuntimeError(f"ttt_linear: q must be 4-D [B, H, T, D], got shape {tuple(q.shape)}")
     B, H, T, D = q.shape
     if state is None:
+        # Expanded, not materialised: the CPU op copies the state head by head inside its own
+        # parallel region (csrc/ttt/host.h HeadSource), where a zero-fill here is one more region.
         W = W0.unsqueeze(0).expand(B, H, D, D)
         c = b0.unsqueeze(0).expand(B, H, D)
-        state = TTTState(W, c, W.new_zeros(B, H, D, D), c.new_zeros(B, H, D), 0)
+        zero = W0.new_zeros(())
+        state = TTTState(W, c, zero.expand(B, H, D, D), zero.expand(B, H, D), 0)
     # Contiguous here rather than in the kernel, so compiled graphs see the layouts the op uses.
     q, k, v, lr = q.contiguous(), k.contiguous(), v.contiguous(), lr.contiguous()
     tensors = (q, k, v, lr, token_scale, state.W, state.c, state.gW, state.gc, ln_w, ln_b)
@@ -654,10 +657,14 @@ def _ttt_linear_setup_context(ctx, inputs, output):
 def _ttt_linear_backward(ctx, g_out, g_W, g_c, g_gW, g_gc, _g_ckpt_W, _g_ckpt_c):
     q, k, v, lr, token_scale, W, c, gW, gc, ln_w, ln_b, ckpt_W, ckpt_c = ctx.saved_tensors
     B, H, T, D = q.shape
-    zeros = lambda g, *shape: q.new_zeros(shape) if g is None else g.contiguous()  # noqa: E731
+    # The state's gradients at any strides (zeros expanded, not filled): the CPU op reads them
+    # head by head in its own parallel region (csrc/ttt/host.h HeadSource).
+    zero = q.new_zeros(())
+    state_grad = lambda g, *shape: zero.expand(shape) if g is None else g  # noqa: E731
+    g_out = q.new_zeros(B, H, T, D) if g_out is None else g_out.contiguous()
     grads = torch.ops.bitttt.ttt_linear_backward(
-        zeros(g_out, B, H, T, D), zeros(g_W, B, H, D, D), zeros(g_c, B, H, D), zeros(g_gW, B, H, D, D),
-        zeros(g_gc, B, H, D), q, k, v, lr, token_scale, W, c, gW, gc, ctx.pos, ln_w, ln_b, ckpt_W, ckpt_c,
+        g_out, state_grad(g_W, B, H, D, D), state_grad(g_c, B, H, D), state_grad(g_gW, B, H, D, D),
+        state_grad(g_gc, B, H, D), q, k, v, lr, token_scale, W, c, gW, gc, ctx.pos, ln_w, ln_b, ckpt_W, ckpt_c,
         ctx.ckpt_every)
     dq, dk, dv, dlr, dts, dW, dc, dgW, dgc, dln_w, dln_b = grads
     return dq, dk, dv, dlr, dts, dW, dc, dgW, dgc, None, dln_w, dln_b, None

@@ -223,6 +223,38 @@ def test_decode_lean_path_checks_like_the_op(name, mutate, msg):
         ops.ttt_linear_decode_(*args[:5], state, *args[9:])
 
 
+@pytest.mark.parametrize("D", [8, 32], ids=["D8-generic", "D32-fused"])
+def test_state_and_its_gradients_at_any_strides(D):
+    """The CPU op copies the incoming state, and the gradients of the state it returns, head by
+    head at their own strides (here column-major and every other element; expanded over the
+    batch whenever state is None): the float64 reference's outputs and gradients of every input."""
+    leaves, pos = both(sample_inputs(B=2, T=21, D=D, b=16), 5)
+    q, k, v, lr, ts, W, c, gW, gc, ln_w, ln_b = leaves
+    cols = lambda x: x.transpose(-1, -2).contiguous().transpose(-1, -2)  # noqa: E731  column-major rows
+    every_other = lambda x: torch.stack([x, x], -1)[..., 0]  # noqa: E731  element stride 2
+    strided = [q, k, v, lr, ts, cols(W), every_other(c), cols(gW), every_other(gc), ln_w, ln_b]
+    assert not any(x.is_contiguous() for x in strided[5:9])
+    for x in strided:
+        x.requires_grad_(True)
+    g = torch.Generator().manual_seed(3)
+    weights = [torch.randn(x.shape, generator=g, dtype=x.dtype) for x in (q, W, c, W, c)]
+
+    def loss(fn, xs):
+        out, st = call(fn, xs, pos)
+        # st.W / st.W^T: the gradients of the returned state arrive transposed and strided
+        W_, c_, gW_, gc_ = st[:4]
+        return ((out * weights[0]).sum() + (W_.transpose(-1, -2) * weights[1]).sum() + (c_ * weights[2]).sum()
+                + (gW_.transpose(-1, -2) * weights[3]).sum() + (gc_ * weights[4]).sum()), out, st
+
+    l_o, out_o, st_o = loss(ops.ttt_linear, strided)
+    ref_leaves = [x.detach().clone().requires_grad_(True) for x in strided]
+    l_r, out_r, st_r = loss(ref.ttt_linear, ref_leaves)
+    torch.testing.assert_close(out_o, out_r, **F64_TOL)
+    assert_state_close(st_o, st_r, **F64_TOL)
+    for name, a, b_ in zip(NAMES, torch.autograd.grad(l_o, strided), torch.autograd.grad(l_r, ref_leaves)):
+        torch.testing.assert_close(a, b_, rtol=1e-9, atol=1e-9, msg=lambda m, name=name: f"d{name}: {m}")
+
+
 def test_chunked_calls_from_unaligned_offsets():
     args = sample_inputs(B=2, T=50, D=8, b=16)
     q, k, v, lr = args[:4]
