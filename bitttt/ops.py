@@ -652,6 +652,7 @@ def _ttt_linear_setup_context(ctx, inputs, output):
     q, k, v, lr, token_scale, W, c, gW, gc, pos, ln_w, ln_b, ckpt_every = inputs
     ctx.save_for_backward(q, k, v, lr, token_scale, W, c, gW, gc, ln_w, ln_b, output[5], output[6])
     ctx.pos, ctx.ckpt_every = pos, ckpt_every
+    ctx.set_materialize_grads(False)  # unused outputs' gradients come as None: expanded zeros below
 
 
 def _ttt_linear_backward(ctx, g_out, g_W, g_c, g_gW, g_gc, _g_ckpt_W, _g_ckpt_c):

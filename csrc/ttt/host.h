@@ -68,6 +68,11 @@ struct HeadSource {
       std::memcpy(dst, s, sizeof(T) * rows * cols);
       return;
     }
+    if (sc == 0 && (sr == 0 || rows == 1)) {  // one value (zeros expanded): a fill
+      const T x = s[0];
+      for (int64_t i = 0; i < rows * cols; ++i) dst[i] = x;
+      return;
+    }
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < cols; ++c) dst[r * cols + c] = s[r * sr + c * sc];
   }

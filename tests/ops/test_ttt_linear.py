@@ -255,6 +255,22 @@ def test_state_and_its_gradients_at_any_strides(D):
         torch.testing.assert_close(a, b_, rtol=1e-9, atol=1e-9, msg=lambda m, name=name: f"d{name}: {m}")
 
 
+@pytest.mark.parametrize("D", [8, 32], ids=["D8-generic", "D32-fused"])
+def test_from_W0_with_a_loss_on_out_only(D):
+    """state=None (W0, b0 expanded over the batch, zero accumulators expanded) and no gradient
+    for the returned state (zeros expanded): the float64 reference's output and gradients."""
+    args = [a.clone().requires_grad_(True) for a in sample_inputs(B=2, T=21, D=D, b=16)]
+    ref_args = [a.detach().clone().requires_grad_(True) for a in args]
+    w = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(4), dtype=args[0].dtype)
+    out_o, _ = ops.ttt_linear(*args)
+    out_r, _ = ref.ttt_linear(*ref_args)
+    torch.testing.assert_close(out_o, out_r, **F64_TOL)
+    names = ("q", "k", "v", "lr", "token_scale", "W0", "b0", "ln_w", "ln_b")
+    for name, a, b_ in zip(names, torch.autograd.grad((out_o * w).sum(), args),
+                           torch.autograd.grad((out_r * w).sum(), ref_args)):
+        torch.testing.assert_close(a, b_, rtol=1e-9, atol=1e-9, msg=lambda m, name=name: f"d{name}: {m}")
+
+
 def test_chunked_calls_from_unaligned_offsets():
     args = sample_inputs(B=2, T=50, D=8, b=16)
     q, k, v, lr = args[:4]
