@@ -2,8 +2,8 @@
 of bitttt models and the plain transformer, one table per contender, forward and backward apart.
 
     python benchmarks/profile_train_step.py [--contenders ttt_linear-ternary,attention-float,nanogpt]
-        [--threads 2] [--steps 2] [--top 25] [--unfused-bitlinear | --composed-train-ops] [--ab-rounds N]
-        [--json PATH]
+        [--threads 2] [--steps 2] [--top 25] [--unfused-bitlinear | --composed-train-ops | --float-gemm-bitlinear]
+        [--ab-rounds N] [--json PATH]
 
 Each contender is built as `bitttt bench train` builds it (bitttt/bench/train.py: the trainer's own step:
 forward, backward, grad clipping, AdamW), warmed up with one step, then profiled over --steps
@@ -20,6 +20,10 @@ RoPE (csrc/train/) and SwiGLU's silu*up as the torch compositions they were befo
 as the three autograd nodes it was before ops.bitlinear_fake_quant (fake_quant_activations,
 fake_quant_weight, F.linear). --ab-rounds N times instead of profiling: tokens/s of each ternary
 contender, fused vs that unfused twin, in N interleaved windows of --steps steps each.
+
+--float-gemm-bitlinear adds, for each ternary contender, its twin with BitLinear's fused training
+forward on the float32 GEMM (F.linear(x_dq, w_dq)) instead of the exact int8 one (torch._int_mm);
+with --ab-rounds N the pairs are timed, interleaved.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from bitttt.nn import BitLinear, blocks  # noqa: E402
 
 UNFUSED = " (3-node BitLinear)"
 COMPOSED = " (torch compositions)"
+FLOAT_GEMM = " (fp32 GEMM BitLinear)"
 
 
 @contextlib.contextmanager
@@ -72,6 +77,25 @@ def _composed_step(train_step):
     return step
 
 
+@contextlib.contextmanager
+def float_gemm_bitlinear():
+    """BitLinear's fused training forward on F.linear, as before the int8 GEMM (process-wide while
+    it lasts)."""
+    saved = ops._INT8_GEMM_MIN_TOKENS_HERE
+    ops._INT8_GEMM_MIN_TOKENS_HERE = None
+    try:
+        yield
+    finally:
+        ops._INT8_GEMM_MIN_TOKENS_HERE = saved
+
+
+def _float_gemm_step(train_step):
+    def step(*args, **kwargs):
+        with float_gemm_bitlinear():
+            return train_step(*args, **kwargs)
+    return step
+
+
 def _unfused_forward(self: BitLinear, x: torch.Tensor) -> torch.Tensor:
     return F.linear(ops.fake_quant_activations(x), ops.fake_quant_weight(self.weight), self.bias)
 
@@ -79,9 +103,12 @@ def _unfused_forward(self: BitLinear, x: torch.Tensor) -> torch.Tensor:
 def make_contender(name: str, preset: str, t: cfg.TrainConfig, tokens: np.ndarray):
     """make_trainer's trainer; for a name ending in UNFUSED, its BitLinears run the old forward
     (per instance: nothing global changes)."""
-    trainer = make_trainer(name.removesuffix(UNFUSED).removesuffix(COMPOSED), preset, t, tokens)
+    base = name.removesuffix(UNFUSED).removesuffix(COMPOSED).removesuffix(FLOAT_GEMM)
+    trainer = make_trainer(base, preset, t, tokens)
     if name.endswith(COMPOSED):
         trainer.train_step = _composed_step(trainer.train_step)
+    if name.endswith(FLOAT_GEMM):
+        trainer.train_step = _float_gemm_step(trainer.train_step)
     if name.endswith(UNFUSED):
         for m in trainer.model.modules():
             if isinstance(m, BitLinear):
@@ -179,8 +206,11 @@ def main() -> None:
     ap.add_argument("--composed-train-ops", action="store_true",
                     help="also each bitttt contender with RMSNorm, TTT conv, RoPE and SwiGLU's gate as the torch "
                          "compositions they were before csrc/train/ (instead of --unfused-bitlinear's twins)")
+    ap.add_argument("--float-gemm-bitlinear", action="store_true",
+                    help="also each ternary contender with BitLinear's forward on the float32 GEMM instead of "
+                         "the int8 one (instead of --unfused-bitlinear's twins)")
     ap.add_argument("--ab-rounds", type=int, default=0, metavar="N",
-                    help="time fused vs 3-node BitLinear in N interleaved windows instead of profiling")
+                    help="time the contenders and their twins in N interleaved windows instead of profiling")
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args()
     names = args.contenders.split(",")
@@ -192,6 +222,8 @@ def main() -> None:
     tokens = np.random.default_rng(0).integers(0, 256, size=1 << 20, dtype=np.uint16)
     if args.composed_train_ops:
         names += [n + COMPOSED for n in names if n != "nanogpt"]
+    elif args.float_gemm_bitlinear:
+        names += [n + FLOAT_GEMM for n in names if n.endswith("-ternary")]
     elif args.unfused_bitlinear or args.ab_rounds:
         names += [n + UNFUSED for n in names if n.endswith("-ternary")]
     load_before = list(os.getloadavg())

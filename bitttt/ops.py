@@ -715,12 +715,15 @@ def fake_quant_activations(x: torch.Tensor) -> torch.Tensor:
     return _fake_quant_activations_torch(x)
 
 
+def _absmean_scale(w: torch.Tensor) -> torch.Tensor:
+    """The weight's ternary scale as ternarize_weight takes it (torch's mean, to the bit)."""
+    return w.detach().abs().mean().clamp(min=ABSMAX_FLOOR)
+
+
 def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
     """Absmean ternary quantize-dequantize of a weight w [N, K], straight-through gradient."""
     if _uses_fake_quant_kernel(w):
-        # the scale as ternarize_weight takes it (torch's mean, to the bit)
-        scale = w.detach().abs().mean().clamp(min=ABSMAX_FLOOR)
-        return torch.ops.bitttt.fake_quant_weight(w, scale)
+        return torch.ops.bitttt.fake_quant_weight(w, _absmean_scale(w))
     return _fake_quant_weight_torch(w)
 
 
@@ -751,6 +754,40 @@ def _fake_quant_weight_fake(w, scale):
     return torch.empty_like(w, memory_format=torch.contiguous_format)
 
 
+@torch.library.register_fake("bitttt::fake_quant_activations_int8")
+def _fake_quant_activations_int8_fake(x):
+    op = "fake_quant_activations_int8"
+    _check_defined(op, x=x)
+    _check_fake_quant_float(op, "x", x)
+    torch._check(x.dim() >= 1, lambda: f"{op}: x must have a last (feature) dimension")
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            x.new_empty(x.shape, dtype=torch.int8), x.new_empty(x.shape[:-1], dtype=torch.float32))
+
+
+@torch.library.register_fake("bitttt::fake_quant_weight_int8")
+def _fake_quant_weight_int8_fake(w, scale):
+    w_dq = _fake_quant_weight_fake(w, scale)
+    return w_dq, w.new_empty(w.shape, dtype=torch.int8)
+
+
+@torch.library.register_fake("bitttt::int8_gemm_epilogue")
+def _int8_gemm_epilogue_fake(acc, x_scale, w_scale, bias=None):
+    op = "int8_gemm_epilogue"
+    _check_defined(op, acc=acc, x_scale=x_scale, w_scale=w_scale)
+    _check_same_device(op, "acc", acc, x_scale=x_scale, w_scale=w_scale, bias=bias)
+    torch._check(acc.dtype == torch.int32 and acc.dim() == 2, lambda: f"{op}: acc must be int32 [M, N]")
+    _check_fake_quant_float(op, "x_scale", x_scale)
+    _check_fake_quant_float(op, "w_scale", w_scale)
+    torch._check(x_scale.dim() == 1 and x_scale.shape[0] == acc.shape[0],
+                 lambda: f"{op}: x_scale must be [M] (one per row of acc)")
+    torch._check(w_scale.numel() == 1, lambda: f"{op}: w_scale must hold one value")
+    if bias is not None:
+        _check_fake_quant_float(op, "bias", bias)
+        torch._check(bias.dim() == 1 and bias.shape[0] == acc.shape[1],
+                     lambda: f"{op}: bias must be [N] (one per column of acc)")
+    return acc.new_empty(acc.shape, dtype=torch.float32)
+
+
 def _straight_through_setup_context(ctx, inputs, output):
     pass
 
@@ -769,6 +806,53 @@ torch.library.register_autograd("bitttt::fake_quant_weight", _straight_through_w
                                 setup_context=_straight_through_setup_context)
 
 
+# BitLinear's training forward as an exact integer GEMM (issue 26). F.linear(x_dq, w_dq) sums
+# the products of int8 activation codes and ternary weight codes, scaled, in float32; the same
+# sum in int32 (torch._int_mm: oneDNN's VNNI / AMX / AVX2 int8 GEMM) is exact and faster: the
+# whole forward of one layer at the tiny preset's training shapes (M = 2048 tokens, K = 256..1024,
+# N = 256..1024) took 1.15-2.2x less time with AVX-512 VNNI and 1.2-1.4x less with AVX2 alone
+# (benchmarks/bench_bitlinear_forward.py; benchmarks/results/xeon-avx512-2c/bitlinear_forward_int8*).
+# The output is then float(acc) * s_w * (1 / s_x) (+ bias), the packed ternary kernels' epilogue,
+# to their bits; it differs from F.linear(x_dq, w_dq) by float32 rounding only. The backward is
+# unchanged: it uses x_dq and w_dq (the same bits as the fake quants give), written in the same
+# passes as the codes. With few tokens the quantization and epilogue passes cost as much as the
+# GEMM saves (measured crossover: ~64 tokens with AVX-512 VNNI, 128-256 with AVX2 alone); other
+# devices, dtypes and CPUs keep F.linear.
+_INT8_GEMM_MIN_TOKENS = {"AVX512": 64, "AVX2": 256}  # torch's CPU capability -> fewest tokens
+
+
+def _int8_gemm_min_tokens() -> int | None:
+    """The fewest tokens for which the int8 GEMM forward is faster here; None where torch has no
+    x86 int8 GEMM (torch._int_mm elsewhere was not measured faster than F.linear)."""
+    if not hasattr(torch, "_int_mm"):
+        return None
+    return _INT8_GEMM_MIN_TOKENS.get(torch.backends.cpu.get_cpu_capability())
+
+
+# Read once at import (torch fixes its capability at its own import): torch.compile cannot trace
+# get_cpu_capability(), and a constant it can guard on. Tests patch it to force either path.
+_INT8_GEMM_MIN_TOKENS_HERE = _int8_gemm_min_tokens()
+
+
+def _takes_int8_gemm(x: torch.Tensor, *ws: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+    """Whether BitLinear's training forward of x [..., K] with weights ws takes the int8 GEMM."""
+    min_tokens = _INT8_GEMM_MIN_TOKENS_HERE
+    K = x.shape[-1]
+    return (min_tokens is not None and x.device.type == "cpu" and x.dtype == torch.float32
+            and all(w.dtype == torch.float32 and w.shape[0] > 0 for w in ws)
+            and (bias is None or bias.dtype == torch.float32)
+            and K > 1 and x.numel() >= min_tokens * K)  # K = 1: torch 2.13's _int_mm sums it wrong
+
+
+def _int8_linear(x_q: torch.Tensor, x_scale: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
+                 bias: torch.Tensor | None) -> torch.Tensor:
+    """float32 [..., N] = (x_q @ w_q.T) * w_scale * x_scale (+ bias), the sums exact in int32."""
+    K, N = x_q.shape[-1], w_q.shape[0]
+    acc = torch._int_mm(x_q.reshape(-1, K), w_q.t())  # w_q.t(): a view, as fast as a copy [K, N]
+    y = torch.ops.bitttt.int8_gemm_epilogue(acc, x_scale.reshape(-1), w_scale, bias)
+    return y.view(*x_q.shape[:-1], N)
+
+
 # BitLinear's whole training forward as ONE autograd node (issue 26): the two fake quants
 # above and F.linear made three, each with its own Python and engine overhead per layer.
 # The backward is the straight-through one those three compose to: the gradients of
@@ -781,10 +865,16 @@ class _BitLinearFakeQuant(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         # grad mode is off in here: the fake quants record no nodes of their own
+        ctx.has_bias = bias is not None
+        if _takes_int8_gemm(x, w, bias=bias):
+            x_dq, x_q, x_scale = torch.ops.bitttt.fake_quant_activations_int8(x)
+            w_scale = _absmean_scale(w)
+            w_dq, w_q = torch.ops.bitttt.fake_quant_weight_int8(w, w_scale)
+            ctx.save_for_backward(x_dq, w_dq)
+            return _int8_linear(x_q, x_scale, w_q, w_scale, bias)
         x_dq = fake_quant_activations(x)
         w_dq = fake_quant_weight(w)
         ctx.save_for_backward(x_dq, w_dq)
-        ctx.has_bias = bias is not None
         return torch.nn.functional.linear(x_dq, w_dq, bias)
 
     @staticmethod
@@ -817,6 +907,16 @@ def bitlinear_fake_quant(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | 
 class _BitLinearFakeQuantShared(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, *ws: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if _takes_int8_gemm(x, *ws):
+            x_dq, x_q, x_scale = torch.ops.bitttt.fake_quant_activations_int8(x)
+            w_dqs, ys = [], []
+            for w in ws:
+                w_scale = _absmean_scale(w)
+                w_dq, w_q = torch.ops.bitttt.fake_quant_weight_int8(w, w_scale)
+                w_dqs.append(w_dq)
+                ys.append(_int8_linear(x_q, x_scale, w_q, w_scale, None))
+            ctx.save_for_backward(x_dq, *w_dqs)
+            return tuple(ys)
         x_dq = fake_quant_activations(x)
         w_dqs = [fake_quant_weight(w) for w in ws]
         ctx.save_for_backward(x_dq, *w_dqs)

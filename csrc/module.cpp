@@ -120,6 +120,12 @@ STABLE_TORCH_LIBRARY(bitttt, m) {
 STABLE_TORCH_LIBRARY_FRAGMENT(bitttt, m) {
   m.def("fake_quant_activations(Tensor x) -> Tensor");
   m.def("fake_quant_weight(Tensor w, Tensor scale) -> Tensor");
+  // The int8 GEMM training forward (issue 26): the same passes also writing the int8 codes
+  // (x_q [..., K] with x_scale [...] = 1 / s_x; w_q [N, K]), and the float epilogue of
+  // acc = x_q @ w_q.T (torch._int_mm): y = float(acc) * w_scale * x_scale[m] (+ bias[n]).
+  m.def("fake_quant_activations_int8(Tensor x) -> (Tensor, Tensor, Tensor)");
+  m.def("fake_quant_weight_int8(Tensor w, Tensor scale) -> (Tensor, Tensor)");
+  m.def("int8_gemm_epilogue(Tensor acc, Tensor x_scale, Tensor w_scale, Tensor? bias) -> Tensor");
 }
 
 // Training-step pieces of the models (csrc/train/; issue 26), float32 CPU; their autograd and

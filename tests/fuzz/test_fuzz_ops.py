@@ -35,6 +35,7 @@ SCALE = float(os.environ.get("BITTTT_FUZZ_SCALE", "1"))
 CASES_PER_OP = {"ternary_linear": 700, "ternary_matmul_int8": 500, "int8_matmul": 300, "half_matmul": 300, "ttt_linear": 300,
                 "ttt_linear_backward": 200, "ttt_linear_decode_": 300, "ttt_mlp": 200, "ttt_mlp_backward": 150,
                 "ttt_mlp_decode_": 200, "fake_quant_activations": 300, "fake_quant_weight": 300,
+                "fake_quant_activations_int8": 200, "fake_quant_weight_int8": 200, "int8_gemm_epilogue": 200,
                 "ternary_repack_lut16": 200, "ternary_linear_lut16": 500, "ternary_matmul_int8_lut16": 400,
                 "ternary_repack_trit5": 200, "ternary_linear_trit5": 500, "ternary_matmul_int8_trit5": 400,
                 "rms_norm_ternary_linear": 300, "rms_norm": 150, "rms_norm_backward": 150, "causal_conv1d": 150,
@@ -255,6 +256,22 @@ def base_fake_quant_weight(rng: random.Random) -> dict:
                                                 "scale": tensor(rng.choice([[], [1]]), "float32", "scale")}}
 
 
+def base_fake_quant_activations_int8(rng: random.Random) -> dict:
+    return {**base_fake_quant_activations(rng), "op": "fake_quant_activations_int8"}
+
+
+def base_fake_quant_weight_int8(rng: random.Random) -> dict:
+    return {**base_fake_quant_weight(rng), "op": "fake_quant_weight_int8"}
+
+
+def base_int8_gemm_epilogue(rng: random.Random) -> dict:
+    M, N = rng.choice([0, 1, 3, 17, 64]), rng.choice([0, 1, 7, 33])
+    bias = None if rng.random() < 0.4 else tensor([N], "float32", "small")
+    return {"op": "int8_gemm_epilogue", "args": {
+        "acc": tensor([M, N], "int32", "int8"), "x_scale": tensor([M], "float32", "scale"),
+        "w_scale": tensor(rng.choice([[], [1]]), "float32", "scale"), "bias": bias}}
+
+
 # The training-step ops (csrc/train/; float32 CPU).
 def _lead(rng: random.Random) -> list[int]:
     return [rng.choice([0, 1, 2, 3, 7]) for _ in range(rng.choice([0, 1, 1, 2, 3]))]
@@ -326,6 +343,8 @@ BASES = {"ternary_linear": base_ternary_linear, "ternary_matmul_int8": base_tern
          "ttt_linear_decode_": base_ttt_linear_decode_, "ttt_mlp": base_ttt_mlp,
          "ttt_mlp_backward": base_ttt_mlp_backward, "ttt_mlp_decode_": base_ttt_mlp_decode_,
          "fake_quant_activations": base_fake_quant_activations, "fake_quant_weight": base_fake_quant_weight,
+         "fake_quant_activations_int8": base_fake_quant_activations_int8,
+         "fake_quant_weight_int8": base_fake_quant_weight_int8, "int8_gemm_epilogue": base_int8_gemm_epilogue,
          "ternary_repack_lut16": base_ternary_repack_lut16, "ternary_linear_lut16": base_ternary_linear_lut16,
          "ternary_matmul_int8_lut16": base_ternary_matmul_int8_lut16,
          "ternary_repack_trit5": base_ternary_repack_trit5, "ternary_linear_trit5": base_ternary_linear_trit5,
@@ -648,6 +667,23 @@ def check_reference(case: dict, args: list, out: list, torch) -> str | None:
         w, s = args[0], args[1].reshape(())
         expected = w + (torch.round(w / s).clamp(-1, 1) * s - w)
         return None if _same_bits(out[0], expected, torch) else "differs from round(w / s).clamp(-1, 1) * s"
+    if op == "fake_quant_activations_int8":  # fake_quant_activations' bits, the codes and 1 / s_x
+        x_q, s_x = reference.quantize_activations(args[0])
+        expected = [args[0] + (x_q.float() / s_x.unsqueeze(-1) - args[0]), x_q, torch.ones_like(s_x) / s_x]
+        same = all(_same_bits(o, e, torch) for o, e in zip(out, expected))
+        return None if same else "differs from the reference's x_dq, x_q or 1 / s_x"
+    if op == "fake_quant_weight_int8":  # fake_quant_weight's bits and the codes (0 where w / s is NaN)
+        w, s = args[0], args[1].reshape(())
+        q = torch.round(w / s).clamp(-1, 1)
+        expected = [w + (q * s - w), q.nan_to_num(0.0).to(torch.int8)]
+        same = all(_same_bits(o, e, torch) for o, e in zip(out, expected))
+        return None if same else "differs from round(w / s).clamp(-1, 1) and its dequantization"
+    if op == "int8_gemm_epilogue":  # float(acc) * w_scale * x_scale[m] (+ bias[n]), float32 bits
+        acc, x_scale, w_scale, bias = args
+        expected = acc.float() * w_scale.reshape(()) * x_scale.unsqueeze(1)
+        if bias is not None:
+            expected = expected + bias
+        return None if _same_bits(out[0], expected, torch) else "differs from float(acc) * w_scale * x_scale + bias"
     return None
 
 
