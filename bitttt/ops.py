@@ -512,9 +512,12 @@ def ttt_linear(q, k, v, lr, token_scale, W0, b0, ln_w, ln_b, state: TTTState | N
         raise RuntimeError(f"ttt_linear: q must be 4-D [B, H, T, D], got shape {tuple(q.shape)}")
     B, H, T, D = q.shape
     if state is None:
+        # Expanded, not materialised: the CPU op copies the state head by head inside its own
+        # parallel region (csrc/ttt/host.h HeadSource), where a zero-fill here is one more region.
         W = W0.unsqueeze(0).expand(B, H, D, D)
         c = b0.unsqueeze(0).expand(B, H, D)
-        state = TTTState(W, c, W.new_zeros(B, H, D, D), c.new_zeros(B, H, D), 0)
+        zero = W0.new_zeros(())
+        state = TTTState(W, c, zero.expand(B, H, D, D), zero.expand(B, H, D), 0)
     # Contiguous here rather than in the kernel, so compiled graphs see the layouts the op uses.
     q, k, v, lr = q.contiguous(), k.contiguous(), v.contiguous(), lr.contiguous()
     tensors = (q, k, v, lr, token_scale, state.W, state.c, state.gW, state.gc, ln_w, ln_b)
@@ -529,21 +532,42 @@ def ttt_linear_decode_(q, k, v, lr, token_scale, state: TTTState, ln_w, ln_b):
     """One token for all heads, updating state.W/c/gW/gc in place (no autograd): generation.
 
     q, k, v: [B,H,D]; lr: [B,H]. Returns (out [B,H,D], the state with pos + 1); equal to
-    ttt_linear over that one token.
+    ttt_linear over that one token. CPU tensors take the lean path (_decode_lean), others and
+    traced calls the op torch.ops.bitttt.ttt_linear_decode_.
     """
     # Generation calls this once per token and layer: every step here is on its critical path
     # (the op looked up once at import, the state unpacked once).
     W, c, gW, gc, pos = state
     pos = int(pos)
-    if q.dtype in _LOW_PRECISION:
-        out = _TTT_LINEAR_DECODE(q.float(), k.float(), v.float(), lr.float(), token_scale, W, c, gW, gc, pos, ln_w,
-                                 ln_b).to(q.dtype)
+    out_dtype = q.dtype
+    if out_dtype in _LOW_PRECISION:
+        q, k, v, lr = q.float(), k.float(), v.float(), lr.float()
+    if q.is_cpu and _TENSOR_HANDLES is not None and not torch.compiler.is_compiling():
+        out = _STEAL_HANDLES([_C._ttt_linear_decode(_TENSOR_HANDLES((q, k, v, lr, token_scale, W, c, gW, gc, ln_w,
+                                                                     ln_b)), pos)])[0]
     else:
         out = _TTT_LINEAR_DECODE(q, k, v, lr, token_scale, W, c, gW, gc, pos, ln_w, ln_b)
+    if out_dtype in _LOW_PRECISION:
+        out = out.to(out_dtype)
     return out, TTTState(W, c, gW, gc, pos + 1)
 
 
 _TTT_LINEAR_DECODE = torch.ops.bitttt.ttt_linear_decode_.default
+
+# The decode step's lean path: the same C++ function as the op's CPU kernel (csrc/ttt/cpu.h),
+# called without the dispatcher. The dispatcher's route (argument parsing against the schema,
+# boxing, the ADInplaceOrView and autograd keys, the stable ABI's boxed call) cost about 6 µs
+# of a 12 µs step at H=12, D=64. Tensors cross into the stable-ABI extension as tensor
+# handles, made by the converter torch's AOT Inductor C++ wrapper uses; a torch without it
+# takes the op.
+_aoti = getattr(torch._C, "_aoti", None)
+# (The list form of the way back: torch 2.13's one-tensor alloc_tensor_by_stealing_from_void_ptr
+# keeps a reference, so every output it returns would leak.)
+_TENSOR_HANDLES = getattr(_aoti, "unsafe_alloc_void_ptrs_from_tensors", None)
+_STEAL_HANDLES = getattr(_aoti, "alloc_tensors_by_stealing_from_void_ptrs", None)
+if _STEAL_HANDLES is None:
+    _TENSOR_HANDLES = None
+_C = _native._C
 
 
 def _check_shape(op, name, t, want, dims):
@@ -631,15 +655,20 @@ def _ttt_linear_setup_context(ctx, inputs, output):
     q, k, v, lr, token_scale, W, c, gW, gc, pos, ln_w, ln_b, ckpt_every = inputs
     ctx.save_for_backward(q, k, v, lr, token_scale, W, c, gW, gc, ln_w, ln_b, output[5], output[6])
     ctx.pos, ctx.ckpt_every = pos, ckpt_every
+    ctx.set_materialize_grads(False)  # unused outputs' gradients come as None: expanded zeros below
 
 
 def _ttt_linear_backward(ctx, g_out, g_W, g_c, g_gW, g_gc, _g_ckpt_W, _g_ckpt_c):
     q, k, v, lr, token_scale, W, c, gW, gc, ln_w, ln_b, ckpt_W, ckpt_c = ctx.saved_tensors
     B, H, T, D = q.shape
-    zeros = lambda g, *shape: q.new_zeros(shape) if g is None else g.contiguous()  # noqa: E731
+    # The state's gradients at any strides (zeros expanded, not filled): the CPU op reads them
+    # head by head in its own parallel region (csrc/ttt/host.h HeadSource).
+    zero = q.new_zeros(())
+    state_grad = lambda g, *shape: zero.expand(shape) if g is None else g  # noqa: E731
+    g_out = q.new_zeros(B, H, T, D) if g_out is None else g_out.contiguous()
     grads = torch.ops.bitttt.ttt_linear_backward(
-        zeros(g_out, B, H, T, D), zeros(g_W, B, H, D, D), zeros(g_c, B, H, D), zeros(g_gW, B, H, D, D),
-        zeros(g_gc, B, H, D), q, k, v, lr, token_scale, W, c, gW, gc, ctx.pos, ln_w, ln_b, ckpt_W, ckpt_c,
+        g_out, state_grad(g_W, B, H, D, D), state_grad(g_c, B, H, D), state_grad(g_gW, B, H, D, D),
+        state_grad(g_gc, B, H, D), q, k, v, lr, token_scale, W, c, gW, gc, ctx.pos, ln_w, ln_b, ckpt_W, ckpt_c,
         ctx.ckpt_every)
     dq, dk, dv, dlr, dts, dW, dc, dgW, dgc, dln_w, dln_b = grads
     return dq, dk, dv, dlr, dts, dW, dc, dgW, dgc, None, dln_w, dln_b, None

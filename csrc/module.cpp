@@ -3,11 +3,14 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <vector>
+
 #include <torch/csrc/stable/library.h>
 
 #include "cpu_features.h"
 #include "peak/peak.h"
 #include "ternary/dispatch.h"
+#include "ttt/cpu.h"
 #include "ttt/ttt.h"
 #include "ttt_mlp/ttt_mlp.h"
 
@@ -219,6 +222,33 @@ std::pair<double, uint64_t> peak_read(int threads, int64_t bytes, int reps) {
   return {r.seconds, r.checksum};
 }
 
+// bitttt.ops.ttt_linear_decode_'s lean path (csrc/ttt/cpu.h): the decode step without the
+// dispatcher. handles: the 11 tensors (q, k, v, lr, token_scale, W, c, gW, gc, ln_w, ln_b) as
+// torch._C._aoti.unsafe_alloc_void_ptrs_from_tensors gives them (capsules of new tensor
+// handles, the stable ABI's way in from Python); this takes ownership of all of them. Returns
+// out as a new handle for torch._C._aoti.alloc_tensors_by_stealing_from_void_ptrs. Private:
+// anything but those capsules crashes.
+void* ttt_linear_decode_handles(const py::list& handles, int64_t pos) {
+  using torch::stable::Tensor;
+  constexpr size_t kArgs = 11;
+  if (handles.size() != kArgs) throw py::value_error("_ttt_linear_decode: expects 11 tensor handles");
+  std::vector<Tensor> t;
+  t.reserve(kArgs);
+  for (size_t i = 0; i < kArgs; ++i) {
+    void* p = PyCapsule_GetPointer(handles[i].ptr(), nullptr);
+    if (p == nullptr) throw py::error_already_set();  // not a capsule: the ones taken so far are freed
+    t.emplace_back(static_cast<AtenTensorHandle>(p));
+  }
+  Tensor out;
+  {
+    py::gil_scoped_release nogil;
+    out = bitttt::ttt::ttt_linear_decode_cpu(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], pos, t[9], t[10]);
+  }
+  AtenTensorHandle ret = nullptr;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_new_tensor_handle(out.get(), &ret));
+  return ret;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, mod) {
@@ -247,6 +277,8 @@ PYBIND11_MODULE(_C, mod) {
   mod.def("peak_read", &peak_read, py::arg("threads"), py::arg("bytes"), py::arg("reps"),
           "Best of reps streaming reads of a `bytes` buffer (word i holds i) split over `threads` threads: "
           "(seconds, checksum = n*(n-1)/2 mod 2**64 for the n = bytes // (8*threads) * threads words read).");
+  mod.def("_ttt_linear_decode", &ttt_linear_decode_handles, py::arg("handles"), py::arg("pos"),
+          "Private: bitttt.ops.ttt_linear_decode_'s lean path (tensor handles in, out's handle back).");
   mod.def("peak_read_kernel", &bitttt::peak::read_kernel,
           "The code peak_read uses on this CPU: 'avx2' (ymm loads) or 'generic' (portable C++).");
 }

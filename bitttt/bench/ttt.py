@@ -7,7 +7,9 @@ heads of size D and mini-batch b, on the same inputs:
   its per-mini-batch dual form `torch.compile`d (the Python loop over mini-batches stays
   eager: compiling the whole loop unrolls T/b iterations). The compiled one is the fair
   baseline; the eager one is what a plain PyTorch port runs;
-- decode µs/step: `ops.ttt_linear_decode_` (in place) vs the reference on one token, each timed
+- decode µs/step: `ops.ttt_linear_decode_` (in place; on the CPU its lean path without the
+  dispatcher) vs the same wrapper on the registered op (CPU: "op-dispatcher") and the
+  reference on one token, each timed
   call DECODE_STEPS steps back to back (as generation calls it; one 10-20 µs call alone is
   mostly timer and cache noise) and reported per step;
 - forward+backward ms (loss = out.sum() + W.sum(), gradients of every input), op vs reference
@@ -231,6 +233,10 @@ def cases(B: int, T: int, H: int, D: int, b: int, device: str, with_compile: boo
                         check=check_decode, self_timed=True, extra={"steps_per_call": DECODE_STEPS}),
               Contender("reference", per_step(lambda: reference.ttt_linear(*tok1, *args[4:], state=st_r)),
                         self_timed=True, extra={"steps_per_call": DECODE_STEPS})]
+    if device == "cpu":  # the same wrapper on the registered op: what its lean path saves
+        decode.insert(1, Contender("op-dispatcher", through_dispatcher(per_step(
+            lambda: ops.ttt_linear_decode_(*tok, args[4], st, args[7], args[8]))), self_timed=True,
+            extra={"steps_per_call": DECODE_STEPS}))
     leaves = [x.clone().requires_grad_(x.is_floating_point()) for x in args]
 
     def fwd_bwd(fn: Callable[..., Any]) -> Callable[[], None]:
@@ -260,6 +266,18 @@ def cases(B: int, T: int, H: int, D: int, b: int, device: str, with_compile: boo
     return [Case(f"prefill B={B} T={T}", prefill, unit="tok/s", work=B * T, **common),
             Case(f"decode B={B} pos={p}", decode, unit="us", **common),
             Case(f"fwd+bwd B={B} T={T}", train, unit="ms", **{**common, "extra": {**shape, **train_extra}})]
+
+
+def through_dispatcher(run: Callable[[], float]) -> Callable[[], float]:
+    """run with ops.ttt_linear_decode_ calling the registered op through the dispatcher, as it
+    does where its lean path is unavailable (see bitttt.ops._TENSOR_HANDLES)."""
+    def wrapped() -> float:
+        saved, ops._TENSOR_HANDLES = ops._TENSOR_HANDLES, None
+        try:
+            return run()
+        finally:
+            ops._TENSOR_HANDLES = saved
+    return wrapped
 
 
 def compiled_fwd_bwd(b: int, args: list[torch.Tensor], leaves: list[torch.Tensor],

@@ -7,12 +7,14 @@
 #include <torch/csrc/stable/tensor.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <tuple>
 #include <type_traits>
 
 #include "ternary/dispatch.h"
 #include "ttt/checks.h"
+#include "ttt/cpu.h"
 #include "ttt/host.h"
 #include "ttt/ttt.h"
 
@@ -40,7 +42,9 @@ const Kernels& kernels_for(const char* isa) {
 }
 
 // Runs fn(bh) for every (batch, head) in torch's pool; each head is one task, so the result
-// does not depend on the thread count.
+// does not depend on the thread count. The threads take heads from a shared counter rather
+// than a fixed half each: on a busy machine one thread is often descheduled, and the other
+// then does its heads instead of waiting for it at the end (training at 2 threads, B·H = 64).
 template <typename F>
 void for_each_head(int64_t BH, int64_t macs_per_head, const F& fn) {
   const int64_t grain = std::max<int64_t>(1, kMinMacsPerThread / std::max<int64_t>(macs_per_head, 1));
@@ -48,8 +52,12 @@ void for_each_head(int64_t BH, int64_t macs_per_head, const F& fn) {
     for (int64_t bh = 0; bh < BH; ++bh) fn(bh);
     return;
   }
-  torch::stable::parallel_for(0, BH, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t bh = begin; bh < end; ++bh) fn(bh);
+  const int64_t tasks = (BH + grain - 1) / grain;
+  std::atomic<int64_t> next{0};
+  torch::stable::parallel_for(0, tasks, 1, [&](int64_t, int64_t) {
+    for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < tasks;
+         t = next.fetch_add(1, std::memory_order_relaxed))
+      for (int64_t bh = t * grain; bh < std::min(BH, (t + 1) * grain); ++bh) fn(bh);
   });
 }
 
@@ -83,8 +91,20 @@ void forward_launch(const host::ForwardCall& f) {
   if constexpr (std::is_same_v<T, float>) fwd = kern.forward_f32;
   else fwd = kern.forward_f64;
   const HeadForward<T> base = forward_base<T>(f);
-  for_each_head(f.B * f.H, 4 * f.dm.T * f.dm.D * f.dm.D,
-                [&](int64_t bh) { fwd(f.dm, head_forward<T>(base, f, bh)); });
+  const bool copy_in = f.W_in.defined();  // ttt_linear: the incoming state copied here (host.h)
+  host::HeadSource<T> sW{}, sc{}, sgW{}, sgc{};
+  if (copy_in) {
+    sW = host::head_source<T>(f.W_in), sc = host::head_source<T>(f.c_in);
+    sgW = host::head_source<T>(f.gW_in), sgc = host::head_source<T>(f.gc_in);
+  }
+  for_each_head(f.B * f.H, 4 * f.dm.T * f.dm.D * f.dm.D, [&](int64_t bh) {
+    const HeadForward<T> hf = head_forward<T>(base, f, bh);
+    if (copy_in) {
+      const int64_t bb = bh / f.H, h = bh % f.H;
+      sW.copy_to(bb, h, hf.W), sc.copy_to(bb, h, hf.c), sgW.copy_to(bb, h, hf.gW), sgc.copy_to(bb, h, hf.gc);
+    }
+    fwd(f.dm, hf);
+  });
 }
 
 void forward_launch(const host::ForwardCall& f) {
@@ -98,10 +118,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> ttt_linear_cp
   Dims dm = checks::check_inputs("ttt_linear", Where::CPU, q, k, v, lr, ts, W, c, gW, gc, pos, ln_w, ln_b);
   STD_TORCH_CHECK(ckpt_every >= 0, "ttt_linear: ckpt_every must be >= 0, got ", ckpt_every);
   dm.ckpt_every = checks::effective_ckpt_every(dm, ckpt_every);
-  host::ForwardCall f = host::prepare_forward(dm, q, k, v, lr, ts, W, c, gW, gc, ln_w, ln_b);
+  host::ForwardCall f = host::prepare_forward(dm, q, k, v, lr, ts, W, c, gW, gc, ln_w, ln_b, true);
   forward_launch(f);
   return {f.out, f.W, f.c, f.gW, f.gc, f.ckW, f.ckc};
 }
+
+}  // namespace
 
 // One token for every head, updating (W, c, gW, gc) in place: generation. q, k, v [B,H,D],
 // lr [B,H]. Equal to ttt_linear over that token.
@@ -114,6 +136,8 @@ Tensor ttt_linear_decode_cpu(Tensor q, Tensor k, Tensor v, Tensor lr, Tensor ts,
   forward_launch(f);
   return f.out;
 }
+
+namespace {
 
 // The call's tensors as head 0 sees them (read once per call, as forward_base).
 template <typename T>
@@ -155,8 +179,21 @@ void backward_launch(const host::BackwardCall& g) {
   if constexpr (std::is_same_v<T, float>) bwd = kern.backward_f32;
   else bwd = kern.backward_f64;
   const HeadBackward<T> base = backward_base<T>(g);
-  for_each_head(g.B * g.H, 12 * g.dm.T * g.dm.D * g.dm.D,
-                [&](int64_t bh) { bwd(g.dm, head_backward<T>(base, g.dm, g.H, bh)); });
+  const bool copy_in = g.gW_in.defined();  // the incoming state and gradients copied here (host.h)
+  host::HeadSource<T> src[6] = {};
+  if (copy_in) {
+    const Tensor* in[6] = {&g.gW_in, &g.gc_in, &g.grad_W_in, &g.grad_c_in, &g.grad_gW_in, &g.grad_gc_in};
+    for (int i = 0; i < 6; ++i) src[i] = host::head_source<T>(*in[i]);
+  }
+  for_each_head(g.B * g.H, 12 * g.dm.T * g.dm.D * g.dm.D, [&](int64_t bh) {
+    const HeadBackward<T> hb = head_backward<T>(base, g.dm, g.H, bh);
+    if (copy_in) {
+      const int64_t bb = bh / g.H, h = bh % g.H;
+      T* dst[6] = {const_cast<T*>(hb.gW0), const_cast<T*>(hb.gc0), hb.dW, hb.dc, hb.dgW, hb.dgc};
+      for (int i = 0; i < 6; ++i) src[i].copy_to(bb, h, dst[i]);
+    }
+    bwd(g.dm, hb);
+  });
   reduce_heads<T>(g.dts_h, g.B, g.H, g.dm.b, true, g.dts);
   reduce_heads<T>(g.dlnw_h, g.B, g.H, g.dm.D, false, g.dlnw);
   reduce_heads<T>(g.dlnb_h, g.B, g.H, g.dm.D, false, g.dlnb);
@@ -174,7 +211,7 @@ Grads ttt_linear_backward_cpu(Tensor grad_out, Tensor grad_W, Tensor grad_c, Ten
   Dims dm = checks::check_backward_inputs(op, Where::CPU, grad_out, grad_W, grad_c, grad_gW, grad_gc, q, k, v, lr,
                                           ts, W, c, gW, gc, pos, ln_w, ln_b, ckpt_W, ckpt_c, ckpt_every);
   host::BackwardCall g = host::prepare_backward(dm, grad_out, grad_W, grad_c, grad_gW, grad_gc, q, k, v, lr, ts, gW,
-                                                gc, ln_w, ln_b, ckpt_W, ckpt_c);
+                                                gc, ln_w, ln_b, ckpt_W, ckpt_c, true);
   if (g.is_float()) backward_launch<float>(g);
   else backward_launch<double>(g);
   return {g.dq, g.dk, g.dv, g.dlr, g.dts, g.dW, g.dc, g.dgW, g.dgc, g.dlnw, g.dlnb};

@@ -58,7 +58,8 @@ def test_cpu_cases_run_through_the_harness(tmp_path):
     record = ttt.run(tiny_args(**{"--ref-grad-max-tokens": 0, "--json": path}), out=out)
     got = {(r.case, r.contender) for r in record.results}
     assert got == {("prefill B=1 T=40", "op"), ("prefill B=1 T=40", "reference"), ("decode B=1 pos=17", "op"),
-                   ("decode B=1 pos=17", "reference"), ("fwd+bwd B=1 T=40", "op")}
+                   ("decode B=1 pos=17", "op-dispatcher"), ("decode B=1 pos=17", "reference"),
+                   ("fwd+bwd B=1 T=40", "op")}
     assert all(r.rounds == 5 and r.min <= r.median <= r.max for r in record.results)
     units = {r.case.split()[0]: r.unit for r in record.results}
     assert units == {"prefill": "tok/s", "decode": "us", "fwd+bwd": "ms"}

@@ -149,6 +149,128 @@ def test_decode_takes_strided_rows(D):
     assert_state_close((*state, pos + 1), st_r, **F64_TOL)
 
 
+def _decode_case(D=64):
+    """Inputs of one decode step at an unaligned position, rows of one projection as the
+    model passes them, and the float64 reference's output and state after it."""
+    leaves, pos = both(sample_inputs(B=2, T=6, D=D, b=16), 5)
+    out_r, st_r = call(ref.ttt_linear, leaves, pos)
+    q, k, v, lr, ts, W, c, gW, gc, ln_w, ln_b = leaves
+    qkv = torch.stack([q[:, :, 0], k[:, :, 0], v[:, :, 0]], 1).transpose(1, 2).contiguous()  # [B, H, 3, D]
+    tok = (qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], lr[:, :, 0])
+    return tok, ts, ops.TTTState(W, c, gW, gc, pos), ln_w, ln_b, out_r[:, :, 0], st_r
+
+
+def _fresh(st):
+    return ops.TTTState(*(x.clone() for x in st[:4]), st.pos)
+
+
+@pytest.mark.parametrize("D", [8, 64], ids=["D8-generic", "D64-fused"])
+def test_decode_lean_path_equals_reference_and_op(D, monkeypatch):
+    """On the CPU ops.ttt_linear_decode_ calls the kernel without the dispatcher (bitttt._C's
+    lean path): the float64 reference's output and state, and the registered op's bit for bit."""
+    tok, ts, st, ln_w, ln_b, out_r, st_r = _decode_case(D)
+    st_op = _fresh(st)
+    out_op = torch.ops.bitttt.ttt_linear_decode_(*tok, ts, *st_op[:4], st.pos, ln_w, ln_b)
+
+    def no_dispatcher(*a):
+        raise AssertionError("the CPU decode step went through the dispatcher")
+    monkeypatch.setattr(ops, "_TTT_LINEAR_DECODE", no_dispatcher)
+    out, st_l = ops.ttt_linear_decode_(*tok, ts, _fresh(st), ln_w, ln_b)
+    torch.testing.assert_close(out, out_r, **F64_TOL)
+    assert_state_close(st_l, st_r, **F64_TOL)
+    assert torch.equal(out, out_op) and all(torch.equal(a, b_) for a, b_ in zip(st_l[:4], st_op[:4]))
+    assert st_l.pos == st.pos + 1 and out.shape == tok[0].shape and out.is_contiguous()
+
+
+def test_decode_lean_path_frees_its_outputs():
+    """The tensor handles travel both ways without keeping a reference: an output nobody holds
+    is freed (torch 2.13's one-tensor way back kept every output alive, a leak per token)."""
+    import weakref
+    tok, ts, st, ln_w, ln_b, _, _ = _decode_case(8)
+    out, _ = ops.ttt_linear_decode_(*tok, ts, st, ln_w, ln_b)
+    ref_out = weakref.ref(out)
+    del out
+    assert ref_out() is None
+
+
+def test_decode_without_tensor_handles_takes_the_op(monkeypatch):
+    """A torch without the tensor-handle converter the lean path needs: the op, same result."""
+    tok, ts, st, ln_w, ln_b, out_r, st_r = _decode_case()
+    monkeypatch.setattr(ops, "_TENSOR_HANDLES", None)
+    monkeypatch.setattr(ops, "_C", None)  # the lean path would fail on this
+    out, st_o = ops.ttt_linear_decode_(*tok, ts, _fresh(st), ln_w, ln_b)
+    torch.testing.assert_close(out, out_r, **F64_TOL)
+    assert_state_close(st_o, st_r, **F64_TOL)
+
+
+LEAN_BAD = [
+    ("k shape", lambda a: a.__setitem__(1, a[1][:, :1]), "ttt_linear_decode_: k must be [B, H, D]"),
+    ("lr shape", lambda a: a.__setitem__(3, a[3][:, :, None]), "ttt_linear_decode_: lr must be [B, H]"),
+    ("float32 v", lambda a: a.__setitem__(2, a[2].float()), "ttt_linear_decode_: v must have q's dtype"),
+    ("int q", lambda a: a.__setitem__(0, a[0].long()), "ttt_linear_decode_: q must be float32 or float64"),
+    ("meta c", lambda a: a.__setitem__(6, a[6].to("meta")), "ttt_linear_decode_: c must be on the CPU"),
+    ("strided W", lambda a: a.__setitem__(5, a[5].transpose(-1, -2)), "must be contiguous"),
+]
+
+
+@pytest.mark.parametrize("name,mutate,msg", LEAN_BAD, ids=[b[0] for b in LEAN_BAD])
+def test_decode_lean_path_checks_like_the_op(name, mutate, msg):
+    tok, ts, st, ln_w, ln_b, _, _ = _decode_case(8)
+    args = [*tok, ts, *_fresh(st)[:4], ln_w, ln_b]
+    mutate(args)
+    state = ops.TTTState(*args[5:9], st.pos)
+    with pytest.raises(RuntimeError, match=msg.replace("[", r"\[").replace("]", r"\]")):
+        ops.ttt_linear_decode_(*args[:5], state, *args[9:])
+
+
+@pytest.mark.parametrize("D", [8, 32], ids=["D8-generic", "D32-fused"])
+def test_state_and_its_gradients_at_any_strides(D):
+    """The CPU op copies the incoming state, and the gradients of the state it returns, head by
+    head at their own strides (here column-major and every other element; expanded over the
+    batch whenever state is None): the float64 reference's outputs and gradients of every input."""
+    leaves, pos = both(sample_inputs(B=2, T=21, D=D, b=16), 5)
+    q, k, v, lr, ts, W, c, gW, gc, ln_w, ln_b = leaves
+    cols = lambda x: x.transpose(-1, -2).contiguous().transpose(-1, -2)  # noqa: E731  column-major rows
+    every_other = lambda x: torch.stack([x, x], -1)[..., 0]  # noqa: E731  element stride 2
+    strided = [q, k, v, lr, ts, cols(W), every_other(c), cols(gW), every_other(gc), ln_w, ln_b]
+    assert not any(x.is_contiguous() for x in strided[5:9])
+    for x in strided:
+        x.requires_grad_(True)
+    g = torch.Generator().manual_seed(3)
+    weights = [torch.randn(x.shape, generator=g, dtype=x.dtype) for x in (q, W, c, W, c)]
+
+    def loss(fn, xs):
+        out, st = call(fn, xs, pos)
+        # st.W / st.W^T: the gradients of the returned state arrive transposed and strided
+        W_, c_, gW_, gc_ = st[:4]
+        return ((out * weights[0]).sum() + (W_.transpose(-1, -2) * weights[1]).sum() + (c_ * weights[2]).sum()
+                + (gW_.transpose(-1, -2) * weights[3]).sum() + (gc_ * weights[4]).sum()), out, st
+
+    l_o, out_o, st_o = loss(ops.ttt_linear, strided)
+    ref_leaves = [x.detach().clone().requires_grad_(True) for x in strided]
+    l_r, out_r, st_r = loss(ref.ttt_linear, ref_leaves)
+    torch.testing.assert_close(out_o, out_r, **F64_TOL)
+    assert_state_close(st_o, st_r, **F64_TOL)
+    for name, a, b_ in zip(NAMES, torch.autograd.grad(l_o, strided), torch.autograd.grad(l_r, ref_leaves)):
+        torch.testing.assert_close(a, b_, rtol=1e-9, atol=1e-9, msg=lambda m, name=name: f"d{name}: {m}")
+
+
+@pytest.mark.parametrize("D", [8, 32], ids=["D8-generic", "D32-fused"])
+def test_from_W0_with_a_loss_on_out_only(D):
+    """state=None (W0, b0 expanded over the batch, zero accumulators expanded) and no gradient
+    for the returned state (zeros expanded): the float64 reference's output and gradients."""
+    args = [a.clone().requires_grad_(True) for a in sample_inputs(B=2, T=21, D=D, b=16)]
+    ref_args = [a.detach().clone().requires_grad_(True) for a in args]
+    w = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(4), dtype=args[0].dtype)
+    out_o, _ = ops.ttt_linear(*args)
+    out_r, _ = ref.ttt_linear(*ref_args)
+    torch.testing.assert_close(out_o, out_r, **F64_TOL)
+    names = ("q", "k", "v", "lr", "token_scale", "W0", "b0", "ln_w", "ln_b")
+    for name, a, b_ in zip(names, torch.autograd.grad((out_o * w).sum(), args),
+                           torch.autograd.grad((out_r * w).sum(), ref_args)):
+        torch.testing.assert_close(a, b_, rtol=1e-9, atol=1e-9, msg=lambda m, name=name: f"d{name}: {m}")
+
+
 def test_chunked_calls_from_unaligned_offsets():
     args = sample_inputs(B=2, T=50, D=8, b=16)
     q, k, v, lr = args[:4]
