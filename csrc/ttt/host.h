@@ -117,7 +117,8 @@ inline ForwardCall prepare_forward(const Dims& dm, const Tensor& q, const Tensor
   const int64_t B = q.size(0), H = q.size(1), D = dm.D, nck = num_checkpoints(dm);
   const HeadStrides tok{H * dm.T * D, dm.T * D}, one{H * dm.T, dm.T};
   ForwardCall f{dm,  B,   H,   contig(q), contig(k), contig(v), contig(lr), contig(ts), contig(ln_w), contig(ln_b),
-                tok, tok, tok, one,       Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+                tok, tok, tok, one,       Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(),
+                Tensor(), Tensor(), Tensor(), Tensor()};  // W_in..gc_in: set below where copy_in_launch
   if (copy_in_launch) {
     f.W = empty_like_dtype(f.q, {B, H, D, D}), f.c = empty_like_dtype(f.q, {B, H, D});
     f.gW = empty_like_dtype(f.q, {B, H, D, D}), f.gc = empty_like_dtype(f.q, {B, H, D});
@@ -147,7 +148,7 @@ inline ForwardCall prepare_decode(const Dims& dm, const Tensor& q, const Tensor&
                                   bool rows = false) {
   const int64_t B = q.size(0), H = q.size(1);
   ForwardCall f{dm, B, H, Tensor(), Tensor(), Tensor(), Tensor(), contig(ts), contig(ln_w), contig(ln_b),
-                {}, {}, {}, {}, W, c, gW, gc, Tensor(), Tensor(), Tensor()};
+                {}, {}, {}, {}, W, c, gW, gc, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   f.q = rows ? rows_contig(q) : contig(q), f.k = rows ? rows_contig(k) : contig(k);
   f.v = rows ? rows_contig(v) : contig(v), f.lr = rows ? lr : contig(lr);
   f.sq = head_strides(f.q), f.sk = head_strides(f.k), f.sv = head_strides(f.v), f.slr = head_strides(f.lr);
