@@ -59,19 +59,38 @@ const FakeQuantKernels& active_fake_quant() {
   return scalar_set;
 }
 
+// fn(begin, end) over blocks of rows of `cols` elements, at least kMinElemsPerTask per task.
+template <typename F>
+void for_row_blocks(int64_t rows, int64_t cols, const F& fn) {
+  const int64_t grain = std::max<int64_t>(1, kMinElemsPerTask / std::max<int64_t>(cols, 1));
+  torch::stable::parallel_for(0, rows, grain, fn);
+}
+
 template <typename F>
 void for_rows(int64_t rows, int64_t cols, const F& fn) {
-  const int64_t grain = std::max<int64_t>(1, kMinElemsPerTask / std::max<int64_t>(cols, 1));
-  torch::stable::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+  for_row_blocks(rows, cols, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) fn(r);
   });
+}
+
+// x [..., K] float32, as both activation passes take it.
+void check_activations(const char* op, const Tensor& x) {
+  check_float_cpu(op, "x", x);
+  STD_TORCH_CHECK(x.dim() >= 1, op, ": x must have a last (feature) dimension");
+}
+
+// w [N, K] float32 and its absmean scale (one float32 value), as both weight passes take them.
+void check_weight_and_scale(const char* op, const Tensor& w, const Tensor& scale) {
+  check_float_cpu(op, "w", w);
+  check_float_cpu(op, "scale", scale);
+  STD_TORCH_CHECK(w.dim() == 2, op, ": w must be 2-D [N, K]");
+  STD_TORCH_CHECK(scale.numel() == 1, op, ": scale must hold one value");
 }
 
 // x [..., K] float32 -> the same shape: per-token int8 quantize-dequantize.
 Tensor fake_quant_activations_cpu(Tensor x) {
   const char* op = "fake_quant_activations";
-  check_float_cpu(op, "x", x);
-  STD_TORCH_CHECK(x.dim() >= 1, op, ": x must have a last (feature) dimension");
+  check_activations(op, x);
   x = contig(x);
   Tensor out = torch::stable::empty_like(x);
   const int64_t K = x.size(x.dim() - 1);
@@ -87,10 +106,7 @@ Tensor fake_quant_activations_cpu(Tensor x) {
 // mean, to the bit) -> dq = round(w / s).clamp(-1, 1) * s.
 Tensor fake_quant_weight_cpu(Tensor w, Tensor scale) {
   const char* op = "fake_quant_weight";
-  check_float_cpu(op, "w", w);
-  check_float_cpu(op, "scale", scale);
-  STD_TORCH_CHECK(w.dim() == 2, op, ": w must be 2-D [N, K]");
-  STD_TORCH_CHECK(scale.numel() == 1, op, ": scale must hold one value");
+  check_weight_and_scale(op, w, scale);
   w = contig(w);
   Tensor out = torch::stable::empty_like(w);
   const int64_t N = w.size(0), K = w.size(1);
@@ -98,8 +114,7 @@ Tensor fake_quant_weight_cpu(Tensor w, Tensor scale) {
   float* po = out.mutable_data_ptr<float>();
   const float s = *scale.const_data_ptr<float>();
   const FakeQuantKernels& k = active_fake_quant();
-  const int64_t grain = std::max<int64_t>(1, kMinElemsPerTask / std::max<int64_t>(K, 1));
-  torch::stable::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+  for_row_blocks(N, K, [&](int64_t begin, int64_t end) {
     k.weight_rows(pw, po, K, s, begin, end);
   });
   return out;
@@ -113,8 +128,7 @@ Tensor fake_quant_weight_cpu(Tensor w, Tensor scale) {
 // token holding NaN or inf).
 std::tuple<Tensor, Tensor, Tensor> fake_quant_activations_int8_cpu(Tensor x) {
   const char* op = "fake_quant_activations_int8";
-  check_float_cpu(op, "x", x);
-  STD_TORCH_CHECK(x.dim() >= 1, op, ": x must have a last (feature) dimension");
+  check_activations(op, x);
   x = contig(x);
   Tensor out = torch::stable::empty_like(x);
   Tensor xq = torch::stable::new_empty(x, x.sizes(), ScalarType::Char);
@@ -134,10 +148,7 @@ std::tuple<Tensor, Tensor, Tensor> fake_quant_activations_int8_cpu(Tensor x) {
 // w [N, K] float32 and its absmean scale -> (w_dq as fake_quant_weight gives it, codes int8 [N, K]).
 std::tuple<Tensor, Tensor> fake_quant_weight_int8_cpu(Tensor w, Tensor scale) {
   const char* op = "fake_quant_weight_int8";
-  check_float_cpu(op, "w", w);
-  check_float_cpu(op, "scale", scale);
-  STD_TORCH_CHECK(w.dim() == 2, op, ": w must be 2-D [N, K]");
-  STD_TORCH_CHECK(scale.numel() == 1, op, ": scale must hold one value");
+  check_weight_and_scale(op, w, scale);
   w = contig(w);
   Tensor out = torch::stable::empty_like(w);
   Tensor q = torch::stable::new_empty(w, w.sizes(), ScalarType::Char);
@@ -147,8 +158,7 @@ std::tuple<Tensor, Tensor> fake_quant_weight_int8_cpu(Tensor w, Tensor scale) {
   int8_t* pq = q.mutable_data_ptr<int8_t>();
   const float s = *scale.const_data_ptr<float>();
   const FakeQuantKernels& k = active_fake_quant();
-  const int64_t grain = std::max<int64_t>(1, kMinElemsPerTask / std::max<int64_t>(K, 1));
-  torch::stable::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+  for_row_blocks(N, K, [&](int64_t begin, int64_t end) {
     k.weight_rows_int8(pw, po, pq, K, s, begin, end);
   });
   return {out, q};
@@ -181,8 +191,7 @@ Tensor int8_gemm_epilogue_cpu(Tensor acc, Tensor x_scale, Tensor w_scale, std::o
   const float* pb = has_bias ? b.const_data_ptr<float>() : nullptr;
   const float ws = *w_scale.const_data_ptr<float>();
   const FakeQuantKernels& k = active_fake_quant();
-  const int64_t grain = std::max<int64_t>(1, kMinElemsPerTask / std::max<int64_t>(N, 1));
-  torch::stable::parallel_for(0, M, grain, [&](int64_t begin, int64_t end) {
+  for_row_blocks(M, N, [&](int64_t begin, int64_t end) {
     k.epilogue_rows(pa, py, N, ws, pxs, pb, begin, end);
   });
   return y;
