@@ -233,7 +233,7 @@ class Trainer:
     def _load(self, path: str) -> None:
         state = ckpt_io.read_trainer_state(path)
         ckpt_io.load_weights(path, self.model, ckpt_io.read_tensors(path, str(self.device)))
-        largest = self._largest_weight()
+        largest = largest_weight(self.model)
         if not largest <= MAX_ABS_WEIGHT:  # no save writes such weights: the file is damaged
             raise ConfigError(f"{path}: holds a weight of {largest:.3g} (finite and at most {MAX_ABS_WEIGHT:g} "
                               "expected)", hint=ckpt_io.BAD_CHECKPOINT_HINT)
@@ -280,14 +280,10 @@ class Trainer:
     def _check_weights(self, step: int) -> None:
         """DivergedError unless every weight is finite and below MAX_ABS_WEIGHT: a step can turn
         finite gradients into weights that overflow at the next forward (--lr 1e30)."""
-        largest = self._largest_weight()
+        largest = largest_weight(self.model)
         if not largest <= MAX_ABS_WEIGHT:  # NaN compares False too
             raise DivergedError(f"training diverged at step {step}: a weight reached {largest:.3g} (the loss was "
                                 "finite before it)", hint=DIVERGED_HINT.format(lr=self.t.lr, lower=self.t.lr / 10))
-
-    def _largest_weight(self) -> float:
-        """max |w| over every parameter (NaN if any is NaN)."""
-        return largest_weight(self.model)
 
     def _check_usable(self) -> None:
         """DivergedError unless the weights in memory give a finite loss on held-out windows: what a

@@ -249,10 +249,8 @@ def test_largest_weight_is_the_largest_magnitude_and_propagates_nan(poison, want
         model[0].weight[2, 3] = -7.5
         if poison is not None:
             model[1].bias[4] = poison
-    trainer = train_mod.Trainer.__new__(train_mod.Trainer)
-    trainer.model = model
     values = [abs(v) for p in model.parameters() for v in p.detach().flatten().tolist()]
-    got = trainer._largest_weight()
+    got = train_mod.largest_weight(model)
     if math.isnan(want):
         assert math.isnan(got) and any(math.isnan(v) for v in values)
     else:
